@@ -1,0 +1,48 @@
+// A block device: the only way uext touches storage.
+//
+// Offsets and lengths are in bytes so that one interface serves every block
+// size; callers keep their I/O block-aligned. Implementations must allow
+// concurrent calls from many threads.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "uext/status.h"
+
+namespace uext {
+
+class BlockDevice {
+ public:
+  virtual ~BlockDevice() = default;
+
+  // Reads exactly buf.size() bytes at `offset`. Reading past the end of the
+  // device is an error (EIO) naming the offset, never a short read.
+  virtual Status read(uint64_t offset, std::span<std::byte> buf) = 0;
+  virtual Status write(uint64_t offset, std::span<const std::byte> buf) = 0;
+  // Makes every completed write durable.
+  virtual Status flush() = 0;
+  virtual uint64_t size() const = 0;
+  virtual bool read_only() const = 0;
+};
+
+struct ImageFileOptions {
+  bool read_only = true;
+  // O_DIRECT: bypasses the host's page cache. Buffers and offsets must then
+  // be aligned to 4096; the device falls back to buffered I/O for requests
+  // that are not.
+  bool direct_io = false;
+};
+
+// An image file (or a block device node) accessed with pread/pwrite.
+Result<std::unique_ptr<BlockDevice>> open_image_file(const std::string& path,
+                                                     const ImageFileOptions& options);
+
+// A device held in memory; tests and fuzzers build images in it.
+std::unique_ptr<BlockDevice> make_memory_device(uint64_t size);
+std::unique_ptr<BlockDevice> make_memory_device(std::span<const std::byte> contents);
+
+}  // namespace uext

@@ -1,0 +1,58 @@
+// Extended attributes: in the inode after i_extra_isize (4-byte magic, then
+// entries, values at the end of the slot) and in one xattr block per inode
+// (32-byte header, entries from the front, values from the back).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "disk/bytes.h"
+#include "uext/status.h"
+
+namespace uext::disk {
+
+inline constexpr uint32_t kXattrMagic = 0xEA020000;
+inline constexpr size_t kXattrBlockHeaderSize = 32;
+
+struct Xattr {
+  std::string name;   // full name with prefix, e.g. "user.mime_type"
+  std::string value;  // as the VFS sees it (POSIX ACLs converted from ext4's compact form)
+  uint32_t value_inum = 0;  // ea_inode: value lives in this inode (value empty then)
+};
+
+// Name prefixes by e_name_index: 1 "user.", 2 "system.posix_acl_access",
+// 3 "system.posix_acl_default", 4 "trusted.", 6 "security.", 7 "system.",
+// 8 "system.richacl". Unknown indexes are a corruption error.
+Result<std::string> xattr_full_name(uint8_t name_index, std::string_view suffix);
+
+// Parses the in-inode area: `area` is the bytes from 128 + i_extra_isize to
+// the end of the inode slot. Returns no attributes when the magic is absent.
+// Checks every entry and value lies inside the area.
+Result<std::vector<Xattr>> parse_inode_xattrs(Bytes area);
+
+// Parses an xattr block: magic, h_blocks == 1, entries and values inside the block.
+struct XattrBlockHeader {
+  uint32_t h_magic = 0;
+  uint32_t h_refcount = 0;
+  uint32_t h_blocks = 0;
+  uint32_t h_hash = 0;
+  uint32_t h_checksum = 0;
+};
+Result<std::vector<Xattr>> parse_xattr_block(Bytes block, XattrBlockHeader* header_out = nullptr);
+
+// Block checksum (metadata_csum): crc32c(csum_seed, le64 block number,
+// then the block with h_checksum as zero).
+uint32_t xattr_block_checksum(uint32_t csum_seed, uint64_t block_nr, Bytes block);
+Status verify_xattr_block_checksum(uint32_t csum_seed, uint64_t block_nr, Bytes block);
+
+// The entry hash ext4 stores in e_hash (and the block hash in h_hash).
+uint32_t xattr_entry_hash(std::string_view name_suffix, std::string_view value);
+
+// POSIX ACLs: ext4 keeps them in a compact form (version 1 header, short
+// entries for USER_OBJ/GROUP_OBJ/MASK/OTHER); the VFS form
+// (system.posix_acl_*) has version 2 and 8-byte entries.
+Result<std::string> acl_from_disk(std::string_view disk_value);
+Result<std::string> acl_to_disk(std::string_view vfs_value);
+
+}  // namespace uext::disk

@@ -1,0 +1,146 @@
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <linux/fs.h>
+
+#include <cstring>
+
+#include "uext/block_device.h"
+
+namespace uext {
+namespace {
+
+constexpr uint64_t kDirectAlign = 4096;
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+class ImageFile final : public BlockDevice {
+ public:
+  ImageFile(std::string path, int fd, int direct_fd, uint64_t size, bool read_only)
+      : path_(std::move(path)), fd_(fd), direct_fd_(direct_fd), size_(size), read_only_(read_only) {}
+
+  ~ImageFile() override {
+    if (direct_fd_ >= 0) ::close(direct_fd_);
+    ::close(fd_);
+  }
+
+  Status read(uint64_t offset, std::span<std::byte> buf) override {
+    if (offset > size_ || buf.size() > size_ - offset) {
+      return Error(EIO, path_ + ": read of " + std::to_string(buf.size()) + " bytes at offset " +
+                            std::to_string(offset) + " is beyond the end of the image (" +
+                            std::to_string(size_) + " bytes)");
+    }
+    int fd = pick_fd(offset, buf.data(), buf.size());
+    size_t done = 0;
+    while (done < buf.size()) {
+      ssize_t n = ::pread(fd, buf.data() + done, buf.size() - done, offset + done);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        int err = errno;
+        return Error(err, path_ + ": read at offset " + std::to_string(offset + done) + ": " +
+                              errno_text(err));
+      }
+      if (n == 0) {
+        return Error(EIO, path_ + ": unexpected end of file at offset " +
+                              std::to_string(offset + done));
+      }
+      done += static_cast<size_t>(n);
+    }
+    return {};
+  }
+
+  Status write(uint64_t offset, std::span<const std::byte> buf) override {
+    if (read_only_) return Error(EROFS, path_ + ": image is open read-only");
+    if (offset > size_ || buf.size() > size_ - offset) {
+      return Error(ENOSPC, path_ + ": write of " + std::to_string(buf.size()) +
+                               " bytes at offset " + std::to_string(offset) +
+                               " is beyond the end of the image");
+    }
+    int fd = pick_fd(offset, buf.data(), buf.size());
+    size_t done = 0;
+    while (done < buf.size()) {
+      ssize_t n = ::pwrite(fd, buf.data() + done, buf.size() - done, offset + done);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        int err = errno;
+        return Error(err, path_ + ": write at offset " + std::to_string(offset + done) + ": " +
+                              errno_text(err));
+      }
+      done += static_cast<size_t>(n);
+    }
+    return {};
+  }
+
+  Status flush() override {
+    if (read_only_) return {};
+    if (::fdatasync(fd_) != 0) {
+      int err = errno;
+      return Error(err, path_ + ": flush: " + errno_text(err));
+    }
+    return {};
+  }
+
+  uint64_t size() const override { return size_; }
+  bool read_only() const override { return read_only_; }
+
+ private:
+  // O_DIRECT only for requests it can serve; the rest go through the cache.
+  int pick_fd(uint64_t offset, const void* buf, size_t len) const {
+    if (direct_fd_ < 0) return fd_;
+    bool aligned = offset % kDirectAlign == 0 && len % kDirectAlign == 0 &&
+                   reinterpret_cast<uintptr_t>(buf) % kDirectAlign == 0;
+    return aligned ? direct_fd_ : fd_;
+  }
+
+  std::string path_;
+  int fd_;
+  int direct_fd_;
+  uint64_t size_;
+  bool read_only_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<BlockDevice>> open_image_file(const std::string& path,
+                                                     const ImageFileOptions& options) {
+  int flags = (options.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+  int fd = ::open(path.c_str(), flags);
+  if (fd < 0) {
+    int err = errno;
+    return Error(err, path + ": " + errno_text(err));
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    int err = errno;
+    ::close(fd);
+    return Error(err, path + ": " + errno_text(err));
+  }
+  uint64_t size = 0;
+  if (S_ISREG(st.st_mode)) {
+    size = static_cast<uint64_t>(st.st_size);
+  } else if (S_ISBLK(st.st_mode)) {
+    if (::ioctl(fd, BLKGETSIZE64, &size) != 0) {
+      int err = errno;
+      ::close(fd);
+      return Error(err, path + ": cannot read the device size: " + errno_text(err));
+    }
+  } else {
+    ::close(fd);
+    return Error(S_ISDIR(st.st_mode) ? EISDIR : EINVAL,
+                 path + ": not a regular file or block device");
+  }
+  int direct_fd = -1;
+  if (options.direct_io) {
+    direct_fd = ::open(path.c_str(), flags | O_DIRECT);
+    if (direct_fd < 0) {
+      int err = errno;
+      ::close(fd);
+      return Error(err, path + ": cannot open with O_DIRECT: " + errno_text(err));
+    }
+  }
+  return std::unique_ptr<BlockDevice>(
+      std::make_unique<ImageFile>(path, fd, direct_fd, size, options.read_only));
+}
+
+}  // namespace uext
