@@ -7,7 +7,7 @@ packages=(
   libisal-dev libcli11-dev libfmt-dev libfuse3-dev fuse3 liburing-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev
-  e2fsprogs fuse2fs xfsprogs util-linux attr
+  e2fsprogs fuse2fs xfsprogs util-linux attr acl
 )
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 missing=()

@@ -57,7 +57,10 @@ Result<std::vector<DirentView>> parse_dir_block(Bytes block, const DirBlockForma
 
 // Directory leaf checksum: crc32c(inode_seed, block[0 .. size - 12)), in the tail.
 Status verify_dir_block_checksum(uint32_t inode_seed, Bytes block);
+// Does nothing when the block has no tail (see init_dir_block_tail).
 void set_dir_block_checksum(uint32_t inode_seed, MutableBytes block);
+// Writes an empty checksum tail into the last 12 bytes of a block being built.
+void init_dir_block_tail(MutableBytes block);
 // Whether the block ends in a well-formed checksum tail.
 bool has_dir_block_tail(Bytes block);
 

@@ -50,8 +50,8 @@ struct ExtentNode {
 // eh_max; depth <= 5 (and, when `expected_depth` >= 0, equals it); entries
 // sorted by strictly increasing logical block and not overlapping;
 // extent lengths nonzero; physical blocks + lengths inside
-// [first_data_block, blocks_count). Errors name the problem; the caller
-// adds which inode and block.
+// [first_data_block, blocks_count) (blocks_count 0: no upper bound known).
+// Errors name the problem; the caller adds which inode and block.
 struct ExtentLimits {
   uint64_t first_data_block = 0;
   uint64_t blocks_count = 0;

@@ -40,7 +40,7 @@ struct DxEntry {
 
 struct DxRoot {
   uint8_t hash_version = 0;
-  uint8_t indirect_levels = 0;  // 0 .. 2 (3 with largedir)
+  uint8_t indirect_levels = 0;  // 0 .. 1 (0 .. 2 with largedir)
   uint16_t limit = 0;
   std::vector<DxEntry> entries;
 };
@@ -63,7 +63,8 @@ Result<DxRoot> parse_dx_root(Bytes block, const DxFormat& format);
 Result<DxNode> parse_dx_node(Bytes block, const DxFormat& format);
 
 // dx_tail checksum (metadata_csum): crc32c(inode_seed, block[0 .. count_offset
-// + 8*count)), then over dt_reserved; the tail sits after `limit` entries.
+// + 8*count)), then over dt_reserved, then over 4 zero bytes standing for
+// dt_checksum; the tail sits after `limit` entries.
 Status verify_dx_checksum(uint32_t inode_seed, Bytes block, bool is_root);
 void set_dx_checksum(uint32_t inode_seed, MutableBytes block, bool is_root);
 

@@ -23,7 +23,8 @@ struct Xattr {
 
 // Name prefixes by e_name_index: 1 "user.", 2 "system.posix_acl_access",
 // 3 "system.posix_acl_default", 4 "trusted.", 6 "security.", 7 "system.",
-// 8 "system.richacl". Unknown indexes are a corruption error.
+// 8 "system.richacl" (and 5 "lustre.", 10 "gnu." as e2fsprogs knows them).
+// Index 9 (encryption context) is ENOTSUP; other indexes are a corruption error.
 Result<std::string> xattr_full_name(uint8_t name_index, std::string_view suffix);
 
 // Parses the in-inode area: `area` is the bytes from 128 + i_extra_isize to
@@ -45,9 +46,16 @@ Result<std::vector<Xattr>> parse_xattr_block(Bytes block, XattrBlockHeader* head
 // then the block with h_checksum as zero).
 uint32_t xattr_block_checksum(uint32_t csum_seed, uint64_t block_nr, Bytes block);
 Status verify_xattr_block_checksum(uint32_t csum_seed, uint64_t block_nr, Bytes block);
+void set_xattr_block_checksum(uint32_t csum_seed, uint64_t block_nr, MutableBytes block);
 
-// The entry hash ext4 stores in e_hash (and the block hash in h_hash).
+// The entry hash ext4 stores in e_hash (name bytes as unsigned char, as
+// kernels since 6.2 and e2fsprogs 1.47 write it).
 uint32_t xattr_entry_hash(std::string_view name_suffix, std::string_view value);
+// The same with name bytes as signed char: what older x86 kernels wrote for
+// names with bytes >= 0x80. Readers accept either.
+uint32_t xattr_entry_hash_signed(std::string_view name_suffix, std::string_view value);
+// The block hash for h_hash, from the entries' e_hash values (0 when any is 0).
+uint32_t xattr_block_hash(Bytes block);
 
 // POSIX ACLs: ext4 keeps them in a compact form (version 1 header, short
 // entries for USER_OBJ/GROUP_OBJ/MASK/OTHER); the VFS form
