@@ -1,0 +1,358 @@
+// The Filesystem API over a Volume: inodes, block maps, directories and
+// extended attributes, read-only for now.
+#include <sys/stat.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+
+#include "disk/dirent.h"
+#include "disk/xattr.h"
+#include "fs/block_map.h"
+#include "fs/directory.h"
+#include "fs/volume.h"
+#include "uext/filesystem.h"
+
+namespace uext {
+namespace {
+
+using fs::InodeRecord;
+using fs::Volume;
+
+constexpr int kMaxSymlinkFollows = 40;
+constexpr uint64_t kMaxSymlinkSize = 4095;
+
+Time to_time(const disk::Timestamp& t) { return {t.sec, t.nsec}; }
+
+uint32_t mode_from_ftype(uint8_t ftype) {
+  switch (ftype) {
+    case disk::ftype::kRegular: return S_IFREG;
+    case disk::ftype::kDirectory: return S_IFDIR;
+    case disk::ftype::kCharDev: return S_IFCHR;
+    case disk::ftype::kBlockDev: return S_IFBLK;
+    case disk::ftype::kFifo: return S_IFIFO;
+    case disk::ftype::kSocket: return S_IFSOCK;
+    case disk::ftype::kSymlink: return S_IFLNK;
+    default: return 0;
+  }
+}
+
+const char* hash_name(uint8_t version) {
+  static const char* const names[] = {"legacy", "half_md4", "tea", "legacy_unsigned",
+                                      "half_md4_unsigned", "tea_unsigned", "siphash"};
+  return version < std::size(names) ? names[version] : "unknown";
+}
+
+std::string state_name(uint16_t state) {
+  std::string s = (state & disk::kStateValid) ? "clean" : "not clean";
+  if (state & disk::kStateErrors) s += " with errors";
+  if (state & disk::kStateOrphans) s += " (orphans being recovered)";
+  return s;
+}
+
+class FilesystemImpl final : public Filesystem {
+ public:
+  explicit FilesystemImpl(std::unique_ptr<Volume> volume) : vol_(std::move(volume)) {}
+
+  VolumeInfo info() const override {
+    const disk::Superblock& sb = vol_->sb();
+    VolumeInfo v;
+    v.label = sb.volume_name();
+    v.uuid = sb.uuid_string();
+    v.block_size = sb.block_size();
+    v.blocks_count = sb.s_blocks_count;
+    v.free_blocks = sb.s_free_blocks_count;
+    v.reserved_blocks = sb.s_r_blocks_count;
+    v.inodes_count = sb.s_inodes_count;
+    v.free_inodes = sb.s_free_inodes_count;
+    v.inode_size = sb.inode_size();
+    v.group_count = sb.group_count();
+    v.blocks_per_group = sb.s_blocks_per_group;
+    v.inodes_per_group = sb.s_inodes_per_group;
+    v.features = disk::feature_names(sb.s_feature_compat, sb.s_feature_ro_compat,
+                                     sb.s_feature_incompat);
+    v.state = state_name(sb.s_state);
+    v.needs_recovery = sb.has_incompat(disk::incompat::kRecover);
+    v.read_only = true;
+    v.read_only_reason = vol_->features().read_only_reason;
+    v.mkfs_time = sb.s_mkfs_time;
+    v.mount_time = sb.s_mtime;
+    v.write_time = sb.s_wtime;
+    v.mount_count = sb.s_mnt_count;
+    v.journal_inum = sb.has_compat(disk::compat::kHasJournal) ? sb.s_journal_inum : 0;
+    v.default_hash = hash_name(sb.s_def_hash_version);
+    return v;
+  }
+
+  Result<Ino> lookup(Ino dir, std::string_view name) override {
+    UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->read_inode(dir));
+    return lookup_in(rec, name);
+  }
+
+  Result<Ino> resolve(std::string_view path, bool follow_last) override {
+    if (path.empty() || path[0] != '/') {
+      return Error(EINVAL, fmt::format("{}: path must be absolute", path));
+    }
+    std::deque<std::string> pending = split(path);
+    Ino current = kRootIno;
+    int follows = 0;
+    while (!pending.empty()) {
+      std::string name = std::move(pending.front());
+      pending.pop_front();
+      if (name.size() > disk::kNameMax) return Error(ENAMETOOLONG, fmt::format("{}: File name too long", name));
+      UEXT_ASSIGN_OR_RETURN(InodeRecord dir, vol_->read_inode(current));
+      UEXT_ASSIGN_OR_RETURN(Ino next, lookup_in(dir, name));
+      UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->read_inode(next));
+      bool last = pending.empty();
+      if (S_ISLNK(rec.inode.i_mode) && (!last || follow_last)) {
+        if (++follows > kMaxSymlinkFollows) {
+          return Error(ELOOP, fmt::format("{}: Too many levels of symbolic links", path));
+        }
+        UEXT_ASSIGN_OR_RETURN(std::string target, read_symlink(rec));
+        if (target.empty()) return Error(ENOENT, fmt::format("{}: empty symbolic link", path));
+        std::deque<std::string> parts = split(target);
+        pending.insert(pending.begin(), parts.begin(), parts.end());
+        if (target[0] == '/') current = kRootIno;
+        continue;
+      }
+      current = next;
+    }
+    return current;
+  }
+
+  Result<Stat> stat(Ino ino) override {
+    UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->read_inode(ino));
+    const disk::Inode& in = rec.inode;
+    Stat st;
+    st.ino = ino;
+    st.mode = in.i_mode;
+    st.nlink = in.i_links_count;
+    st.uid = in.i_uid;
+    st.gid = in.i_gid;
+    st.size = in.i_size;
+    st.blocks = disk::inode_blocks_512(vol_->sb(), in);
+    if (S_ISCHR(in.i_mode) || S_ISBLK(in.i_mode)) {
+      disk::DeviceNumber dev = disk::inode_device(in);
+      st.rdev_major = dev.major;
+      st.rdev_minor = dev.minor;
+    }
+    st.atime = to_time(in.i_atime);
+    st.mtime = to_time(in.i_mtime);
+    st.ctime = to_time(in.i_ctime);
+    st.crtime = to_time(in.i_crtime);
+    st.flags = in.i_flags;
+    st.generation = in.i_generation;
+    return st;
+  }
+
+  Result<size_t> read(Ino ino, uint64_t offset, std::span<std::byte> buf) override {
+    UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->read_inode(ino));
+    if (S_ISDIR(rec.inode.i_mode)) return Error(EISDIR, fmt::format("inode {}: Is a directory", ino));
+    if (!S_ISREG(rec.inode.i_mode)) {
+      return Error(EINVAL, fmt::format("inode {}: not a regular file", ino));
+    }
+    return read_data(rec, offset, buf);
+  }
+
+  Status readdir(Ino dir, uint64_t cookie, const DirVisitor& visit) override {
+    UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->read_inode(dir));
+    if (!S_ISDIR(rec.inode.i_mode)) return Error(ENOTDIR, fmt::format("inode {}: Not a directory", dir));
+    DirEntry entry;
+    return fs::dir_iterate(*vol_, rec, cookie, [&](const disk::DirentView& e, uint64_t next) {
+      entry.ino = e.inode;
+      entry.type = mode_from_ftype(e.file_type);
+      entry.name.assign(e.name);
+      return visit(entry, next);
+    });
+  }
+
+  Result<std::string> readlink(Ino ino) override {
+    UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->read_inode(ino));
+    if (!S_ISLNK(rec.inode.i_mode)) return Error(EINVAL, fmt::format("inode {}: not a symbolic link", ino));
+    return read_symlink(rec);
+  }
+
+  Result<std::vector<std::string>> listxattr(Ino ino) override {
+    UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->read_inode(ino));
+    UEXT_ASSIGN_OR_RETURN(auto attrs, read_xattrs(rec));
+    std::vector<std::string> names;
+    names.reserve(attrs.size());
+    for (auto& a : attrs) names.push_back(std::move(a.name));
+    return names;
+  }
+
+  Result<std::string> getxattr(Ino ino, std::string_view name) override {
+    UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->read_inode(ino));
+    UEXT_ASSIGN_OR_RETURN(auto attrs, read_xattrs(rec));
+    for (auto& a : attrs) {
+      if (a.name == name) return std::move(a.value);
+    }
+    return Error(ENODATA, fmt::format("inode {}: no attribute {}", ino, name));
+  }
+
+  Result<std::vector<FileExtent>> extents(Ino ino) override {
+    UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->read_inode(ino));
+    std::vector<FileExtent> out;
+    if (!has_block_map(rec)) return out;
+    UEXT_ASSIGN_OR_RETURN(auto runs, fs::all_mapped_runs(*vol_, rec));
+    uint64_t bs = vol_->block_size();
+    out.reserve(runs.size());
+    for (const auto& r : runs) {
+      out.push_back({r.logical * bs, r.physical * bs, r.length * bs, r.unwritten});
+    }
+    return out;
+  }
+
+ private:
+  static std::deque<std::string> split(std::string_view path) {
+    std::deque<std::string> parts;
+    size_t i = 0;
+    while (i < path.size()) {
+      size_t j = path.find('/', i);
+      if (j == std::string_view::npos) j = path.size();
+      if (j > i) parts.emplace_back(path.substr(i, j - i));
+      i = j + 1;
+    }
+    return parts;
+  }
+
+  Result<Ino> lookup_in(const InodeRecord& dir, std::string_view name) {
+    if (!S_ISDIR(dir.inode.i_mode)) {
+      return Error(ENOTDIR, fmt::format("inode {}: Not a directory", dir.ino));
+    }
+    if (name.size() > disk::kNameMax) return Error(ENAMETOOLONG, fmt::format("{}: File name too long", name));
+    UEXT_ASSIGN_OR_RETURN(auto found, fs::dir_lookup(*vol_, dir, name));
+    if (!found) return Error(ENOENT, fmt::format("{}: No such file or directory", name));
+    return found->ino;
+  }
+
+  // Whether i_block holds a block map (devices, fifos, sockets and fast
+  // symlinks keep other things there).
+  bool has_block_map(const InodeRecord& rec) const {
+    uint16_t mode = rec.inode.i_mode;
+    if (S_ISREG(mode) || S_ISDIR(mode)) return true;
+    return S_ISLNK(mode) && !disk::is_fast_symlink(vol_->sb(), rec.inode);
+  }
+
+  Result<size_t> read_data(const InodeRecord& rec, uint64_t offset, std::span<std::byte> buf) {
+    uint64_t size = rec.inode.i_size;
+    if (offset >= size || buf.empty()) return size_t{0};
+    uint64_t len = std::min<uint64_t>(buf.size(), size - offset);
+    uint64_t bs = vol_->block_size();
+    uint64_t first = offset / bs;
+    uint64_t last = (offset + len - 1) / bs;
+    uint64_t max_blocks = fs::max_logical_blocks(*vol_, rec);
+    if (first >= max_blocks) {
+      std::memset(buf.data(), 0, len);
+      return static_cast<size_t>(len);
+    }
+    last = std::min(last, max_blocks - 1);
+    UEXT_ASSIGN_OR_RETURN(auto runs, fs::map_blocks(*vol_, rec, first, last - first + 1));
+    uint64_t done = 0;
+    for (const auto& run : runs) {
+      uint64_t run_start = std::max(run.logical * bs, offset);
+      uint64_t run_end = std::min((run.logical + run.length) * bs, offset + len);
+      if (run_start >= run_end) continue;
+      std::span<std::byte> dst = buf.subspan(run_start - offset, run_end - run_start);
+      if (run.physical == 0 || run.unwritten) {
+        std::memset(dst.data(), 0, dst.size());
+      } else {
+        uint64_t device_offset = run.physical * bs + (run_start - run.logical * bs);
+        UEXT_TRY(vol_->device().read(device_offset, dst));
+      }
+      done = run_end - offset;
+    }
+    // Blocks past the addressable range (only on corrupt sizes) read as zeros.
+    if (done < len) std::memset(buf.data() + done, 0, len - done);
+    return static_cast<size_t>(len);
+  }
+
+  Result<std::string> read_symlink(const InodeRecord& rec) {
+    uint64_t size = rec.inode.i_size;
+    if (disk::is_fast_symlink(vol_->sb(), rec.inode)) {
+      auto bytes = rec.inode.i_block_bytes();
+      if (size > bytes.size()) {
+        return Error(kErrCorrupted, fmt::format("inode {}: fast symlink of size {} exceeds i_block",
+                                                rec.ino, size));
+      }
+      return std::string(reinterpret_cast<const char*>(bytes.data()), size);
+    }
+    if (size > kMaxSymlinkSize || size > vol_->block_size()) {
+      return Error(kErrCorrupted, fmt::format("inode {}: symlink size {} is larger than a block",
+                                              rec.ino, size));
+    }
+    std::string target(size, '\0');
+    UEXT_TRY(read_data(rec, 0, std::as_writable_bytes(std::span(target))));
+    return target;
+  }
+
+  Result<std::vector<disk::Xattr>> read_xattrs(const InodeRecord& rec) {
+    std::vector<disk::Xattr> attrs;
+    size_t in_inode_start = disk::kGoodOldInodeSize + rec.inode.i_extra_isize;
+    if (rec.raw.size() > disk::kGoodOldInodeSize && in_inode_start < rec.raw.size()) {
+      disk::Bytes area = disk::Bytes(rec.raw).subspan(in_inode_start);
+      auto parsed = disk::parse_inode_xattrs(area);
+      if (!parsed.ok()) {
+        return std::move(parsed).error().with_context(fmt::format("inode {}: in-inode xattrs", rec.ino));
+      }
+      attrs = std::move(*parsed);
+    }
+    if (rec.inode.i_file_acl != 0) {
+      uint64_t block = rec.inode.i_file_acl;
+      std::string where = fmt::format("inode {}: xattr block {}", rec.ino, block);
+      auto data = vol_->read_meta_block(block, "xattr block");
+      if (!data.ok()) return std::move(data).error().with_context(fmt::format("inode {}", rec.ino));
+      if (vol_->verify_checksums()) {
+        Status ok = disk::verify_xattr_block_checksum(vol_->sb().csum_seed(), block, **data);
+        if (!ok.ok()) return std::move(ok).error().with_context(where);
+      }
+      auto parsed = disk::parse_xattr_block(**data);
+      if (!parsed.ok()) return std::move(parsed).error().with_context(where);
+      for (auto& a : *parsed) attrs.push_back(std::move(a));
+    }
+    for (const auto& a : attrs) {
+      if (a.value_inum != 0) {
+        return Error(ENOTSUP, fmt::format("inode {}: xattr {} keeps its value in inode {} "
+                                          "(ea_inode is not supported)", rec.ino, a.name, a.value_inum));
+      }
+    }
+    return attrs;
+  }
+
+  std::unique_ptr<Volume> vol_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Filesystem>> Filesystem::open(const std::string& image_path,
+                                                     const Options& options) {
+  ImageFileOptions io;
+  io.read_only = options.read_only;
+  io.direct_io = options.direct_io;
+  UEXT_ASSIGN_OR_RETURN(auto device, open_image_file(image_path, io));
+  auto fs = open(std::move(device), options);
+  if (!fs.ok()) return std::move(fs).error().with_context(image_path);
+  return fs;
+}
+
+Result<std::unique_ptr<Filesystem>> Filesystem::open(std::unique_ptr<BlockDevice> device,
+                                                     const Options& options) {
+  if (!options.read_only) {
+    return Error(EROFS, "read-write access is not available yet; open the image read-only");
+  }
+  UEXT_ASSIGN_OR_RETURN(auto volume, Volume::open(std::move(device), options));
+  return std::unique_ptr<Filesystem>(std::make_unique<FilesystemImpl>(std::move(volume)));
+}
+
+Result<std::vector<DirEntry>> Filesystem::list_directory(Ino dir) {
+  std::vector<DirEntry> entries;
+  UEXT_TRY(readdir(dir, 0, [&](const DirEntry& e, uint64_t) {
+    entries.push_back(e);
+    return true;
+  }));
+  return entries;
+}
+
+}  // namespace uext
