@@ -13,6 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "base/ordered_mutex.h"
 #include "uext/block_device.h"
 #include "uext/status.h"
 
@@ -33,7 +34,7 @@ class BlockCache {
   // Sharded so that readers on different blocks rarely contend.
   static constexpr size_t kShards = 16;
   struct Shard {
-    std::mutex mu;
+    base::OrderedMutex mu{base::LockLevel::kBlockCacheShard};
     std::list<uint64_t> lru;  // front: most recently used
     struct Entry {
       BlockRef data;

@@ -1,0 +1,56 @@
+// Mutexes that know their place in the lock order of docs/DESIGN.md.
+//
+// In debug builds (UEXT_DEBUG_CHECKS) each thread records the levels it
+// holds; taking a lock whose level is not above every level already held is
+// an inversion and aborts at once with both levels named, as lockdep does.
+// Release builds compile down to a plain std::mutex.
+#pragma once
+
+#include <mutex>
+
+namespace uext::base {
+
+// Levels, outermost first. Keep in sync with docs/DESIGN.md.
+enum class LockLevel : int {
+  kFilesystem = 10,
+  kInode = 20,
+  kJournalHandle = 30,
+  kPage = 40,
+  kAllocatorGroup = 50,
+  kBlockCacheShard = 60,
+};
+
+namespace lock_order {
+#ifdef UEXT_DEBUG_CHECKS
+// Records that the calling thread takes / drops a lock of `level`.
+// `same_level_ok` allows several locks of one level (taken in a documented
+// order such as inode number, which the caller checks).
+void acquire(LockLevel level, bool same_level_ok);
+void release(LockLevel level);
+#else
+inline void acquire(LockLevel, bool) {}
+inline void release(LockLevel) {}
+#endif
+}  // namespace lock_order
+
+class OrderedMutex {
+ public:
+  explicit OrderedMutex(LockLevel level, bool same_level_ok = false)
+      : level_(level), same_level_ok_(same_level_ok) {}
+
+  void lock() {
+    lock_order::acquire(level_, same_level_ok_);
+    mu_.lock();
+  }
+  void unlock() {
+    mu_.unlock();
+    lock_order::release(level_);
+  }
+
+ private:
+  std::mutex mu_;
+  LockLevel level_;
+  bool same_level_ok_;
+};
+
+}  // namespace uext::base
