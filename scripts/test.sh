@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The project's test command (README line 2; .ci/run calls it):
+# installs the Debian packages, builds uext three ways and runs every test:
+#   1. optimised build: unit and system tests;
+#   2. ASan+UBSan build: unit and system tests again;
+#   3. TSan build: the tests that run threads;
+#   4. the fuzz targets for a short while, plus their regression inputs.
+# Set UEXT_FUZZ_SECONDS to change the fuzzing time (0 skips fuzzing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+
+passed=0
+failed=0
+run_ctest() {
+  local dir=$1
+  shift
+  local log
+  log=$(mktemp)
+  local rc=0
+  ctest --test-dir "$dir" --output-on-failure --no-tests=error -j2 "$@" 2>&1 | tee "$log" || rc=$?
+  # "100% tests passed, 0 tests failed out of 57"
+  local line
+  line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n 1 || true)
+  if [ -n "$line" ]; then
+    local total bad
+    total=$(sed -E 's/.*out of ([0-9]+).*/\1/' <<<"$line")
+    bad=$(sed -E 's/.*passed, ([0-9]+) tests? failed.*/\1/' <<<"$line")
+    passed=$((passed + total - bad))
+    failed=$((failed + bad))
+  elif [ "$rc" -ne 0 ]; then
+    failed=$((failed + 1))
+  fi
+  rm -f "$log"
+  return 0
+}
+
+echo "== optimised build"
+bash scripts/build.sh build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+run_ctest build
+
+echo "== ASan+UBSan build"
+bash scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=Debug -DUEXT_SANITIZE=address,undefined
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  run_ctest build-asan
+
+echo "== TSan build (threaded tests)"
+bash scripts/build.sh build-tsan -DCMAKE_BUILD_TYPE=Debug -DUEXT_SANITIZE=thread
+TSAN_OPTIONS=halt_on_error=1 run_ctest build-tsan -R 'Concurren|Thread|Parallel'
+
+fuzz_seconds=${UEXT_FUZZ_SECONDS:-60}
+if [ "$fuzz_seconds" -gt 0 ] && [ -x scripts/fuzz.sh ]; then
+  echo "== fuzzing (${fuzz_seconds}s a target)"
+  if bash scripts/fuzz.sh "$fuzz_seconds"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+fi
+
+echo
+echo "uext: ${passed} passed, ${failed} failed"
+[ "$failed" -eq 0 ]
