@@ -1,0 +1,172 @@
+#include "common.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+
+#include <fmt/core.h>
+
+namespace uext::cli {
+
+std::string describe_errno(int code) {
+  const char* s = std::strerror(code);
+  return s ? std::string(s) : fmt::format("error {}", code);
+}
+
+std::string describe(const Error& err) {
+  if ((err.code() == kErrCorrupted || err.code() == kErrBadChecksum) && !err.message().empty()) {
+    return err.message();
+  }
+  return describe_errno(err.code());
+}
+
+namespace {
+void print_parts(std::string_view prefix, std::initializer_list<std::string_view> parts) {
+  // stdout may hold buffered listing text; flush it first so interleaving
+  // on a shared terminal matches the order things happened.
+  std::fflush(stdout);
+  std::string line = "uext: ";
+  line += prefix;
+  bool first = true;
+  for (auto p : parts) {
+    if (!first) line += ": ";
+    line += p;
+    first = false;
+  }
+  line += '\n';
+  std::fwrite(line.data(), 1, line.size(), stderr);
+}
+}  // namespace
+
+void report(std::initializer_list<std::string_view> parts) { print_parts("", parts); }
+
+void warn(std::initializer_list<std::string_view> parts) { print_parts("warning: ", parts); }
+
+void report_error(std::string_view context, const Error& err) {
+  report({context, describe(err)});
+}
+
+void report_error(std::string_view image, std::string_view path, const Error& err) {
+  report({image, path, describe(err)});
+}
+
+std::unique_ptr<Filesystem> open_image(const ImageOptions& opts) {
+  Options o;
+  o.read_only = true;
+  o.verify_checksums = !opts.no_checksums;
+  auto fs = Filesystem::open(opts.image, o);
+  if (!fs) {
+    report_error(opts.image, fs.error());
+    return nullptr;
+  }
+  return std::move(fs).value();
+}
+
+std::string absolute_image_path(std::string_view path) {
+  if (!path.empty() && path.front() == '/') return std::string(path);
+  return "/" + std::string(path);
+}
+
+std::string join_image_path(std::string_view dir, std::string_view name) {
+  std::string out(dir);
+  if (out.empty() || out.back() != '/') out += '/';
+  out += name;
+  return out;
+}
+
+std::string image_basename(std::string_view path) {
+  while (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  if (path == "/" || path.empty()) return "/";
+  auto slash = path.rfind('/');
+  return std::string(slash == std::string_view::npos ? path : path.substr(slash + 1));
+}
+
+std::string mode_string(uint32_t mode) {
+  std::string s(10, '-');
+  switch (mode & S_IFMT) {
+    case S_IFREG: s[0] = '-'; break;
+    case S_IFDIR: s[0] = 'd'; break;
+    case S_IFLNK: s[0] = 'l'; break;
+    case S_IFCHR: s[0] = 'c'; break;
+    case S_IFBLK: s[0] = 'b'; break;
+    case S_IFIFO: s[0] = 'p'; break;
+    case S_IFSOCK: s[0] = 's'; break;
+    default: s[0] = '?'; break;
+  }
+  static constexpr char kRwx[] = "rwxrwxrwx";
+  for (int i = 0; i < 9; ++i) {
+    if (mode & (0400u >> i)) s[1 + i] = kRwx[i];
+  }
+  // Special bits replace the execute letter: lowercase when execute is set too.
+  if (mode & S_ISUID) s[3] = (mode & S_IXUSR) ? 's' : 'S';
+  if (mode & S_ISGID) s[6] = (mode & S_IXGRP) ? 's' : 'S';
+  if (mode & S_ISVTX) s[9] = (mode & S_IXOTH) ? 't' : 'T';
+  return s;
+}
+
+std::string file_type_name(uint32_t mode, uint64_t size) {
+  switch (mode & S_IFMT) {
+    case S_IFREG: return size == 0 ? "regular empty file" : "regular file";
+    case S_IFDIR: return "directory";
+    case S_IFLNK: return "symbolic link";
+    case S_IFCHR: return "character special file";
+    case S_IFBLK: return "block special file";
+    case S_IFIFO: return "fifo";
+    case S_IFSOCK: return "socket";
+    default: return "weird file";
+  }
+}
+
+namespace {
+bool utc_tm(int64_t sec, std::tm* out) {
+  time_t t = static_cast<time_t>(sec);
+  return gmtime_r(&t, out) != nullptr;
+}
+}  // namespace
+
+std::string format_minutes_utc(int64_t sec) {
+  std::tm tm{};
+  if (!utc_tm(sec, &tm)) return fmt::format("{}", sec);
+  return fmt::format("{:04}-{:02}-{:02} {:02}:{:02}", tm.tm_year + 1900LL, tm.tm_mon + 1, tm.tm_mday,
+                     tm.tm_hour, tm.tm_min);
+}
+
+std::string format_full_utc(const Time& t) {
+  std::tm tm{};
+  if (!utc_tm(t.sec, &tm)) return fmt::format("{}.{:09}", t.sec, t.nsec);
+  return fmt::format("{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:09} +0000", tm.tm_year + 1900LL,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, t.nsec);
+}
+
+bool write_all(int fd, const void* data, size_t size) {
+  auto p = static_cast<const char*>(data);
+  while (size > 0) {
+    ssize_t n = ::write(fd, p, size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+}  // namespace uext::cli
+
+#include <CLI/CLI.hpp>
+
+namespace uext::cli {
+
+void add_image_options(CLI::App* sub, ImageOptions& opts) {
+  sub->add_option("IMG", opts.image, "Image file or block device holding the filesystem")
+      ->required();
+  sub->add_flag("--no-checksums", opts.no_checksums,
+                "Do not verify metadata checksums (to salvage data from a damaged image)");
+}
+
+}  // namespace uext::cli

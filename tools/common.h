@@ -1,0 +1,84 @@
+// Shared helpers for the uext command-line tool: error reporting, opening
+// images, path handling and ls/stat-style formatting.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "uext/filesystem.h"
+#include "uext/status.h"
+
+namespace uext::cli {
+
+// Exit statuses, as documented in `uext --help`.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;
+inline constexpr int kExitUsage = 2;
+
+// Options every image-reading subcommand accepts.
+struct ImageOptions {
+  std::string image;
+  bool no_checksums = false;
+};
+
+// The text for an Error: strerror for plain errno errors, the library's
+// message for corruption errors (that message names the structure at fault).
+std::string describe(const Error& err);
+std::string describe_errno(int code);
+
+// Prints "uext: <parts joined by ': '>" on stderr.
+void report(std::initializer_list<std::string_view> parts);
+void report_error(std::string_view context, const Error& err);
+void report_error(std::string_view image, std::string_view path, const Error& err);
+void warn(std::initializer_list<std::string_view> parts);
+
+// Opens the image read-only; reports the failure and returns null on error.
+std::unique_ptr<Filesystem> open_image(const ImageOptions& opts);
+
+// Image paths are absolute; a relative one is taken from the root.
+std::string absolute_image_path(std::string_view path);
+// "/a" + "b" = "/a/b", "/" + "b" = "/b".
+std::string join_image_path(std::string_view dir, std::string_view name);
+// Last component of an image path ("/" for the root).
+std::string image_basename(std::string_view path);
+
+// "drwxr-xr-x" etc., like ls -l.
+std::string mode_string(uint32_t mode);
+// "regular file", "directory", ... like stat %F.
+std::string file_type_name(uint32_t mode, uint64_t size);
+// UTC "YYYY-MM-DD HH:MM" (ls -l) and "YYYY-MM-DD HH:MM:SS.NNNNNNNNN +0000" (stat).
+std::string format_minutes_utc(int64_t sec);
+std::string format_full_utc(const Time& t);
+
+// Writes all of `data` to fd, retrying short writes; false with errno set on failure.
+bool write_all(int fd, const void* data, size_t size);
+
+}  // namespace uext::cli
+
+namespace CLI {
+class App;
+}
+
+namespace uext::cli {
+
+// A subcommand: its CLI11 app (owned by the parent) and what to run when
+// it was chosen. `run` returns the exit status.
+struct Command {
+  CLI::App* app = nullptr;
+  std::function<int()> run;
+};
+
+// Adds the IMG positional (first) and --no-checksums to a subcommand.
+void add_image_options(CLI::App* sub, ImageOptions& opts);
+
+Command add_info_command(CLI::App& parent);
+Command add_ls_command(CLI::App& parent);
+Command add_cat_command(CLI::App& parent);
+Command add_stat_command(CLI::App& parent);
+Command add_get_command(CLI::App& parent);
+
+}  // namespace uext::cli
