@@ -60,7 +60,14 @@ std::unique_ptr<Filesystem> open_image(const ImageOptions& opts) {
   o.verify_checksums = !opts.no_checksums;
   auto fs = Filesystem::open(opts.image, o);
   if (!fs) {
-    report_error(opts.image, fs.error());
+    // The library names the image in open errors already; say it once.
+    const Error& err = fs.error();
+    std::string prefix = opts.image + ": ";
+    if (err.message().starts_with(prefix)) {
+      report_error(opts.image, Error(err.code(), err.message().substr(prefix.size())));
+    } else {
+      report_error(opts.image, err);
+    }
     return nullptr;
   }
   return std::move(fs).value();
