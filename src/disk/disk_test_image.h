@@ -4,6 +4,7 @@
 // on the superblock decoder.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <regex>
@@ -21,11 +22,13 @@ namespace uext::disk::testimg {
 
 class Image {
  public:
-  // mke2fs -t ext4 -b block_size [extra options] -d dir path size
+  // mke2fs [-t ext4] -b block_size [extra options] -d dir path size
   Image(const std::string& path, const std::string& src_dir, uint32_t block_size, const std::string& size,
         const std::vector<std::string>& extra = {})
       : path_(path) {
-    std::vector<std::string> argv = {"mke2fs", "-F", "-q", "-t", "ext4", "-b", std::to_string(block_size)};
+    std::vector<std::string> argv = {"mke2fs", "-F", "-q", "-b", std::to_string(block_size)};
+    // ext4 unless the caller names another type.
+    if (std::find(extra.begin(), extra.end(), "-t") == extra.end()) argv.insert(argv.end(), {"-t", "ext4"});
     argv.insert(argv.end(), extra.begin(), extra.end());
     argv.insert(argv.end(), {"-d", src_dir, path, size});
     uext::testing::run_ok(argv);
@@ -91,13 +94,24 @@ class Image {
     uint32_t gen = le32(inode(file), 0x64);
     return crc32c_le32(crc32c_le32(fs_csum_seed(), ino), gen);
   }
-  // Physical blocks of a file in logical order (data blocks only).
+  // Physical blocks of a file in logical order (0 for holes), from the
+  // leaf extents debugfs reports ("blocks" would mix in tree blocks).
   std::vector<uint64_t> data_blocks(const std::string& file) const {
-    std::istringstream in(debugfs("blocks " + file));
-    std::vector<uint64_t> out;
-    uint64_t b;
-    while (in >> b) out.push_back(b);
-    return out;
+    std::string out = debugfs("ex -l " + file);
+    std::regex re("(\\d+) -\\s*(\\d+)\\s+(\\d+) -\\s*(\\d+)\\s+(\\d+)");
+    std::vector<uint64_t> map;
+    for (auto it = std::sregex_iterator(out.begin(), out.end(), re); it != std::sregex_iterator(); ++it) {
+      uint64_t lstart = std::stoull((*it)[1]), lend = std::stoull((*it)[2]), pstart = std::stoull((*it)[3]);
+      if (map.size() <= lend) map.resize(lend + 1);
+      for (uint64_t l = lstart; l <= lend; ++l) map[l] = pstart + (l - lstart);
+    }
+    if (map.empty()) {
+      // Block-mapped (ext2/ext3) files: small test directories have only direct blocks.
+      std::istringstream in(debugfs("blocks " + file));
+      uint64_t blk;
+      while (in >> blk) map.push_back(blk);
+    }
+    return map;
   }
 
  private:
