@@ -209,7 +209,12 @@ class Copier {
 
   bool make_node(const std::string& src, const std::string& dst, uint32_t type, dev_t dev) {
     if (::mknod(dst.c_str(), type | 0600, dev) != 0) {
-      fail_host(dst, "cannot create", errno);
+      // Root without CAP_MKNOD (containers) is treated like a non-root user.
+      if (errno == EPERM && (type == S_IFCHR || type == S_IFBLK)) {
+        warn({dst, "skipping device node", describe_errno(errno)});
+      } else {
+        fail_host(dst, "cannot create", errno);
+      }
       return false;
     }
     verbose(src, dst);
