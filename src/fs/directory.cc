@@ -218,7 +218,10 @@ Result<DxResult> dx_lookup(Volume& vol, const InodeRecord& dir, std::string_view
 Result<std::optional<FoundEntry>> dir_lookup(Volume& vol, const InodeRecord& dir,
                                              std::string_view name) {
   if (name.empty() || name.size() > disk::kNameMax) return std::optional<FoundEntry>();
-  if (is_htree(vol, dir)) {
+  // "." and ".." sit in block 0, outside the hash order: the linear scan
+  // finds them in the first block.
+  bool dot_or_dotdot = name == "." || name == "..";
+  if (is_htree(vol, dir) && !dot_or_dotdot) {
     UEXT_ASSIGN_OR_RETURN(DxResult r, dx_lookup(vol, dir, name));
     if (r.outcome == DxOutcome::kFound) return std::optional<FoundEntry>(r.entry);
     if (r.outcome == DxOutcome::kAbsent) return std::optional<FoundEntry>();
