@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets, makes a seed corpus with mke2fs, replays the
+# saved regressions and runs every target for a while.
+#
+#   scripts/fuzz.sh [SECONDS]      # default 60, the time each target runs
+#
+# Exit status: 0 when nothing was found, 1 on any crash, leak, sanitizer
+# report, timeout (-timeout=10) or out-of-memory (-rss_limit_mb=2048), with
+# the reproducer's path printed. Both targets run at the same time (one core
+# each), so the fuzzing itself takes SECONDS of wall time, plus the build.
+#
+# Needs clang 14 with libclang-rt-14-dev and e2fsprogs (scripts/install-deps.sh).
+# Build directory: build-fuzz/ (override with UEXT_FUZZ_BUILD_DIR). The
+# corpora libFuzzer grows are kept in build-fuzz/corpus/ between runs.
+#
+# Reproduce a crash:
+#   build-fuzz/image_fuzzer CRASH_FILE
+#   UEXT_FUZZ_SEEDS=$(cat build-fuzz/seeds/list) build-fuzz/metadata_fuzzer CRASH_FILE
+# A metadata_fuzzer crash is also written out as a whole image (CRASH_FILE.img)
+# that image_fuzzer replays on its own. Save small reproducers, gzipped, as
+# fuzz/regressions/<what-it-hits>.img.gz: every run replays them first.
+set -euo pipefail
+
+duration=${1:-60}
+if ! [[ "$duration" =~ ^[0-9]+$ ]]; then
+  echo "usage: $0 [SECONDS]" >&2
+  exit 2
+fi
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${UEXT_FUZZ_BUILD_DIR:-$root/build-fuzz}
+jobs=${UEXT_FUZZ_BUILD_JOBS:-2}
+targets=(image_fuzzer metadata_fuzzer)
+
+die() { echo "fuzz.sh: $*" >&2; exit 1; }
+
+# ---- tools ------------------------------------------------------------------
+for tool in clang clang++ cmake mke2fs debugfs e2fsck gzip; do
+  command -v "$tool" >/dev/null 2>&1 || PATH=$PATH:/sbin:/usr/sbin
+  command -v "$tool" >/dev/null 2>&1 || die "$tool not found (run scripts/install-deps.sh)"
+done
+generator=()
+command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
+
+# ---- build ------------------------------------------------------------------
+# A build directory configured with another compiler cannot be switched to
+# clang in place: start it again.
+if [ -f "$build/CMakeCache.txt" ] && ! grep -q '^CMAKE_CXX_COMPILER:.*clang' "$build/CMakeCache.txt"; then
+  rm -rf "$build"
+fi
+if [ ! -f "$build/CMakeCache.txt" ]; then
+  CC=clang CXX=clang++ cmake -S "$root" -B "$build" "${generator[@]}" \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DUEXT_BUILD_FUZZERS=ON -DUEXT_BUILD_TESTS=OFF \
+    -DUEXT_SANITIZE=address,undefined >"$build.configure.log" 2>&1 ||
+    { cat "$build.configure.log" >&2; die "cmake configure failed"; }
+  mv "$build.configure.log" "$build/configure.log"
+fi
+cmake --build "$build" -j "$jobs" --target "${targets[@]}" || die "build failed"
+
+# ---- seed images --------------------------------------------------------------
+# Deterministic (fixed time, UUID, hash seed, contents) so that a
+# metadata_fuzzer input means the same thing on every machine with the same
+# e2fsprogs.
+seeds=$build/seeds
+rm -rf "$seeds"
+mkdir -p "$seeds"
+export E2FSPROGS_FAKE_TIME=1700000000
+uuid=6f1c3a52-9a0e-4b7d-8c21-5d3e7f9a1b24
+hash_seed=0d9b3c4e-1f2a-4b5c-8d6e-7f8091a2b3c4
+
+# The tree every image gets (as much of it as fits).
+tree=$seeds/tree
+mkdir -p "$tree/dir/sub/deeper" "$tree/htree"
+printf 'hello, world\n' >"$tree/hello.txt"
+: >"$tree/empty"
+# 14 KiB: past the 12 direct blocks of a 1 KiB-block ext2 inode (indirect block).
+awk 'BEGIN { for (i = 0; i < 1400; i++) printf "line %07d\n", i }' >"$tree/indirect.txt"
+# Sparse: five separated runs of data, so more extents than fit in the inode.
+for i in 0 1 2 3 4 5; do
+  printf 'run %d\n' "$i" | dd of="$tree/sparse" bs=1 seek=$((i * 24576 + 4096)) conv=notrunc status=none
+done
+truncate -s 200K "$tree/sparse"
+ln -s hello.txt "$tree/link"
+ln -s "dir/sub/deeper/$(printf 'long-target-%.0s' 1 2 3 4 5 6)" "$tree/longlink"
+ln -s loop2 "$tree/loop1"
+ln -s loop1 "$tree/loop2"
+ln "$tree/hello.txt" "$tree/dir/hardlink"
+printf 'nested\n' >"$tree/dir/sub/deeper/file"
+# Enough entries for a multi-block directory; e2fsck -D indexes it (htree).
+for i in $(seq 1 90); do printf '%d\n' "$i" >"$tree/htree/entry-with-a-fairly-long-name-$i"; done
+find "$tree" -exec touch -h -d @1700000000 {} +
+
+# mkimg NAME SIZE_KIB [mke2fs options...]
+mkimg() {
+  local name=$1 size=$2
+  shift 2
+  local img=$seeds/$name.img
+  rm -f "$img"
+  truncate -s "${size}K" "$img"
+  mke2fs -F -q -U "$uuid" -E "hash_seed=$hash_seed,root_owner=0:0" -L "$name" -d "$tree" "$@" "$img" \
+    >"$seeds/$name.log" 2>&1 || { cat "$seeds/$name.log" >&2; die "mke2fs failed for $name"; }
+  e2fsck -fyD "$img" >>"$seeds/$name.log" 2>&1 || [ $? -le 1 ] ||
+    { cat "$seeds/$name.log" >&2; die "e2fsck -D failed for $name"; }
+  debugfs -w -f - "$img" >>"$seeds/$name.log" 2>&1 <<EOF
+ea_set /hello.txt user.color blue
+ea_set /hello.txt trusted.big $(printf 'v%.0s' $(seq 1 300))
+ea_set /dir user.empty ""
+mknod chardev c 1 3
+mknod blockdev b 7 0
+mknod fifo p
+EOF
+  e2fsck -fn "$img" >>"$seeds/$name.log" 2>&1 || { cat "$seeds/$name.log" >&2; die "$name does not pass e2fsck"; }
+  seed_images+=("$img")
+}
+
+seed_images=()
+mkimg ext2-256k 256 -t ext2 -b 1024 -N 160 -m 0 -I 128
+# Journals go at the end (the files first), so that image_fuzzer inputs cut
+# at -max_len still hold the directories and files.
+mkimg ext3-2m 2048 -t ext3 -b 1024 -N 160 -m 0 -J location=1000
+mkimg ext4-1m 1024 -t ext4 -b 1024 -N 160 -m 0 -O ^has_journal
+mkimg ext4-2m-journal 2048 -t ext4 -b 1024 -N 160 -m 0 -J location=1000
+mkimg ext4-inline 1024 -t ext4 -b 1024 -N 160 -m 0 -O ^has_journal,inline_data
+mkimg ext4-4k 1024 -t ext4 -b 4096 -N 160 -m 0 -O ^has_journal
+mkimg ext4-nocsum 1024 -t ext4 -b 1024 -N 160 -m 0 -O ^has_journal,^metadata_csum,^64bit
+(IFS=:; echo "${seed_images[*]}") >"$seeds/list"
+export UEXT_FUZZ_SEEDS
+UEXT_FUZZ_SEEDS=$(cat "$seeds/list")
+
+# image_fuzzer seeds: the images themselves (byte 0 is the option byte,
+# zero from mke2fs = checksums not verified) and a copy with checksums on.
+img_seeds=$build/corpus-seeds/image
+meta_seeds=$build/corpus-seeds/metadata
+rm -rf "$build/corpus-seeds"
+mkdir -p "$img_seeds" "$meta_seeds"
+n=0
+for img in "${seed_images[@]}"; do
+  base=$(basename "$img" .img)
+  cp "$img" "$img_seeds/$base"
+  { printf '\001'; tail -c +2 "$img"; } >"$img_seeds/$base-verify"
+  # metadata_fuzzer: an empty patch list for each seed, both option values.
+  printf "\\$(printf '%03o' $((n * 2)))" >"$meta_seeds/$base"
+  printf "\\$(printf '%03o' $((n * 2 + 1)))" >"$meta_seeds/$base-verify"
+  n=$((n + 1))
+done
+
+# ---- regressions --------------------------------------------------------------
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
+
+replay=$build/replay
+rm -rf "$replay"
+mkdir -p "$replay"
+shopt -s nullglob
+for f in "$root"/fuzz/regressions/*; do
+  case "$f" in
+    *.gz) gzip -dc "$f" >"$replay/$(basename "$f" .gz)" ;;
+    *.md|*.txt) ;;
+    *) cp "$f" "$replay/" ;;
+  esac
+done
+replay_inputs=("$replay"/* "$img_seeds"/*)
+echo "fuzz.sh: replaying ${#replay_inputs[@]} regression and seed inputs"
+if ! "$build/image_fuzzer" -timeout=10 -rss_limit_mb=2048 "${replay_inputs[@]}" >"$build/replay.log" 2>&1; then
+  tail -n 60 "$build/replay.log" >&2
+  echo "fuzz.sh: FAILED: a regression input or seed image crashes (full log: $build/replay.log)" >&2
+  exit 1
+fi
+
+# ---- fuzz -----------------------------------------------------------------------
+[ "$duration" -eq 0 ] && { echo "fuzz.sh: regressions pass; no fuzzing (SECONDS=0)"; exit 0; }
+
+declare -A max_len=([image_fuzzer]=1048576 [metadata_fuzzer]=512)
+# Patch lists: let them grow to max_len at once (libFuzzer would otherwise
+# start at a few bytes, one patch, and widen the limit only slowly).
+declare -A len_control=([image_fuzzer]= [metadata_fuzzer]=-len_control=0)
+declare -A seed_dir=([image_fuzzer]=$img_seeds [metadata_fuzzer]=$meta_seeds)
+pids=()
+for t in "${targets[@]}"; do
+  corpus=$build/corpus/$t
+  artifacts=$build/artifacts/$t
+  mkdir -p "$corpus" "$artifacts"
+  rm -f "$artifacts"/*
+  echo "fuzz.sh: running $t for ${duration}s (log: $build/$t.log)"
+  "$build/$t" -max_len="${max_len[$t]}" -timeout=10 -rss_limit_mb=2048 \
+    -max_total_time="$duration" -print_final_stats=1 ${len_control[$t]} \
+    -artifact_prefix="$artifacts/" "$corpus" "${seed_dir[$t]}" >"$build/$t.log" 2>&1 &
+  pids+=($!)
+done
+
+failed=0
+for i in "${!targets[@]}"; do
+  t=${targets[$i]}
+  if wait "${pids[$i]}"; then status=0; else status=$?; fi
+  artifacts=("$build/artifacts/$t"/*)
+  stats=$(grep -E '^stat::(number_of_executed_units|new_units_added):' "$build/$t.log" | tr '\n' ' ' || true)
+  echo "fuzz.sh: $t finished (exit $status) $stats"
+  if [ "$status" -ne 0 ] || [ ${#artifacts[@]} -gt 0 ]; then
+    failed=1
+    grep -E 'ERROR: |SUMMARY: |runtime error|#[0-9]+ 0x' "$build/$t.log" | head -n 40 >&2 || true
+    for a in "${artifacts[@]}"; do
+      echo "fuzz.sh: FAILED: $t reproducer: $a" >&2
+      if [ "$t" = metadata_fuzzer ]; then
+        UEXT_FUZZ_WRITE_IMAGE=$a.img "$build/$t" "$a" >/dev/null 2>&1 || true
+        [ -s "$a.img" ] && echo "fuzz.sh:   as a whole image (for image_fuzzer): $a.img" >&2
+      fi
+    done
+    [ ${#artifacts[@]} -eq 0 ] && echo "fuzz.sh: FAILED: $t exited with $status; see $build/$t.log" >&2
+  fi
+done
+exit $failed
