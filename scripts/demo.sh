@@ -21,8 +21,8 @@ if [ ! -f "$img" ]; then
   ln -s hello.txt "$tree/link-to-hello"
   for i in $(seq 1 3000); do echo "file $i" > "$tree/many/file-$i"; done
   cp README.md "$tree/docs/" 2>/dev/null || true
-  mke2fs -F -q -t ext4 -L uext-demo -d "$tree" "$img" 64M
-  echo "created $img (ext4, 64 MiB) from a sample tree"
+  mke2fs -F -q -t ext4 -L uext-demo -d "$tree" "$img" 512M
+  echo "created $img (ext4, 512 MiB, sparse) from a sample tree"
 else
   echo "using existing $img"
 fi
