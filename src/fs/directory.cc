@@ -166,20 +166,30 @@ Result<DxResult> dx_lookup(Volume& vol, const InodeRecord& dir, std::string_view
     }
     return !entries.empty();
   };
+  // Extends `path` down to a leaf: along the hash's entries, or along the
+  // leftmost ones when continuing into the next subtree. Returns false when
+  // the index is damaged; errors other than corruption (checksums, I/O)
+  // are returned as they are.
   std::vector<DxLevel> path;
+  auto descend = [&](bool leftmost) -> Result<bool> {
+    while (path.size() <= root->indirect_levels) {
+      const DxLevel& up = path.back();
+      auto node = read_dx_node(vol, dir, up.entries[up.at].block);
+      if (!node.ok()) {
+        if (node.error().code() == kErrCorrupted) return false;
+        return std::move(node).error();
+      }
+      if (!valid_block(*node)) return false;
+      size_t at = leftmost ? 0 : disk::dx_find_entry(*node, hash->major);
+      path.push_back({std::move(*node), at});
+    }
+    return true;
+  };
+
   if (!valid_block(root->entries)) return DxResult{DxOutcome::kBadIndex, {}};
   path.push_back({root->entries, disk::dx_find_entry(root->entries, hash->major)});
-  while (path.size() <= root->indirect_levels) {
-    const DxLevel& up = path.back();
-    auto node = read_dx_node(vol, dir, up.entries[up.at].block);
-    if (!node.ok()) {
-      if (node.error().code() == kErrBadChecksum || node.error().code() == EIO) return std::move(node).error();
-      return DxResult{DxOutcome::kBadIndex, {}};
-    }
-    if (!valid_block(*node)) return DxResult{DxOutcome::kBadIndex, {}};
-    size_t at = disk::dx_find_entry(*node, hash->major);
-    path.push_back({std::move(*node), at});
-  }
+  UEXT_ASSIGN_OR_RETURN(bool sound, descend(false));
+  if (!sound) return DxResult{DxOutcome::kBadIndex, {}};
 
   // Search the leaf; names whose hashes collide may continue into the next
   // leaves, which the index marks by setting the low bit of their hash.
@@ -197,18 +207,9 @@ Result<DxResult> dx_lookup(Volume& vol, const InodeRecord& dir, std::string_view
     if ((next_hash & 1) == 0 || (next_hash & ~1u) != hash->major) {
       return DxResult{DxOutcome::kAbsent, {}};
     }
-    // Descend along the leftmost entries below the advanced level.
     path.resize(depth);
-    while (path.size() <= root->indirect_levels) {
-      const DxLevel& up = path.back();
-      auto node = read_dx_node(vol, dir, up.entries[up.at].block);
-      if (!node.ok()) {
-        if (node.error().code() == kErrBadChecksum || node.error().code() == EIO) return std::move(node).error();
-        return DxResult{DxOutcome::kBadIndex, {}};
-      }
-      if (!valid_block(*node)) return DxResult{DxOutcome::kBadIndex, {}};
-      path.push_back({std::move(*node), 0});
-    }
+    UEXT_ASSIGN_OR_RETURN(sound, descend(true));
+    if (!sound) return DxResult{DxOutcome::kBadIndex, {}};
   }
   return DxResult{DxOutcome::kBadIndex, {}};
 }
