@@ -39,50 +39,6 @@ std::string join_host_path(const std::string& dir, std::string_view name) {
   return out;
 }
 
-uint32_t le32(const std::string& s, size_t at) {
-  auto b = [&](size_t i) { return static_cast<uint32_t>(static_cast<unsigned char>(s[at + i])); };
-  return b(0) | b(1) << 8 | b(2) << 16 | b(3) << 24;
-}
-uint16_t le16(const std::string& s, size_t at) {
-  return static_cast<uint16_t>(static_cast<unsigned char>(s[at]) |
-                               static_cast<unsigned char>(s[at + 1]) << 8);
-}
-void put_le16(std::string& s, uint16_t v) {
-  s += static_cast<char>(v & 0xff);
-  s += static_cast<char>(v >> 8);
-}
-void put_le32(std::string& s, uint32_t v) {
-  for (int i = 0; i < 4; ++i) s += static_cast<char>((v >> (8 * i)) & 0xff);
-}
-
-// ext4 stores POSIX ACLs in a compact on-disk form (version 1, 4-byte
-// entries for the owner/group/mask/other tags); setxattr wants the VFS form
-// (version 2, 8-byte entries). Converts when the library handed back the
-// on-disk bytes; anything else is passed through for the host to judge.
-std::string acl_for_host(const std::string& v) {
-  if (v.size() < 4 || le32(v, 0) != 1) return v;
-  constexpr uint16_t kUser = 0x02, kGroup = 0x08;
-  std::string out;
-  put_le32(out, 2);
-  size_t at = 4;
-  while (at < v.size()) {
-    if (v.size() - at < 4) return v;
-    uint16_t tag = le16(v, at), perm = le16(v, at + 2);
-    uint32_t id = 0xffffffffu;  // ACL_UNDEFINED_ID
-    if (tag == kUser || tag == kGroup) {
-      if (v.size() - at < 8) return v;
-      id = le32(v, at + 4);
-      at += 8;
-    } else {
-      at += 4;
-    }
-    put_le16(out, tag);
-    put_le16(out, perm);
-    put_le32(out, id);
-  }
-  return out;
-}
-
 // An errno from the host that means "this host will not store that", which
 // cp -a also treats as a warning.
 bool unsupported_on_host(int e) { return e == EPERM || e == ENOTSUP || e == EOPNOTSUPP; }
@@ -386,7 +342,6 @@ class Copier {
         continue;
       }
       std::string v = *value;
-      if (name == "system.posix_acl_access" || name == "system.posix_acl_default") v = acl_for_host(v);
       if (set(name, v) != 0) {
         int e = errno;
         if (unsupported_on_host(e)) {
