@@ -1,0 +1,2 @@
+#include "disk/jbd2.h"
+#include <gtest/gtest.h>
