@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <functional>
 #include <fstream>
 #include <map>
 #include <regex>
@@ -346,6 +347,365 @@ INSTANTIATE_TEST_SUITE_P(
                 "data=journal,journal_checksum,journal_async_commit",
                 true}),
     [](const ::testing::TestParamInfo<Variant>& info) { return info.param.name; });
+
+// ---------------------------------------------------------------- synthetic journals
+
+// A journal built with the codecs in a memory device: 1 KiB blocks, the
+// journal's 1024 blocks in two extents so lookups cross a boundary.
+class Synth {
+ public:
+  static constexpr uint32_t kBs = 1024;
+  static constexpr uint64_t kDevBlocks = 2400;
+
+  explicit Synth(bool v3 = true, uint32_t start = 1, uint32_t sequence = 10, uint32_t fc_blocks = 0)
+      : dev_(make_memory_device(kDevBlocks * kBs)),
+        map_({{0, 1100, 500}, {500, 1700, 524 + fc_blocks}}) {
+    sb_.s_header = {disk::kJbd2Magic, disk::kJbd2SuperblockV2, 0};
+    sb_.s_blocksize = kBs;
+    sb_.s_maxlen = 1024 + fc_blocks;
+    sb_.s_first = 1;
+    sb_.s_sequence = sequence;
+    sb_.s_start = start;
+    sb_.s_feature_incompat = disk::jbd2_incompat::kRevoke | disk::jbd2_incompat::k64bit |
+                             (v3 ? disk::jbd2_incompat::kCsumV3 : 0) |
+                             (fc_blocks ? disk::jbd2_incompat::kFastCommit : 0);
+    sb_.s_num_fc_blks = fc_blocks;
+    sb_.s_checksum_type = v3 ? disk::kJbd2ChecksumCrc32c : 0;
+    for (int i = 0; i < 16; ++i) sb_.s_uuid[i] = static_cast<uint8_t>(0x40 + i);
+    sb_.s_nr_users = 1;
+    fmt_ = sb_.format();
+    pos_ = start;
+    tid_ = sequence;
+    write_sb();
+  }
+
+  void write_sb() {
+    std::vector<std::byte> raw(kBs);
+    disk::encode_journal_superblock(sb_, raw);
+    write_log(0, raw);
+  }
+  void write_log(uint32_t logical, const std::vector<std::byte>& b) {
+    ASSERT_TRUE(dev_->write(*map_.physical(logical) * kBs, b).ok());
+  }
+  std::vector<std::byte> read_log(uint32_t logical) {
+    std::vector<std::byte> b(kBs);
+    EXPECT_TRUE(dev_->read(*map_.physical(logical) * kBs, b).ok());
+    return b;
+  }
+  std::vector<std::byte> fs_block(uint64_t nr) {
+    std::vector<std::byte> b(kBs);
+    EXPECT_TRUE(dev_->read(nr * kBs, b).ok());
+    return b;
+  }
+  uint32_t next() {
+    uint32_t p = pos_;
+    pos_ = pos_ + 1 >= sb_.log_end() ? sb_.s_first : pos_ + 1;
+    return p;
+  }
+  static std::vector<std::byte> filled(uint8_t v) { return std::vector<std::byte>(kBs, static_cast<std::byte>(v)); }
+
+  // One transaction: a revoke block (when `revokes`), a descriptor tagging
+  // `blocks`, their data, and a commit (when `commit`). Returns the commit's log block.
+  uint32_t txn(const std::vector<std::pair<uint64_t, std::vector<std::byte>>>& blocks,
+               const std::vector<uint64_t>& revokes = {}, bool commit = true) {
+    if (!revokes.empty()) {
+      std::vector<std::byte> rb(kBs);
+      disk::RevokeBlock r;
+      r.header = {disk::kJbd2Magic, disk::kJbd2RevokeBlock, tid_};
+      r.blocks = revokes;
+      EXPECT_TRUE(disk::encode_revoke_block(r, fmt_, rb).ok());
+      write_log(next(), rb);
+    }
+    disk::DescriptorBlock d;
+    d.header = {disk::kJbd2Magic, disk::kJbd2DescriptorBlock, tid_};
+    std::vector<std::vector<std::byte>> logged;
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      disk::JournalBlockTag t;
+      t.t_blocknr = blocks[i].first;
+      std::vector<std::byte> data = blocks[i].second;
+      if (disk::be32(data, 0) == disk::kJbd2Magic) {  // escape, as the kernel does
+        disk::put_be32(data, 0, 0);
+        t.t_flags |= disk::kJbd2FlagEscape;
+      }
+      if (i > 0) t.t_flags |= disk::kJbd2FlagSameUuid; else t.uuid = sb_.s_uuid;
+      if (i + 1 == blocks.size()) t.t_flags |= disk::kJbd2FlagLastTag;
+      t.t_checksum = disk::tag_checksum(fmt_, tid_, data);
+      d.tags.push_back(t);
+      logged.push_back(data);
+    }
+    std::vector<std::byte> db(kBs);
+    EXPECT_TRUE(disk::encode_descriptor_block(d, fmt_, db).ok());
+    write_log(next(), db);
+    for (auto& data : logged) write_log(next(), data);
+    if (!commit) return 0;
+    disk::CommitBlock c;
+    c.header = {disk::kJbd2Magic, disk::kJbd2CommitBlock, tid_};
+    c.h_commit_sec = 1700000000 + tid_;
+    std::vector<std::byte> cb(kBs);
+    disk::encode_commit_block(c, fmt_, cb);
+    uint32_t at = next();
+    write_log(at, cb);
+    ++tid_;
+    return at;
+  }
+
+  Result<RecoveryReport> recover() { return recover_journal(*dev_, kBs, map_); }
+  Result<RecoveryReport> inspect() { return inspect_journal(*dev_, kBs, map_); }
+  disk::JournalSuperblock journal_sb() {
+    auto raw = read_log(0);
+    auto sb = disk::decode_journal_superblock(raw, kBs, 0);
+    EXPECT_TRUE(sb.ok()) << sb.error().message();
+    return sb.ok() ? *sb : disk::JournalSuperblock{};
+  }
+
+  std::unique_ptr<BlockDevice> dev_;
+  JournalMap map_;
+  disk::JournalSuperblock sb_;
+  disk::JournalFormat fmt_;
+  uint32_t pos_ = 0, tid_ = 0;
+};
+
+std::vector<std::byte> magic_block() {
+  auto b = Synth::filled(0x5A);
+  disk::put_be32(b, 0, disk::kJbd2Magic);
+  return b;
+}
+
+void replays_revokes_escapes_and_ignores_torn(bool v3, uint32_t start) {
+  Synth j(v3, start);
+  j.txn({{100, Synth::filled(0xA1)}, {101, Synth::filled(0xB1)}});
+  j.txn({{102, Synth::filled(0xC1)}}, {100});
+  j.txn({{100, Synth::filled(0xA3)}, {103, magic_block()}});
+  j.txn({{104, Synth::filled(0xD4)}}, {}, /*commit=*/false);  // torn by the crash
+  auto insp = j.inspect();
+  ASSERT_TRUE(insp.ok()) << insp.error().message();
+  EXPECT_EQ(insp->transactions, 3u);
+  EXPECT_EQ(j.fs_block(100), Synth::filled(0));  // inspect writes nothing
+  auto rep = j.recover();
+  ASSERT_TRUE(rep.ok()) << rep.error().message();
+  EXPECT_EQ(rep->transactions, 3u);
+  EXPECT_EQ(rep->start_transaction, 10u);
+  EXPECT_EQ(rep->end_transaction, 13u);
+  EXPECT_EQ(rep->blocks_replayed, 4u);
+  EXPECT_EQ(rep->blocks_revoked, 1u);
+  EXPECT_EQ(rep->revoke_records, 1u);
+  EXPECT_FALSE(rep->needs_fsck());
+  EXPECT_EQ(j.fs_block(100), Synth::filled(0xA3));
+  EXPECT_EQ(j.fs_block(101), Synth::filled(0xB1));
+  EXPECT_EQ(j.fs_block(102), Synth::filled(0xC1));
+  EXPECT_EQ(j.fs_block(103), magic_block());
+  EXPECT_EQ(j.fs_block(104), Synth::filled(0));
+  auto sb = j.journal_sb();
+  EXPECT_EQ(sb.s_start, 0u);
+  EXPECT_EQ(sb.s_sequence, 14u);
+  EXPECT_EQ(sb.s_errno, 0);
+  // A second run finds nothing to do.
+  auto again = j.recover();
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(again->needed);
+}
+
+TEST(SyntheticJournal, ReplaysRevokesEscapesAndIgnoresTornTransaction) {
+  replays_revokes_escapes_and_ignores_torn(true, 1);
+}
+TEST(SyntheticJournal, WithoutChecksums) { replays_revokes_escapes_and_ignores_torn(false, 1); }
+TEST(SyntheticJournal, LogWrapsAroundTheEnd) { replays_revokes_escapes_and_ignores_torn(true, 1018); }
+
+TEST(SyntheticJournal, RevokeInTheSameTransactionCancelsTheBlock) {
+  Synth j;
+  j.txn({{100, Synth::filled(0xA1)}}, {100});
+  auto rep = j.recover();
+  ASSERT_TRUE(rep.ok());
+  EXPECT_EQ(rep->blocks_revoked, 1u);
+  EXPECT_EQ(j.fs_block(100), Synth::filled(0));
+}
+
+TEST(SyntheticJournal, BadCommitChecksumStopsReplayBeforeIt) {
+  Synth j;
+  j.txn({{100, Synth::filled(0xA1)}});
+  uint32_t bad = j.txn({{101, Synth::filled(0xB1)}});
+  j.txn({{102, Synth::filled(0xC1)}});
+  auto cb = j.read_log(bad);
+  cb[0x40] ^= std::byte{1};
+  j.write_log(bad, cb);
+  auto rep = j.recover();
+  ASSERT_TRUE(rep.ok()) << rep.error().message();
+  EXPECT_EQ(rep->transactions, 1u);
+  ASSERT_TRUE(rep->failed_commit.has_value());
+  EXPECT_EQ(*rep->failed_commit, 11u);
+  EXPECT_TRUE(rep->needs_fsck());
+  EXPECT_EQ(j.fs_block(100), Synth::filled(0xA1));
+  EXPECT_EQ(j.fs_block(101), Synth::filled(0));
+  EXPECT_EQ(j.fs_block(102), Synth::filled(0));
+  auto sb = j.journal_sb();
+  EXPECT_EQ(sb.s_start, 0u);
+  EXPECT_EQ(sb.s_sequence, 12u);
+  EXPECT_EQ(sb.s_errno, -EINVAL);
+}
+
+TEST(SyntheticJournal, BadDataChecksumSkipsOnlyThatBlock) {
+  Synth j;
+  j.txn({{100, Synth::filled(0xA1)}, {101, Synth::filled(0xB1)}});
+  auto data = j.read_log(3);  // descriptor at 1, data at 2 and 3
+  data[7] ^= std::byte{0x80};
+  j.write_log(3, data);
+  auto rep = j.recover();
+  ASSERT_TRUE(rep.ok()) << rep.error().message();
+  EXPECT_EQ(rep->bad_block_checksums, 1u);
+  EXPECT_TRUE(rep->needs_fsck());
+  EXPECT_EQ(j.fs_block(100), Synth::filled(0xA1));
+  EXPECT_EQ(j.fs_block(101), Synth::filled(0));
+}
+
+TEST(SyntheticJournal, TagOutsideTheFilesystemIsAnErrorBeforeAnyWrite) {
+  Synth j;
+  j.txn({{100, Synth::filled(0xA1)}});
+  j.txn({{100, Synth::filled(0xA2)}, {Synth::kDevBlocks + 5, Synth::filled(0xB1)}});
+  auto rep = j.recover();
+  ASSERT_FALSE(rep.ok());
+  EXPECT_EQ(rep.error().code(), kErrCorrupted);
+  EXPECT_NE(rep.error().message().find("journal block 4 (descriptor, transaction 11): tag 1 points to block 2405 "
+                                       "outside the filesystem"),
+            std::string::npos)
+      << rep.error().message();
+  EXPECT_EQ(j.fs_block(100), Synth::filled(0));
+  EXPECT_NE(j.journal_sb().s_start, 0u);
+}
+
+TEST(SyntheticJournal, DamagedJournalSuperblock) {
+  struct Case {
+    const char* name;
+    std::function<void(disk::JournalSuperblock&)> damage;
+    int code;
+    const char* text;
+  };
+  std::vector<Case> cases = {
+      {"magic", [](auto& sb) { sb.s_header.h_magic = 0x12345678; }, kErrCorrupted, "bad magic"},
+      {"blocktype", [](auto& sb) { sb.s_header.h_blocktype = disk::kJbd2CommitBlock; }, kErrCorrupted, "blocktype 2"},
+      {"blocksize", [](auto& sb) { sb.s_blocksize = 4096; }, kErrCorrupted, "s_blocksize 4096"},
+      {"maxlen", [](auto& sb) { sb.s_maxlen = 5000; }, kErrCorrupted, "s_maxlen 5000"},
+      {"first", [](auto& sb) { sb.s_first = 0; }, kErrCorrupted, "s_first 0"},
+      {"start", [](auto& sb) { sb.s_start = 1024; }, kErrCorrupted, "s_start 1024"},
+      {"feature", [](auto& sb) { sb.s_feature_incompat |= 0x100; }, ENOTSUP, "unknown incompat"},
+      {"v2+v3", [](auto& sb) { sb.s_feature_incompat |= disk::jbd2_incompat::kCsumV2; }, kErrCorrupted, "both"},
+      {"csum type", [](auto& sb) { sb.s_checksum_type = 1; }, kErrCorrupted, "s_checksum_type 1"},
+  };
+  for (const Case& c : cases) {
+    Synth j;
+    j.txn({{100, Synth::filled(0xA1)}});
+    c.damage(j.sb_);
+    j.write_sb();
+    auto rep = j.recover();
+    ASSERT_FALSE(rep.ok()) << c.name;
+    EXPECT_EQ(rep.error().code(), c.code) << c.name << ": " << rep.error().message();
+    EXPECT_NE(rep.error().message().find("journal superblock"), std::string::npos) << rep.error().message();
+    EXPECT_NE(rep.error().message().find(c.text), std::string::npos) << c.name << ": " << rep.error().message();
+    EXPECT_EQ(j.fs_block(100), Synth::filled(0)) << c.name;
+  }
+  // A bit flip under the checksum.
+  Synth j;
+  auto raw = j.read_log(0);
+  raw[0x60] ^= std::byte{4};
+  j.write_log(0, raw);
+  auto rep = j.recover();
+  ASSERT_FALSE(rep.ok());
+  EXPECT_EQ(rep.error().code(), kErrBadChecksum) << rep.error().message();
+}
+
+TEST(SyntheticJournal, LoopingLogIsRefusedNotSpun) {
+  // Every log block a one-tag descriptor of transaction 10: the scan would
+  // walk the circle forever without the lap check.
+  Synth j;
+  disk::DescriptorBlock d;
+  d.header = {disk::kJbd2Magic, disk::kJbd2DescriptorBlock, 10};
+  disk::JournalBlockTag t;
+  t.t_blocknr = 100;
+  t.t_flags = disk::kJbd2FlagLastTag | disk::kJbd2FlagSameUuid;
+  d.tags.push_back(t);
+  std::vector<std::byte> db(Synth::kBs);
+  ASSERT_TRUE(disk::encode_descriptor_block(d, j.fmt_, db).ok());
+  for (uint32_t b = 1; b < 1024; ++b) j.write_log(b, db);
+  auto rep = j.recover();
+  ASSERT_FALSE(rep.ok());
+  EXPECT_EQ(rep.error().code(), kErrCorrupted);
+  EXPECT_NE(rep.error().message().find("sequence numbers loop"), std::string::npos) << rep.error().message();
+}
+
+TEST(SyntheticJournal, FastCommitBlocksAreRefused) {
+  Synth j(true, 1, 10, 16);
+  j.txn({{100, Synth::filled(0xA1)}});
+  auto fc = Synth::filled(0);
+  disk::put_le16(fc, 0, 9);  // EXT4_FC_TAG_HEAD
+  disk::put_le16(fc, 2, 8);
+  disk::put_le32(fc, 8, 11);  // extends the transaction after the last commit
+  j.write_log(1025, fc);  // the first fast commit block: log end (1024) + 1
+  auto rep = j.recover();
+  ASSERT_FALSE(rep.ok());
+  EXPECT_EQ(rep.error().code(), ENOTSUP);
+  EXPECT_NE(rep.error().message().find("fast commit"), std::string::npos) << rep.error().message();
+  EXPECT_EQ(j.fs_block(100), Synth::filled(0));
+}
+
+TEST(SyntheticJournal, ReadOnlyDeviceIsRefused) {
+  Synth j;
+  j.txn({{100, Synth::filled(0xA1)}});
+  std::vector<std::byte> all(Synth::kDevBlocks * Synth::kBs);
+  ASSERT_TRUE(j.dev_->read(0, all).ok());
+  TempDir dir;
+  uext::testing::write_file(dir / "j.img", std::string(reinterpret_cast<const char*>(all.data()), all.size()));
+  auto ro = open_image_file(dir / "j.img", {});
+  ASSERT_TRUE(ro.ok());
+  EXPECT_EQ(recover_journal(**ro, Synth::kBs, j.map_).error().code(), EROFS);
+}
+
+// Random damage to the log: errors or partial replays, never a crash or hang.
+TEST(SyntheticJournal, RandomDamageNeverCrashes) {
+  uint64_t state = 0x9E3779B97F4A7C15ull;
+  auto rnd = [&] {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return state;
+  };
+  for (int iter = 0; iter < 300; ++iter) {
+    Synth j(iter % 2 == 0, 1 + static_cast<uint32_t>(rnd() % 1020));
+    for (int t = 0; t < 4; ++t)
+      j.txn({{100 + rnd() % 50, Synth::filled(static_cast<uint8_t>(t))}, {200 + rnd() % 50, magic_block()}},
+            {100 + rnd() % 50});
+    for (int k = 0; k < 1 + static_cast<int>(rnd() % 4); ++k) {
+      uint32_t blk = static_cast<uint32_t>(rnd() % 1024);
+      auto b = j.read_log(blk);
+      b[rnd() % (blk == 0 ? 256 : Synth::kBs)] ^= static_cast<std::byte>(1u << (rnd() % 8));
+      j.write_log(blk, b);
+    }
+    auto rep = j.recover();
+    if (rep.ok()) EXPECT_LE(rep->transactions, 4u);
+    else EXPECT_FALSE(rep.error().message().empty());
+  }
+}
+
+TEST(ClearNeedsRecovery, ClearsTheFlagAndKeepsTheChecksumValid) {
+  TempDir dir;
+  const std::string img = dir / "fs.img";
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", img, "32M"});
+  run_ok({"debugfs", "-w", "-R", "feature needs_recovery", img});
+  ASSERT_NE(uext::testing::dumpe2fs_header(img)["Filesystem features"].find("needs_recovery"), std::string::npos);
+  {
+    auto dev = open_rw(img);
+    ASSERT_TRUE(clear_needs_recovery(*dev).ok());
+  }
+  auto h = uext::testing::dumpe2fs_header(img);
+  EXPECT_EQ(h["Filesystem features"].find("needs_recovery"), std::string::npos);
+  EXPECT_EQ(h["Filesystem state"], "clean");
+  auto r = run({"e2fsck", "-fn", img});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  // The journal of a fresh image needs nothing.
+  auto dev = open_image_file(img, {});
+  ASSERT_TRUE(dev.ok());
+  auto rep = inspect_journal(**dev, fs_block_size(img), journal_map(img));
+  ASSERT_TRUE(rep.ok()) << rep.error().message();
+  EXPECT_FALSE(rep->needed);
+}
 
 }  // namespace
 }  // namespace uext::journal
