@@ -626,8 +626,7 @@ TEST_P(LibraryRead, ConcurrentReadersSeeTheRightBytes) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Kinds, LibraryRead,
-                         ::testing::Values("ext4-4k", "ext2-4k", "ext3-1k", "ext4-1k",
-                                           "ext4-4k-nocsum-no64bit"),
+                         ::testing::Values("ext4-4k", "ext2-4k", "ext3-1k"),
                          kind_param_name);
 
 }  // namespace
