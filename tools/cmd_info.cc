@@ -60,7 +60,23 @@ int run_info(const ImageOptions& opts) {
   field("Last mount time:", v.mount_time != 0 ? ctime_string(v.mount_time) : "n/a");
   field("Last write time:", ctime_string(v.write_time));
   field("Mount count:", fmt::format("{}", v.mount_count));
-  if (v.needs_recovery) fmt::print("Journal needs recovery: yes\n");
+  if (v.journal.present) {
+    if (!v.journal.problem.empty()) {
+      field("Journal:", "unreadable: " + v.journal.problem);
+    } else {
+      field("Total journal blocks:", fmt::format("{}", v.journal.blocks));
+      field("Journal sequence:", fmt::format("{:#010x}", v.journal.sequence));
+      field("Journal start:", fmt::format("{}", v.journal.start));
+    }
+  }
+  if (v.needs_recovery) {
+    if (v.journal.pending_transactions > 0) {
+      fmt::print("Journal needs recovery: yes ({} transactions, {} blocks to replay)\n",
+                 v.journal.pending_transactions, v.journal.pending_blocks);
+    } else {
+      fmt::print("Journal needs recovery: yes\n");
+    }
+  }
   return kExitOk;
 }
 

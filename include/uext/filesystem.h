@@ -72,6 +72,18 @@ struct FileExtent {
   bool unwritten = false;
 };
 
+// The journal as its superblock and a read-only scan of the log describe it.
+struct JournalInfo {
+  bool present = false;
+  uint64_t blocks = 0;    // s_maxlen
+  uint32_t sequence = 0;  // first transaction expected in the log
+  uint32_t start = 0;     // log block of that transaction; 0 when the log is empty
+  // What a replay would apply (nonzero only when the image needs recovery).
+  uint32_t pending_transactions = 0;
+  uint64_t pending_blocks = 0;
+  std::string problem;  // why the journal could not be read, when it could not
+};
+
 struct VolumeInfo {
   std::string label;
   std::string uuid;
@@ -93,6 +105,7 @@ struct VolumeInfo {
   int64_t mkfs_time = 0, mount_time = 0, write_time = 0;
   uint32_t mount_count = 0;
   uint32_t journal_inum = 0;
+  JournalInfo journal;
   std::string default_hash;
 };
 

@@ -9,10 +9,12 @@
 #include <deque>
 
 #include "disk/dirent.h"
+#include "disk/jbd2.h"
 #include "disk/xattr.h"
 #include "fs/block_map.h"
 #include "fs/directory.h"
 #include "fs/volume.h"
+#include "journal/recovery.h"
 #include "uext/filesystem.h"
 
 namespace uext {
@@ -82,8 +84,42 @@ class FilesystemImpl final : public Filesystem {
     v.write_time = sb.s_wtime;
     v.mount_count = sb.s_mnt_count;
     v.journal_inum = sb.has_compat(disk::compat::kHasJournal) ? sb.s_journal_inum : 0;
+    v.journal = journal_;
     v.default_hash = hash_name(sb.s_def_hash_version);
     return v;
+  }
+
+  // Reads the journal superblock and scans the log without writing. A
+  // damaged journal does not stop read-only use; info() reports it.
+  void load_journal_info() {
+    const disk::Superblock& sb = vol_->sb();
+    if (!sb.has_compat(disk::compat::kHasJournal) || sb.s_journal_inum == 0) return;
+    journal_.present = true;
+    auto fail = [&](const Error& e) { journal_.problem = e.message(); };
+    auto rec = vol_->read_inode(sb.s_journal_inum);
+    if (!rec.ok()) return fail(rec.error());
+    auto runs = fs::all_mapped_runs(*vol_, *rec);
+    if (!runs.ok()) return fail(runs.error());
+    std::vector<journal::JournalExtent> extents;
+    for (const auto& r : *runs) extents.push_back({r.logical, r.physical, r.length});
+    journal::JournalMap map(std::move(extents));
+    auto first = map.physical(0);
+    if (!first) return fail(Error(kErrCorrupted, "journal inode: block 0 is not mapped"));
+    std::vector<std::byte> raw(vol_->block_size());
+    Status read = vol_->device().read(*first * vol_->block_size(), raw);
+    if (!read.ok()) return fail(read.error());
+    auto jsb = disk::decode_journal_superblock(raw, vol_->block_size(), map.mapped_prefix());
+    if (!jsb.ok()) return fail(jsb.error());
+    journal_.blocks = jsb->s_maxlen;
+    journal_.sequence = jsb->s_sequence;
+    journal_.start = jsb->s_start;
+    if (jsb->s_start == 0) return;
+    journal::RecoveryOptions options;
+    options.fs_blocks = sb.s_blocks_count;
+    auto report = journal::inspect_journal(vol_->device(), vol_->block_size(), map, options);
+    if (!report.ok()) return fail(report.error());
+    journal_.pending_transactions = report->transactions;
+    journal_.pending_blocks = report->blocks_replayed;
   }
 
   Result<Ino> lookup(Ino dir, std::string_view name) override {
@@ -322,6 +358,7 @@ class FilesystemImpl final : public Filesystem {
   }
 
   std::unique_ptr<Volume> vol_;
+  JournalInfo journal_;
 };
 
 }  // namespace
@@ -343,7 +380,9 @@ Result<std::unique_ptr<Filesystem>> Filesystem::open(std::unique_ptr<BlockDevice
     return Error(EROFS, "read-write access is not available yet; open the image read-only");
   }
   UEXT_ASSIGN_OR_RETURN(auto volume, Volume::open(std::move(device), options));
-  return std::unique_ptr<Filesystem>(std::make_unique<FilesystemImpl>(std::move(volume)));
+  auto fs = std::make_unique<FilesystemImpl>(std::move(volume));
+  fs->load_journal_info();
+  return std::unique_ptr<Filesystem>(std::move(fs));
 }
 
 Result<std::vector<DirEntry>> Filesystem::list_directory(Ino dir) {

@@ -277,3 +277,43 @@ TEST(OpenErrors, UnsupportedIncompatFeatureRefuses) {
 
 }  // namespace
 }  // namespace uext
+
+namespace uext {
+namespace {
+
+TEST(JournalInfo, FreshImageHasAnEmptyLog) {
+  testing::TempDir dir;
+  testing::run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-J", "size=4", dir / "j.img", "64M"});
+  auto fs = Filesystem::open(dir / "j.img", {});
+  ASSERT_TRUE(fs.ok()) << fs.error().message();
+  VolumeInfo v = (*fs)->info();
+  EXPECT_TRUE(v.journal.present);
+  EXPECT_TRUE(v.journal.problem.empty()) << v.journal.problem;
+  EXPECT_EQ(v.journal.blocks * v.block_size, 4u << 20);
+  EXPECT_EQ(v.journal.start, 0u);
+  EXPECT_FALSE(v.needs_recovery);
+}
+
+TEST(JournalInfo, KernelShutdownLeavesTransactionsToReplay) {
+  if (!testing::can_loop_mount()) GTEST_SKIP() << "needs root and loop devices to let the kernel write a journal";
+  testing::TempDir dir;
+  std::string img = dir / "j.img", mnt = dir / "mnt";
+  testing::run_ok({"mke2fs", "-F", "-q", "-t", "ext4", img, "64M"});
+  testing::run_ok({"mkdir", mnt});
+  testing::run_ok({"mount", "-o", "loop", img, mnt});
+  auto r = testing::run_shell("for i in $(seq 1 40); do echo $i > " + mnt + "/f$i; done; sync " + mnt +
+                              "/f1; xfs_io -x -c 'shutdown -f' " + mnt);
+  testing::run({"umount", mnt});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto fs = Filesystem::open(img, {});
+  ASSERT_TRUE(fs.ok()) << fs.error().message();
+  VolumeInfo v = (*fs)->info();
+  EXPECT_TRUE(v.needs_recovery);
+  EXPECT_TRUE(v.journal.problem.empty()) << v.journal.problem;
+  EXPECT_NE(v.journal.start, 0u);
+  EXPECT_GT(v.journal.pending_transactions, 0u);
+  EXPECT_GT(v.journal.pending_blocks, 0u);
+}
+
+}  // namespace
+}  // namespace uext
