@@ -17,7 +17,7 @@ enum class LockLevel : int {
   kJournalHandle = 30,
   kPage = 40,
   kAllocatorGroup = 50,
-  kBlockCacheShard = 60,
+  kBufferCacheShard = 60,
 };
 
 namespace lock_order {

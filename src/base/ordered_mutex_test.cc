@@ -9,7 +9,7 @@ namespace {
 
 TEST(OrderedMutex, NestsInOrder) {
   OrderedMutex outer(LockLevel::kInode);
-  OrderedMutex inner(LockLevel::kBlockCacheShard);
+  OrderedMutex inner(LockLevel::kBufferCacheShard);
   std::lock_guard a(outer);
   std::lock_guard b(inner);
   SUCCEED();
@@ -18,7 +18,7 @@ TEST(OrderedMutex, NestsInOrder) {
 #ifdef UEXT_DEBUG_CHECKS
 TEST(OrderedMutexDeathTest, InversionAborts) {
   OrderedMutex outer(LockLevel::kInode);
-  OrderedMutex inner(LockLevel::kBlockCacheShard);
+  OrderedMutex inner(LockLevel::kBufferCacheShard);
   EXPECT_DEATH(
       {
         std::lock_guard b(inner);

@@ -7,7 +7,7 @@ namespace uext::fs {
 Volume::Volume(std::unique_ptr<BlockDevice> device, const Options& options,
                const disk::Superblock& sb)
     : device_(std::move(device)), options_(options), sb_(sb) {
-  cache_ = std::make_unique<BlockCache>(*device_, sb_.block_size(), options_.metadata_cache_bytes);
+  cache_ = std::make_unique<buffer::BufferCache>(*device_, sb_.block_size(), options_.metadata_cache_bytes);
 }
 
 Result<std::unique_ptr<Volume>> Volume::open(std::unique_ptr<BlockDevice> device,

@@ -10,11 +10,13 @@
 #include "disk/group_desc.h"
 #include "disk/inode.h"
 #include "disk/superblock.h"
-#include "fs/block_cache.h"
+#include "buffer/buffer_cache.h"
 #include "uext/block_device.h"
 #include "uext/filesystem.h"
 
 namespace uext::fs {
+
+using buffer::BlockRef;
 
 // An inode as read from the table: decoded fields plus the raw slot, which
 // the in-inode xattr area lives in.
@@ -61,7 +63,7 @@ class Volume {
   disk::Superblock sb_;
   disk::FeatureVerdict features_;
   std::vector<disk::GroupDesc> groups_;
-  std::unique_ptr<BlockCache> cache_;
+  std::unique_ptr<buffer::BufferCache> cache_;
 };
 
 }  // namespace uext::fs

@@ -17,14 +17,14 @@
 #include "uext/block_device.h"
 #include "uext/status.h"
 
-namespace uext::fs {
+namespace uext::buffer {
 
 using BlockData = std::vector<std::byte>;
 using BlockRef = std::shared_ptr<const BlockData>;
 
-class BlockCache {
+class BufferCache {
  public:
-  BlockCache(BlockDevice& device, uint32_t block_size, size_t capacity_bytes);
+  BufferCache(BlockDevice& device, uint32_t block_size, size_t capacity_bytes);
 
   // The block's bytes, from memory or read from the device. Callers may keep
   // the reference as long as they like; eviction only drops the cache's own.
@@ -34,7 +34,7 @@ class BlockCache {
   // Sharded so that readers on different blocks rarely contend.
   static constexpr size_t kShards = 16;
   struct Shard {
-    base::OrderedMutex mu{base::LockLevel::kBlockCacheShard};
+    base::OrderedMutex mu{base::LockLevel::kBufferCacheShard};
     std::list<uint64_t> lru;  // front: most recently used
     struct Entry {
       BlockRef data;
@@ -49,4 +49,4 @@ class BlockCache {
   Shard shards_[kShards];
 };
 
-}  // namespace uext::fs
+}  // namespace uext::buffer

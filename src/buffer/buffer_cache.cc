@@ -1,15 +1,15 @@
-#include "fs/block_cache.h"
+#include "buffer/buffer_cache.h"
 
 #include <algorithm>
 
-namespace uext::fs {
+namespace uext::buffer {
 
-BlockCache::BlockCache(BlockDevice& device, uint32_t block_size, size_t capacity_bytes)
+BufferCache::BufferCache(BlockDevice& device, uint32_t block_size, size_t capacity_bytes)
     : device_(device),
       block_size_(block_size),
       blocks_per_shard_(std::max<size_t>(4, capacity_bytes / block_size / kShards)) {}
 
-Result<BlockRef> BlockCache::get(uint64_t block) {
+Result<BlockRef> BufferCache::get(uint64_t block) {
   Shard& shard = shards_[(block * 0x9E3779B97F4A7C15ull) >> 60];
   {
     std::lock_guard lock(shard.mu);
@@ -38,4 +38,4 @@ Result<BlockRef> BlockCache::get(uint64_t block) {
   return BlockRef(data);
 }
 
-}  // namespace uext::fs
+}  // namespace uext::buffer
