@@ -38,6 +38,28 @@ std::string lower(std::string s) {
 // Each inner list is a set of alternatives; every list must be matched.
 using Mentions = std::vector<std::vector<std::string>>;
 
+// Scratch space for `uext get` output: tmpfs when there is one (a copy per
+// case on a disk filesystem costs seconds), else a TempDir.
+class Scratch {
+ public:
+  Scratch() {
+    char tmpl[] = "/dev/shm/uext-corruption-XXXXXX";
+    if (::access("/dev/shm", W_OK) == 0 && ::mkdtemp(tmpl)) path_ = tmpl;
+    else {
+      fallback_ = std::make_unique<TempDir>();
+      path_ = fallback_->path();
+    }
+  }
+  ~Scratch() {
+    if (!fallback_) run({"rm", "-rf", path_});
+  }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+  std::unique_ptr<TempDir> fallback_;
+};
+
 class Corruption : public ::testing::Test {
  protected:
   // A private copy of a shared image (small tree, kernel files).
@@ -84,7 +106,7 @@ class Corruption : public ::testing::Test {
   void check(const std::string& what, bool must_fail, const Mentions& mentions, const std::string& target = "",
              bool list_dirs = true) {
     SCOPED_TRACE(what + " on " + kind_.name);
-    std::string out = dir_ / "out";
+    std::string out = scratch_ / "out";
     run({"rm", "-rf", out});
     std::vector<GuardedResult> failing;
     auto sane = [&](const std::string& cmd, const GuardedResult& r) {
@@ -134,6 +156,7 @@ class Corruption : public ::testing::Test {
   }
 
   TempDir dir_;
+  Scratch scratch_;
   ImageKind kind_;
   std::string image_;
   uint64_t bs_ = 0, blocks_ = 0, inode_size_ = 0, desc_size_ = 32;
@@ -589,7 +612,7 @@ TEST_F(Corruption, RandomBitFlipsInMetadata) {
         flip_bit(image_, off, bit);
         desc += " " + std::to_string(off) + ":" + std::to_string(bit);
       }
-      std::string out = dir_ / "out";
+      std::string out = scratch_ / "out";
       GuardedResult g = run_uext({"get", image_, "/", out}, 120);
       std::string what = std::string(p.kind) + " case " + std::to_string(i) + ", bits flipped at" + desc;
       EXPECT_FALSE(g.timed_out || g.crashed || g.sanitizer) << what << ": uext get: " << g.describe();
