@@ -9,6 +9,10 @@
 
 #include "common.h"
 
+namespace uext::cli {
+Command add_mkfs_command(CLI::App& parent);  // cmd_mkfs.cc
+}  // namespace uext::cli
+
 namespace {
 
 constexpr const char* kVersion = "0.1.0";
@@ -32,7 +36,7 @@ int run(int argc, char** argv) {
   std::vector<uext::cli::Command> commands = {
       uext::cli::add_info_command(app), uext::cli::add_ls_command(app),
       uext::cli::add_cat_command(app),  uext::cli::add_stat_command(app),
-      uext::cli::add_get_command(app),
+      uext::cli::add_get_command(app),  uext::cli::add_mkfs_command(app),
   };
 
   if (argc <= 1) {
