@@ -17,6 +17,8 @@ enum class LockLevel : int {
   kJournalHandle = 30,
   kPage = 40,
   kAllocatorGroup = 50,
+  kBufferEdit = 55,
+  kJournalState = 58,
   kBufferCacheShard = 60,
 };
 

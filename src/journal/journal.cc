@@ -1,0 +1,493 @@
+#include "journal/journal.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstring>
+#include <ctime>
+
+namespace uext::journal {
+
+// ---- Handle ---------------------------------------------------------------
+
+Handle::Handle(Handle&& other) noexcept { *this = std::move(other); }
+
+Handle& Handle::operator=(Handle&& other) noexcept {
+  if (this != &other) {
+    if (journal_) (void)stop();
+    journal_ = std::exchange(other.journal_, nullptr);
+    tid_ = other.tid_;
+    credits_ = other.credits_;
+    used_ = other.used_;
+    touched_ = std::move(other.touched_);
+  }
+  return *this;
+}
+
+Handle::~Handle() {
+  if (journal_) (void)stop();
+}
+
+Status Handle::modify(uint64_t block, const buffer::BlockEdit& edit) { return change(block, false, edit); }
+Status Handle::create(uint64_t block, const buffer::BlockEdit& fill) { return change(block, true, fill); }
+
+Status Handle::change(uint64_t block, bool fresh, const buffer::BlockEdit& edit) {
+  if (!journal_) return Error(EINVAL, "journal handle used after it stopped");
+  return journal_->record_change(*this, block, fresh, edit);
+}
+
+Status Handle::revoke(uint64_t block) {
+  if (!journal_) return Error(EINVAL, "journal handle used after it stopped");
+  return journal_->record_revoke(*this, block);
+}
+
+Status Handle::stop() {
+  if (!journal_) return {};
+  Journal* j = std::exchange(journal_, nullptr);
+  j->stop_handle(*this);
+  return {};
+}
+
+// ---- Journal: opening -----------------------------------------------------
+
+Journal::Journal(BlockDevice& device, buffer::BufferCache& cache, const JournalOptions& options)
+    : device_(device), cache_(cache), options_(options), block_size_(cache.block_size()) {}
+
+Journal::~Journal() {
+  {
+    std::lock_guard lock(mu_);
+    stop_timer_ = true;
+  }
+  changed_.notify_all();
+  if (timer_.joinable()) timer_.join();
+}
+
+std::unique_ptr<Journal> Journal::open_without_log(BlockDevice& device, buffer::BufferCache& cache,
+                                                   const JournalOptions& options) {
+  std::unique_ptr<Journal> j(new Journal(device, cache, options));
+  j->max_transaction_ = UINT32_MAX;
+  if (options.commit_interval_ms > 0) j->timer_ = std::thread([p = j.get()] { p->commit_timer(); });
+  return j;
+}
+
+Result<std::unique_ptr<Journal>> Journal::open(BlockDevice& device, buffer::BufferCache& cache,
+                                               const JournalMap& map, const JournalOptions& options) {
+  std::unique_ptr<Journal> j(new Journal(device, cache, options));
+  j->has_log_ = true;
+  j->map_ = map;
+  auto first = map.physical(0);
+  if (!first) return Error(kErrCorrupted, "journal: block 0 (its superblock) is not mapped");
+  std::vector<std::byte> raw(j->block_size_);
+  UEXT_TRY(device.read(*first * j->block_size_, raw));
+  UEXT_ASSIGN_OR_RETURN(j->jsb_, disk::decode_journal_superblock(raw, j->block_size_, map.mapped_prefix()));
+  disk::JournalSuperblock& jsb = j->jsb_;
+  if (jsb.s_start != 0) {
+    return Error(EINVAL, "journal: the log holds transactions; replay it before writing");
+  }
+  if (jsb.version() < 2) {
+    return Error(ENOTSUP, "journal: version 1 superblock cannot record the features uext needs");
+  }
+  if (jsb.has_incompat(disk::jbd2_incompat::kFastCommit)) {
+    return Error(ENOTSUP, "journal: fast commit is not supported for writing");
+  }
+  // Turn on what this filesystem needs, as the kernel does at mount.
+  jsb.s_feature_incompat |= disk::jbd2_incompat::kRevoke;
+  if (options.use_64bit) jsb.s_feature_incompat |= disk::jbd2_incompat::k64bit;
+  if (options.use_csum_v3) {
+    jsb.s_feature_incompat &= ~disk::jbd2_incompat::kCsumV2;
+    jsb.s_feature_incompat |= disk::jbd2_incompat::kCsumV3;
+    jsb.s_feature_compat &= ~disk::jbd2_compat::kChecksum;
+    jsb.s_checksum_type = disk::kJbd2ChecksumCrc32c;
+  }
+  j->format_ = jsb.format();
+  uint32_t capacity = jsb.log_end() - jsb.s_first;
+  j->max_transaction_ = capacity / 4;
+  j->head_ = jsb.s_first;
+  j->next_tid_ = jsb.s_sequence;
+  UEXT_TRY(j->write_journal_superblock(0, jsb.s_sequence));
+  UEXT_TRY(device.flush());
+  if (options.commit_interval_ms > 0) j->timer_ = std::thread([p = j.get()] { p->commit_timer(); });
+  return j;
+}
+
+// ---- Handles --------------------------------------------------------------
+
+Result<Handle> Journal::start(uint32_t credits) {
+  if (credits == 0) credits = 1;
+  std::unique_lock lock(mu_);
+  if (credits > max_transaction_) {
+    return Error(EINVAL, fmt::format("journal: a handle of {} blocks exceeds the largest "
+                                     "transaction ({} blocks)", credits, max_transaction_));
+  }
+  for (;;) {
+    if (!sticky_error_.ok()) return sticky_error_.error();
+    if (closed_) return Error(EROFS, "journal: closed");
+    if (committing_) {
+      changed_.wait(lock);
+      continue;
+    }
+    if (running_ && running_->credits + credits > max_transaction_) {
+      UEXT_TRY(commit_locked(lock));
+      continue;
+    }
+    break;
+  }
+  if (!running_) {
+    running_ = std::make_unique<Transaction>();
+    running_->tid = next_tid_++;
+  }
+  running_->open_handles++;
+  running_->credits += credits;
+  return Handle(this, running_->tid, credits);
+}
+
+Journal::Transaction* Journal::transaction_of(uint32_t tid) {
+  if (running_ && running_->tid == tid) return running_.get();
+  if (committing_tx_ && committing_tx_->tid == tid) return committing_tx_;
+  return nullptr;
+}
+
+Status Journal::record_change(Handle& h, uint64_t block, bool fresh, const buffer::BlockEdit& edit) {
+  if (options_.fs_blocks != 0 && block >= options_.fs_blocks) {
+    return Error(EINVAL, fmt::format("journal: block {} lies outside the filesystem", block));
+  }
+  if (!h.touched_.count(block)) {
+    if (h.used_ >= h.credits_) {
+      return Error(EINVAL, fmt::format("journal: handle ran out of its {} credits changing block {}",
+                                       h.credits_, block));
+    }
+    h.used_++;
+    h.touched_.insert(block);
+  }
+  UEXT_TRY(cache_.modify(block, fresh, edit));
+  std::lock_guard lock(mu_);
+  Transaction* tx = transaction_of(h.tid_);
+  if (!tx) return Error(EINVAL, "journal: handle outlived its transaction");
+  tx->blocks.insert(block);
+  return {};
+}
+
+Status Journal::record_revoke(Handle& h, uint64_t block) {
+  std::lock_guard lock(mu_);
+  Transaction* tx = transaction_of(h.tid_);
+  if (!tx) return Error(EINVAL, "journal: handle outlived its transaction");
+  // The block's pending changes are moot: it will not be written home.
+  tx->blocks.erase(block);
+  checkpoint_.erase(block);
+  cache_.forget(block);
+  if (has_log_) tx->revoked.insert(block);
+  return {};
+}
+
+void Journal::stop_handle(Handle& h) {
+  {
+    std::lock_guard lock(mu_);
+    if (Transaction* tx = transaction_of(h.tid_)) tx->open_handles--;
+  }
+  changed_.notify_all();
+}
+
+// ---- Commit ---------------------------------------------------------------
+
+Status Journal::commit() {
+  std::unique_lock lock(mu_);
+  return commit_locked(lock);
+}
+
+Status Journal::commit_locked(std::unique_lock<base::OrderedMutex>& lock) {
+  while (committing_) changed_.wait(lock);
+  if (!sticky_error_.ok()) return sticky_error_.error();
+  if (!running_) return {};
+  committing_ = true;
+  std::unique_ptr<Transaction> tx = std::move(running_);
+  committing_tx_ = tx.get();
+  while (tx->open_handles > 0) changed_.wait(lock);
+
+  Status result;
+  if (!tx->blocks.empty() || !tx->revoked.empty()) {
+    // Versions are stable now: every handle of tx has stopped and new
+    // handles wait for committing_ to clear.
+    std::vector<buffer::BlockRef> versions;
+    versions.reserve(tx->blocks.size());
+    for (uint64_t b : tx->blocks) {
+      auto v = cache_.get(b);
+      if (!v.ok()) {
+        result = std::move(v).error();
+        break;
+      }
+      versions.push_back(std::move(*v));
+    }
+    if (result.ok()) {
+      lock.unlock();
+      if (has_log_) {
+        if (log_blocks_needed(*tx) > log_free()) result = checkpoint_locked();
+        if (result.ok()) result = write_transaction(*tx, versions);
+      } else {
+        std::map<uint64_t, buffer::BlockRef> home;
+        size_t i = 0;
+        for (uint64_t b : tx->blocks) home.emplace(b, versions[i++]);
+        result = write_home(home);
+        if (result.ok()) result = device_.flush();
+        if (result.ok()) {
+          for (auto& [b, v] : home) cache_.unpin(b, v);
+        }
+      }
+      lock.lock();
+      if (result.ok() && has_log_) {
+        size_t i = 0;
+        for (uint64_t b : tx->blocks) checkpoint_[b] = versions[i++];
+      }
+      if (result.ok()) stats_.commits++;
+    }
+  }
+  if (!result.ok()) {
+    // Like jbd2's abort: later handles fail, the image stays as the last
+    // successful commit left it.
+    sticky_error_ = Error(result.error().code(), "journal aborted: " + result.error().message());
+  }
+  committing_tx_ = nullptr;
+  committing_ = false;
+  changed_.notify_all();
+  return result;
+}
+
+uint32_t Journal::log_blocks_needed(const Transaction& tx) const {
+  size_t tag = format_.tag_bytes();
+  size_t usable = format_.usable_bytes() - disk::kJbd2HeaderSize;
+  // The first tag of each descriptor carries the 16-byte UUID.
+  size_t per_descriptor = 1 + (usable - tag - 16) / tag;
+  size_t n = tx.blocks.size();
+  size_t descriptors = (n + per_descriptor - 1) / per_descriptor;
+  size_t per_revoke = disk::revoke_records_per_block(format_);
+  size_t revokes = (tx.revoked.size() + per_revoke - 1) / per_revoke;
+  return static_cast<uint32_t>(n + descriptors + revokes + 1);
+}
+
+uint32_t Journal::log_free() const {
+  uint32_t capacity = jsb_.log_end() - jsb_.s_first;
+  return capacity - log_used_;
+}
+
+Status Journal::write_transaction(const Transaction& tx, const std::vector<buffer::BlockRef>& versions) {
+  const uint32_t bs = block_size_;
+  const uint32_t tid = tx.tid;
+  std::vector<std::byte> log;  // descriptor and data blocks, in log order
+  size_t tag = format_.tag_bytes();
+  size_t usable = format_.usable_bytes();
+
+  auto blocks_it = tx.blocks.begin();
+  size_t index = 0;
+  while (index < versions.size()) {
+    // One descriptor, then the data blocks its tags name.
+    disk::DescriptorBlock desc;
+    desc.header = {disk::kJbd2Magic, disk::kJbd2DescriptorBlock, tid};
+    size_t used = disk::kJbd2HeaderSize;
+    std::vector<std::vector<std::byte>> data;
+    while (index < versions.size()) {
+      size_t need = tag + (desc.tags.empty() ? 16 : 0);
+      if (used + need > usable) break;
+      std::vector<std::byte> copy(*versions[index]);
+      disk::JournalBlockTag t;
+      t.t_blocknr = *blocks_it;
+      // A block that starts with the journal magic would read as a journal
+      // block on replay: log it with the magic zeroed, flagged as escaped.
+      if (disk::be32(copy, 0) == disk::kJbd2Magic) {
+        disk::put_be32(copy, 0, 0);
+        t.t_flags |= disk::kJbd2FlagEscape;
+      }
+      if (desc.tags.empty()) {
+        t.uuid = jsb_.s_uuid;
+      } else {
+        t.t_flags |= disk::kJbd2FlagSameUuid;
+      }
+      t.t_checksum = disk::tag_checksum(format_, tid, copy);
+      desc.tags.push_back(t);
+      data.push_back(std::move(copy));
+      used += need;
+      ++index;
+      ++blocks_it;
+    }
+    desc.tags.back().t_flags |= disk::kJbd2FlagLastTag;
+    size_t at = log.size();
+    log.resize(at + bs);
+    UEXT_TRY(disk::encode_descriptor_block(desc, format_, std::span(log).subspan(at, bs)));
+    for (auto& d : data) log.insert(log.end(), d.begin(), d.end());
+  }
+  if (!tx.revoked.empty()) {
+    std::vector<uint64_t> all(tx.revoked.begin(), tx.revoked.end());
+    size_t per = disk::revoke_records_per_block(format_);
+    for (size_t i = 0; i < all.size(); i += per) {
+      disk::RevokeBlock r;
+      r.header = {disk::kJbd2Magic, disk::kJbd2RevokeBlock, tid};
+      r.blocks.assign(all.begin() + i, all.begin() + std::min(all.size(), i + per));
+      size_t at = log.size();
+      log.resize(at + bs);
+      UEXT_TRY(disk::encode_revoke_block(r, format_, std::span(log).subspan(at, bs)));
+    }
+  }
+
+  uint32_t start = head_;
+  // The first transaction after an empty log tells the superblock where the
+  // log now begins; it becomes durable with the flush below, before the
+  // commit block exists.
+  if (log_used_ == 0) UEXT_TRY(write_journal_superblock(start, tid));
+  UEXT_TRY(write_log_blocks(start, log));
+  UEXT_TRY(device_.flush());  // data of ordered writes, log blocks, superblock
+
+  std::vector<std::byte> commit(bs);
+  disk::CommitBlock c;
+  c.header = {disk::kJbd2Magic, disk::kJbd2CommitBlock, tid};
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  c.h_commit_sec = static_cast<uint64_t>(now.tv_sec);
+  c.h_commit_nsec = static_cast<uint32_t>(now.tv_nsec);
+  if (format_.csum_v2or3()) {
+    c.h_chksum_type = disk::kJbd2ChecksumCrc32c;
+    c.h_chksum_size = 4;
+  }
+  disk::encode_commit_block(c, format_, commit);
+  uint32_t log_blocks = static_cast<uint32_t>(log.size() / bs);
+  uint32_t commit_at = start;
+  for (uint32_t i = 0; i < log_blocks; ++i) {
+    if (++commit_at == jsb_.log_end()) commit_at = jsb_.s_first;
+  }
+  UEXT_TRY(write_log_blocks(commit_at, commit));
+  UEXT_TRY(device_.flush());
+
+  head_ = commit_at + 1 == jsb_.log_end() ? jsb_.s_first : commit_at + 1;
+  log_used_ += log_blocks + 1;
+  std::lock_guard lock(mu_);
+  stats_.blocks_logged += tx.blocks.size();
+  stats_.revokes_logged += tx.revoked.size();
+  return {};
+}
+
+Status Journal::write_log_blocks(uint32_t first_log_block, const std::vector<std::byte>& bytes) {
+  const uint32_t bs = block_size_;
+  size_t count = bytes.size() / bs;
+  size_t i = 0;
+  uint32_t log_block = first_log_block;
+  while (i < count) {
+    // Gather the longest run that is contiguous both in the log (no wrap)
+    // and on the device, and write it at once.
+    auto phys = map_.physical(log_block);
+    if (!phys) return Error(kErrCorrupted, fmt::format("journal: log block {} is not mapped", log_block));
+    size_t run = 1;
+    while (i + run < count && log_block + run < jsb_.log_end()) {
+      auto next = map_.physical(log_block + run);
+      if (!next || *next != *phys + run) break;
+      ++run;
+    }
+    UEXT_TRY(device_.write(*phys * bs, std::span(bytes).subspan(i * bs, run * bs)));
+    i += run;
+    log_block += static_cast<uint32_t>(run);
+    if (log_block >= jsb_.log_end()) log_block = jsb_.s_first;
+  }
+  return {};
+}
+
+Status Journal::write_journal_superblock(uint32_t start, uint32_t sequence) {
+  jsb_.s_start = start;
+  jsb_.s_sequence = sequence;
+  auto phys = map_.physical(0);
+  std::vector<std::byte> raw(block_size_);
+  UEXT_TRY(device_.read(*phys * block_size_, raw));
+  disk::encode_journal_superblock(jsb_, raw);
+  return device_.write(*phys * block_size_, raw);
+}
+
+// ---- Checkpoint -----------------------------------------------------------
+
+Status Journal::write_home(const std::map<uint64_t, buffer::BlockRef>& blocks) {
+  const uint32_t bs = block_size_;
+  // Blocks are sorted: coalesce neighbours into one write.
+  auto it = blocks.begin();
+  std::vector<std::byte> run;
+  while (it != blocks.end()) {
+    uint64_t first = it->first;
+    run.assign(it->second->begin(), it->second->end());
+    auto next = std::next(it);
+    while (next != blocks.end() && next->first == first + run.size() / bs) {
+      run.insert(run.end(), next->second->begin(), next->second->end());
+      ++next;
+    }
+    UEXT_TRY(device_.write(first * bs, run));
+    it = next;
+  }
+  return {};
+}
+
+Status Journal::checkpoint_locked() {
+  // Runs with committing_ set (no handle can start) and mu_ released.
+  if (log_used_ == 0) return {};
+  std::map<uint64_t, buffer::BlockRef> home;
+  {
+    std::lock_guard lock(mu_);
+    home = checkpoint_;
+  }
+  UEXT_TRY(write_home(home));
+  UEXT_TRY(device_.flush());
+  // Home locations are durable: the log may be forgotten.
+  uint32_t next_tid;
+  {
+    std::lock_guard lock(mu_);
+    next_tid = committing_tx_ ? committing_tx_->tid : next_tid_;
+  }
+  UEXT_TRY(write_journal_superblock(0, next_tid));
+  UEXT_TRY(device_.flush());
+  log_used_ = 0;
+  std::lock_guard lock(mu_);
+  for (auto& [b, v] : home) {
+    cache_.unpin(b, v);
+    auto it = checkpoint_.find(b);
+    if (it != checkpoint_.end() && it->second == v) checkpoint_.erase(it);
+  }
+  stats_.checkpoints++;
+  return {};
+}
+
+Status Journal::checkpoint() {
+  std::unique_lock lock(mu_);
+  UEXT_TRY(commit_locked(lock));
+  if (!has_log_) return {};
+  while (committing_) changed_.wait(lock);
+  committing_ = true;
+  lock.unlock();
+  Status s = checkpoint_locked();
+  lock.lock();
+  committing_ = false;
+  changed_.notify_all();
+  return s;
+}
+
+Status Journal::close() {
+  UEXT_TRY(checkpoint());
+  std::lock_guard lock(mu_);
+  closed_ = true;
+  stop_timer_ = true;
+  changed_.notify_all();
+  return {};
+}
+
+JournalStats Journal::stats() const {
+  std::lock_guard lock(mu_);
+  return stats_;
+}
+
+void Journal::commit_timer() {
+  std::unique_lock lock(mu_);
+  auto interval = std::chrono::milliseconds(options_.commit_interval_ms);
+  auto deadline = std::chrono::steady_clock::now() + interval;
+  while (!stop_timer_) {
+    // Wakes on every state change too; commits only when the interval is up.
+    changed_.wait_until(lock, deadline);
+    if (stop_timer_) break;
+    if (std::chrono::steady_clock::now() < deadline) continue;
+    if (running_ && (!running_->blocks.empty() || !running_->revoked.empty())) {
+      (void)commit_locked(lock);
+    }
+    deadline = std::chrono::steady_clock::now() + interval;
+  }
+}
+
+}  // namespace uext::journal

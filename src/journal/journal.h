@@ -1,0 +1,189 @@
+// The jbd2 journal's running side: handles, transactions, commit and
+// checkpoint (ordered mode), compatible with what the kernel and e2fsck
+// replay.
+//
+// A filesystem operation starts a Handle with the number of metadata blocks
+// it may change (its credits), changes blocks through it, and stops it. All
+// handles started between two commits form one transaction. Commit closes
+// the transaction to new handles, waits for its open ones, logs every block
+// it changed (the version current when its last handle stopped), then a
+// commit block; only after that flush are the changes durable. Checkpoint
+// writes committed blocks to their home locations so log space can be reused.
+//
+// Data blocks are never logged (ordered mode): an operation that allocates
+// blocks writes their data before its handle stops, and commit flushes the
+// device before writing the commit block, so no committed metadata ever
+// points at blocks whose data has not reached the disk.
+//
+// Without a journal (ext2) the same interface writes changed blocks home on
+// commit, in one batch followed by a flush.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "buffer/buffer_cache.h"
+#include "disk/jbd2.h"
+#include "journal/recovery.h"
+#include "uext/block_device.h"
+#include "uext/status.h"
+
+namespace uext::journal {
+
+class Journal;
+
+struct JournalOptions {
+  // Commit the running transaction this often (0: only on demand).
+  uint32_t commit_interval_ms = 5000;
+  // Features to turn on in the journal superblock when opening it for
+  // writing, as the kernel does at mount: 64-bit block numbers and v3
+  // checksums follow the filesystem's 64bit and metadata_csum.
+  bool use_64bit = false;
+  bool use_csum_v3 = false;
+  // Blocks in the filesystem: logged and revoked blocks must lie below it.
+  uint64_t fs_blocks = 0;
+};
+
+// One operation's share of the running transaction. Move-only; stopping
+// (explicitly or by destruction) lets a waiting commit proceed.
+class Handle {
+ public:
+  Handle() = default;
+  Handle(Handle&& other) noexcept;
+  Handle& operator=(Handle&& other) noexcept;
+  ~Handle();
+
+  // Changes metadata block `block`: `edit` gets a private copy of its bytes
+  // to change in place; the result becomes the block's current version and
+  // joins the transaction. Counts against the handle's credits (once per
+  // block). `edit` must not call back into the journal or the cache.
+  Status modify(uint64_t block, const buffer::BlockEdit& edit);
+  // Like modify(), for a block just allocated as metadata: starts from zeros.
+  Status create(uint64_t block, const buffer::BlockEdit& fill);
+  // The block was freed: no replay may write an older logged copy of it
+  // over whatever it holds next.
+  Status revoke(uint64_t block);
+
+  // Ends the handle. Returns the first error any call on it met.
+  Status stop();
+
+  bool active() const { return journal_ != nullptr; }
+  uint32_t transaction_id() const { return tid_; }
+
+ private:
+  friend class Journal;
+  Handle(Journal* journal, uint32_t tid, uint32_t credits)
+      : journal_(journal), tid_(tid), credits_(credits) {}
+  Status change(uint64_t block, bool fresh, const buffer::BlockEdit& edit);
+
+  Journal* journal_ = nullptr;
+  uint32_t tid_ = 0;
+  uint32_t credits_ = 0;
+  uint32_t used_ = 0;
+  std::set<uint64_t> touched_;
+};
+
+struct JournalStats {
+  uint64_t commits = 0;
+  uint64_t checkpoints = 0;
+  uint64_t blocks_logged = 0;
+  uint64_t revokes_logged = 0;
+};
+
+class Journal {
+ public:
+  // Opens a journal for writing. The log must be empty (replay it first
+  // with recover_journal). Turns on the features of `options` in the
+  // journal superblock and writes it.
+  static Result<std::unique_ptr<Journal>> open(BlockDevice& device, buffer::BufferCache& cache,
+                                               const JournalMap& map,
+                                               const JournalOptions& options);
+  // No journal (ext2): handles change blocks in the cache; commit writes
+  // them home.
+  static std::unique_ptr<Journal> open_without_log(BlockDevice& device,
+                                                   buffer::BufferCache& cache,
+                                                   const JournalOptions& options);
+  ~Journal();
+
+  // Starts a handle that may change up to `credits` blocks. Waits while
+  // the running transaction is full or committing.
+  Result<Handle> start(uint32_t credits);
+
+  // Commits the running transaction (if it holds changes) and waits until
+  // it is durable. What fsync and sync come down to.
+  Status commit();
+  // Commits, then writes every committed block home and empties the log.
+  Status checkpoint();
+  // Checkpoints and marks the log empty; the journal accepts no more handles.
+  Status close();
+
+  bool has_log() const { return has_log_; }
+  uint32_t max_transaction_blocks() const { return max_transaction_; }
+  JournalStats stats() const;
+
+ private:
+  struct Transaction {
+    uint32_t tid = 0;
+    uint32_t open_handles = 0;
+    uint32_t credits = 0;                          // reserved by its handles
+    // Blocks changed. Commit logs their current versions: no handle can
+    // change them between the last handle's stop and the commit, because
+    // new handles wait while a commit runs.
+    std::set<uint64_t> blocks;
+    std::set<uint64_t> revoked;
+  };
+
+  Journal(BlockDevice& device, buffer::BufferCache& cache, const JournalOptions& options);
+  friend class Handle;
+  Status record_change(Handle& h, uint64_t block, bool fresh, const buffer::BlockEdit& edit);
+  Status record_revoke(Handle& h, uint64_t block);
+  void stop_handle(Handle& h);
+
+  // Commits the running transaction; the caller holds `lock`.
+  Status commit_locked(std::unique_lock<base::OrderedMutex>& lock);
+  Transaction* transaction_of(uint32_t tid);
+  Status write_transaction(const Transaction& tx, const std::vector<buffer::BlockRef>& versions);
+  Status write_home(const std::map<uint64_t, buffer::BlockRef>& blocks);
+  Status checkpoint_locked();
+  Status write_journal_superblock(uint32_t start, uint32_t sequence);
+  Status write_log_blocks(uint32_t first_log_block, const std::vector<std::byte>& bytes);
+  uint32_t log_blocks_needed(const Transaction& tx) const;
+  uint32_t log_free() const;
+  void commit_timer();
+
+  BlockDevice& device_;
+  buffer::BufferCache& cache_;
+  JournalOptions options_;
+  bool has_log_ = false;
+  JournalMap map_;
+  disk::JournalSuperblock jsb_;
+  disk::JournalFormat format_;
+  uint32_t block_size_ = 0;
+  uint32_t max_transaction_ = 0;
+
+  mutable base::OrderedMutex mu_{base::LockLevel::kJournalState};
+  std::condition_variable_any changed_;
+  std::unique_ptr<Transaction> running_;
+  bool committing_ = false;
+  bool closed_ = false;
+  Status sticky_error_;  // a failed commit poisons the journal, as jbd2 aborts
+  // Log position: the next free log block, and where the oldest
+  // uncheckpointed transaction starts (0: the log is empty).
+  uint32_t head_ = 0;
+  uint32_t log_used_ = 0;  // blocks between the oldest uncheckpointed transaction and head_
+  uint32_t next_tid_ = 0;
+  // Committed but not yet written home: block -> its latest committed version.
+  std::map<uint64_t, buffer::BlockRef> checkpoint_;
+  Transaction* committing_tx_ = nullptr;
+  JournalStats stats_;
+
+  std::thread timer_;
+  bool stop_timer_ = false;
+};
+
+}  // namespace uext::journal

@@ -1,0 +1,322 @@
+// The journal's writing side, judged by the replays of e2fsck and of
+// uext's own recovery, on images made by mke2fs.
+#include "journal/journal.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <thread>
+
+#include "disk/superblock.h"
+#include "fs/block_map.h"
+#include "fs/volume.h"
+#include "support/process.h"
+
+namespace uext::journal {
+namespace {
+
+using testing::run;
+using testing::run_ok;
+using testing::TempDir;
+
+struct Opened {
+  std::unique_ptr<BlockDevice> device;
+  std::unique_ptr<buffer::BufferCache> cache;
+  std::unique_ptr<Journal> journal;
+  disk::Superblock sb;
+};
+
+JournalMap journal_map(const std::string& image) {
+  auto dev = open_image_file(image, {});
+  EXPECT_TRUE(dev.ok());
+  auto vol = fs::Volume::open(std::move(*dev), {});
+  EXPECT_TRUE(vol.ok()) << vol.error().message();
+  auto rec = (*vol)->read_inode((*vol)->sb().s_journal_inum);
+  EXPECT_TRUE(rec.ok());
+  auto runs = fs::all_mapped_runs(**vol, *rec);
+  EXPECT_TRUE(runs.ok());
+  std::vector<JournalExtent> extents;
+  for (const auto& r : *runs) extents.push_back({r.logical, r.physical, r.length});
+  return JournalMap(std::move(extents));
+}
+
+Opened open_journal(const std::string& image, uint32_t commit_interval_ms = 0) {
+  Opened o;
+  auto dev = open_image_file(image, {.read_only = false});
+  EXPECT_TRUE(dev.ok()) << dev.error().message();
+  o.device = std::move(*dev);
+  std::vector<std::byte> raw(disk::kSuperblockSize);
+  EXPECT_TRUE(o.device->read(disk::kSuperblockOffset, raw).ok());
+  o.sb = *disk::decode_superblock(raw, o.device->size());
+  o.cache = std::make_unique<buffer::BufferCache>(*o.device, o.sb.block_size(), 16 << 20);
+  JournalOptions options;
+  options.commit_interval_ms = commit_interval_ms;
+  options.use_64bit = o.sb.is_64bit();
+  options.use_csum_v3 = o.sb.has_metadata_csum();
+  options.fs_blocks = o.sb.s_blocks_count;
+  if (o.sb.has_compat(disk::compat::kHasJournal)) {
+    auto j = Journal::open(*o.device, *o.cache, journal_map(image), options);
+    EXPECT_TRUE(j.ok()) << j.error().message();
+    o.journal = std::move(*j);
+  } else {
+    o.journal = Journal::open_without_log(*o.device, *o.cache, options);
+  }
+  return o;
+}
+
+// What the filesystem layer will do on its first commit: the superblock
+// says the journal must be replayed after a crash.
+void mark_needs_recovery(const std::string& image) {
+  auto dev = *open_image_file(image, {.read_only = false});
+  std::vector<std::byte> raw(disk::kSuperblockSize);
+  ASSERT_TRUE(dev->read(disk::kSuperblockOffset, raw).ok());
+  auto sb = *disk::decode_superblock(raw, dev->size());
+  sb.s_feature_incompat |= disk::incompat::kRecover;
+  disk::encode_superblock(sb, raw);
+  ASSERT_TRUE(dev->write(disk::kSuperblockOffset, raw).ok());
+}
+
+// Edits the superblock's label inside the block that holds it.
+buffer::BlockEdit set_label(const std::string& label, uint64_t device_size) {
+  return [label, device_size](std::span<std::byte> block) {
+    size_t off = block.size() == 1024 ? 0 : disk::kSuperblockOffset;
+    auto raw = block.subspan(off, disk::kSuperblockSize);
+    auto sb = *disk::decode_superblock(raw, device_size);
+    sb.s_volume_name.fill(0);
+    std::memcpy(sb.s_volume_name.data(), label.data(), label.size());
+    disk::encode_superblock(sb, raw);
+  };
+}
+
+uint64_t superblock_block(const disk::Superblock& sb) { return sb.block_size() == 1024 ? 1 : 0; }
+
+std::string label_of(const std::string& image) {
+  auto out = run_ok({"dumpe2fs", "-h", image});
+  auto at = out.find("Filesystem volume name:");
+  auto end = out.find('\n', at);
+  std::string line = out.substr(at, end - at);
+  return line.substr(line.find_last_of(' ') + 1);
+}
+
+std::vector<std::byte> read_block(const std::string& image, uint64_t block, uint32_t bs) {
+  auto dev = *open_image_file(image, {});
+  std::vector<std::byte> out(bs);
+  EXPECT_TRUE(dev->read(block * bs, out).ok());
+  return out;
+}
+
+buffer::BlockEdit fill_with(uint8_t value) {
+  return [value](std::span<std::byte> b) { std::memset(b.data(), value, b.size()); };
+}
+
+void expect_e2fsck_clean(const std::string& image) {
+  auto r = run({"e2fsck", "-fn", image});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  auto h = run_ok({"dumpe2fs", "-h", image});
+  EXPECT_EQ(h.find("with errors"), std::string::npos);
+  EXPECT_EQ(h.find("needs_recovery"), std::string::npos) << h;
+}
+
+class JournalWrite : public ::testing::TestWithParam<std::vector<std::string>> {
+ protected:
+  void SetUp() override {
+    image_ = dir_ / "fs.img";
+    std::vector<std::string> args = {"mke2fs", "-F", "-q", "-J", "size=4"};
+    for (const auto& a : GetParam()) args.push_back(a);
+    args.insert(args.end(), {image_, "64M"});
+    run_ok(args);
+  }
+
+  // Replays `image_` with e2fsck (copy) and with uext (copy), returning both.
+  std::pair<std::string, std::string> replay() {
+    std::string by_e2fsck = dir_ / "by-e2fsck.img", by_uext = dir_ / "by-uext.img";
+    run_ok({"cp", "--sparse=always", image_, by_e2fsck});
+    run_ok({"cp", "--sparse=always", image_, by_uext});
+    auto r = run({"e2fsck", "-y", "-E", "journal_only", by_e2fsck});
+    EXPECT_LE(r.exit_code, 1) << r.out << r.err;
+    auto map = journal_map(by_uext);
+    auto dev = *open_image_file(by_uext, {.read_only = false});
+    std::vector<std::byte> raw(disk::kSuperblockSize);
+    EXPECT_TRUE(dev->read(disk::kSuperblockOffset, raw).ok());
+    auto sb = *disk::decode_superblock(raw, dev->size());
+    auto report = recover_journal(*dev, sb.block_size(), map);
+    EXPECT_TRUE(report.ok()) << report.error().message();
+    EXPECT_TRUE(clear_needs_recovery(*dev).ok());
+    return {by_e2fsck, by_uext};
+  }
+
+  TempDir dir_;
+  std::string image_;
+};
+
+TEST_P(JournalWrite, CommittedChangeSurvivesACrash) {
+  {
+    Opened o = open_journal(image_);
+    auto h = o.journal->start(1);
+    ASSERT_TRUE(h.ok()) << h.error().message();
+    ASSERT_TRUE(h->modify(superblock_block(o.sb), set_label("journaled", o.device->size())).ok());
+    ASSERT_TRUE(h->stop().ok());
+    ASSERT_TRUE(o.journal->commit().ok());
+    // Crash: nothing is checkpointed; the home superblock still has no label.
+  }
+  mark_needs_recovery(image_);
+  EXPECT_EQ(label_of(image_), "<none>");
+  auto [by_e2fsck, by_uext] = replay();
+  EXPECT_EQ(label_of(by_e2fsck), "journaled");
+  EXPECT_EQ(label_of(by_uext), "journaled");
+  expect_e2fsck_clean(by_e2fsck);
+  expect_e2fsck_clean(by_uext);
+}
+
+TEST_P(JournalWrite, UncommittedChangeIsNotReplayed) {
+  {
+    Opened o = open_journal(image_);
+    auto h = o.journal->start(1);
+    ASSERT_TRUE(h.ok());
+    ASSERT_TRUE(h->modify(superblock_block(o.sb), set_label("first", o.device->size())).ok());
+    ASSERT_TRUE(h->stop().ok());
+    ASSERT_TRUE(o.journal->commit().ok());
+    auto h2 = o.journal->start(1);
+    ASSERT_TRUE(h2->modify(superblock_block(o.sb), set_label("second", o.device->size())).ok());
+    ASSERT_TRUE(h2->stop().ok());
+    // Crash before the second commit.
+  }
+  mark_needs_recovery(image_);
+  auto [by_e2fsck, by_uext] = replay();
+  EXPECT_EQ(label_of(by_e2fsck), "first");
+  EXPECT_EQ(label_of(by_uext), "first");
+}
+
+TEST_P(JournalWrite, LogWrapsAndCheckpointsUnderLoad) {
+  Opened o = open_journal(image_);
+  uint32_t bs = o.sb.block_size();
+  // Free blocks near the end of the filesystem serve as "metadata".
+  uint64_t base = o.sb.s_blocks_count - 400;
+  for (int t = 0; t < 60; ++t) {
+    auto h = o.journal->start(100);
+    ASSERT_TRUE(h.ok()) << h.error().message();
+    for (int i = 0; i < 100; ++i) {
+      uint64_t block = base + (t * 37 + i) % 300;
+      ASSERT_TRUE(h->create(block, fill_with(static_cast<uint8_t>(t + 1))).ok());
+    }
+    ASSERT_TRUE(h->stop().ok());
+    ASSERT_TRUE(o.journal->commit().ok());
+  }
+  EXPECT_GT(o.journal->stats().checkpoints, 0u);
+  // Expected final content: the last transaction that wrote each block.
+  std::vector<uint8_t> expect(300, 0);
+  for (int t = 0; t < 60; ++t)
+    for (int i = 0; i < 100; ++i) expect[(t * 37 + i) % 300] = static_cast<uint8_t>(t + 1);
+  o.journal.reset();  // crash
+  o.device.reset();
+  mark_needs_recovery(image_);
+  auto [by_e2fsck, by_uext] = replay();
+  for (int k = 0; k < 300; ++k) {
+    auto a = read_block(by_e2fsck, base + k, bs);
+    auto b = read_block(by_uext, base + k, bs);
+    ASSERT_EQ(static_cast<uint8_t>(a[0]), expect[k]) << "block " << base + k << " after e2fsck's replay";
+    ASSERT_EQ(static_cast<uint8_t>(b[bs - 1]), expect[k]) << "block " << base + k << " after uext's replay";
+  }
+  expect_e2fsck_clean(by_e2fsck);
+  expect_e2fsck_clean(by_uext);
+}
+
+TEST_P(JournalWrite, RevokedBlockIsNotReplayedOverNewData) {
+  uint64_t block;
+  uint32_t bs;
+  {
+    Opened o = open_journal(image_);
+    bs = o.sb.block_size();
+    block = o.sb.s_blocks_count - 10;
+    auto h = o.journal->start(1);
+    ASSERT_TRUE(h->create(block, fill_with(0xAA)).ok());
+    ASSERT_TRUE(h->stop().ok());
+    ASSERT_TRUE(o.journal->commit().ok());
+    auto h2 = o.journal->start(1);
+    ASSERT_TRUE(h2->revoke(block).ok());
+    ASSERT_TRUE(h2->stop().ok());
+    ASSERT_TRUE(o.journal->commit().ok());
+    // The freed block is reused for file data, written in place.
+    std::vector<std::byte> data(bs, std::byte{0x55});
+    ASSERT_TRUE(o.device->write(block * bs, data).ok());
+    ASSERT_TRUE(o.device->flush().ok());
+  }
+  mark_needs_recovery(image_);
+  auto [by_e2fsck, by_uext] = replay();
+  EXPECT_EQ(read_block(by_e2fsck, block, bs)[0], std::byte{0x55});
+  EXPECT_EQ(read_block(by_uext, block, bs)[0], std::byte{0x55});
+}
+
+TEST_P(JournalWrite, CloseWritesHomeAndEmptiesTheLog) {
+  {
+    Opened o = open_journal(image_);
+    auto h = o.journal->start(1);
+    ASSERT_TRUE(h->modify(superblock_block(o.sb), set_label("closed", o.device->size())).ok());
+    ASSERT_TRUE(h->stop().ok());
+    ASSERT_TRUE(o.journal->close().ok());
+    EXPECT_FALSE(o.journal->start(1).ok());
+  }
+  EXPECT_EQ(label_of(image_), "closed");
+  auto h = run_ok({"dumpe2fs", "-h", image_});
+  EXPECT_NE(h.find("Journal start:            0"), std::string::npos) << h;
+  expect_e2fsck_clean(image_);
+}
+
+TEST_P(JournalWrite, ConcurrentHandlesWithTimedCommits) {
+  Opened o = open_journal(image_, 5);
+  uint32_t bs = o.sb.block_size();
+  uint64_t base = o.sb.s_blocks_count - 200;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 150; ++i) {
+        auto h = o.journal->start(2);
+        if (!h.ok()) { ++failures; continue; }
+        uint8_t v = static_cast<uint8_t>(i + 1);
+        if (!h->create(base + t * 40 + i % 40, fill_with(v)).ok()) ++failures;
+        if (!h->stop().ok()) ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  ASSERT_TRUE(o.journal->close().ok());
+  EXPECT_EQ(o.cache->pinned_count(), 0u);
+  o.journal.reset();
+  for (int t = 0; t < 4; ++t) {
+    for (int k = 0; k < 40; ++k) {
+      // The last i with i % 40 == k below 150.
+      int last = k + 40 * ((149 - k) / 40);
+      auto b = read_block(image_, base + t * 40 + k, bs);
+      ASSERT_EQ(static_cast<uint8_t>(b[0]), static_cast<uint8_t>(last + 1)) << "thread " << t << " block " << k;
+    }
+  }
+  expect_e2fsck_clean(image_);
+}
+
+INSTANTIATE_TEST_SUITE_P(Images, JournalWrite,
+                         ::testing::Values(std::vector<std::string>{"-t", "ext4", "-b", "4096"},
+                                           std::vector<std::string>{"-t", "ext4", "-b", "1024"},
+                                           std::vector<std::string>{"-t", "ext4", "-O", "^metadata_csum,^64bit"},
+                                           std::vector<std::string>{"-t", "ext3", "-b", "4096"}));
+
+TEST(JournalWithoutLog, CommitWritesHome) {
+  TempDir dir;
+  std::string image = dir / "ext2.img";
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext2", image, "16M"});
+  Opened o = open_journal(image);
+  ASSERT_FALSE(o.journal->has_log());
+  auto h = o.journal->start(1);
+  ASSERT_TRUE(h->modify(superblock_block(o.sb), set_label("plain", o.device->size())).ok());
+  ASSERT_TRUE(h->stop().ok());
+  EXPECT_EQ(label_of(image), "<none>");
+  ASSERT_TRUE(o.journal->commit().ok());
+  EXPECT_EQ(label_of(image), "plain");
+  EXPECT_EQ(o.cache->pinned_count(), 0u);
+  expect_e2fsck_clean(image);
+}
+
+}  // namespace
+}  // namespace uext::journal
