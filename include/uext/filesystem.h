@@ -34,6 +34,8 @@ struct Options {
   bool direct_io = false;
   // Bytes of metadata blocks kept in memory.
   size_t metadata_cache_bytes = 64u << 20;
+  // Read-write: commit the journal this often (0: only on sync/close).
+  uint32_t commit_interval_ms = 5000;
 };
 
 struct Time {
@@ -101,6 +103,8 @@ struct VolumeInfo {
   std::string state;  // "clean", "not clean", "clean with errors", ...
   bool needs_recovery = false;  // the journal holds transactions not yet replayed
   bool read_only = true;        // how uext opened it
+  // Journal transactions replayed when the image was opened read-write.
+  uint32_t replayed_transactions = 0;
   std::string read_only_reason;  // why uext chose read-only, if it did
   int64_t mkfs_time = 0, mount_time = 0, write_time = 0;
   uint32_t mount_count = 0;
@@ -119,6 +123,12 @@ class Filesystem {
                                                   const Options& options);
 
   virtual VolumeInfo info() const = 0;
+
+  // Read-write images: makes every change so far durable (syncfs).
+  virtual Status sync() = 0;
+  // Flushes everything and leaves the image clean with nothing to replay.
+  // The destructor does the same, without a way to report failure.
+  virtual Status close() = 0;
 
   // Name lookup in a directory. ENOENT when absent, ENOTDIR when `dir` is not one.
   virtual Result<Ino> lookup(Ino dir, std::string_view name) = 0;

@@ -18,6 +18,7 @@ enum class LockLevel : int {
   kPage = 40,
   kAllocatorGroup = 50,
   kBufferEdit = 55,
+  kVolumeState = 57,
   kJournalState = 58,
   kBufferCacheShard = 60,
 };

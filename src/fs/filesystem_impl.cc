@@ -59,7 +59,7 @@ class FilesystemImpl final : public Filesystem {
   explicit FilesystemImpl(std::unique_ptr<Volume> volume) : vol_(std::move(volume)) {}
 
   VolumeInfo info() const override {
-    const disk::Superblock& sb = vol_->sb();
+    const disk::Superblock sb = vol_->superblock_snapshot();
     VolumeInfo v;
     v.label = sb.volume_name();
     v.uuid = sb.uuid_string();
@@ -76,8 +76,11 @@ class FilesystemImpl final : public Filesystem {
     v.features = disk::feature_names(sb.s_feature_compat, sb.s_feature_ro_compat,
                                      sb.s_feature_incompat);
     v.state = state_name(sb.s_state);
-    v.needs_recovery = sb.has_incompat(disk::incompat::kRecover);
-    v.read_only = true;
+    // A writable volume sets needs_recovery itself while open; only a
+    // read-only one can be looking at an unreplayed journal.
+    v.needs_recovery = !vol_->writable() && sb.has_incompat(disk::incompat::kRecover);
+    v.read_only = !vol_->writable();
+    v.replayed_transactions = vol_->recovery().transactions;
     v.read_only_reason = vol_->features().read_only_reason;
     v.mkfs_time = sb.s_mkfs_time;
     v.mount_time = sb.s_mtime;
@@ -121,6 +124,9 @@ class FilesystemImpl final : public Filesystem {
     journal_.pending_transactions = report->transactions;
     journal_.pending_blocks = report->blocks_replayed;
   }
+
+  Status sync() override { return vol_->sync(); }
+  Status close() override { return vol_->close(); }
 
   Result<Ino> lookup(Ino dir, std::string_view name) override {
     UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->read_inode(dir));
@@ -376,12 +382,9 @@ Result<std::unique_ptr<Filesystem>> Filesystem::open(const std::string& image_pa
 
 Result<std::unique_ptr<Filesystem>> Filesystem::open(std::unique_ptr<BlockDevice> device,
                                                      const Options& options) {
-  if (!options.read_only) {
-    return Error(EROFS, "read-write access is not available yet; open the image read-only");
-  }
   UEXT_ASSIGN_OR_RETURN(auto volume, Volume::open(std::move(device), options));
   auto fs = std::make_unique<FilesystemImpl>(std::move(volume));
-  fs->load_journal_info();
+  if (options.read_only) fs->load_journal_info();
   return std::unique_ptr<Filesystem>(std::move(fs));
 }
 

@@ -262,8 +262,11 @@ TEST(OpenErrors, NamesWhatIsWrong) {
   EXPECT_FALSE(Filesystem::open(dir / "tiny.img", {}).ok());
   Options rw;
   rw.read_only = false;
-  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", dir / "ok.img", "8M"});
-  EXPECT_EQ(Filesystem::open(dir / "ok.img", rw).error().code(), EROFS);
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-O", "verity", dir / "verity.img", "8M"});
+  auto verity = Filesystem::open(dir / "verity.img", rw);
+  ASSERT_FALSE(verity.ok());
+  EXPECT_EQ(verity.error().code(), EROFS);
+  EXPECT_NE(verity.error().message().find("verity"), std::string::npos) << verity.error().message();
 }
 
 TEST(OpenErrors, UnsupportedIncompatFeatureRefuses) {
@@ -313,6 +316,92 @@ TEST(JournalInfo, KernelShutdownLeavesTransactionsToReplay) {
   EXPECT_NE(v.journal.start, 0u);
   EXPECT_GT(v.journal.pending_transactions, 0u);
   EXPECT_GT(v.journal.pending_blocks, 0u);
+}
+
+}  // namespace
+}  // namespace uext
+
+namespace uext {
+namespace {
+
+Options read_write() {
+  Options o;
+  o.read_only = false;
+  return o;
+}
+
+std::string dumpe2fs_header(const std::string& image) { return testing::run_ok({"dumpe2fs", "-h", image}); }
+
+void expect_clean(const std::string& image) {
+  auto r = testing::run({"e2fsck", "-fn", image});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  std::string h = dumpe2fs_header(image);
+  EXPECT_NE(h.find("Filesystem state:         clean\n"), std::string::npos) << h;
+  EXPECT_EQ(h.find("needs_recovery"), std::string::npos) << h;
+}
+
+TEST(ReadWriteOpen, MarksTheImageInUseAndCleanAgainOnClose) {
+  for (const char* type : {"ext4", "ext3", "ext2"}) {
+    SCOPED_TRACE(type);
+    testing::TempDir dir;
+    std::string img = dir / "fs.img";
+    testing::run_ok({"mke2fs", "-F", "-q", "-t", type, img, "32M"});
+    auto fs = Filesystem::open(img, read_write());
+    ASSERT_TRUE(fs.ok()) << fs.error().message();
+    EXPECT_FALSE((*fs)->info().read_only);
+    std::string during = dumpe2fs_header(img);
+    if (std::string(type) == "ext2") {
+      EXPECT_NE(during.find("not clean"), std::string::npos) << during;
+    } else {
+      EXPECT_NE(during.find("needs_recovery"), std::string::npos) << during;
+    }
+    ASSERT_TRUE((*fs)->close().ok());
+    expect_clean(img);
+  }
+}
+
+TEST(ReadWriteOpen, ReplaysWhatTheKernelLeftInTheJournal) {
+  if (!testing::can_loop_mount()) GTEST_SKIP() << "needs root and loop devices to let the kernel write a journal";
+  testing::TempDir dir;
+  std::string img = dir / "j.img", mnt = dir / "mnt";
+  testing::run_ok({"mke2fs", "-F", "-q", "-t", "ext4", img, "64M"});
+  testing::run_ok({"mkdir", mnt});
+  testing::run_ok({"mount", "-o", "loop", img, mnt});
+  auto r = testing::run_shell("mkdir " + mnt + "/d && for i in $(seq 1 60); do echo file-$i > " + mnt +
+                              "/d/f$i; done; sync -f " + mnt + "/d/f1; rm " + mnt + "/d/f7; xfs_io -x -c 'shutdown -f' " + mnt);
+  testing::run({"umount", mnt});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_NE(dumpe2fs_header(img).find("needs_recovery"), std::string::npos);
+  std::string by_e2fsck = dir / "e2fsck.img";
+  testing::run_ok({"cp", "--sparse=always", img, by_e2fsck});
+  testing::run({"e2fsck", "-fy", by_e2fsck});
+
+  auto fs = Filesystem::open(img, read_write());
+  ASSERT_TRUE(fs.ok()) << fs.error().message();
+  EXPECT_GT((*fs)->info().replayed_transactions, 0u);
+  for (int i = 1; i <= 60; ++i) {
+    auto ino = (*fs)->resolve("/d/f" + std::to_string(i));
+    if (i == 7) {
+      EXPECT_FALSE(ino.ok());
+      continue;
+    }
+    ASSERT_TRUE(ino.ok()) << i << ": " << ino.error().message();
+    std::string got(64, '\0');
+    auto n = (*fs)->read(*ino, 0, std::as_writable_bytes(std::span(got)));
+    ASSERT_TRUE(n.ok());
+    EXPECT_EQ(got.substr(0, *n), "file-" + std::to_string(i) + "\n");
+  }
+  ASSERT_TRUE((*fs)->close().ok());
+  expect_clean(img);
+  // The kernel agrees, and sees the same tree e2fsck's replay gives.
+  testing::run_ok({"mount", "-o", "loop,ro", img, mnt});
+  auto ours = testing::run_shell("cd " + mnt + " && ls -la d | awk '{print $1, $2, $5, $9}' && cat d/*");
+  testing::run({"umount", mnt});
+  testing::run_ok({"mount", "-o", "loop,ro", by_e2fsck, mnt});
+  auto theirs = testing::run_shell("cd " + mnt + " && ls -la d | awk '{print $1, $2, $5, $9}' && cat d/*");
+  testing::run({"umount", mnt});
+  EXPECT_EQ(ours.out, theirs.out);
+  EXPECT_FALSE(ours.out.empty());
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "fs/volume.h"
 
+#include "fs/block_map.h"
+
 #include <fmt/format.h>
 
 namespace uext::fs {
@@ -10,7 +12,7 @@ Volume::Volume(std::unique_ptr<BlockDevice> device, const Options& options,
   cache_ = std::make_unique<buffer::BufferCache>(*device_, sb_.block_size(), options_.metadata_cache_bytes);
 }
 
-Result<std::unique_ptr<Volume>> Volume::open(std::unique_ptr<BlockDevice> device,
+Result<std::unique_ptr<Volume>> Volume::load(std::unique_ptr<BlockDevice> device,
                                              const Options& options) {
   if (device->size() < disk::kSuperblockOffset + disk::kSuperblockSize) {
     return Error(kErrCorrupted, fmt::format("image is too small to hold a superblock ({} bytes)",
@@ -37,6 +39,144 @@ Result<std::unique_ptr<Volume>> Volume::open(std::unique_ptr<BlockDevice> device
   volume->features_ = verdict;
   UEXT_TRY(volume->load_group_descriptors());
   return volume;
+}
+
+Result<std::unique_ptr<Volume>> Volume::open(std::unique_ptr<BlockDevice> device,
+                                             const Options& options) {
+  UEXT_ASSIGN_OR_RETURN(auto volume, load(std::move(device), options));
+  if (options.read_only) return volume;
+  if (volume->features_.access == disk::Access::kReadOnly) {
+    return Error(EROFS, "cannot open read-write: " + volume->features_.read_only_reason);
+  }
+  if (volume->device_->read_only()) return Error(EROFS, "cannot open read-write: the device is read-only");
+  if (volume->sb_.has_incompat(disk::incompat::kRecover)) {
+    if (!volume->sb_.has_compat(disk::compat::kHasJournal)) {
+      return Error(kErrCorrupted, "superblock: needs_recovery is set but the filesystem has no journal");
+    }
+    UEXT_ASSIGN_OR_RETURN(auto map, volume->journal_map());
+    journal::RecoveryOptions ropts;
+    ropts.fs_blocks = volume->sb_.s_blocks_count;
+    auto report = journal::recover_journal(*volume->device_, volume->block_size(), map, ropts);
+    if (!report.ok()) return std::move(report).error().with_context("journal replay");
+    UEXT_TRY(journal::clear_needs_recovery(*volume->device_, report->needs_fsck()));
+    // The replay rewrote metadata under the loaded copies: load afresh.
+    auto replayed = *report;
+    UEXT_ASSIGN_OR_RETURN(volume, load(std::move(volume->device_), options));
+    volume->recovery_ = replayed;
+  }
+  UEXT_TRY(volume->open_for_writing());
+  return volume;
+}
+
+Volume::~Volume() {
+  if (journal_ && !closed_) (void)close();
+}
+
+Result<journal::JournalMap> Volume::journal_map() {
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, read_inode(sb_.s_journal_inum));
+  UEXT_ASSIGN_OR_RETURN(auto runs, all_mapped_runs(*this, rec));
+  std::vector<journal::JournalExtent> extents;
+  extents.reserve(runs.size());
+  for (const auto& r : runs) extents.push_back({r.logical, r.physical, r.length});
+  return journal::JournalMap(std::move(extents));
+}
+
+Status Volume::open_for_writing() {
+  journal::JournalOptions jopts;
+  jopts.commit_interval_ms = options_.commit_interval_ms;
+  jopts.use_64bit = sb_.is_64bit();
+  jopts.use_csum_v3 = sb_.has_metadata_csum();
+  jopts.fs_blocks = sb_.s_blocks_count;
+  bool journaled = sb_.has_compat(disk::compat::kHasJournal);
+  if (journaled) {
+    if (sb_.s_journal_dev != 0 || sb_.s_journal_inum == 0) {
+      return Error(ENOTSUP, "cannot open read-write: the journal is on an external device");
+    }
+    UEXT_ASSIGN_OR_RETURN(auto map, journal_map());
+    UEXT_ASSIGN_OR_RETURN(journal_, journal::Journal::open(*device_, *cache_, map, jopts));
+  } else {
+    journal_ = journal::Journal::open_without_log(*device_, *cache_, jopts);
+  }
+  // Mark the image in use: with a journal, a crash from now on needs a
+  // replay; without one, a full check.
+  {
+    std::lock_guard lock(sb_mu_);
+    if (journaled) {
+      sb_.s_feature_incompat |= disk::incompat::kRecover;
+    } else {
+      sb_.s_state &= static_cast<uint16_t>(~disk::kStateValid);
+    }
+    sb_.s_mnt_count++;
+    sb_.s_mtime = static_cast<int64_t>(::time(nullptr));
+  }
+  UEXT_TRY(write_superblock_now());
+  return device_->flush();
+}
+
+Status Volume::write_superblock_now() {
+  disk::Superblock sb = superblock_snapshot();
+  sb.s_wtime = static_cast<int64_t>(::time(nullptr));
+  uint32_t off = superblock_offset_in_block();
+  UEXT_ASSIGN_OR_RETURN(BlockRef version, cache_->modify(superblock_block(), false, [&](std::span<std::byte> b) {
+    disk::encode_superblock(sb, b.subspan(off, disk::kSuperblockSize));
+  }));
+  UEXT_TRY(device_->write(superblock_block() * block_size(), *version));
+  cache_->unpin(superblock_block(), version);
+  return {};
+}
+
+Result<journal::Handle> Volume::start(uint32_t credits) {
+  if (!journal_) return Error(EROFS, "the filesystem is open read-only");
+  return journal_->start(credits);
+}
+
+disk::GroupDesc Volume::group_snapshot(uint32_t g) const {
+  std::lock_guard lock(sb_mu_);
+  return groups_[g];
+}
+
+disk::Superblock Volume::superblock_snapshot() const {
+  std::lock_guard lock(sb_mu_);
+  return sb_;
+}
+
+Status Volume::update_group(journal::Handle& handle, uint32_t g,
+                            const std::function<void(disk::GroupDesc&)>& change) {
+  disk::DescLocation loc = disk::group_desc_location(sb_, g);
+  uint32_t desc_size = sb_.desc_size();
+  return handle.modify(loc.block, [&](std::span<std::byte> block) {
+    std::lock_guard lock(sb_mu_);
+    change(groups_[g]);
+    disk::encode_group_desc(sb_, g, groups_[g], block.subspan(loc.offset, desc_size));
+  });
+}
+
+Status Volume::update_superblock(journal::Handle& handle,
+                                 const std::function<void(disk::Superblock&)>& change) {
+  uint32_t off = superblock_offset_in_block();
+  return handle.modify(superblock_block(), [&](std::span<std::byte> block) {
+    std::lock_guard lock(sb_mu_);
+    change(sb_);
+    disk::encode_superblock(sb_, block.subspan(off, disk::kSuperblockSize));
+  });
+}
+
+Status Volume::sync() {
+  if (!journal_) return {};
+  return journal_->commit();
+}
+
+Status Volume::close() {
+  if (!journal_ || closed_) return {};
+  closed_ = true;
+  UEXT_TRY(journal_->close());
+  {
+    std::lock_guard lock(sb_mu_);
+    sb_.s_feature_incompat &= ~disk::incompat::kRecover;
+    if (!sb_.has_compat(disk::compat::kHasJournal)) sb_.s_state |= disk::kStateValid;
+  }
+  UEXT_TRY(write_superblock_now());
+  return device_->flush();
 }
 
 Status Volume::load_group_descriptors() {

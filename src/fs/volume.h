@@ -10,6 +10,8 @@
 #include "disk/group_desc.h"
 #include "disk/inode.h"
 #include "disk/superblock.h"
+#include "journal/journal.h"
+#include "journal/recovery.h"
 #include "buffer/buffer_cache.h"
 #include "uext/block_device.h"
 #include "uext/filesystem.h"
@@ -31,13 +33,44 @@ struct InodeRecord {
 class Volume {
  public:
   // Reads and validates the superblock and every group descriptor.
+  // Read-write (options.read_only false): first replays a journal that
+  // needs recovery, then opens the journal for writing and marks the image
+  // in use (needs_recovery with a journal, not-clean without), as the
+  // kernel does at mount.
   static Result<std::unique_ptr<Volume>> open(std::unique_ptr<BlockDevice> device,
                                               const Options& options);
+  ~Volume();
+
+  bool writable() const { return journal_ != nullptr; }
+  // What the replay at open did (needed == false when nothing was replayed).
+  const journal::RecoveryReport& recovery() const { return recovery_; }
+
+  // Starts a journal handle (read-write volumes only).
+  Result<journal::Handle> start(uint32_t credits);
+  // Changes group descriptor `g` in memory and in its descriptor block,
+  // checksum included, under the group's lock.
+  Status update_group(journal::Handle& handle, uint32_t g,
+                      const std::function<void(disk::GroupDesc&)>& change);
+  // Changes the superblock (counters, orphan list head, ...) in memory and
+  // in its block.
+  Status update_superblock(journal::Handle& handle,
+                           const std::function<void(disk::Superblock&)>& change);
+  // Copies that are consistent while updates run.
+  disk::GroupDesc group_snapshot(uint32_t g) const;
+  disk::Superblock superblock_snapshot() const;
+  // Makes every change so far durable (a journal commit).
+  Status sync();
+  // Commits, checkpoints, empties the log and marks the image clean.
+  Status close();
+  // The journal map of inode 8 (for recovery and for opening the journal).
+  Result<journal::JournalMap> journal_map();
 
   const disk::Superblock& sb() const { return sb_; }
   const Options& options() const { return options_; }
   BlockDevice& device() { return *device_; }
   uint32_t block_size() const { return sb_.block_size(); }
+  // The descriptor as loaded; fields allocation changes (free counts,
+  // flags, itable_unused) are current only through group_snapshot().
   const disk::GroupDesc& group(uint32_t g) const { return groups_[g]; }
   bool verify_checksums() const { return options_.verify_checksums && sb_.has_metadata_csum(); }
   const disk::FeatureVerdict& features() const { return features_; }
@@ -56,7 +89,16 @@ class Volume {
 
  private:
   Volume(std::unique_ptr<BlockDevice> device, const Options& options, const disk::Superblock& sb);
+  static Result<std::unique_ptr<Volume>> load(std::unique_ptr<BlockDevice> device,
+                                              const Options& options);
   Status load_group_descriptors();
+  Status open_for_writing();
+  // Writes the in-memory superblock to its home location at once, outside
+  // the journal (for the needs_recovery and state flags, as the kernel's
+  // commit_super); only while no transaction holds the superblock block.
+  Status write_superblock_now();
+  uint64_t superblock_block() const { return block_size() == 1024 ? 1 : 0; }
+  uint32_t superblock_offset_in_block() const { return block_size() == 1024 ? 0 : 1024; }
 
   std::unique_ptr<BlockDevice> device_;
   Options options_;
@@ -64,6 +106,11 @@ class Volume {
   disk::FeatureVerdict features_;
   std::vector<disk::GroupDesc> groups_;
   std::unique_ptr<buffer::BufferCache> cache_;
+  std::unique_ptr<journal::Journal> journal_;
+  journal::RecoveryReport recovery_;
+  bool closed_ = false;
+  // Guards the allocation-time fields of groups_ and the counters of sb_.
+  mutable base::OrderedMutex sb_mu_{base::LockLevel::kVolumeState};
 };
 
 }  // namespace uext::fs
