@@ -976,6 +976,15 @@ Status create_extent_journal(Plan& pl, disk::Inode& in) {
     in.i_blocks += pl.bs / 512;
   }
   std::array<std::byte, 60> raw{};
+  if (extents.size() > 4) {
+    // libext2fs moves the root's extents out without clearing them: the
+    // index overwrites only the first entry, the other three stay behind.
+    disk::ExtentNode full;
+    full.header.eh_entries = 4;
+    full.header.eh_max = 4;
+    full.extents.assign(extents.begin(), extents.begin() + 4);
+    disk::encode_extent_node(full, raw);
+  }
   disk::encode_extent_node(root, raw);
   for (int i = 0; i < 15; i++) in.i_block[i] = disk::le32(raw, i * 4);
   in.i_blocks += static_cast<uint64_t>(pl.journal_blocks) * (pl.bs / 512);
@@ -1307,12 +1316,28 @@ class Writer {
     if (!st) return std::move(st).error().with_context("writing block " + std::to_string(blk));
     return {};
   }
+  // Makes blocks read as zeros. BlockDevice has no discard or zero-range
+  // call, so each chunk is read first and written only where it is not
+  // already zero: a sparse image stays sparse (as mke2fs keeps it, with
+  // fallocate), and rewriting a used image costs reads, not writes.
   Status zero(uint64_t blk, uint64_t count) {
     static const std::vector<std::byte> zeros(4u << 20, std::byte{0});
+    std::vector<std::byte> buf(zeros.size());
     const uint64_t per = zeros.size() / bs_;
     while (count) {
       uint64_t n = std::min(count, per);
-      UEXT_TRY(write(blk, Bytes(zeros.data(), n * bs_)));
+      const size_t len = static_cast<size_t>(n * bs_);
+      Status st = dev_.read(blk * bs_, std::span<std::byte>(buf.data(), len));
+      if (!st) return std::move(st).error().with_context("reading block " + std::to_string(blk));
+      // Write back only the 64 KiB pieces that hold data.
+      constexpr size_t kPiece = 64 * 1024;
+      for (size_t off = 0; off < len; off += kPiece) {
+        size_t plen = std::min(kPiece, len - off);
+        if (std::memcmp(buf.data() + off, zeros.data(), plen) == 0) continue;
+        bytes_written += plen;
+        Status ws = dev_.write(blk * bs_ + off, Bytes(zeros.data(), plen));
+        if (!ws) return std::move(ws).error().with_context("zeroing block " + std::to_string(blk + off / bs_));
+      }
       blk += n;
       count -= n;
     }
