@@ -38,28 +38,6 @@ std::string lower(std::string s) {
 // Each inner list is a set of alternatives; every list must be matched.
 using Mentions = std::vector<std::vector<std::string>>;
 
-// Scratch space for `uext get` output: tmpfs when there is one (a copy per
-// case on a disk filesystem costs seconds), else a TempDir.
-class Scratch {
- public:
-  Scratch() {
-    char tmpl[] = "/dev/shm/uext-corruption-XXXXXX";
-    if (::access("/dev/shm", W_OK) == 0 && ::mkdtemp(tmpl)) path_ = tmpl;
-    else {
-      fallback_ = std::make_unique<TempDir>();
-      path_ = fallback_->path();
-    }
-  }
-  ~Scratch() {
-    if (!fallback_) run({"rm", "-rf", path_});
-  }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-  std::unique_ptr<TempDir> fallback_;
-};
-
 class Corruption : public ::testing::Test {
  protected:
   // A private copy of a shared image (small tree, kernel files).
@@ -156,7 +134,7 @@ class Corruption : public ::testing::Test {
   }
 
   TempDir dir_;
-  Scratch scratch_;
+  ScratchDir scratch_;
   ImageKind kind_;
   std::string image_;
   uint64_t bs_ = 0, blocks_ = 0, inode_size_ = 0, desc_size_ = 32;

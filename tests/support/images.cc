@@ -585,6 +585,22 @@ const SharedImage& shared_image(const std::string& kind_name, bool full) {
   return *slot;
 }
 
+// ---------------------------------------------------------------- scratch
+
+ScratchDir::ScratchDir() {
+  char tmpl[] = "/dev/shm/uext-test-XXXXXX";
+  if (::access("/dev/shm", W_OK) == 0 && ::mkdtemp(tmpl)) {
+    path_ = tmpl;
+  } else {
+    fallback_ = std::make_unique<TempDir>();
+    path_ = fallback_->path();
+  }
+}
+
+ScratchDir::~ScratchDir() {
+  if (!fallback_) run({"rm", "-rf", path_});
+}
+
 // ---------------------------------------------------------------- guarded uext
 
 std::string GuardedResult::describe() const {

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -113,6 +114,23 @@ struct SharedImage {
   std::string error;  // set when building failed
 };
 const SharedImage& shared_image(const std::string& kind_name, bool full);
+
+// Scratch space for `uext get` output: tmpfs (/dev/shm) when there is one,
+// since copies to a disk filesystem cost seconds each; else a TempDir.
+// tmpfs keeps holes, xattrs, ACLs, devices and nanosecond times.
+class ScratchDir {
+ public:
+  ScratchDir();
+  ~ScratchDir();
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+  std::unique_ptr<TempDir> fallback_;
+};
 
 // The uext CLI, run with a timeout and with sanitizer reports given their
 // own exit codes (so an ASan report never looks like exit 1).
