@@ -538,11 +538,12 @@ TEST_P(KernelCrashStates, EveryStateReplaysCleanAndKeepsWhatWasFsynced) {
     EXPECT_FALSE(fv.needed_recovery);
   }
 
-  std::atomic<size_t> replayed{0};
+  std::atomic<size_t> replayed{0}, tolerated{0};
   CrashReport report = h.check([&](const CrashCheckContext& c) {
     std::vector<std::string> problems;
     FsckVerdict fv = e2fsck_clean(c.image, {.replay = Replay::kBoth});
     if (fv.needed_recovery) ++replayed;
+    tolerated += fv.notes.size();
     if (!fv.clean) problems.push_back(fv.report);
     if (fv.needed_recovery) {
       auto rep = replay_journal_with_uext(c.image);
@@ -558,7 +559,9 @@ TEST_P(KernelCrashStates, EveryStateReplaysCleanAndKeepsWhatWasFsynced) {
     return problems;
   });
   std::cout << "[ info ] " << v.name << ": " << report.checked << " crash states checked, " << replayed.load()
-            << " needed a journal replay; seed " << report.seed << "\n";
+            << " needed a journal replay (" << tolerated.load()
+            << " over an empty log, where e2fsck advances s_sequence and uext does not); seed " << report.seed
+            << "\n";
   EXPECT_TRUE(report.ok()) << report.summary();
   EXPECT_GE(report.checked, std::min<size_t>(report.planned, 30));
   EXPECT_GT(replayed.load(), 0u);

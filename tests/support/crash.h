@@ -21,7 +21,8 @@
 // cut at every flush, every subset of an epoch's in-flight writes when the
 // epoch is small, seeded random subsets otherwise, optionally with torn
 // writes. The seed comes from Options or UEXT_CRASH_SEED and is printed in
-// every summary; UEXT_CRASH_STATE=<id> then rechecks one state alone.
+// every summary; UEXT_CRASH_STATE=<id> then rechecks one state alone, and
+// UEXT_CRASH_KEEP=<dir> keeps the images of failing states.
 #pragma once
 
 #include <chrono>
@@ -64,12 +65,18 @@ struct FsckOptions {
   Replay replay = Replay::kUext;
   // Scratch copies go here (default: beside the image).
   std::string scratch_dir;
+  // kBoth: also fail on the one difference otherwise tolerated (and noted):
+  // over an empty log with needs_recovery set, e2fsck advances the journal
+  // superblock's s_sequence by one and uext's replay leaves it.
+  bool strict_replay_agreement = false;
 };
 
 struct FsckVerdict {
   bool clean = false;
   bool needed_recovery = false;
   std::string report;  // why not clean: commands and their output
+  // Tolerated differences between the two replays (kBoth).
+  std::vector<std::string> notes;
 };
 
 // Is `image` what e2fsck -fn calls clean, after replaying its journal when
@@ -151,7 +158,8 @@ struct CrashOptions {
   size_t max_failures = 25;
   // Check only this state id (UEXT_CRASH_STATE overrides).
   std::string only_state;
-  // When set, the image of every failing state is kept here as <id>.img.
+  // When set, the image of every failing state is kept here as <id>.img
+  // (UEXT_CRASH_KEEP overrides).
   std::string keep_failures_dir;
 };
 
