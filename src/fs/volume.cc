@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 namespace uext::fs {
 
 Volume::Volume(std::unique_ptr<BlockDevice> device, const Options& options,
@@ -159,6 +161,47 @@ Status Volume::update_superblock(journal::Handle& handle,
     change(sb_);
     disk::encode_superblock(sb_, block.subspan(off, disk::kSuperblockSize));
   });
+}
+
+Result<InodeRecord> Volume::update_inode(journal::Handle& handle, uint32_t ino, bool fresh,
+                                         const std::function<void(disk::Inode&)>& change) {
+  if (ino == 0 || ino > sb_.s_inodes_count) {
+    return Error(EINVAL, fmt::format("inode {} is out of range", ino));
+  }
+  disk::InodeLocation loc = disk::inode_location(sb_, ino);
+  uint32_t bs = block_size();
+  uint64_t block = groups_[loc.group].bg_inode_table + loc.table_offset / bs;
+  uint32_t in_block = static_cast<uint32_t>(loc.table_offset % bs);
+  uint32_t size = sb_.inode_size();
+  InodeRecord rec;
+  rec.ino = ino;
+  Status failure;
+  UEXT_TRY(handle.modify(block, [&](std::span<std::byte> data) {
+    auto slot = data.subspan(in_block, size);
+    if (fresh) std::fill(slot.begin(), slot.end(), std::byte{0});
+    disk::Inode inode;
+    if (!fresh) {
+      // Decode without judging the checksum: we are about to rewrite it.
+      disk::Superblock no_csum = sb_;
+      no_csum.s_feature_ro_compat &= ~disk::ro_compat::kMetadataCsum;
+      auto decoded = disk::decode_inode(no_csum, ino, slot);
+      if (!decoded.ok()) {
+        failure = std::move(decoded).error();
+        return;
+      }
+      inode = *decoded;
+    } else if (size > disk::kGoodOldInodeSize) {
+      // New inodes get the extra fields the filesystem asks for.
+      inode.i_extra_isize = std::max<uint16_t>(sb_.s_want_extra_isize, 32);
+    }
+    change(inode);
+    disk::encode_inode(sb_, ino, inode, slot);
+    rec.inode = inode;
+    rec.raw.assign(slot.begin(), slot.end());
+  }));
+  if (!failure.ok()) return std::move(failure).error().with_context(fmt::format("inode {}", ino));
+  if (sb_.has_metadata_csum()) rec.csum_seed = disk::inode_csum_seed(sb_, ino, rec.inode.i_generation);
+  return rec;
 }
 
 Status Volume::sync() {

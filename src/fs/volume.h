@@ -58,6 +58,12 @@ class Volume {
   // Copies that are consistent while updates run.
   disk::GroupDesc group_snapshot(uint32_t g) const;
   disk::Superblock superblock_snapshot() const;
+  // Changes inode `ino` in its inode table block (one credit): `change`
+  // edits the decoded inode; encoding recomputes its checksum and keeps the
+  // bytes uext does not know (in-inode xattrs among them). `fresh` starts
+  // from a zeroed slot, for an inode just allocated. Returns the new record.
+  Result<InodeRecord> update_inode(journal::Handle& handle, uint32_t ino, bool fresh,
+                                   const std::function<void(disk::Inode&)>& change);
   // Makes every change so far durable (a journal commit).
   Status sync();
   // Commits, checkpoints, empties the log and marks the image clean.
