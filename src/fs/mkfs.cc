@@ -811,9 +811,8 @@ Status create_directories(Plan& pl) {
     pl.lpf_blocks.push_back(b);
   }
   pl.use_inode(lpf, true);
-  if (!pl.sb.has_incompat(incompat::kExtents)) {
-    // (Contiguity only matters for the extent root; indirect maps take any.)
-  } else {
+  if (pl.sb.has_incompat(incompat::kExtents)) {
+    // One extent in the root: the blocks must be one run.
     for (size_t i = 1; i < pl.lpf_blocks.size(); i++) {
       if (pl.lpf_blocks[i] != pl.lpf_blocks[i - 1] + 1) {
         return Error(ENOSPC, "lost+found: no room for its blocks in one run");
@@ -1470,9 +1469,6 @@ void place_descriptors(Plan& pl, bool zero) {
       auto& buf = pl.block_buffer(loc.new_desc_blk);
       std::memcpy(buf.data(), gdt.data() + static_cast<size_t>(meta_group) * pl.bs, pl.bs);
     }
-  }
-  if (!sb.has_compat(compat::kResizeInode) && zero && !meta_bg) {
-    // Nothing reserved; nothing to clear.
   }
 }
 
