@@ -28,7 +28,7 @@ int usage_error(const std::string& message) {
 }
 
 int run(int argc, char** argv) {
-  CLI::App app{"uext: read ext2/ext3/ext4 filesystem images without mounting them", "uext"};
+  CLI::App app{"uext: read and create ext2/ext3/ext4 filesystem images without mounting them", "uext"};
   app.set_version_flag("--version", std::string("uext ") + kVersion);
   app.require_subcommand(1);
   app.footer(kFooter);
