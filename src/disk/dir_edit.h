@@ -2,6 +2,10 @@
 // way the kernel's fs/ext4/namei.c does, and building fresh blocks. Pure
 // functions on one block's bytes; the caller reads, journals and writes.
 //
+// Leaf blocks only: the bytes of an htree root or index node may parse as
+// ordinary entries without a checksum tail, so the caller, who knows the
+// block's role, must not pass them here.
+//
 // Checksums: no function here computes one. Blocks built here get an empty
 // checksum tail when the format has one; after any edit the caller, who
 // knows the directory inode's seed, calls set_dir_block_checksum(seed, block)
@@ -47,8 +51,8 @@ Status remove_entry_at(MutableBytes block, const DirBlockFormat& format, uint32_
 Status set_entry_inode(MutableBytes block, const DirBlockFormat& format, std::string_view name, uint32_t ino,
                        uint8_t file_type);
 
-// Bytes a new entry for a name of `name_len` bytes could still find in the
-// block: the largest slack of any entry (0 when corrupt).
+// The largest slack of any entry: a new entry fits when dirent_size of its
+// name is at most this (0 when the block is corrupt).
 uint32_t largest_free_slot(Bytes block, const DirBlockFormat& format);
 
 // A new empty leaf: zeroed, one unused entry spanning the block up to the
