@@ -1,0 +1,213 @@
+#include "alloc/block_allocator.h"
+
+#include <fmt/format.h>
+
+#include <mutex>
+#include <vector>
+
+namespace uext::alloc {
+
+namespace {
+
+// Start of the first free run of `want` bits in [from, limit), or limit.
+uint32_t find_run(std::span<const std::byte> map, uint32_t from, uint32_t limit, uint32_t want) {
+  uint32_t i = from;
+  while (i < limit) {
+    uint32_t s = bits::next_zero(map, i, limit);
+    if (s >= limit) break;
+    uint32_t cap = limit - s < want ? limit : s + want;
+    uint32_t e = bits::next_one(map, s, cap);
+    if (e - s >= want) return s;
+    i = e;
+  }
+  return limit;
+}
+
+struct Run {
+  uint32_t start = 0;
+  uint32_t length = 0;
+};
+
+// The longest free run in [from, limit), each counted up to `want`.
+Run longest_run(std::span<const std::byte> map, uint32_t from, uint32_t limit, uint32_t want) {
+  Run best;
+  uint32_t i = from;
+  while (i < limit && best.length < want) {
+    uint32_t s = bits::next_zero(map, i, limit);
+    if (s >= limit) break;
+    uint32_t e = bits::next_one(map, s, limit);
+    uint32_t len = std::min(e - s, want);
+    if (len > best.length) best = {s, len};
+    i = e;
+  }
+  return best;
+}
+
+}  // namespace
+
+uint32_t BlockAllocator::free_credits(const disk::Superblock& sb, uint64_t first, uint32_t count) {
+  if (count == 0) return 0;
+  uint64_t g0 = (first - sb.s_first_data_block) / sb.s_blocks_per_group;
+  uint64_t g1 = (first + count - 1 - sb.s_first_data_block) / sb.s_blocks_per_group;
+  return static_cast<uint32_t>(2 * (g1 - g0 + 1) + 1);
+}
+
+uint64_t BlockAllocator::goal_for_inode(const disk::Superblock& sb, uint32_t ino, bool regular_file) {
+  uint32_t groups = sb.group_count();
+  uint32_t g = ino == 0 ? 0 : (ino - 1) / sb.s_inodes_per_group;
+  uint32_t flex = 1;
+  if (sb.has_incompat(disk::incompat::kFlexBg) && sb.s_log_groups_per_flex < 31) flex = 1u << sb.s_log_groups_per_flex;
+  if (flex >= 4) {
+    g &= ~(flex - 1);
+    if (regular_file && g + 1 < groups) ++g;
+  }
+  if (g >= groups) g = 0;
+  return sb.s_first_data_block + static_cast<uint64_t>(g) * sb.s_blocks_per_group;
+}
+
+Result<bool> BlockAllocator::try_group(journal::Handle& handle, uint32_t g, uint32_t from, uint32_t want,
+                                       bool whole, BlockExtent& out) {
+  std::lock_guard lock(groups_.lock(g));
+  uint32_t free = groups_.free_blocks(g);
+  if (free == 0 || (whole && free < want)) return false;
+  UEXT_ASSIGN_OR_RETURN(GroupBitmaps::Bitmap map, groups_.load_block_bitmap(g));
+  const uint32_t limit = groups_.blocks_in_group(g);
+  Run run;
+  if (whole) {
+    uint32_t s = find_run(map.bytes, from, limit, want);
+    if (s >= limit && from > 0) s = find_run(map.bytes, 0, limit, want);
+    if (s >= limit) return false;
+    run = {s, want};
+  } else {
+    run = longest_run(map.bytes, from, limit, want);
+    if (run.length < want && from > 0) {
+      Run before = longest_run(map.bytes, 0, from, want);
+      if (before.length > run.length) run = before;
+    }
+    if (run.length == 0) {
+      return Error(kErrCorrupted, fmt::format("group {}: the descriptor counts {} free blocks but the bitmap has none",
+                                              g, free));
+    }
+  }
+  const uint64_t first = groups_.group_first_block(g) + run.start;
+  if (uint64_t sys = groups_.system_block_in(first, run.length); sys != UINT64_MAX) {
+    return Error(kErrCorrupted, fmt::format("group {}: block {} is free in the bitmap but holds filesystem metadata",
+                                            g, sys));
+  }
+  bits::set_range(map.bytes, run.start, run.length);
+  UEXT_TRY(groups_.store_block_bitmap(handle, g, map, -static_cast<int64_t>(run.length)));
+  out = {first, run.length};
+  return true;
+}
+
+Result<BlockExtent> BlockAllocator::allocate(journal::Handle& handle, uint64_t goal, uint32_t count,
+                                             const AllocOptions& options) {
+  if (count == 0) return Error(EINVAL, "block allocation of 0 blocks");
+  const disk::Superblock& sb = groups_.sb();
+  const uint64_t keep = options.use_reserved ? 0 : sb.s_r_blocks_count;
+  const uint64_t claimed = groups_.claim_blocks(count, keep);
+  if (claimed == 0) {
+    int64_t left = groups_.unclaimed_free_blocks();
+    if (left > 0 && !options.use_reserved) {
+      return Error(ENOSPC, fmt::format("no space left: the {} free blocks are reserved for root", left));
+    }
+    return Error(ENOSPC, "no space left: no free blocks");
+  }
+  const uint32_t want = static_cast<uint32_t>(claimed);
+  if (goal < sb.s_first_data_block || goal >= sb.s_blocks_count) goal = sb.s_first_data_block;
+  const uint32_t n = groups_.group_count();
+  const uint32_t goal_group = groups_.group_of_block(goal);
+  const uint32_t goal_offset = static_cast<uint32_t>(goal - groups_.group_first_block(goal_group));
+
+  BlockExtent out;
+  for (bool whole : {true, false}) {
+    for (uint32_t i = 0; i < n; ++i) {
+      uint32_t g = (goal_group + i) % n;
+      uint32_t hint = groups_.free_blocks(g);
+      if (hint == 0 || (whole && hint < want)) continue;
+      auto got = try_group(handle, g, i == 0 ? goal_offset : 0, want, whole, out);
+      if (!got.ok()) {
+        groups_.unclaim_blocks(claimed);
+        return std::move(got).error();
+      }
+      if (*got) {
+        groups_.unclaim_blocks(claimed - out.count);
+        return out;
+      }
+    }
+  }
+  groups_.unclaim_blocks(claimed);
+  return Error(ENOSPC, "no space left: no group has a free block");
+}
+
+Status BlockAllocator::free(journal::Handle& handle, uint64_t first, uint32_t count, bool metadata) {
+  if (count == 0) return {};
+  const disk::Superblock& sb = groups_.sb();
+  const uint64_t end = first + count;
+  if (first < sb.s_first_data_block || end > sb.s_blocks_count || end < first) {
+    return Error(kErrCorrupted, fmt::format("freeing blocks {}..{}: outside the filesystem (blocks {}..{})", first,
+                                            end - 1, sb.s_first_data_block, sb.s_blocks_count - 1));
+  }
+  if (uint64_t sys = groups_.system_block_in(first, count); sys != UINT64_MAX) {
+    return Error(kErrCorrupted, fmt::format("freeing block {}: it holds filesystem metadata", sys));
+  }
+  const uint32_t g0 = groups_.group_of_block(first), g1 = groups_.group_of_block(end - 1);
+  // Lock every group the range touches (ascending: the lock order), check
+  // that every block is in use, and only then change anything.
+  std::vector<std::unique_lock<base::OrderedMutex>> locks;
+  std::vector<GroupBitmaps::Bitmap> maps;
+  for (uint32_t g = g0; g <= g1; ++g) {
+    locks.emplace_back(groups_.lock(g));
+    UEXT_ASSIGN_OR_RETURN(GroupBitmaps::Bitmap map, groups_.load_block_bitmap(g));
+    if (map.uninit) {
+      return Error(kErrCorrupted, fmt::format("freeing block {}: group {} has never allocated a block",
+                                              std::max(first, groups_.group_first_block(g)), g));
+    }
+    const uint64_t base = groups_.group_first_block(g);
+    const uint32_t s = static_cast<uint32_t>(std::max(first, base) - base);
+    const uint32_t e = static_cast<uint32_t>(std::min(end, base + groups_.blocks_in_group(g)) - base);
+    for (uint32_t i = s; i < e; ++i) {
+      if (!bits::test(map.bytes, i)) {
+        return Error(kErrCorrupted, fmt::format("freeing block {}: it is already free (double free)", base + i));
+      }
+    }
+    maps.push_back(std::move(map));
+  }
+  for (uint32_t g = g0; g <= g1; ++g) {
+    GroupBitmaps::Bitmap& map = maps[g - g0];
+    const uint64_t base = groups_.group_first_block(g);
+    const uint32_t s = static_cast<uint32_t>(std::max(first, base) - base);
+    const uint32_t e = static_cast<uint32_t>(std::min(end, base + groups_.blocks_in_group(g)) - base);
+    for (uint32_t i = s; i < e; ++i) bits::clear(map.bytes, i);
+    UEXT_TRY(groups_.store_block_bitmap(handle, g, map, e - s));
+  }
+  // Revoke while the groups are still locked: once they are unlocked the
+  // blocks may be reused, and a revoke must not cancel their new contents.
+  if (metadata) {
+    for (uint64_t b = first; b < end; ++b) UEXT_TRY(handle.revoke(b));
+  }
+  groups_.unclaim_blocks(count);
+  return {};
+}
+
+Status BlockAllocator::check_counts() {
+  uint64_t total = 0;
+  for (uint32_t g = 0; g < groups_.group_count(); ++g) {
+    std::lock_guard lock(groups_.lock(g));
+    disk::GroupDesc gd = groups_.volume().group_snapshot(g);
+    UEXT_ASSIGN_OR_RETURN(GroupBitmaps::Bitmap map, groups_.load_block_bitmap(g));
+    uint32_t zero = bits::count_zero(map.bytes, groups_.blocks_in_group(g));
+    if (zero != gd.bg_free_blocks_count || zero != groups_.free_blocks(g)) {
+      return Error(kErrCorrupted, fmt::format("group {}: {} blocks free in the bitmap, {} in the descriptor, {} in memory",
+                                              g, zero, gd.bg_free_blocks_count, groups_.free_blocks(g)));
+    }
+    total += zero;
+  }
+  uint64_t sb_free = groups_.volume().superblock_snapshot().s_free_blocks_count;
+  if (total != sb_free) {
+    return Error(kErrCorrupted, fmt::format("{} blocks free in the groups, {} in the superblock", total, sb_free));
+  }
+  return {};
+}
+
+}  // namespace uext::alloc
