@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include <sys/stat.h>
+
 #include <algorithm>
 
 namespace uext::fs {
@@ -295,6 +297,18 @@ Result<InodeRecord> Volume::read_inode(uint32_t ino) {
     return Error(kErrCorrupted, fmt::format("inode {} is not in use (mode {:o}, links {}, dtime {})",
                                             ino, rec.inode.i_mode, rec.inode.i_links_count,
                                             rec.inode.i_dtime));
+  }
+  // The kernel's iget refuses these too: nothing above may trust them.
+  switch (rec.inode.i_mode & S_IFMT) {
+    case S_IFREG: case S_IFDIR: case S_IFLNK: case S_IFCHR: case S_IFBLK: case S_IFIFO: case S_IFSOCK:
+      break;
+    default:
+      return Error(kErrCorrupted, fmt::format("inode {}: invalid file type in mode {:o}", ino,
+                                              rec.inode.i_mode));
+  }
+  if (rec.inode.i_size > static_cast<uint64_t>(INT64_MAX)) {
+    return Error(kErrCorrupted, fmt::format("inode {}: bad size {} (negative as a signed file size)",
+                                            ino, rec.inode.i_size));
   }
   if (sb_.has_metadata_csum()) {
     rec.csum_seed = disk::inode_csum_seed(sb_, ino, rec.inode.i_generation);
