@@ -376,7 +376,19 @@ Result<RecoveryReport> recover(BlockDevice& dev, uint32_t bs, const JournalMap& 
   report.start_transaction = sb.s_sequence;
   report.end_transaction = sb.s_sequence;
   report.needed = sb.s_start != 0;
-  if (!report.needed) return report;
+  if (!report.needed) {
+    // Nothing to replay; still move the sequence on, as e2fsck and the
+    // kernel do, so that no transaction number of the last session can be
+    // taken for a new one.
+    if (write) {
+      JournalSuperblock bumped = sb;
+      bumped.s_sequence = sb.s_sequence + 1;
+      UEXT_TRY(log.write_superblock(bumped));
+      UEXT_TRY(dev.flush());
+      report.end_transaction = bumped.s_sequence;
+    }
+    return report;
+  }
 
   UEXT_ASSIGN_OR_RETURN(ScanResult scan, Scanner(log).run());
   report.end_transaction = scan.end_transaction;
