@@ -251,8 +251,18 @@ class ExtentEditor : public MapEditor {
       size_t l = path.size() - 1;
       Level& leaf = path[l];
       if (leaf.pos < 0) {
-        end = first;
-        break;
+        // Nothing in this leaf at or before end - 1. Its index key may lie
+        // below its first extent (a tree another writer left so): go on
+        // below that key, unless this is the leftmost leaf.
+        uint64_t below = first;
+        for (size_t k = l; k-- > 0;) {
+          if (path[k].pos > 0) {
+            below = path[k].node.indexes[path[k].pos].logical;
+            break;
+          }
+        }
+        end = std::max(below, first);
+        continue;
       }
       disk::Extent e = leaf.node.extents[leaf.pos];
       uint64_t es = e.logical, ee = end_of(e);

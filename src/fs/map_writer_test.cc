@@ -448,6 +448,71 @@ TEST_P(ExtentTree, UnwrittenExtentsConvert) {
   EXPECT_EQ(free_blocks(img), free0);
 }
 
+// Enough one-block extents that index nodes below the root split too (more
+// than 84 leaves under one index block with 1 KiB blocks), then extents
+// inserted into the middle of full leaves (unwritten between written ones,
+// so nothing merges), then a punch across leaves and index nodes.
+TEST(ExtentTreeIndex, IndexNodesSplitAndMiddleInsertsSplitLeaves) {
+  testing::TempDir dir;
+  std::string img = make_image(dir, {"-t", "ext4", "-b", "1024", "32M"});
+  uint32_t ino = testing::inode_number(img, "f");
+  uint64_t free0 = free_blocks(img);
+  const uint64_t n = 7300;
+  std::map<uint64_t, Leaf> blocks;  // logical -> its one-block extent
+  {
+    Session s(img, ino);
+    // Several one-block mappings per handle.
+    auto map_each = [&](const std::vector<uint64_t>& logicals, bool unwritten) {
+      const uint32_t per = 16;
+      for (size_t i = 0; i < logicals.size(); i += per) {
+        auto h = s.vol->start(map_credits(*s.vol, s.rec, per));
+        ASSERT_TRUE(h.ok()) << h.error().message();
+        for (size_t j = i; j < std::min(logicals.size(), i + per); ++j) {
+          MapOptions o;
+          o.unwritten = unwritten;
+          auto runs = map_or_allocate(*s.vol, *h, s.rec, logicals[j], 1, *s.allocator, o);
+          ASSERT_TRUE(runs.ok()) << runs.error().message();
+          ASSERT_EQ(runs->size(), 1u);
+          blocks[logicals[j]] = {logicals[j], (*runs)[0].physical, 1, unwritten};
+        }
+        ASSERT_TRUE(h->stop().ok());
+      }
+    };
+    std::vector<uint64_t> even, odd;
+    for (uint64_t i = 0; i < n; ++i) even.push_back(2 * i);
+    for (uint64_t i = 3000; i < 3300; ++i) odd.push_back(2 * i + 1);
+    map_each(even, false);
+    map_each(odd, true);
+    s.set_size(2 * n * s.vol->block_size());
+    s.close();
+  }
+  std::vector<Leaf> expect;
+  for (auto& [l, leaf] : blocks) expect.push_back(leaf);
+  EXPECT_TRUE(testing::image_is_clean(img));
+  auto ex = debugfs_extents(img, "f");
+  EXPECT_EQ(ex.depth, 2);
+  EXPECT_TRUE(ex.leaves == expect) << ex.leaves.size() << " extents listed, " << expect.size() << " expected";
+  // More than one index block at level 1.
+  std::string out = testing::debugfs(img, "ex f");
+  EXPECT_NE(out.find(" 0/ 2   2/"), std::string::npos) << out.substr(0, 400);
+  {
+    Session s(img, ino);
+    ASSERT_TRUE(punch_range(*s.vol, s.rec, 1000, 12000, *s.allocator).ok());
+    s.close();
+  }
+  expect = punch_leaves(expect, 1000, 13000);
+  EXPECT_TRUE(testing::image_is_clean(img));
+  EXPECT_TRUE(debugfs_extents(img, "f").leaves == expect);
+  {
+    Session s(img, ino);
+    ASSERT_TRUE(truncate_blocks(*s.vol, s.rec, 0, *s.allocator).ok());
+    s.close();
+  }
+  EXPECT_TRUE(testing::image_is_clean(img));
+  EXPECT_TRUE(debugfs_extents(img, "f").leaves.empty());
+  EXPECT_EQ(free_blocks(img), free0);
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Kinds, ExtentTree,
     ::testing::Values(ExtentCase{"ext4_1k", {"-t", "ext4", "-b", "1024", "32M"}},
