@@ -164,6 +164,11 @@ Status Journal::record_change(Handle& h, uint64_t block, bool fresh, const buffe
   Transaction* tx = transaction_of(h.tid_);
   if (!tx) return Error(EINVAL, "journal: handle outlived its transaction");
   tx->blocks.insert(block);
+  // A revoke hides every logged copy up to its own transaction, this one's
+  // included: a block freed and reused as metadata within one transaction
+  // must drop the revoke, or replay would skip its new contents (jbd2's
+  // cancel_revoke). Older copies are harmless: replay writes this one last.
+  tx->revoked.erase(block);
   return {};
 }
 

@@ -248,6 +248,26 @@ TEST_P(JournalWrite, RevokedBlockIsNotReplayedOverNewData) {
   EXPECT_EQ(read_block(by_uext, block, bs)[0], std::byte{0x55});
 }
 
+TEST_P(JournalWrite, BlockFreedAndReusedInOneTransactionIsReplayed) {
+  uint64_t block;
+  uint32_t bs;
+  {
+    Opened o = open_journal(image_);
+    bs = o.sb.block_size();
+    block = o.sb.s_blocks_count - 12;
+    auto h = o.journal->start(2);
+    ASSERT_TRUE(h->create(block, fill_with(0x11)).ok());
+    ASSERT_TRUE(h->revoke(block).ok());
+    ASSERT_TRUE(h->create(block, fill_with(0x22)).ok());
+    ASSERT_TRUE(h->stop().ok());
+    ASSERT_TRUE(o.journal->commit().ok());
+  }
+  mark_needs_recovery(image_);
+  auto [by_e2fsck, by_uext] = replay();
+  EXPECT_EQ(read_block(by_e2fsck, block, bs)[0], std::byte{0x22});
+  EXPECT_EQ(read_block(by_uext, block, bs)[0], std::byte{0x22});
+}
+
 TEST_P(JournalWrite, CloseWritesHomeAndEmptiesTheLog) {
   {
     Opened o = open_journal(image_);
