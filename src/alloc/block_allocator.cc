@@ -45,6 +45,20 @@ Run longest_run(std::span<const std::byte> map, uint32_t from, uint32_t limit, u
 
 }  // namespace
 
+BlockAllocator::BlockAllocator(GroupBitmaps& groups) : groups_(groups), busy_(groups.group_count()) {}
+
+void BlockAllocator::expire_busy(uint32_t g) {
+  auto& runs = busy_[g];
+  if (runs.empty()) return;
+  journal::Journal* j = groups_.volume().journal();
+  uint32_t committed = j ? j->last_committed_tid() : 0;
+  std::erase_if(runs, [&](const BusyRun& r) {
+    if (j && !disk::tid_geq(committed, r.tid)) return false;
+    busy_total_.fetch_sub(r.count, std::memory_order_relaxed);
+    return true;
+  });
+}
+
 uint32_t BlockAllocator::free_credits(const disk::Superblock& sb, uint64_t first, uint32_t count) {
   if (count == 0) return 0;
   uint64_t g0 = (first - sb.s_first_data_block) / sb.s_blocks_per_group;
@@ -72,18 +86,29 @@ Result<bool> BlockAllocator::try_group(journal::Handle& handle, uint32_t g, uint
   if (free == 0 || (whole && free < want)) return false;
   UEXT_ASSIGN_OR_RETURN(GroupBitmaps::Bitmap map, groups_.load_block_bitmap(g));
   const uint32_t limit = groups_.blocks_in_group(g);
+  // Search a copy in which blocks freed by uncommitted transactions count
+  // as used; the bitmap stored back is the real one.
+  expire_busy(g);
+  std::vector<std::byte> busy_view;
+  std::span<const std::byte> search = map.bytes;
+  if (!busy_[g].empty()) {
+    busy_view = map.bytes;
+    for (const BusyRun& r : busy_[g]) bits::set_range(busy_view, r.start, r.count);
+    search = busy_view;
+  }
   Run run;
   if (whole) {
-    uint32_t s = find_run(map.bytes, from, limit, want);
-    if (s >= limit && from > 0) s = find_run(map.bytes, 0, limit, want);
+    uint32_t s = find_run(search, from, limit, want);
+    if (s >= limit && from > 0) s = find_run(search, 0, limit, want);
     if (s >= limit) return false;
     run = {s, want};
   } else {
-    run = longest_run(map.bytes, from, limit, want);
+    run = longest_run(search, from, limit, want);
     if (run.length < want && from > 0) {
-      Run before = longest_run(map.bytes, 0, from, want);
+      Run before = longest_run(search, 0, from, want);
       if (before.length > run.length) run = before;
     }
+    if (run.length == 0 && !busy_[g].empty()) return false;  // only busy blocks left
     if (run.length == 0) {
       return Error(kErrCorrupted, fmt::format("group {}: the descriptor counts {} free blocks but the bitmap has none",
                                               g, free));
@@ -137,6 +162,10 @@ Result<BlockExtent> BlockAllocator::allocate(journal::Handle& handle, uint64_t g
     }
   }
   groups_.unclaim_blocks(claimed);
+  if (uint64_t busy = busy_blocks(); busy > 0) {
+    return Error(ENOSPC, fmt::format("no space left until the running transaction commits "
+                                     "({} freed blocks are busy until then)", busy));
+  }
   return Error(ENOSPC, "no space left: no group has a free block");
 }
 
@@ -180,6 +209,8 @@ Status BlockAllocator::free(journal::Handle& handle, uint64_t first, uint32_t co
     const uint32_t e = static_cast<uint32_t>(std::min(end, base + groups_.blocks_in_group(g)) - base);
     for (uint32_t i = s; i < e; ++i) bits::clear(map.bytes, i);
     UEXT_TRY(groups_.store_block_bitmap(handle, g, map, e - s));
+    busy_[g].push_back({s, e - s, handle.transaction_id()});
+    busy_total_.fetch_add(e - s, std::memory_order_relaxed);
   }
   // Revoke while the groups are still locked: once they are unlocked the
   // blocks may be reused, and a revoke must not cancel their new contents.

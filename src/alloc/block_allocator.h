@@ -13,6 +13,9 @@
 //     blocks costs no credits.
 #pragma once
 
+#include <atomic>
+#include <vector>
+
 #include <cstdint>
 
 #include "alloc/group_bitmaps.h"
@@ -37,7 +40,7 @@ class BlockAllocator {
   static constexpr uint32_t kAllocateCredits = 3;
   static uint32_t free_credits(const disk::Superblock& sb, uint64_t first, uint32_t count);
 
-  explicit BlockAllocator(GroupBitmaps& groups) : groups_(groups) {}
+  explicit BlockAllocator(GroupBitmaps& groups);
 
   // Allocates up to `count` (>= 1) contiguous blocks, as close to `goal` as
   // possible: first a free run of the whole size, searched from the goal
@@ -55,7 +58,12 @@ class BlockAllocator {
   // is already free is corruption (EUCLEAN naming it) and nothing is freed;
   // so is a block of the filesystem's own metadata. `metadata` blocks are
   // revoked in the journal, so that a replay cannot write an old logged
-  // copy over what the block holds next.
+  // copy over what the block holds next. Freed blocks stay busy (not handed
+  // out again) until the freeing transaction commits, as in the kernel:
+  // otherwise a crash before that commit would bring back a file whose
+  // blocks already hold someone else's data. An allocation that finds only
+  // busy blocks fails with ENOSPC and busy_blocks() > 0: the caller stops
+  // its handle, commits, and tries again.
   Status free(journal::Handle& handle, uint64_t first, uint32_t count, bool metadata);
 
   // The goal for an inode's first block, as the kernel's
@@ -68,11 +76,25 @@ class BlockAllocator {
   // count and the in-memory counters; EUCLEAN naming the first mismatch.
   Status check_counts();
 
+  // Blocks freed by transactions not yet committed.
+  uint64_t busy_blocks() const { return busy_total_.load(std::memory_order_relaxed); }
+
  private:
   Result<bool> try_group(journal::Handle& handle, uint32_t g, uint32_t from, uint32_t want, bool whole,
                          BlockExtent& out);
 
+  struct BusyRun {
+    uint32_t start;  // in the group
+    uint32_t count;
+    uint32_t tid;    // the transaction that freed it
+  };
+  // Drops group g's busy runs whose transaction has committed; the caller
+  // holds the group's lock.
+  void expire_busy(uint32_t g);
+
   GroupBitmaps& groups_;
+  std::vector<std::vector<BusyRun>> busy_;  // per group, under its lock
+  std::atomic<uint64_t> busy_total_{0};
 };
 
 }  // namespace uext::alloc

@@ -626,3 +626,58 @@ TEST(ConcurrentAllocators, ThreadsNeverShareABlockOrInode) {
 
 }  // namespace
 }  // namespace uext::alloc
+
+namespace uext::alloc {
+namespace {
+
+// A block freed by a transaction must not be handed out again before that
+// transaction commits: a crash in between would bring back the old owner
+// with someone else's data in its block.
+TEST(BusyBlocks, FreedBlocksWaitForTheirTransactionToCommit) {
+  for (const char* type : {"ext4", "ext2"}) {
+    SCOPED_TRACE(type);
+    testing::TempDir dir;
+    std::string img = dir / "fs.img";
+    make_image(img, {"-t", type, "-b", "1024"}, "16M");
+    Opened o = open_rw(img);
+    uint64_t goal = o.volume->sb().s_blocks_count / 2;
+    BlockExtent first;
+    {
+      auto h = o.volume->start(8);
+      ASSERT_TRUE(h.ok());
+      auto got = o.blocks->allocate(*h, goal, 4);
+      ASSERT_TRUE(got.ok()) << got.error().message();
+      first = *got;
+      ASSERT_TRUE(h->stop().ok());
+      ASSERT_TRUE(o.volume->sync().ok());
+    }
+    {
+      auto h = o.volume->start(16);
+      ASSERT_TRUE(o.blocks->free(*h, first.first, first.count, false).ok());
+      EXPECT_EQ(o.blocks->busy_blocks(), first.count);
+      auto again = o.blocks->allocate(*h, first.first, first.count);
+      ASSERT_TRUE(again.ok()) << again.error().message();
+      EXPECT_TRUE(again->first >= first.first + first.count || again->first + again->count <= first.first)
+          << "block " << again->first << " reused before the transaction that freed it committed";
+      ASSERT_TRUE(o.blocks->free(*h, again->first, again->count, false).ok());
+      ASSERT_TRUE(h->stop().ok());
+      ASSERT_TRUE(o.volume->sync().ok());
+    }
+    {
+      auto h = o.volume->start(8);
+      auto after = o.blocks->allocate(*h, first.first, first.count);
+      ASSERT_TRUE(after.ok());
+      EXPECT_EQ(after->first, first.first) << "committed frees must be reusable";
+      EXPECT_EQ(o.blocks->busy_blocks(), 0u);
+      ASSERT_TRUE(o.blocks->free(*h, after->first, after->count, false).ok());
+      ASSERT_TRUE(h->stop().ok());
+    }
+    ASSERT_TRUE(o.blocks->check_counts().ok());
+    ASSERT_TRUE(o.close().ok());
+    auto fsck = testing::run({"e2fsck", "-fn", img});
+    EXPECT_EQ(fsck.exit_code, 0) << fsck.out;
+  }
+}
+
+}  // namespace
+}  // namespace uext::alloc

@@ -42,6 +42,8 @@ class Volume {
   ~Volume();
 
   bool writable() const { return journal_ != nullptr; }
+  // The journal of a read-write volume (null when read-only).
+  journal::Journal* journal() { return journal_.get(); }
   // What the replay at open did (needed == false when nothing was replayed).
   const journal::RecoveryReport& recovery() const { return recovery_; }
 

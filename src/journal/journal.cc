@@ -66,6 +66,7 @@ std::unique_ptr<Journal> Journal::open_without_log(BlockDevice& device, buffer::
                                                    const JournalOptions& options) {
   std::unique_ptr<Journal> j(new Journal(device, cache, options));
   j->max_transaction_ = UINT32_MAX;
+  j->last_committed_ = j->next_tid_ - 1;  // nothing committed yet
   if (options.commit_interval_ms > 0) j->timer_ = std::thread([p = j.get()] { p->commit_timer(); });
   return j;
 }
@@ -104,6 +105,7 @@ Result<std::unique_ptr<Journal>> Journal::open(BlockDevice& device, buffer::Buff
   j->max_transaction_ = capacity / 4;
   j->head_ = jsb.s_first;
   j->next_tid_ = jsb.s_sequence;
+  j->last_committed_ = jsb.s_sequence - 1;
   UEXT_TRY(j->write_journal_superblock(0, jsb.s_sequence));
   UEXT_TRY(device.flush());
   if (options.commit_interval_ms > 0) j->timer_ = std::thread([p = j.get()] { p->commit_timer(); });
@@ -245,6 +247,7 @@ Status Journal::commit_locked(std::unique_lock<base::OrderedMutex>& lock) {
       if (result.ok()) stats_.commits++;
     }
   }
+  if (result.ok()) last_committed_.store(tx->tid, std::memory_order_release);
   if (!result.ok()) {
     // Like jbd2's abort: later handles fail, the image stays as the last
     // successful commit left it.

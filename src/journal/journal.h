@@ -19,6 +19,7 @@
 // commit, in one batch followed by a flush.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <map>
@@ -123,6 +124,10 @@ class Journal {
   Status close();
 
   bool has_log() const { return has_log_; }
+  // The newest transaction known durable. A block freed by transaction T
+  // may be reused once tid_geq(last_committed_tid(), T): before that, a
+  // crash could bring back the metadata that still points at it.
+  uint32_t last_committed_tid() const { return last_committed_.load(std::memory_order_acquire); }
   uint32_t max_transaction_blocks() const { return max_transaction_; }
   JournalStats stats() const;
 
@@ -177,6 +182,7 @@ class Journal {
   uint32_t head_ = 0;
   uint32_t log_used_ = 0;  // blocks between the oldest uncheckpointed transaction and head_
   uint32_t next_tid_ = 0;
+  std::atomic<uint32_t> last_committed_{0};
   // Committed but not yet written home: block -> its latest committed version.
   std::map<uint64_t, buffer::BlockRef> checkpoint_;
   Transaction* committing_tx_ = nullptr;
