@@ -7,12 +7,7 @@
 #include "disk/extent.h"
 
 namespace uext::fs {
-namespace {
 
-constexpr uint64_t kExtentAddressable = uint64_t{1} << 32;
-
-// Appends a run, merging it into the previous one when both logical and
-// physical blocks continue it.
 void append_run(std::vector<BlockRun>& out, const BlockRun& run) {
   if (!out.empty()) {
     BlockRun& last = out.back();
@@ -26,6 +21,10 @@ void append_run(std::vector<BlockRun>& out, const BlockRun& run) {
   }
   out.push_back(run);
 }
+
+namespace {
+
+constexpr uint64_t kExtentAddressable = uint64_t{1} << 32;
 
 // Collects the mapped runs of an extent tree that intersect [first, end).
 class ExtentWalker {

@@ -18,6 +18,11 @@ struct BlockRun {
   bool unwritten = false;  // preallocated: reads as zeros
 };
 
+// Appends `run` to `out`, merging it into the last run when it continues
+// it: logically, physically (holes merge with holes) and in kind (unwritten
+// or not).
+void append_run(std::vector<BlockRun>& out, const BlockRun& run);
+
 // Maps logical blocks [first, first + count) of `rec`: returns runs that
 // cover the range exactly, in order, holes included. Every physical block
 // returned has been checked to lie inside the filesystem.

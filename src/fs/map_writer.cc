@@ -184,14 +184,7 @@ class ExtentEditor : public MapEditor {
           (void)free_blocks(got.first, got.count, false);
           return std::move(ins).error();
         }
-        BlockRun r{cur, got.first, got.count, opts.unwritten};
-        if (!out.empty() && out.back().physical != 0 && out.back().unwritten == r.unwritten &&
-            out.back().logical + out.back().length == r.logical &&
-            out.back().physical + out.back().length == r.physical) {
-          out.back().length += r.length;
-        } else {
-          out.push_back(r);
-        }
+        append_run(out, {cur, got.first, got.count, opts.unwritten});
         cur += got.count;
         left -= got.count;
         last_logical_end = cur;
@@ -659,13 +652,7 @@ class IndirectEditor : public MapEditor {
         for (uint32_t i = 0; i < got.count; ++i) ptrs[i] = static_cast<uint32_t>(got.first + i);
         add_blocks(vol_, rec_.inode, got.count);
         UEXT_TRY(write_slots(holder, slot, ptrs));
-        BlockRun r{cur, got.first, got.count, false};
-        if (!out.empty() && out.back().physical != 0 && out.back().logical + out.back().length == r.logical &&
-            out.back().physical + out.back().length == r.physical) {
-          out.back().length += r.length;
-        } else {
-          out.push_back(r);
-        }
+        append_run(out, {cur, got.first, got.count, false});
         cur += got.count;
         left -= got.count;
         last_logical_end = cur;
