@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -113,6 +114,43 @@ struct VolumeInfo {
   std::string default_hash;
 };
 
+// Who creates an inode.
+struct Owner {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+};
+
+// What setattr changes: the fields that hold a value.
+struct SetAttr {
+  std::optional<uint32_t> mode;  // permission bits, setuid/setgid/sticky; the type stays
+  std::optional<uint32_t> uid;
+  std::optional<uint32_t> gid;
+  std::optional<uint64_t> size;
+  std::optional<Time> atime;
+  std::optional<Time> mtime;
+  bool atime_now = false;  // set atime (mtime) to the current time
+  bool mtime_now = false;
+};
+
+// statfs(2).
+struct FsStats {
+  uint32_t block_size = 0;
+  uint64_t blocks = 0;            // data blocks (total minus the overhead of metadata)
+  uint64_t free_blocks = 0;
+  uint64_t available_blocks = 0;  // free minus the root reserve
+  uint64_t files = 0;
+  uint64_t free_files = 0;
+  uint32_t name_max = 255;
+};
+
+// renameat2(2) flags (the same values as Linux's).
+inline constexpr unsigned kRenameNoReplace = 1;
+inline constexpr unsigned kRenameExchange = 2;
+// fallocate(2) modes (the same values as Linux's FALLOC_FL_*).
+inline constexpr int kFallocKeepSize = 0x01;
+inline constexpr int kFallocPunchHole = 0x02;
+inline constexpr int kFallocZeroRange = 0x10;
+
 class Filesystem {
  public:
   virtual ~Filesystem() = default;
@@ -158,6 +196,79 @@ class Filesystem {
 
   // The file's mapped runs in logical order (holes are the gaps).
   virtual Result<std::vector<FileExtent>> extents(Ino ino) = 0;
+
+  // ---- Changing the image (read-write opens; EROFS otherwise) ----
+  //
+  // Every operation is atomic with respect to a crash: after a replay the
+  // image holds all of it or none of it, and e2fsck finds it clean either
+  // way. An operation is durable once fsync() of the inode it changed (or
+  // sync()) returns, or once the journal's timed commit has run.
+  // Names are one path component: EINVAL for "", "." or ".." or a name
+  // holding '/', ENAMETOOLONG past 255 bytes. Permission checks are the
+  // caller's (the FUSE daemon lets the kernel do them): the library is root.
+
+  // Creates a regular file, device, fifo or socket (`mode` holds the S_IFMT
+  // type and the permission bits; rdev the device numbers). Ownership as
+  // the kernel gives it: `owner`, except that a directory with the setgid
+  // bit passes its group on. EEXIST when the name is taken.
+  virtual Result<Stat> mknod(Ino dir, std::string_view name, uint32_t mode, const Owner& owner,
+                             uint32_t rdev_major = 0, uint32_t rdev_minor = 0) = 0;
+  Result<Stat> create(Ino dir, std::string_view name, uint32_t mode, const Owner& owner);
+  // EMLINK when `dir` already has the most subdirectories a directory may.
+  virtual Result<Stat> mkdir(Ino dir, std::string_view name, uint32_t mode, const Owner& owner) = 0;
+  virtual Result<Stat> symlink(Ino dir, std::string_view name, std::string_view target,
+                               const Owner& owner) = 0;
+  // A new name for an existing non-directory. EPERM for a directory, EMLINK
+  // at 65000 links.
+  virtual Result<Stat> link(Ino ino, Ino new_dir, std::string_view new_name) = 0;
+  // Removes a name. The inode goes when its last link does, unless it is
+  // retained (below): then it lives on, on the orphan list, until released.
+  // EISDIR for a directory (use rmdir).
+  virtual Status unlink(Ino dir, std::string_view name) = 0;
+  // ENOTEMPTY unless the directory holds only "." and "..".
+  virtual Status rmdir(Ino dir, std::string_view name) = 0;
+  // rename(2) and renameat2(2): kRenameNoReplace fails with EEXIST when the
+  // new name exists; kRenameExchange swaps two existing names. Without
+  // flags an existing target is replaced (a directory only by an empty
+  // directory). EINVAL when a directory would move into itself.
+  virtual Status rename(Ino old_dir, std::string_view old_name, Ino new_dir, std::string_view new_name,
+                        unsigned flags = 0) = 0;
+
+  // Changes what `attr` sets; a size change truncates or extends (a hole).
+  // ctime is set to now whenever anything changes.
+  virtual Result<Stat> setattr(Ino ino, const SetAttr& attr) = 0;
+  Status truncate(Ino ino, uint64_t size);
+
+  // Writes at `offset`, extending the file (a hole in between) as needed;
+  // returns buf.size() or an error (ENOSPC, EFBIG past the largest file
+  // the format allows), having written nothing in that case. Ordered
+  // data: the bytes reach the image before the metadata that points at them.
+  virtual Result<size_t> write(Ino ino, uint64_t offset, std::span<const std::byte> buf) = 0;
+  // fallocate(2): mode 0 or kFallocKeepSize allocates (as unwritten extents
+  // on extent-mapped files, else EOPNOTSUPP), kFallocPunchHole (with
+  // kFallocKeepSize) frees, kFallocZeroRange zeroes.
+  virtual Status fallocate(Ino ino, int mode, uint64_t offset, uint64_t length) = 0;
+  // lseek(2) with SEEK_DATA or SEEK_HOLE (unwritten extents count as holes,
+  // as the kernel reports them when they hold no written pages). ENXIO past
+  // the end.
+  virtual Result<uint64_t> seek(Ino ino, uint64_t offset, int whence) = 0;
+  // Makes the inode's data and metadata durable. `datasync` may skip a
+  // commit that only holds timestamps (fdatasync).
+  virtual Status fsync(Ino ino, bool datasync = false) = 0;
+  virtual Result<FsStats> statfs() = 0;
+
+  // `name` is the full name ("user.x", "trusted.x", "security.x",
+  // "system.posix_acl_access"; ACLs in the VFS format getxattr returns).
+  // flags: XATTR_CREATE (EEXIST when present) or XATTR_REPLACE (ENODATA
+  // when absent). ENOSPC when it fits neither in the inode nor in a block.
+  virtual Status setxattr(Ino ino, std::string_view name, std::string_view value, int flags = 0) = 0;
+  virtual Status removexattr(Ino ino, std::string_view name) = 0;
+
+  // References from open files (or a FUSE lookup count): an unlinked inode
+  // stays, readable and writable, until its last reference is released;
+  // the orphan list keeps a crash from leaking it.
+  virtual void retain(Ino ino) = 0;
+  virtual Status release(Ino ino, uint64_t count = 1) = 0;
 };
 
 }  // namespace uext

@@ -247,7 +247,27 @@ class FilesystemImpl final : public Filesystem {
     return out;
   }
 
+  // ---- write operations (being built) ----
+  Result<Stat> mknod(Ino, std::string_view, uint32_t, const Owner&, uint32_t, uint32_t) override { return nyi(); }
+  Result<Stat> mkdir(Ino, std::string_view, uint32_t, const Owner&) override { return nyi(); }
+  Result<Stat> symlink(Ino, std::string_view, std::string_view, const Owner&) override { return nyi(); }
+  Result<Stat> link(Ino, Ino, std::string_view) override { return nyi(); }
+  Status unlink(Ino, std::string_view) override { return nyi(); }
+  Status rmdir(Ino, std::string_view) override { return nyi(); }
+  Status rename(Ino, std::string_view, Ino, std::string_view, unsigned) override { return nyi(); }
+  Result<Stat> setattr(Ino, const SetAttr&) override { return nyi(); }
+  Result<size_t> write(Ino, uint64_t, std::span<const std::byte>) override { return nyi(); }
+  Status fallocate(Ino, int, uint64_t, uint64_t) override { return nyi(); }
+  Result<uint64_t> seek(Ino, uint64_t, int) override { return nyi(); }
+  Status fsync(Ino, bool) override { return nyi(); }
+  Result<FsStats> statfs() override { return nyi(); }
+  Status setxattr(Ino, std::string_view, std::string_view, int) override { return nyi(); }
+  Status removexattr(Ino, std::string_view) override { return nyi(); }
+  void retain(Ino) override {}
+  Status release(Ino, uint64_t) override { return {}; }
+
  private:
+  static Error nyi() { return Error(ENOSYS, "not implemented yet"); }
   static std::deque<std::string> split(std::string_view path) {
     std::deque<std::string> parts;
     size_t i = 0;
@@ -386,6 +406,18 @@ Result<std::unique_ptr<Filesystem>> Filesystem::open(std::unique_ptr<BlockDevice
   auto fs = std::make_unique<FilesystemImpl>(std::move(volume));
   if (options.read_only) fs->load_journal_info();
   return std::unique_ptr<Filesystem>(std::move(fs));
+}
+
+Result<Stat> Filesystem::create(Ino dir, std::string_view name, uint32_t mode, const Owner& owner) {
+  return mknod(dir, name, (mode & 07777) | S_IFREG, owner);
+}
+
+Status Filesystem::truncate(Ino ino, uint64_t size) {
+  SetAttr attr;
+  attr.size = size;
+  auto st = setattr(ino, attr);
+  if (!st.ok()) return std::move(st).error();
+  return {};
 }
 
 Result<std::vector<DirEntry>> Filesystem::list_directory(Ino dir) {

@@ -167,6 +167,14 @@ Status Volume::update_superblock(journal::Handle& handle,
 
 Result<InodeRecord> Volume::update_inode(journal::Handle& handle, uint32_t ino, bool fresh,
                                          const std::function<void(disk::Inode&)>& change) {
+  return update_inode_slot(handle, ino, fresh, [&](disk::Inode& inode, std::span<std::byte>) {
+    change(inode);
+    return Status();
+  });
+}
+
+Result<InodeRecord> Volume::update_inode_slot(journal::Handle& handle, uint32_t ino, bool fresh,
+                                              const InodeSlotEdit& change) {
   if (ino == 0 || ino > sb_.s_inodes_count) {
     return Error(EINVAL, fmt::format("inode {} is out of range", ino));
   }
@@ -180,7 +188,9 @@ Result<InodeRecord> Volume::update_inode(journal::Handle& handle, uint32_t ino, 
   Status failure;
   UEXT_TRY(handle.modify(block, [&](std::span<std::byte> data) {
     auto slot = data.subspan(in_block, size);
-    if (fresh) std::fill(slot.begin(), slot.end(), std::byte{0});
+    // Work on a copy so that a failing `change` leaves the block as it was.
+    std::vector<std::byte> work(slot.begin(), slot.end());
+    if (fresh) std::fill(work.begin(), work.end(), std::byte{0});
     disk::Inode inode;
     if (!fresh) {
       // Decode without judging the checksum: we are about to rewrite it.
@@ -196,10 +206,15 @@ Result<InodeRecord> Volume::update_inode(journal::Handle& handle, uint32_t ino, 
       // New inodes get the extra fields the filesystem asks for.
       inode.i_extra_isize = std::max<uint16_t>(sb_.s_want_extra_isize, 32);
     }
-    change(inode);
-    disk::encode_inode(sb_, ino, inode, slot);
+    Status changed = change(inode, work);
+    if (!changed.ok()) {
+      failure = std::move(changed).error();
+      return;
+    }
+    disk::encode_inode(sb_, ino, inode, work);
+    std::copy(work.begin(), work.end(), slot.begin());
     rec.inode = inode;
-    rec.raw.assign(slot.begin(), slot.end());
+    rec.raw = std::move(work);
   }));
   if (!failure.ok()) return std::move(failure).error().with_context(fmt::format("inode {}", ino));
   if (sb_.has_metadata_csum()) rec.csum_seed = disk::inode_csum_seed(sb_, ino, rec.inode.i_generation);

@@ -66,6 +66,14 @@ class Volume {
   // from a zeroed slot, for an inode just allocated. Returns the new record.
   Result<InodeRecord> update_inode(journal::Handle& handle, uint32_t ino, bool fresh,
                                    const std::function<void(disk::Inode&)>& change);
+  // Like update_inode, also handing `change` the raw slot (inode_size
+  // bytes): it may edit the bytes past the fixed fields (the in-inode xattr
+  // area, from 128 + i_extra_isize on); the decoded fields and the checksum
+  // are encoded over the slot afterwards. An error from `change` leaves the
+  // block unchanged.
+  using InodeSlotEdit = std::function<Status(disk::Inode&, std::span<std::byte> slot)>;
+  Result<InodeRecord> update_inode_slot(journal::Handle& handle, uint32_t ino, bool fresh,
+                                        const InodeSlotEdit& change);
   // Makes every change so far durable (a journal commit).
   Status sync();
   // Commits, checkpoints, empties the log and marks the image clean.
