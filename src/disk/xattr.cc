@@ -1,5 +1,6 @@
 #include "disk/xattr.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -24,10 +25,12 @@ Error corrupt(const char* where, std::string problem) {
   return Error(kErrCorrupted, fmt::format("{}: {}", where, problem));
 }
 
-// Walks the entry table starting at `first` and returns the attributes.
+// Walks the entry table starting at `first` and returns the entries as
+// stored; `offsets_out` gets each entry's offset (for error context).
 // Value offsets count from `value_base`; everything must lie before
 // region.size(). The checks follow the kernel's check_xattrs.
-Result<std::vector<Xattr>> parse_entries(const char* where, Bytes region, size_t first, size_t value_base) {
+Result<std::vector<XattrEntry>> parse_raw_entries(const char* where, Bytes region, size_t first, size_t value_base,
+                                                  std::vector<size_t>* offsets_out) {
   const size_t end = region.size();
   // Pass 1: find the terminator so values can be checked against the names.
   size_t names_end = first;
@@ -40,7 +43,7 @@ Result<std::vector<Xattr>> parse_entries(const char* where, Bytes region, size_t
     if (next + 4 > end) return corrupt(where, fmt::format("entry at {}: name runs off the end", names_end));
     names_end = next;
   }
-  std::vector<Xattr> out;
+  std::vector<XattrEntry> out;
   for (size_t off = first; off < names_end; off += round4(kEntryHeaderSize + le8(region, off))) {
     const uint8_t name_len = le8(region, off);
     const uint8_t index = le8(region, off + 1);
@@ -54,10 +57,12 @@ Result<std::vector<Xattr>> parse_entries(const char* where, Bytes region, size_t
       return corrupt(where, fmt::format("entry at {}: value size {} is too large", off, value_size));
     if (value_inum != 0 && value_size == 0)
       return corrupt(where, fmt::format("entry at {}: value inode {} with size 0", off, value_inum));
-    Xattr x;
+    // Validate the index here so that raw callers refuse what readers refuse.
     auto name = xattr_full_name(index, suffix);
     if (!name.ok()) return std::move(name).error().with_context(fmt::format("{}: entry at {}", where, off));
-    x.name = std::move(*name);
+    XattrEntry x;
+    x.name_index = index;
+    x.suffix.assign(suffix);
     x.value_inum = value_inum;
     if (value_inum == 0 && value_size != 0) {
       const size_t v = value_base + value_offs;
@@ -65,11 +70,30 @@ Result<std::vector<Xattr>> parse_entries(const char* where, Bytes region, size_t
         return corrupt(where, fmt::format("entry at {}: value at {} ({} bytes) overlaps the names or runs off the end",
                                           off, v, value_size));
       x.value.assign(reinterpret_cast<const char*>(region.data()) + v, value_size);
-      if (index == kIndexAclAccess || index == kIndexAclDefault) {
-        auto acl = acl_from_disk(x.value);
-        if (!acl.ok()) return std::move(acl).error().with_context(fmt::format("{}: entry at {}", where, off));
-        x.value = std::move(*acl);
-      }
+    }
+    if (offsets_out) offsets_out->push_back(off);
+    out.push_back(std::move(x));
+  }
+  return out;
+}
+
+// The reader's view: full names, ACLs in VFS form.
+Result<std::vector<Xattr>> parse_entries(const char* where, Bytes region, size_t first, size_t value_base) {
+  std::vector<size_t> offsets;
+  UEXT_ASSIGN_OR_RETURN(auto raw, parse_raw_entries(where, region, first, value_base, &offsets));
+  std::vector<Xattr> out;
+  out.reserve(raw.size());
+  for (size_t i = 0; i < raw.size(); ++i) {
+    XattrEntry& e = raw[i];
+    Xattr x;
+    x.name = *xattr_full_name(e.name_index, e.suffix);  // checked by the raw parse
+    x.value_inum = e.value_inum;
+    if (e.value_inum == 0 && !e.value.empty() && (e.name_index == kIndexAclAccess || e.name_index == kIndexAclDefault)) {
+      auto acl = acl_from_disk(e.value);
+      if (!acl.ok()) return std::move(acl).error().with_context(fmt::format("{}: entry at {}", where, offsets[i]));
+      x.value = std::move(*acl);
+    } else {
+      x.value = std::move(e.value);
     }
     out.push_back(std::move(x));
   }
@@ -260,6 +284,154 @@ Result<std::string> acl_to_disk(std::string_view vfs_value) {
     if (has_id(tag)) append_le(out, le32(in, off + 4), 4);
   }
   return out;
+}
+
+// ---- Writing ----
+
+Result<std::vector<XattrEntry>> parse_inode_xattr_entries(Bytes area) {
+  if (area.size() < kIbodyHeaderSize || le32(area, 0) != kXattrMagic) return std::vector<XattrEntry>{};
+  return parse_raw_entries("in-inode xattrs", area, kIbodyHeaderSize, kIbodyHeaderSize, nullptr);
+}
+
+Result<std::vector<XattrEntry>> parse_xattr_block_entries(Bytes block, XattrBlockHeader* header_out) {
+  // The header checks are parse_xattr_block's; run them on the header alone.
+  XattrBlockHeader h;
+  if (block.size() < kXattrBlockHeaderSize + 4)
+    return corrupt("xattr block", fmt::format("{} bytes is too small", block.size()));
+  h.h_magic = le32(block, 0);
+  h.h_refcount = le32(block, 4);
+  h.h_blocks = le32(block, 8);
+  h.h_hash = le32(block, 12);
+  h.h_checksum = le32(block, 16);
+  if (h.h_magic != kXattrMagic) return corrupt("xattr block", fmt::format("bad magic {:#010x}", h.h_magic));
+  if (h.h_blocks != 1) return corrupt("xattr block", fmt::format("h_blocks is {}, not 1", h.h_blocks));
+  if (header_out) *header_out = h;
+  return parse_raw_entries("xattr block", block, kXattrBlockHeaderSize, 0, nullptr);
+}
+
+Result<XattrEntry> xattr_split_name(std::string_view full_name) {
+  struct Prefix {
+    std::string_view text;
+    uint8_t index;
+    bool exact;  // the whole name, no suffix (ACLs)
+  };
+  // Only the handlers ext4 registers; "system." names other than the ACLs
+  // (system.data of inline_data, system.richacl) are not settable.
+  static constexpr Prefix kPrefixes[] = {
+      {"user.", 1, false},
+      {"trusted.", 4, false},
+      {"security.", 6, false},
+      {"system.posix_acl_access", kIndexAclAccess, true},
+      {"system.posix_acl_default", kIndexAclDefault, true},
+  };
+  for (const Prefix& p : kPrefixes) {
+    if (p.exact) {
+      if (full_name != p.text) continue;
+    } else if (!full_name.starts_with(p.text)) {
+      continue;
+    }
+    XattrEntry e;
+    e.name_index = p.index;
+    e.suffix.assign(full_name.substr(p.text.size()));
+    if (!p.exact && e.suffix.empty())
+      return Error(EINVAL, fmt::format("xattr name \"{}\" has nothing after its prefix", full_name));
+    if (e.suffix.size() > 255)
+      return Error(ERANGE, fmt::format("xattr name \"{}...\": {} bytes after the prefix is more than 255",
+                                       full_name.substr(0, 32), e.suffix.size()));
+    if (e.suffix.find('\0') != std::string::npos)
+      return Error(EINVAL, "xattr name contains a NUL byte");
+    return e;
+  }
+  return Error(EOPNOTSUPP, fmt::format("xattr name \"{}\": prefix not supported by ext4", full_name));
+}
+
+bool xattr_entry_less(const XattrEntry& a, const XattrEntry& b) {
+  if (a.name_index != b.name_index) return a.name_index < b.name_index;
+  if (a.suffix.size() != b.suffix.size()) return a.suffix.size() < b.suffix.size();
+  return std::memcmp(a.suffix.data(), b.suffix.data(), a.suffix.size()) < 0;
+}
+
+size_t xattr_entry_space(const XattrEntry& e) {
+  return round4(kEntryHeaderSize + e.suffix.size()) + round4(e.value.size());
+}
+
+size_t inode_xattr_room(size_t area_size) {
+  return area_size < kIbodyHeaderSize + 4 ? 0 : area_size - kIbodyHeaderSize - 4;
+}
+
+size_t xattr_block_room(size_t block_size) {
+  return block_size < kXattrBlockHeaderSize + 4 ? 0 : block_size - kXattrBlockHeaderSize - 4;
+}
+
+namespace {
+
+// Checks entries are writable and fit `room` bytes.
+Status check_fits(const char* where, const std::vector<XattrEntry>& entries, size_t room) {
+  size_t need = 0;
+  for (const XattrEntry& e : entries) {
+    if (e.value_inum != 0) return Error(EINVAL, fmt::format("{}: cannot write an ea_inode entry", where));
+    if (e.suffix.size() > 255) return Error(ERANGE, fmt::format("{}: name of {} bytes", where, e.suffix.size()));
+    need += xattr_entry_space(e);
+  }
+  if (need > room)
+    return Error(ENOSPC, fmt::format("{}: {} bytes of attributes do not fit in {}", where, need, room));
+  return {};
+}
+
+// Writes entries from `first`, values packed downwards from the end of
+// `region`; value offsets count from `value_base`. The caller checked the
+// fit and zeroed the region.
+void lay_out(MutableBytes region, size_t first, size_t value_base, const std::vector<XattrEntry>& entries,
+             bool with_hash) {
+  size_t off = first;
+  size_t value_end = region.size();
+  for (const XattrEntry& e : entries) {
+    uint16_t offs = 0;  // an empty value has no place, offset 0 as the kernel writes it
+    if (!e.value.empty()) {
+      value_end -= round4(e.value.size());
+      std::memcpy(region.data() + value_end, e.value.data(), e.value.size());
+      offs = static_cast<uint16_t>(value_end - value_base);
+    }
+    put_le8(region, off, static_cast<uint8_t>(e.suffix.size()));
+    put_le8(region, off + 1, e.name_index);
+    put_le16(region, off + 2, offs);
+    put_le32(region, off + 4, 0);
+    put_le32(region, off + 8, static_cast<uint32_t>(e.value.size()));
+    put_le32(region, off + 12, with_hash ? xattr_entry_hash(e.suffix, e.value) : 0);
+    std::memcpy(region.data() + off + kEntryHeaderSize, e.suffix.data(), e.suffix.size());
+    off += round4(kEntryHeaderSize + e.suffix.size());
+  }
+  // The terminator is the 4 zero bytes at `off`, already zero.
+}
+
+}  // namespace
+
+Status encode_inode_xattrs(MutableBytes area, const std::vector<XattrEntry>& entries) {
+  if (entries.empty()) {
+    std::fill(area.begin(), area.end(), std::byte{0});
+    return {};
+  }
+  // Values must be addressable by a 16-bit offset: true of any slot (<= 64 KiB).
+  UEXT_TRY(check_fits("in-inode xattrs", entries, inode_xattr_room(area.size())));
+  std::fill(area.begin(), area.end(), std::byte{0});
+  put_le32(area, 0, kXattrMagic);
+  // In-inode entries carry e_hash 0: the kernel hashes only block entries.
+  lay_out(area, kIbodyHeaderSize, kIbodyHeaderSize, entries, false);
+  return {};
+}
+
+Status encode_xattr_block(MutableBytes block, const std::vector<XattrEntry>& entries, uint32_t refcount) {
+  if (block.size() > 65536) return Error(EINVAL, "xattr block larger than 64 KiB: value offsets are 16-bit");
+  UEXT_TRY(check_fits("xattr block", entries, xattr_block_room(block.size())));
+  std::vector<XattrEntry> sorted = entries;
+  std::stable_sort(sorted.begin(), sorted.end(), xattr_entry_less);
+  std::fill(block.begin(), block.end(), std::byte{0});
+  put_le32(block, 0, kXattrMagic);
+  put_le32(block, 4, refcount);
+  put_le32(block, 8, 1);
+  lay_out(block, kXattrBlockHeaderSize, 0, sorted, true);
+  put_le32(block, 12, xattr_block_hash(block));
+  return {};
 }
 
 }  // namespace uext::disk

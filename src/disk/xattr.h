@@ -57,6 +57,58 @@ uint32_t xattr_entry_hash_signed(std::string_view name_suffix, std::string_view 
 // The block hash for h_hash, from the entries' e_hash values (0 when any is 0).
 uint32_t xattr_block_hash(Bytes block);
 
+// ---- Writing ----
+
+// An attribute as stored on disk: name index and suffix, value in disk
+// form (POSIX ACLs in ext4's compact form), for re-encoding unchanged.
+struct XattrEntry {
+  uint8_t name_index = 0;
+  std::string suffix;
+  std::string value;
+  uint32_t value_inum = 0;  // ea_inode (never written here; kept to refuse it)
+  bool operator==(const XattrEntry&) const = default;
+};
+
+// The same parsers, returning entries as stored (no ACL conversion).
+Result<std::vector<XattrEntry>> parse_inode_xattr_entries(Bytes area);
+Result<std::vector<XattrEntry>> parse_xattr_block_entries(Bytes block, XattrBlockHeader* header_out = nullptr);
+
+// Splits a VFS name into the name index and suffix the kernel's ext4
+// handlers accept: "user.", "trusted.", "security." (suffix not empty:
+// EINVAL) and exactly "system.posix_acl_access" / "system.posix_acl_default"
+// (empty suffix). Any other prefix is EOPNOTSUPP; a suffix over 255 bytes is
+// ERANGE.
+Result<XattrEntry> xattr_split_name(std::string_view full_name);
+
+// The order the kernel keeps block entries in (name index, name length,
+// name bytes), which its lookup relies on: it stops at the first entry not
+// below the name it looks for.
+bool xattr_entry_less(const XattrEntry& a, const XattrEntry& b);
+
+// Bytes an entry takes: its header and name padded to 4, plus its value
+// padded to 4.
+size_t xattr_entry_space(const XattrEntry& e);
+// Room for entries in an in-inode area / a block: everything but the magic
+// or header and the 4-byte terminator.
+size_t inode_xattr_room(size_t area_size);
+size_t xattr_block_room(size_t block_size);
+
+// Writes `entries` into the in-inode area (the bytes from 128 +
+// i_extra_isize to the end of the slot): magic, entries in the given
+// order with e_hash 0 (as the kernel writes in-inode entries), terminator,
+// values packed from the end. No entries: the area becomes zeros (no
+// magic), as the kernel leaves it. ENOSPC when they do not fit (the area
+// is then unchanged); EINVAL for an ea_inode entry.
+Status encode_inode_xattrs(MutableBytes area, const std::vector<XattrEntry>& entries);
+
+// Writes a whole xattr block: header (magic, refcount, h_blocks 1, h_hash
+// over the entry hashes), entries sorted by xattr_entry_less with their
+// e_hash, terminator, values packed from the end of the block, zeros in
+// between. h_checksum is left 0: the caller seals it with
+// set_xattr_block_checksum, which needs the block number. ENOSPC when the
+// entries do not fit (block unchanged).
+Status encode_xattr_block(MutableBytes block, const std::vector<XattrEntry>& entries, uint32_t refcount);
+
 // POSIX ACLs: ext4 keeps them in a compact form (version 1 header, short
 // entries for USER_OBJ/GROUP_OBJ/MASK/OTHER); the VFS form
 // (system.posix_acl_*) has version 2 and 8-byte entries.

@@ -391,5 +391,134 @@ TEST(XattrFuzz, RandomBytesNeverCrash) {
   }
 }
 
+// ---- encoders ----
+
+std::vector<XattrEntry> sample_entries() {
+  return {{1, "zeta", "last by name", 0}, {4, "t", std::string(37, 'T'), 0}, {1, "a", "", 0},
+          {6, "selinux", "label", 0}, {1, "ab", std::string(3, '\x80'), 0}};
+}
+
+TEST(XattrEncode, InodeAreaRoundTripsInOrderWithZeroHashes) {
+  std::vector<std::byte> area(512 - 128 - 32, std::byte{0xAA});
+  auto in = sample_entries();
+  ASSERT_TRUE(encode_inode_xattrs(area, in).ok());
+  EXPECT_EQ(le32(area, 0), kXattrMagic);
+  auto raw = parse_inode_xattr_entries(area);
+  ASSERT_TRUE(raw.ok()) << raw.error().message();
+  EXPECT_EQ(*raw, in);  // order kept
+  for (size_t off = 4; le32(area, off) != 0; off += (16 + le8(area, off) + 3) & ~size_t{3}) {
+    EXPECT_EQ(le32(area, off + 12), 0u) << "in-inode e_hash";
+    EXPECT_EQ(le32(area, off + 4), 0u);
+    if (le32(area, off + 8) == 0) EXPECT_EQ(le16(area, off + 2), 0u);
+    else EXPECT_EQ(le16(area, off + 2) % 4, 0u);
+  }
+  auto vfs = parse_inode_xattrs(area);
+  ASSERT_TRUE(vfs.ok());
+  EXPECT_EQ((*vfs)[0].name, "user.zeta");
+  EXPECT_EQ((*vfs)[3].name, "security.selinux");
+  // No entries: no magic, all zeros.
+  ASSERT_TRUE(encode_inode_xattrs(area, {}).ok());
+  EXPECT_TRUE(std::all_of(area.begin(), area.end(), [](std::byte b) { return b == std::byte{0}; }));
+}
+
+TEST(XattrEncode, InodeAreaExactFitAndEnospc) {
+  std::vector<std::byte> area(96);
+  size_t room = inode_xattr_room(area.size());
+  EXPECT_EQ(room, 88u);
+  // One entry with a 4-byte name (20 bytes) and a value filling the rest.
+  XattrEntry e{1, "full", std::string(room - 20, 'v'), 0};
+  EXPECT_EQ(xattr_entry_space(e), room);
+  ASSERT_TRUE(encode_inode_xattrs(area, {e}).ok());
+  auto back = parse_inode_xattr_entries(area);
+  ASSERT_TRUE(back.ok()) << back.error().message();
+  EXPECT_EQ(back->at(0), e);
+  auto before = area;
+  e.value.push_back('x');
+  auto r = encode_inode_xattrs(area, {e});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code(), ENOSPC);
+  EXPECT_EQ(area, before) << "a failed encode leaves the area alone";
+  // ea_inode entries are never written.
+  EXPECT_EQ(encode_inode_xattrs(area, {{1, "x", "", 12}}).error().code(), EINVAL);
+}
+
+TEST(XattrEncode, BlockIsSortedHashedAndChecksummable) {
+  std::vector<std::byte> block(1024, std::byte{0x55});
+  auto in = sample_entries();
+  ASSERT_TRUE(encode_xattr_block(block, in, 3).ok());
+  XattrBlockHeader h;
+  auto raw = parse_xattr_block_entries(block, &h);
+  ASSERT_TRUE(raw.ok()) << raw.error().message();
+  auto sorted = in;
+  std::sort(sorted.begin(), sorted.end(), xattr_entry_less);
+  EXPECT_EQ(*raw, sorted);
+  EXPECT_EQ(h.h_refcount, 3u);
+  EXPECT_EQ(h.h_blocks, 1u);
+  EXPECT_EQ(h.h_checksum, 0u);
+  EXPECT_EQ(h.h_hash, xattr_block_hash(block));
+  EXPECT_NE(h.h_hash, 0u);
+  // Sorted by index, then name length, then name: user.a, user.ab, user.zeta, trusted.t, security.selinux.
+  EXPECT_EQ((*raw)[0].suffix, "a");
+  EXPECT_EQ((*raw)[1].suffix, "ab");
+  EXPECT_EQ((*raw)[2].suffix, "zeta");
+  EXPECT_EQ((*raw)[3].name_index, 4);
+  size_t i = 0;
+  for (size_t off = 32; le32(block, off) != 0; off += (16 + le8(block, off) + 3) & ~size_t{3}, ++i) {
+    EXPECT_EQ(le32(block, off + 12), xattr_entry_hash((*raw)[i].suffix, (*raw)[i].value));
+  }
+  EXPECT_EQ(i, in.size());
+  set_xattr_block_checksum(7, 4242, block);
+  EXPECT_TRUE(verify_xattr_block_checksum(7, 4242, block).ok());
+  // The reader's view agrees.
+  auto vfs = parse_xattr_block(block);
+  ASSERT_TRUE(vfs.ok());
+  EXPECT_EQ((*vfs)[4].name, "security.selinux");
+  EXPECT_EQ((*vfs)[4].value, "label");
+}
+
+TEST(XattrEncode, BlockExactFitEnospcAndAcls) {
+  std::vector<std::byte> block(1024);
+  size_t room = xattr_block_room(block.size());
+  EXPECT_EQ(room, 1024u - 36u);
+  XattrEntry big{1, "big", std::string(room - 20, 'b'), 0};
+  ASSERT_TRUE(encode_xattr_block(block, {big}, 1).ok());
+  EXPECT_EQ(parse_xattr_block_entries(block)->at(0), big);
+  big.value += "x";
+  EXPECT_EQ(encode_xattr_block(block, {big}, 1).error().code(), ENOSPC);
+  // ACLs: written in disk form, read back in VFS form.
+  std::string vfs = bytes_str({2, 0, 0, 0, 1, 0, 6, 0, 0xff, 0xff, 0xff, 0xff, 2, 0, 4, 0, 0xe8, 3, 0, 0,
+                               4, 0, 4, 0, 0xff, 0xff, 0xff, 0xff, 0x10, 0, 4, 0, 0xff, 0xff, 0xff, 0xff,
+                               0x20, 0, 0, 0, 0xff, 0xff, 0xff, 0xff});
+  auto disk_acl = acl_to_disk(vfs);
+  ASSERT_TRUE(disk_acl.ok());
+  ASSERT_TRUE(encode_xattr_block(block, {{2, "", *disk_acl, 0}, {1, "u", "v", 0}}, 1).ok());
+  auto back = parse_xattr_block(block);
+  ASSERT_TRUE(back.ok()) << back.error().message();
+  EXPECT_EQ((*back)[0].name, "user.u");
+  EXPECT_EQ((*back)[1].name, "system.posix_acl_access");
+  EXPECT_EQ((*back)[1].value, vfs);
+}
+
+TEST(XattrEncode, SplitNames) {
+  auto ok = [](std::string_view n, uint8_t idx, std::string suffix) {
+    auto e = xattr_split_name(n);
+    ASSERT_TRUE(e.ok()) << n << ": " << e.error().message();
+    EXPECT_EQ(e->name_index, idx) << n;
+    EXPECT_EQ(e->suffix, suffix) << n;
+  };
+  ok("user.x", 1, "x");
+  ok("trusted.overlay.opaque", 4, "overlay.opaque");
+  ok("security.capability", 6, "capability");
+  ok("system.posix_acl_access", 2, "");
+  ok("system.posix_acl_default", 3, "");
+  ok("user." + std::string(255, 'n'), 1, std::string(255, 'n'));
+  EXPECT_EQ(xattr_split_name("user." + std::string(256, 'n')).error().code(), ERANGE);
+  EXPECT_EQ(xattr_split_name("user.").error().code(), EINVAL);
+  EXPECT_EQ(xattr_split_name("system.data").error().code(), EOPNOTSUPP);
+  EXPECT_EQ(xattr_split_name("system.posix_acl_accessx").error().code(), EOPNOTSUPP);
+  EXPECT_EQ(xattr_split_name("os2.x").error().code(), EOPNOTSUPP);
+  EXPECT_EQ(xattr_split_name("User.x").error().code(), EOPNOTSUPP);
+}
+
 }  // namespace
 }  // namespace uext::disk
