@@ -37,6 +37,9 @@ struct Options {
   size_t metadata_cache_bytes = 64u << 20;
   // Read-write: commit the journal this often (0: only on sync/close).
   uint32_t commit_interval_ms = 5000;
+  // Read-write: allocations may use the blocks the superblock reserves for
+  // root (s_r_blocks_count), as a process with CAP_SYS_RESOURCE may.
+  bool use_root_reserve = false;
 };
 
 struct Time {

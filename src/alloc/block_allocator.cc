@@ -3,9 +3,15 @@
 #include <fmt/format.h>
 
 #include <mutex>
+#include <utility>
 #include <vector>
 
 namespace uext::alloc {
+
+namespace {
+// The reservation allocations on this thread draw from (ReservationScope).
+thread_local Reservation* current_reservation = nullptr;
+}  // namespace
 
 namespace {
 
@@ -130,7 +136,12 @@ Result<BlockExtent> BlockAllocator::allocate(journal::Handle& handle, uint64_t g
   if (count == 0) return Error(EINVAL, "block allocation of 0 blocks");
   const disk::Superblock& sb = groups_.sb();
   const uint64_t keep = options.use_reserved ? 0 : sb.s_r_blocks_count;
-  const uint64_t claimed = groups_.claim_blocks(count, keep);
+  Reservation* reservation = current_reservation;
+  const uint64_t claimed = reservation ? std::min<uint64_t>(count, reservation->left_)
+                                       : groups_.claim_blocks(count, keep);
+  if (reservation && claimed == 0) {
+    return Error(ENOSPC, "no space left: the operation used up the blocks it reserved");
+  }
   if (claimed == 0) {
     int64_t left = groups_.unclaimed_free_blocks();
     if (left > 0 && !options.use_reserved) {
@@ -152,21 +163,67 @@ Result<BlockExtent> BlockAllocator::allocate(journal::Handle& handle, uint64_t g
       if (hint == 0 || (whole && hint < want)) continue;
       auto got = try_group(handle, g, i == 0 ? goal_offset : 0, want, whole, out);
       if (!got.ok()) {
-        groups_.unclaim_blocks(claimed);
+        if (!reservation) groups_.unclaim_blocks(claimed);
         return std::move(got).error();
       }
       if (*got) {
-        groups_.unclaim_blocks(claimed - out.count);
+        if (reservation) {
+          reservation->left_ -= out.count;
+        } else {
+          groups_.unclaim_blocks(claimed - out.count);
+        }
         return out;
       }
     }
   }
-  groups_.unclaim_blocks(claimed);
+  if (!reservation) groups_.unclaim_blocks(claimed);
   if (uint64_t busy = busy_blocks(); busy > 0) {
     return Error(ENOSPC, fmt::format("no space left until the running transaction commits "
                                      "({} freed blocks are busy until then)", busy));
   }
   return Error(ENOSPC, "no space left: no group has a free block");
+}
+
+Reservation& Reservation::operator=(Reservation&& other) noexcept {
+  if (this != &other) {
+    release();
+    allocator_ = std::exchange(other.allocator_, nullptr);
+    left_ = std::exchange(other.left_, 0);
+  }
+  return *this;
+}
+
+void Reservation::release() {
+  if (allocator_ && left_ > 0) allocator_->groups_.unclaim_blocks(left_);
+  left_ = 0;
+  allocator_ = nullptr;
+}
+
+ReservationScope::ReservationScope(Reservation* r) : previous_(current_reservation) {
+  current_reservation = r;
+}
+ReservationScope::~ReservationScope() { current_reservation = previous_; }
+
+Result<Reservation> BlockAllocator::reserve(uint64_t blocks, const AllocOptions& options) {
+  Reservation r;
+  r.allocator_ = this;
+  if (blocks == 0) return r;
+  const uint64_t keep = options.use_reserved ? 0 : groups_.sb().s_r_blocks_count;
+  const uint64_t claimed = groups_.claim_blocks(blocks, keep);
+  r.left_ = claimed;  // handed back by r's destructor on failure
+  if (claimed < blocks) {
+    return Error(ENOSPC, fmt::format("no space left: {} blocks needed, {} free{}", blocks, claimed,
+                                     keep ? " outside the root reserve" : ""));
+  }
+  // Busy blocks are free but cannot be handed out before their commit:
+  // every reservation together must fit in the blocks that are not busy,
+  // i.e. what stays unclaimed must cover the busy ones.
+  const int64_t busy = static_cast<int64_t>(busy_blocks());
+  if (busy > 0 && groups_.unclaimed_free_blocks() < busy) {
+    return Error(ENOSPC, fmt::format("no space left until the running transaction commits "
+                                     "({} freed blocks are busy until then)", busy));
+  }
+  return r;
 }
 
 Status BlockAllocator::free(journal::Handle& handle, uint64_t first, uint32_t count, bool metadata) {

@@ -35,6 +35,41 @@ struct AllocOptions {
   bool use_reserved = false;
 };
 
+class BlockAllocator;
+
+// Space an operation has set aside before changing anything, so that it
+// never meets ENOSPC half-way (a journal transaction cannot be rolled
+// back). While a ReservationScope for it is active on a thread, every
+// allocation that thread makes draws from the reservation instead of the
+// free pool; what is left goes back when the reservation ends.
+class Reservation {
+ public:
+  Reservation() = default;
+  Reservation(Reservation&& other) noexcept { *this = std::move(other); }
+  Reservation& operator=(Reservation&& other) noexcept;
+  ~Reservation() { release(); }
+  uint64_t left() const { return left_; }
+  void release();
+
+ private:
+  friend class BlockAllocator;
+  BlockAllocator* allocator_ = nullptr;
+  uint64_t left_ = 0;
+};
+
+// Makes allocations on this thread draw from `r` (nullptr: from the pool)
+// until the scope ends.
+class ReservationScope {
+ public:
+  explicit ReservationScope(Reservation* r);
+  ~ReservationScope();
+  ReservationScope(const ReservationScope&) = delete;
+  ReservationScope& operator=(const ReservationScope&) = delete;
+
+ private:
+  Reservation* previous_;
+};
+
 class BlockAllocator {
  public:
   static constexpr uint32_t kAllocateCredits = 3;
@@ -65,6 +100,12 @@ class BlockAllocator {
   // busy blocks fails with ENOSPC and busy_blocks() > 0: the caller stops
   // its handle, commits, and tries again.
   Status free(journal::Handle& handle, uint64_t first, uint32_t count, bool metadata);
+  // Sets aside `blocks` free blocks (without options.use_reserved, never the
+  // root reserve) that are not busy, so the allocations they stand for
+  // cannot fail. ENOSPC when there are not that many; when busy blocks
+  // stood in the way, committing the journal and asking again may succeed
+  // (the message says so, and busy_blocks() is then nonzero).
+  Result<Reservation> reserve(uint64_t blocks, const AllocOptions& options = {});
 
   // The goal for an inode's first block, as the kernel's
   // ext4_inode_to_goal_block: the start of the inode's group; with flex
@@ -92,6 +133,7 @@ class BlockAllocator {
   // holds the group's lock.
   void expire_busy(uint32_t g);
 
+  friend class Reservation;
   GroupBitmaps& groups_;
   std::vector<std::vector<BusyRun>> busy_;  // per group, under its lock
   std::atomic<uint64_t> busy_total_{0};

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <mutex>
+#include <shared_mutex>
 
 namespace uext::base {
 
@@ -16,11 +17,13 @@ enum class LockLevel : int {
   kInode = 20,
   kJournalHandle = 30,
   kPage = 40,
+  kOrphanList = 45,
   kAllocatorGroup = 50,
   kBufferEdit = 55,
   kVolumeState = 57,
   kJournalState = 58,
   kBufferCacheShard = 60,
+  kInodeTable = 65,
 };
 
 namespace lock_order {
@@ -52,6 +55,36 @@ class OrderedMutex {
 
  private:
   std::mutex mu_;
+  LockLevel level_;
+  bool same_level_ok_;
+};
+
+// A reader-writer lock with a place in the lock order (shared holders are
+// checked like exclusive ones).
+class OrderedSharedMutex {
+ public:
+  explicit OrderedSharedMutex(LockLevel level, bool same_level_ok = false)
+      : level_(level), same_level_ok_(same_level_ok) {}
+
+  void lock() {
+    lock_order::acquire(level_, same_level_ok_);
+    mu_.lock();
+  }
+  void unlock() {
+    mu_.unlock();
+    lock_order::release(level_);
+  }
+  void lock_shared() {
+    lock_order::acquire(level_, same_level_ok_);
+    mu_.lock_shared();
+  }
+  void unlock_shared() {
+    mu_.unlock_shared();
+    lock_order::release(level_);
+  }
+
+ private:
+  std::shared_mutex mu_;
   LockLevel level_;
   bool same_level_ok_;
 };

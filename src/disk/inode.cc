@@ -73,6 +73,12 @@ std::array<std::byte, kInodeBlockBytes> Inode::i_block_bytes() const {
   return out;
 }
 
+void Inode::set_i_block_bytes(Bytes bytes) {
+  std::array<std::byte, kInodeBlockBytes> raw{};
+  std::copy_n(bytes.begin(), std::min(bytes.size(), raw.size()), raw.begin());
+  for (size_t i = 0; i < i_block.size(); ++i) i_block[i] = le32(raw, 4 * i);
+}
+
 uint32_t inode_csum_seed(const Superblock& sb, uint32_t ino, uint32_t generation) {
   return crc32c_le32(crc32c_le32(sb.csum_seed(), ino), generation);
 }
@@ -197,6 +203,15 @@ DeviceNumber inode_device(const Inode& inode) {
   // New encoding: 12-bit major, 20-bit minor split around it.
   const uint32_t dev = inode.i_block[1];
   return {(dev & 0xFFF00) >> 8, (dev & 0xFF) | ((dev >> 12) & 0xFFF00)};
+}
+
+void set_inode_device(Inode& inode, DeviceNumber dev) {
+  inode.i_block.fill(0);
+  if (dev.major < 256 && dev.minor < 256) {
+    inode.i_block[0] = (dev.major << 8) | dev.minor;
+  } else {
+    inode.i_block[1] = (dev.minor & 0xFF) | ((dev.major & 0xFFF) << 8) | ((dev.minor & ~0xFFu) << 12);
+  }
 }
 
 bool is_fast_symlink(const Superblock& sb, const Inode& inode) {

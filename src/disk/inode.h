@@ -75,6 +75,9 @@ struct Inode {
   bool has_flag(uint32_t f) const { return (i_flags & f) != 0; }
   // i_block as the raw 60 bytes (extent root, inline symlink target, ...).
   std::array<std::byte, kInodeBlockBytes> i_block_bytes() const;
+  // Sets i_block from up to 60 raw bytes (a fast symlink's target), the
+  // rest zero.
+  void set_i_block_bytes(Bytes bytes);
 };
 
 // Decodes the inode slot `raw` (s_inode_size bytes) of inode number `ino`.
@@ -106,6 +109,9 @@ struct DeviceNumber {
   uint32_t minor = 0;
 };
 DeviceNumber inode_device(const Inode& inode);
+// Stores a device number as the kernel does: the old 8:8 encoding in
+// i_block[0] when both parts fit, else the new one in i_block[1].
+void set_inode_device(Inode& inode, DeviceNumber dev);
 
 // Whether a symlink keeps its target inside i_block (a "fast" symlink).
 bool is_fast_symlink(const Superblock& sb, const Inode& inode);

@@ -1,5 +1,8 @@
-// The Filesystem API over a Volume: inodes, block maps, directories and
-// extended attributes, read-only for now.
+// The reading half of the Filesystem API: lookups, attributes, file data,
+// directories, symlinks and extended attributes. Readers take the inode's
+// lock shared, so they never see a change half-made.
+#include "fs/filesystem_impl.h"
+
 #include <sys/stat.h>
 
 #include <fmt/format.h>
@@ -17,11 +20,8 @@
 #include "journal/recovery.h"
 #include "uext/filesystem.h"
 
-namespace uext {
+namespace uext::fs {
 namespace {
-
-using fs::InodeRecord;
-using fs::Volume;
 
 constexpr int kMaxSymlinkFollows = 40;
 constexpr uint64_t kMaxSymlinkSize = 4095;
@@ -54,340 +54,352 @@ std::string state_name(uint16_t state) {
   return s;
 }
 
-class FilesystemImpl final : public Filesystem {
- public:
-  explicit FilesystemImpl(std::unique_ptr<Volume> volume) : vol_(std::move(volume)) {}
+}  // namespace
 
-  VolumeInfo info() const override {
-    const disk::Superblock sb = vol_->superblock_snapshot();
-    VolumeInfo v;
-    v.label = sb.volume_name();
-    v.uuid = sb.uuid_string();
-    v.block_size = sb.block_size();
-    v.blocks_count = sb.s_blocks_count;
-    v.free_blocks = sb.s_free_blocks_count;
-    v.reserved_blocks = sb.s_r_blocks_count;
-    v.inodes_count = sb.s_inodes_count;
-    v.free_inodes = sb.s_free_inodes_count;
-    v.inode_size = sb.inode_size();
-    v.group_count = sb.group_count();
-    v.blocks_per_group = sb.s_blocks_per_group;
-    v.inodes_per_group = sb.s_inodes_per_group;
-    v.features = disk::feature_names(sb.s_feature_compat, sb.s_feature_ro_compat,
-                                     sb.s_feature_incompat);
-    v.state = state_name(sb.s_state);
-    // A writable volume sets needs_recovery itself while open; only a
-    // read-only one can be looking at an unreplayed journal.
-    v.needs_recovery = !vol_->writable() && sb.has_incompat(disk::incompat::kRecover);
-    v.read_only = !vol_->writable();
-    v.replayed_transactions = vol_->recovery().transactions;
-    v.read_only_reason = vol_->features().read_only_reason;
-    v.mkfs_time = sb.s_mkfs_time;
-    v.mount_time = sb.s_mtime;
-    v.write_time = sb.s_wtime;
-    v.mount_count = sb.s_mnt_count;
-    v.journal_inum = sb.has_compat(disk::compat::kHasJournal) ? sb.s_journal_inum : 0;
-    v.journal = journal_;
-    v.default_hash = hash_name(sb.s_def_hash_version);
-    return v;
+FilesystemImpl::FilesystemImpl(std::unique_ptr<Volume> volume) : vol_(std::move(volume)) {}
+
+
+VolumeInfo FilesystemImpl::info() const {
+  const disk::Superblock sb = vol_->superblock_snapshot();
+  VolumeInfo v;
+  v.label = sb.volume_name();
+  v.uuid = sb.uuid_string();
+  v.block_size = sb.block_size();
+  v.blocks_count = sb.s_blocks_count;
+  v.free_blocks = sb.s_free_blocks_count;
+  v.reserved_blocks = sb.s_r_blocks_count;
+  v.inodes_count = sb.s_inodes_count;
+  v.free_inodes = sb.s_free_inodes_count;
+  v.inode_size = sb.inode_size();
+  v.group_count = sb.group_count();
+  v.blocks_per_group = sb.s_blocks_per_group;
+  v.inodes_per_group = sb.s_inodes_per_group;
+  v.features = disk::feature_names(sb.s_feature_compat, sb.s_feature_ro_compat,
+                                   sb.s_feature_incompat);
+  v.state = state_name(sb.s_state);
+  // A writable volume sets needs_recovery itself while open; only a
+  // read-only one can be looking at an unreplayed journal.
+  v.needs_recovery = !vol_->writable() && sb.has_incompat(disk::incompat::kRecover);
+  v.read_only = !vol_->writable();
+  v.replayed_transactions = vol_->recovery().transactions;
+  v.read_only_reason = vol_->features().read_only_reason;
+  v.mkfs_time = sb.s_mkfs_time;
+  v.mount_time = sb.s_mtime;
+  v.write_time = sb.s_wtime;
+  v.mount_count = sb.s_mnt_count;
+  v.journal_inum = sb.has_compat(disk::compat::kHasJournal) ? sb.s_journal_inum : 0;
+  v.journal = journal_;
+  v.default_hash = hash_name(sb.s_def_hash_version);
+  return v;
+}
+
+// Reads the journal superblock and scans the log without writing. A
+// damaged journal does not stop read-only use; info() reports it.
+void FilesystemImpl::load_journal_info() {
+  const disk::Superblock& sb = vol_->sb();
+  if (!sb.has_compat(disk::compat::kHasJournal) || sb.s_journal_inum == 0) return;
+  journal_.present = true;
+  auto fail = [&](const Error& e) { journal_.problem = e.message(); };
+  auto rec = load_inode(sb.s_journal_inum);
+  if (!rec.ok()) return fail(rec.error());
+  auto runs = fs::all_mapped_runs(*vol_, *rec);
+  if (!runs.ok()) return fail(runs.error());
+  std::vector<journal::JournalExtent> extents;
+  for (const auto& r : *runs) extents.push_back({r.logical, r.physical, r.length});
+  journal::JournalMap map(std::move(extents));
+  auto first = map.physical(0);
+  if (!first) return fail(Error(kErrCorrupted, "journal inode: block 0 is not mapped"));
+  std::vector<std::byte> raw(vol_->block_size());
+  Status read = vol_->device().read(*first * vol_->block_size(), raw);
+  if (!read.ok()) return fail(read.error());
+  auto jsb = disk::decode_journal_superblock(raw, vol_->block_size(), map.mapped_prefix());
+  if (!jsb.ok()) return fail(jsb.error());
+  journal_.blocks = jsb->s_maxlen;
+  journal_.sequence = jsb->s_sequence;
+  journal_.start = jsb->s_start;
+  if (jsb->s_start == 0) return;
+  journal::RecoveryOptions options;
+  options.fs_blocks = sb.s_blocks_count;
+  auto report = journal::inspect_journal(vol_->device(), vol_->block_size(), map, options);
+  if (!report.ok()) return fail(report.error());
+  journal_.pending_transactions = report->transactions;
+  journal_.pending_blocks = report->blocks_replayed;
+}
+
+
+Result<Ino> FilesystemImpl::lookup(Ino dir, std::string_view name) {
+  auto lock = itable_.lock_shared(dir);
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(dir));
+  return lookup_in(rec, name);
+}
+
+Result<Ino> FilesystemImpl::resolve(std::string_view path, bool follow_last) {
+  if (path.empty() || path[0] != '/') {
+    return Error(EINVAL, fmt::format("{}: path must be absolute", path));
   }
-
-  // Reads the journal superblock and scans the log without writing. A
-  // damaged journal does not stop read-only use; info() reports it.
-  void load_journal_info() {
-    const disk::Superblock& sb = vol_->sb();
-    if (!sb.has_compat(disk::compat::kHasJournal) || sb.s_journal_inum == 0) return;
-    journal_.present = true;
-    auto fail = [&](const Error& e) { journal_.problem = e.message(); };
-    auto rec = vol_->read_inode(sb.s_journal_inum);
-    if (!rec.ok()) return fail(rec.error());
-    auto runs = fs::all_mapped_runs(*vol_, *rec);
-    if (!runs.ok()) return fail(runs.error());
-    std::vector<journal::JournalExtent> extents;
-    for (const auto& r : *runs) extents.push_back({r.logical, r.physical, r.length});
-    journal::JournalMap map(std::move(extents));
-    auto first = map.physical(0);
-    if (!first) return fail(Error(kErrCorrupted, "journal inode: block 0 is not mapped"));
-    std::vector<std::byte> raw(vol_->block_size());
-    Status read = vol_->device().read(*first * vol_->block_size(), raw);
-    if (!read.ok()) return fail(read.error());
-    auto jsb = disk::decode_journal_superblock(raw, vol_->block_size(), map.mapped_prefix());
-    if (!jsb.ok()) return fail(jsb.error());
-    journal_.blocks = jsb->s_maxlen;
-    journal_.sequence = jsb->s_sequence;
-    journal_.start = jsb->s_start;
-    if (jsb->s_start == 0) return;
-    journal::RecoveryOptions options;
-    options.fs_blocks = sb.s_blocks_count;
-    auto report = journal::inspect_journal(vol_->device(), vol_->block_size(), map, options);
-    if (!report.ok()) return fail(report.error());
-    journal_.pending_transactions = report->transactions;
-    journal_.pending_blocks = report->blocks_replayed;
-  }
-
-  Status sync() override { return vol_->sync(); }
-  Status close() override { return vol_->close(); }
-
-  Result<Ino> lookup(Ino dir, std::string_view name) override {
-    UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->read_inode(dir));
-    return lookup_in(rec, name);
-  }
-
-  Result<Ino> resolve(std::string_view path, bool follow_last) override {
-    if (path.empty() || path[0] != '/') {
-      return Error(EINVAL, fmt::format("{}: path must be absolute", path));
-    }
-    std::deque<std::string> pending = split(path);
-    Ino current = kRootIno;
-    int follows = 0;
-    while (!pending.empty()) {
-      std::string name = std::move(pending.front());
-      pending.pop_front();
-      if (name.size() > disk::kNameMax) return Error(ENAMETOOLONG, fmt::format("{}: File name too long", name));
-      UEXT_ASSIGN_OR_RETURN(InodeRecord dir, vol_->read_inode(current));
-      UEXT_ASSIGN_OR_RETURN(Ino next, lookup_in(dir, name));
-      UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->read_inode(next));
-      bool last = pending.empty();
-      if (S_ISLNK(rec.inode.i_mode) && (!last || follow_last)) {
-        if (++follows > kMaxSymlinkFollows) {
-          return Error(ELOOP, fmt::format("{}: Too many levels of symbolic links", path));
-        }
-        UEXT_ASSIGN_OR_RETURN(std::string target, read_symlink(rec));
-        if (target.empty()) return Error(ENOENT, fmt::format("{}: empty symbolic link", path));
-        std::deque<std::string> parts = split(target);
-        pending.insert(pending.begin(), parts.begin(), parts.end());
-        if (target[0] == '/') current = kRootIno;
-        continue;
-      }
-      current = next;
-    }
-    return current;
-  }
-
-  Result<Stat> stat(Ino ino) override {
-    UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->read_inode(ino));
-    const disk::Inode& in = rec.inode;
-    Stat st;
-    st.ino = ino;
-    st.mode = in.i_mode;
-    st.nlink = in.i_links_count;
-    st.uid = in.i_uid;
-    st.gid = in.i_gid;
-    st.size = in.i_size;
-    st.blocks = disk::inode_blocks_512(vol_->sb(), in);
-    if (S_ISCHR(in.i_mode) || S_ISBLK(in.i_mode)) {
-      disk::DeviceNumber dev = disk::inode_device(in);
-      st.rdev_major = dev.major;
-      st.rdev_minor = dev.minor;
-    }
-    st.atime = to_time(in.i_atime);
-    st.mtime = to_time(in.i_mtime);
-    st.ctime = to_time(in.i_ctime);
-    st.crtime = to_time(in.i_crtime);
-    st.flags = in.i_flags;
-    st.generation = in.i_generation;
-    return st;
-  }
-
-  Result<size_t> read(Ino ino, uint64_t offset, std::span<std::byte> buf) override {
-    UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->read_inode(ino));
-    if (S_ISDIR(rec.inode.i_mode)) return Error(EISDIR, fmt::format("inode {}: Is a directory", ino));
-    if (!S_ISREG(rec.inode.i_mode)) {
-      return Error(EINVAL, fmt::format("inode {}: not a regular file", ino));
-    }
-    return read_data(rec, offset, buf);
-  }
-
-  Status readdir(Ino dir, uint64_t cookie, const DirVisitor& visit) override {
-    UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->read_inode(dir));
-    if (!S_ISDIR(rec.inode.i_mode)) return Error(ENOTDIR, fmt::format("inode {}: Not a directory", dir));
-    DirEntry entry;
-    return fs::dir_iterate(*vol_, rec, cookie, [&](const disk::DirentView& e, uint64_t next) {
-      entry.ino = e.inode;
-      entry.type = mode_from_ftype(e.file_type);
-      entry.name.assign(e.name);
-      return visit(entry, next);
-    });
-  }
-
-  Result<std::string> readlink(Ino ino) override {
-    UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->read_inode(ino));
-    if (!S_ISLNK(rec.inode.i_mode)) return Error(EINVAL, fmt::format("inode {}: not a symbolic link", ino));
-    return read_symlink(rec);
-  }
-
-  Result<std::vector<std::string>> listxattr(Ino ino) override {
-    UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->read_inode(ino));
-    UEXT_ASSIGN_OR_RETURN(auto attrs, read_xattrs(rec));
-    std::vector<std::string> names;
-    names.reserve(attrs.size());
-    for (auto& a : attrs) names.push_back(std::move(a.name));
-    return names;
-  }
-
-  Result<std::string> getxattr(Ino ino, std::string_view name) override {
-    UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->read_inode(ino));
-    UEXT_ASSIGN_OR_RETURN(auto attrs, read_xattrs(rec));
-    for (auto& a : attrs) {
-      if (a.name == name) return std::move(a.value);
-    }
-    return Error(ENODATA, fmt::format("inode {}: no attribute {}", ino, name));
-  }
-
-  Result<std::vector<FileExtent>> extents(Ino ino) override {
-    UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->read_inode(ino));
-    std::vector<FileExtent> out;
-    if (!has_block_map(rec)) return out;
-    UEXT_ASSIGN_OR_RETURN(auto runs, fs::all_mapped_runs(*vol_, rec));
-    uint64_t bs = vol_->block_size();
-    out.reserve(runs.size());
-    for (const auto& r : runs) {
-      out.push_back({r.logical * bs, r.physical * bs, r.length * bs, r.unwritten});
-    }
-    return out;
-  }
-
-  // ---- write operations (being built) ----
-  Result<Stat> mknod(Ino, std::string_view, uint32_t, const Owner&, uint32_t, uint32_t) override { return nyi(); }
-  Result<Stat> mkdir(Ino, std::string_view, uint32_t, const Owner&) override { return nyi(); }
-  Result<Stat> symlink(Ino, std::string_view, std::string_view, const Owner&) override { return nyi(); }
-  Result<Stat> link(Ino, Ino, std::string_view) override { return nyi(); }
-  Status unlink(Ino, std::string_view) override { return nyi(); }
-  Status rmdir(Ino, std::string_view) override { return nyi(); }
-  Status rename(Ino, std::string_view, Ino, std::string_view, unsigned) override { return nyi(); }
-  Result<Stat> setattr(Ino, const SetAttr&) override { return nyi(); }
-  Result<size_t> write(Ino, uint64_t, std::span<const std::byte>) override { return nyi(); }
-  Status fallocate(Ino, int, uint64_t, uint64_t) override { return nyi(); }
-  Result<uint64_t> seek(Ino, uint64_t, int) override { return nyi(); }
-  Status fsync(Ino, bool) override { return nyi(); }
-  Result<FsStats> statfs() override { return nyi(); }
-  Status setxattr(Ino, std::string_view, std::string_view, int) override { return nyi(); }
-  Status removexattr(Ino, std::string_view) override { return nyi(); }
-  void retain(Ino) override {}
-  Status release(Ino, uint64_t) override { return {}; }
-
- private:
-  static Error nyi() { return Error(ENOSYS, "not implemented yet"); }
-  static std::deque<std::string> split(std::string_view path) {
-    std::deque<std::string> parts;
-    size_t i = 0;
-    while (i < path.size()) {
-      size_t j = path.find('/', i);
-      if (j == std::string_view::npos) j = path.size();
-      if (j > i) parts.emplace_back(path.substr(i, j - i));
-      i = j + 1;
-    }
-    return parts;
-  }
-
-  Result<Ino> lookup_in(const InodeRecord& dir, std::string_view name) {
-    if (!S_ISDIR(dir.inode.i_mode)) {
-      return Error(ENOTDIR, fmt::format("inode {}: Not a directory", dir.ino));
-    }
+  std::deque<std::string> pending = split(path);
+  Ino current = kRootIno;
+  int follows = 0;
+  while (!pending.empty()) {
+    std::string name = std::move(pending.front());
+    pending.pop_front();
     if (name.size() > disk::kNameMax) return Error(ENAMETOOLONG, fmt::format("{}: File name too long", name));
-    UEXT_ASSIGN_OR_RETURN(auto found, fs::dir_lookup(*vol_, dir, name));
-    if (!found) return Error(ENOENT, fmt::format("{}: No such file or directory", name));
-    return found->ino;
-  }
-
-  // Whether i_block holds a block map (devices, fifos, sockets and fast
-  // symlinks keep other things there).
-  bool has_block_map(const InodeRecord& rec) const {
-    uint16_t mode = rec.inode.i_mode;
-    if (S_ISREG(mode) || S_ISDIR(mode)) return true;
-    return S_ISLNK(mode) && !disk::is_fast_symlink(vol_->sb(), rec.inode);
-  }
-
-  Result<size_t> read_data(const InodeRecord& rec, uint64_t offset, std::span<std::byte> buf) {
-    uint64_t size = rec.inode.i_size;
-    if (offset >= size || buf.empty()) return size_t{0};
-    uint64_t len = std::min<uint64_t>(buf.size(), size - offset);
-    uint64_t bs = vol_->block_size();
-    uint64_t first = offset / bs;
-    uint64_t last = (offset + len - 1) / bs;
-    uint64_t max_blocks = fs::max_logical_blocks(*vol_, rec);
-    if (first >= max_blocks) {
-      std::memset(buf.data(), 0, len);
-      return static_cast<size_t>(len);
-    }
-    last = std::min(last, max_blocks - 1);
-    UEXT_ASSIGN_OR_RETURN(auto runs, fs::map_blocks(*vol_, rec, first, last - first + 1));
-    uint64_t done = 0;
-    for (const auto& run : runs) {
-      uint64_t run_start = std::max(run.logical * bs, offset);
-      uint64_t run_end = std::min((run.logical + run.length) * bs, offset + len);
-      if (run_start >= run_end) continue;
-      std::span<std::byte> dst = buf.subspan(run_start - offset, run_end - run_start);
-      if (run.physical == 0 || run.unwritten) {
-        std::memset(dst.data(), 0, dst.size());
-      } else {
-        uint64_t device_offset = run.physical * bs + (run_start - run.logical * bs);
-        UEXT_TRY(vol_->device().read(device_offset, dst));
+    UEXT_ASSIGN_OR_RETURN(InodeRecord dir, load_inode(current));
+    UEXT_ASSIGN_OR_RETURN(Ino next, lookup_in(dir, name));
+    UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(next));
+    bool last = pending.empty();
+    if (S_ISLNK(rec.inode.i_mode) && (!last || follow_last)) {
+      if (++follows > kMaxSymlinkFollows) {
+        return Error(ELOOP, fmt::format("{}: Too many levels of symbolic links", path));
       }
-      done = run_end - offset;
+      UEXT_ASSIGN_OR_RETURN(std::string target, read_symlink(rec));
+      if (target.empty()) return Error(ENOENT, fmt::format("{}: empty symbolic link", path));
+      std::deque<std::string> parts = split(target);
+      pending.insert(pending.begin(), parts.begin(), parts.end());
+      if (target[0] == '/') current = kRootIno;
+      continue;
     }
-    // Blocks past the addressable range (only on corrupt sizes) read as zeros.
-    if (done < len) std::memset(buf.data() + done, 0, len - done);
+    current = next;
+  }
+  return current;
+}
+
+Result<Stat> FilesystemImpl::stat(Ino ino) {
+  auto lock = itable_.lock_shared(ino);
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
+  return to_stat(vol_->sb(), rec);
+}
+
+Stat FilesystemImpl::to_stat(const disk::Superblock& sb, const InodeRecord& rec) {
+  const disk::Inode& in = rec.inode;
+  Stat st;
+  st.ino = rec.ino;
+  st.mode = in.i_mode;
+  st.nlink = in.i_links_count;
+  st.uid = in.i_uid;
+  st.gid = in.i_gid;
+  st.size = in.i_size;
+  st.blocks = disk::inode_blocks_512(sb, in);
+  if (S_ISCHR(in.i_mode) || S_ISBLK(in.i_mode)) {
+    disk::DeviceNumber dev = disk::inode_device(in);
+    st.rdev_major = dev.major;
+    st.rdev_minor = dev.minor;
+  }
+  st.atime = to_time(in.i_atime);
+  st.mtime = to_time(in.i_mtime);
+  st.ctime = to_time(in.i_ctime);
+  st.crtime = to_time(in.i_crtime);
+  st.flags = in.i_flags;
+  st.generation = in.i_generation;
+  return st;
+}
+
+Result<size_t> FilesystemImpl::read(Ino ino, uint64_t offset, std::span<std::byte> buf) {
+  auto lock = itable_.lock_shared(ino);
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
+  if (S_ISDIR(rec.inode.i_mode)) return Error(EISDIR, fmt::format("inode {}: Is a directory", ino));
+  if (!S_ISREG(rec.inode.i_mode)) {
+    return Error(EINVAL, fmt::format("inode {}: not a regular file", ino));
+  }
+  return read_data(rec, offset, buf);
+}
+
+Status FilesystemImpl::readdir(Ino dir, uint64_t cookie, const DirVisitor& visit) {
+  // Entries are gathered in batches under the directory's lock and handed
+  // to `visit` without it, so that the visitor may call back into the
+  // filesystem (stat each entry, as readdirplus does).
+  constexpr size_t kBatch = 256;
+  std::vector<std::pair<DirEntry, uint64_t>> batch;
+  for (;;) {
+    batch.clear();
+    bool more = false;
+    {
+      auto lock = itable_.lock_shared(dir);
+      UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(dir));
+      if (!S_ISDIR(rec.inode.i_mode)) return Error(ENOTDIR, fmt::format("inode {}: Not a directory", dir));
+      UEXT_TRY(fs::dir_iterate(*vol_, rec, cookie, [&](const disk::DirentView& e, uint64_t next) {
+        if (batch.size() == kBatch) {
+          more = true;
+          return false;
+        }
+        DirEntry entry;
+        entry.ino = e.inode;
+        entry.type = mode_from_ftype(e.file_type);
+        entry.name.assign(e.name);
+        batch.emplace_back(std::move(entry), next);
+        return true;
+      }));
+    }
+    for (const auto& [entry, next] : batch) {
+      if (!visit(entry, next)) return {};
+    }
+    if (!more) return {};
+    cookie = batch.back().second;
+  }
+}
+
+Result<std::string> FilesystemImpl::readlink(Ino ino) {
+  auto lock = itable_.lock_shared(ino);
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
+  if (!S_ISLNK(rec.inode.i_mode)) return Error(EINVAL, fmt::format("inode {}: not a symbolic link", ino));
+  return read_symlink(rec);
+}
+
+Result<std::vector<std::string>> FilesystemImpl::listxattr(Ino ino) {
+  auto lock = itable_.lock_shared(ino);
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
+  UEXT_ASSIGN_OR_RETURN(auto attrs, read_xattrs(rec));
+  std::vector<std::string> names;
+  names.reserve(attrs.size());
+  for (auto& a : attrs) names.push_back(std::move(a.name));
+  return names;
+}
+
+Result<std::string> FilesystemImpl::getxattr(Ino ino, std::string_view name) {
+  auto lock = itable_.lock_shared(ino);
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
+  UEXT_ASSIGN_OR_RETURN(auto attrs, read_xattrs(rec));
+  for (auto& a : attrs) {
+    if (a.name == name) return std::move(a.value);
+  }
+  return Error(ENODATA, fmt::format("inode {}: no attribute {}", ino, name));
+}
+
+Result<std::vector<FileExtent>> FilesystemImpl::extents(Ino ino) {
+  auto lock = itable_.lock_shared(ino);
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
+  std::vector<FileExtent> out;
+  if (!has_block_map(rec)) return out;
+  UEXT_ASSIGN_OR_RETURN(auto runs, fs::all_mapped_runs(*vol_, rec));
+  uint64_t bs = vol_->block_size();
+  out.reserve(runs.size());
+  for (const auto& r : runs) {
+    out.push_back({r.logical * bs, r.physical * bs, r.length * bs, r.unwritten});
+  }
+  return out;
+}
+
+std::deque<std::string> FilesystemImpl::split(std::string_view path) {
+  std::deque<std::string> parts;
+  size_t i = 0;
+  while (i < path.size()) {
+    size_t j = path.find('/', i);
+    if (j == std::string_view::npos) j = path.size();
+    if (j > i) parts.emplace_back(path.substr(i, j - i));
+    i = j + 1;
+  }
+  return parts;
+}
+
+Result<Ino> FilesystemImpl::lookup_in(const InodeRecord& dir, std::string_view name) {
+  if (!S_ISDIR(dir.inode.i_mode)) {
+    return Error(ENOTDIR, fmt::format("inode {}: Not a directory", dir.ino));
+  }
+  if (name.size() > disk::kNameMax) return Error(ENAMETOOLONG, fmt::format("{}: File name too long", name));
+  UEXT_ASSIGN_OR_RETURN(auto found, fs::dir_lookup(*vol_, dir, name));
+  if (!found) return Error(ENOENT, fmt::format("{}: No such file or directory", name));
+  return found->ino;
+}
+
+// Whether i_block holds a block map (devices, fifos, sockets and fast
+// symlinks keep other things there).
+bool FilesystemImpl::has_block_map(const InodeRecord& rec) const {
+  uint16_t mode = rec.inode.i_mode;
+  if (S_ISREG(mode) || S_ISDIR(mode)) return true;
+  return S_ISLNK(mode) && !disk::is_fast_symlink(vol_->sb(), rec.inode);
+}
+
+Result<size_t> FilesystemImpl::read_data(const InodeRecord& rec, uint64_t offset, std::span<std::byte> buf) {
+  uint64_t size = rec.inode.i_size;
+  if (offset >= size || buf.empty()) return size_t{0};
+  uint64_t len = std::min<uint64_t>(buf.size(), size - offset);
+  uint64_t bs = vol_->block_size();
+  uint64_t first = offset / bs;
+  uint64_t last = (offset + len - 1) / bs;
+  uint64_t max_blocks = fs::max_logical_blocks(*vol_, rec);
+  if (first >= max_blocks) {
+    std::memset(buf.data(), 0, len);
     return static_cast<size_t>(len);
   }
-
-  Result<std::string> read_symlink(const InodeRecord& rec) {
-    uint64_t size = rec.inode.i_size;
-    if (disk::is_fast_symlink(vol_->sb(), rec.inode)) {
-      auto bytes = rec.inode.i_block_bytes();
-      if (size > bytes.size()) {
-        return Error(kErrCorrupted, fmt::format("inode {}: fast symlink of size {} exceeds i_block",
-                                                rec.ino, size));
-      }
-      return std::string(reinterpret_cast<const char*>(bytes.data()), size);
+  last = std::min(last, max_blocks - 1);
+  UEXT_ASSIGN_OR_RETURN(auto runs, fs::map_blocks(*vol_, rec, first, last - first + 1));
+  uint64_t done = 0;
+  for (const auto& run : runs) {
+    uint64_t run_start = std::max(run.logical * bs, offset);
+    uint64_t run_end = std::min((run.logical + run.length) * bs, offset + len);
+    if (run_start >= run_end) continue;
+    std::span<std::byte> dst = buf.subspan(run_start - offset, run_end - run_start);
+    if (run.physical == 0 || run.unwritten) {
+      std::memset(dst.data(), 0, dst.size());
+    } else {
+      uint64_t device_offset = run.physical * bs + (run_start - run.logical * bs);
+      UEXT_TRY(vol_->device().read(device_offset, dst));
     }
-    if (size > kMaxSymlinkSize || size > vol_->block_size()) {
-      return Error(kErrCorrupted, fmt::format("inode {}: symlink size {} is larger than a block",
+    done = run_end - offset;
+  }
+  // Blocks past the addressable range (only on corrupt sizes) read as zeros.
+  if (done < len) std::memset(buf.data() + done, 0, len - done);
+  return static_cast<size_t>(len);
+}
+
+Result<std::string> FilesystemImpl::read_symlink(const InodeRecord& rec) {
+  uint64_t size = rec.inode.i_size;
+  if (disk::is_fast_symlink(vol_->sb(), rec.inode)) {
+    auto bytes = rec.inode.i_block_bytes();
+    if (size > bytes.size()) {
+      return Error(kErrCorrupted, fmt::format("inode {}: fast symlink of size {} exceeds i_block",
                                               rec.ino, size));
     }
-    std::string target(size, '\0');
-    UEXT_TRY(read_data(rec, 0, std::as_writable_bytes(std::span(target))));
-    return target;
+    return std::string(reinterpret_cast<const char*>(bytes.data()), size);
   }
-
-  Result<std::vector<disk::Xattr>> read_xattrs(const InodeRecord& rec) {
-    std::vector<disk::Xattr> attrs;
-    size_t in_inode_start = disk::kGoodOldInodeSize + rec.inode.i_extra_isize;
-    if (rec.raw.size() > disk::kGoodOldInodeSize && in_inode_start < rec.raw.size()) {
-      disk::Bytes area = disk::Bytes(rec.raw).subspan(in_inode_start);
-      auto parsed = disk::parse_inode_xattrs(area);
-      if (!parsed.ok()) {
-        return std::move(parsed).error().with_context(fmt::format("inode {}: in-inode xattrs", rec.ino));
-      }
-      attrs = std::move(*parsed);
-    }
-    if (rec.inode.i_file_acl != 0) {
-      uint64_t block = rec.inode.i_file_acl;
-      std::string where = fmt::format("inode {}: xattr block {}", rec.ino, block);
-      auto data = vol_->read_meta_block(block, "xattr block");
-      if (!data.ok()) return std::move(data).error().with_context(fmt::format("inode {}", rec.ino));
-      if (vol_->verify_checksums()) {
-        Status ok = disk::verify_xattr_block_checksum(vol_->sb().csum_seed(), block, **data);
-        if (!ok.ok()) return std::move(ok).error().with_context(where);
-      }
-      auto parsed = disk::parse_xattr_block(**data);
-      if (!parsed.ok()) return std::move(parsed).error().with_context(where);
-      for (auto& a : *parsed) attrs.push_back(std::move(a));
-    }
-    for (const auto& a : attrs) {
-      if (a.value_inum != 0) {
-        return Error(ENOTSUP, fmt::format("inode {}: xattr {} keeps its value in inode {} "
-                                          "(ea_inode is not supported)", rec.ino, a.name, a.value_inum));
-      }
-    }
-    return attrs;
+  if (size > kMaxSymlinkSize || size > vol_->block_size()) {
+    return Error(kErrCorrupted, fmt::format("inode {}: symlink size {} is larger than a block",
+                                            rec.ino, size));
   }
+  std::string target(size, '\0');
+  UEXT_TRY(read_data(rec, 0, std::as_writable_bytes(std::span(target))));
+  return target;
+}
 
-  std::unique_ptr<Volume> vol_;
-  JournalInfo journal_;
-};
+Result<std::vector<disk::Xattr>> FilesystemImpl::read_xattrs(const InodeRecord& rec) {
+  std::vector<disk::Xattr> attrs;
+  size_t in_inode_start = disk::kGoodOldInodeSize + rec.inode.i_extra_isize;
+  if (rec.raw.size() > disk::kGoodOldInodeSize && in_inode_start < rec.raw.size()) {
+    disk::Bytes area = disk::Bytes(rec.raw).subspan(in_inode_start);
+    auto parsed = disk::parse_inode_xattrs(area);
+    if (!parsed.ok()) {
+      return std::move(parsed).error().with_context(fmt::format("inode {}: in-inode xattrs", rec.ino));
+    }
+    attrs = std::move(*parsed);
+  }
+  if (rec.inode.i_file_acl != 0) {
+    uint64_t block = rec.inode.i_file_acl;
+    std::string where = fmt::format("inode {}: xattr block {}", rec.ino, block);
+    auto data = vol_->read_meta_block(block, "xattr block");
+    if (!data.ok()) return std::move(data).error().with_context(fmt::format("inode {}", rec.ino));
+    if (vol_->verify_checksums()) {
+      Status ok = disk::verify_xattr_block_checksum(vol_->sb().csum_seed(), block, **data);
+      if (!ok.ok()) return std::move(ok).error().with_context(where);
+    }
+    auto parsed = disk::parse_xattr_block(**data);
+    if (!parsed.ok()) return std::move(parsed).error().with_context(where);
+    for (auto& a : *parsed) attrs.push_back(std::move(a));
+  }
+  for (const auto& a : attrs) {
+    if (a.value_inum != 0) {
+      return Error(ENOTSUP, fmt::format("inode {}: xattr {} keeps its value in inode {} "
+                                        "(ea_inode is not supported)", rec.ino, a.name, a.value_inum));
+    }
+  }
+  return attrs;
+}
 
-}  // namespace
+}  // namespace uext::fs
+
+namespace uext {
+
+using fs::FilesystemImpl;
+
 
 Result<std::unique_ptr<Filesystem>> Filesystem::open(const std::string& image_path,
                                                      const Options& options) {
@@ -402,9 +414,13 @@ Result<std::unique_ptr<Filesystem>> Filesystem::open(const std::string& image_pa
 
 Result<std::unique_ptr<Filesystem>> Filesystem::open(std::unique_ptr<BlockDevice> device,
                                                      const Options& options) {
-  UEXT_ASSIGN_OR_RETURN(auto volume, Volume::open(std::move(device), options));
+  UEXT_ASSIGN_OR_RETURN(auto volume, fs::Volume::open(std::move(device), options));
   auto fs = std::make_unique<FilesystemImpl>(std::move(volume));
-  if (options.read_only) fs->load_journal_info();
+  if (options.read_only) {
+    fs->load_journal_info();
+  } else {
+    UEXT_TRY(fs->start_writing());
+  }
   return std::unique_ptr<Filesystem>(std::move(fs));
 }
 

@@ -275,7 +275,7 @@ Result<BlockRef> Volume::read_meta_block(uint64_t block, const char* what) {
   return cache_->get(block);
 }
 
-Result<InodeRecord> Volume::read_inode(uint32_t ino) {
+Result<InodeRecord> Volume::read_inode(uint32_t ino, bool allow_unlinked) {
   if (ino == 0 || ino > sb_.s_inodes_count) {
     return Error(kErrCorrupted, fmt::format("inode {} is out of range (the filesystem has {} inodes)",
                                             ino, sb_.s_inodes_count));
@@ -308,7 +308,7 @@ Result<InodeRecord> Volume::read_inode(uint32_t ino) {
   }
   if (!inode.ok()) return std::move(inode).error();
   rec.inode = *inode;
-  if (rec.inode.i_mode == 0 || (rec.inode.i_links_count == 0 && rec.inode.i_dtime != 0)) {
+  if (rec.inode.i_mode == 0 || (rec.inode.i_links_count == 0 && rec.inode.i_dtime != 0 && !allow_unlinked)) {
     return Error(kErrCorrupted, fmt::format("inode {} is not in use (mode {:o}, links {}, dtime {})",
                                             ino, rec.inode.i_mode, rec.inode.i_links_count,
                                             rec.inode.i_dtime));

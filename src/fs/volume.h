@@ -101,7 +101,9 @@ class Volume {
   // Reads an in-use inode. ENOENT-like misuse (ino 0 or past s_inodes_count)
   // is EUCLEAN, as it can only come from a corrupt reference; an inode that
   // is not in use (never initialised, or freed) is EUCLEAN too.
-  Result<InodeRecord> read_inode(uint32_t ino);
+  // `allow_unlinked` accepts an inode with no links whose i_dtime is set:
+  // an orphan, whose i_dtime links the orphan list.
+  Result<InodeRecord> read_inode(uint32_t ino, bool allow_unlinked = false);
 
  private:
   Volume(std::unique_ptr<BlockDevice> device, const Options& options, const disk::Superblock& sb);

@@ -1,0 +1,396 @@
+// File contents and attributes: write, truncate and other setattr changes,
+// fallocate, SEEK_DATA/SEEK_HOLE, fsync, statfs and extended attributes.
+//
+// Data reaches the image before the metadata that points at it commits
+// (ordered mode): write() allocates blocks inside a handle, writes the
+// bytes to them, then changes i_size and stops the handle; the commit that
+// makes the new mapping durable flushes the device first.
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+
+#include "disk/dirent.h"
+#include "disk/features.h"
+#include "fs/block_map.h"
+#include "fs/filesystem_impl.h"
+#include "fs/map_writer.h"
+#include "fs/xattr_writer.h"
+
+namespace uext::fs {
+
+namespace {
+
+// Blocks one write() handle maps at most (32 MiB with 4 KiB blocks):
+// bounds the credits and the reservation of each step.
+constexpr uint64_t kWriteChunkBlocks = 8192;
+
+template <class Body>
+Status in_handle(journal::Handle& handle, Body&& body) {
+  Status done = body();
+  Status stopped = handle.stop();
+  UEXT_TRY(done);
+  return stopped;
+}
+
+}  // namespace
+
+// The largest size a file of `rec`'s kind may have.
+static uint64_t max_file_bytes(const Volume& vol, const InodeRecord& rec) {
+  const disk::Superblock& sb = vol.sb();
+  const uint64_t bs = vol.block_size();
+  uint64_t blocks = max_logical_blocks(vol, rec);
+  if (rec.inode.has_flag(disk::inode_flag::kExtents)) blocks = std::min<uint64_t>(blocks, (uint64_t{1} << 32) - 1);
+  uint64_t bytes = blocks * bs;
+  // Without huge_file, i_blocks counts 512-byte sectors in 32 bits.
+  if (!sb.has_ro_compat(disk::ro_compat::kHugeFile)) bytes = std::min<uint64_t>(bytes, (uint64_t{1} << 41) - bs);
+  if (!sb.has_ro_compat(disk::ro_compat::kLargeFile)) bytes = std::min<uint64_t>(bytes, (uint64_t{1} << 31) - 1);
+  return bytes;
+}
+
+// How many new extents one handle may create, so its credits stay well
+// inside what one transaction can hold.
+static uint32_t extents_per_handle(Volume& vol, const InodeRecord& rec) {
+  const uint32_t cap = vol.journal()->max_transaction_blocks();
+  uint32_t k = 16;
+  while (k > 1 && cap != 0 && map_credits(vol, rec, k) + convert_credits(vol, rec, k) + 8 > cap / 2) k /= 2;
+  return k;
+}
+
+Result<size_t> FilesystemImpl::write(Ino ino, uint64_t offset, std::span<const std::byte> buf) {
+  UEXT_TRY(check_writable());
+  if (buf.empty()) return size_t{0};
+  auto lock = itable_.lock(ino);
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
+  if (S_ISDIR(rec.inode.i_mode)) return Error(EISDIR, fmt::format("inode {}: Is a directory", ino));
+  if (!S_ISREG(rec.inode.i_mode)) return Error(EINVAL, fmt::format("inode {}: not a regular file", ino));
+  const uint64_t end = offset + buf.size();
+  if (end < offset || end > max_file_bytes(*vol_, rec)) {
+    return Error(EFBIG, fmt::format("inode {}: File too large (a write ending at byte {} passes the limit of {})",
+                                    ino, end, max_file_bytes(*vol_, rec)));
+  }
+  const uint64_t bs = vol_->block_size();
+  const uint64_t first = offset / bs;
+  const uint64_t last = (end - 1) / bs;
+
+  // The partly written blocks at either end are written whole: their other
+  // bytes come from the file as it is (zeros for holes and unwritten
+  // extents, and past the end of the file).
+  auto edge_block = [&](uint64_t block) -> Result<std::vector<std::byte>> {
+    std::vector<std::byte> data(bs);
+    UEXT_TRY(read_data(rec, block * bs, data));
+    const uint64_t from = std::max(offset, block * bs);
+    const uint64_t to = std::min(end, (block + 1) * bs);
+    std::memcpy(data.data() + (from - block * bs), buf.data() + (from - offset), to - from);
+    return data;
+  };
+  std::optional<std::vector<std::byte>> head, tail;
+  if (offset % bs != 0 || (first == last && end % bs != 0)) {
+    UEXT_ASSIGN_OR_RETURN(head, edge_block(first));
+  }
+  if (last != first && end % bs != 0) {
+    UEXT_ASSIGN_OR_RETURN(tail, edge_block(last));
+  }
+
+  // Writes logical blocks [b, b + n) that now live at `physical`.
+  auto write_run = [&](uint64_t b, uint64_t n, uint64_t physical) -> Status {
+    uint64_t i = 0;
+    while (i < n) {
+      const uint64_t block = b + i;
+      if (block == first && head) {
+        UEXT_TRY(vol_->device().write((physical + i) * bs, *head));
+        ++i;
+        continue;
+      }
+      if (block == last && tail) {
+        UEXT_TRY(vol_->device().write((physical + i) * bs, *tail));
+        ++i;
+        continue;
+      }
+      uint64_t j = i;
+      while (j < n && !(b + j == last && tail)) ++j;
+      const uint64_t from = (b + i) * bs;
+      UEXT_TRY(vol_->device().write((physical + i) * bs, buf.subspan(from - offset, (j - i) * bs)));
+      i = j;
+    }
+    return {};
+  };
+
+  const uint32_t k = extents_per_handle(*vol_, rec);
+  uint64_t pos = first;
+  while (pos <= last) {
+    const uint64_t chunk = std::min<uint64_t>(last - pos + 1, kWriteChunkBlocks);
+    UEXT_ASSIGN_OR_RETURN(auto before, map_blocks(*vol_, rec, pos, chunk));
+    uint64_t holes = 0;
+    uint32_t unwritten_runs = 0;
+    for (const auto& r : before) {
+      if (r.physical == 0) holes += r.length;
+      if (r.unwritten) ++unwritten_runs;
+    }
+    alloc::Reservation space;
+    if (holes) {
+      UEXT_ASSIGN_OR_RETURN(space, reserve(holes + map_overhead(holes)));
+    }
+    alloc::ReservationScope scope(&space);
+    const uint32_t credits = map_credits(*vol_, rec, k) + convert_credits(*vol_, rec, std::min(unwritten_runs, k) + 1) + 2;
+    UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(credits));
+    uint64_t mapped = 0;
+    UEXT_TRY(in_handle(h, [&]() -> Status {
+      MapOptions options;
+      options.max_new_extents = k;
+      UEXT_ASSIGN_OR_RETURN(auto runs, map_or_allocate(*vol_, h, rec, pos, chunk, *blocks_, options));
+      bool any_unwritten = false;
+      for (const auto& r : runs) {
+        if (r.physical == 0) return Error(EIO, fmt::format("inode {}: block {} left unmapped", ino, r.logical));
+        UEXT_TRY(write_run(r.logical, r.length, r.physical));
+        any_unwritten |= r.unwritten;
+        mapped = r.logical + r.length - pos;
+      }
+      if (any_unwritten) UEXT_TRY(convert_unwritten(*vol_, h, rec, pos, mapped, *blocks_));
+      const uint64_t written_to = std::min(end, (pos + mapped) * bs);
+      const disk::Timestamp t = now();
+      UEXT_ASSIGN_OR_RETURN(rec, vol_->update_inode(h, ino, false, [&](disk::Inode& in) {
+        if (written_to > in.i_size) in.i_size = written_to;
+        in.i_mtime = in.i_ctime = t;
+      }));
+      return {};
+    }));
+    if (mapped == 0) return Error(EIO, fmt::format("inode {}: no progress mapping block {}", ino, pos));
+    pos += mapped;
+  }
+  return buf.size();
+}
+
+Result<Stat> FilesystemImpl::setattr(Ino ino, const SetAttr& attr) {
+  UEXT_TRY(check_writable());
+  auto lock = itable_.lock(ino);
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
+  if (attr.size) {
+    if (S_ISDIR(rec.inode.i_mode)) return Error(EISDIR, fmt::format("inode {}: Is a directory", ino));
+    if (!S_ISREG(rec.inode.i_mode)) return Error(EINVAL, fmt::format("inode {}: not a regular file", ino));
+    if (*attr.size > max_file_bytes(*vol_, rec)) {
+      return Error(EFBIG, fmt::format("inode {}: File too large (size {})", ino, *attr.size));
+    }
+    UEXT_TRY(truncate_locked(rec, *attr.size));
+  }
+  if (attr.mode || attr.uid || attr.gid || attr.atime || attr.mtime || attr.atime_now || attr.mtime_now ||
+      !attr.size) {
+    UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(2));
+    const disk::Timestamp t = now();
+    auto to_disk = [](const Time& v) { return disk::Timestamp{v.sec, v.nsec}; };
+    auto updated = vol_->update_inode(h, ino, false, [&](disk::Inode& in) {
+      if (attr.mode) in.i_mode = static_cast<uint16_t>((in.i_mode & S_IFMT) | (*attr.mode & 07777));
+      if (attr.uid) in.i_uid = *attr.uid;
+      if (attr.gid) in.i_gid = *attr.gid;
+      if (attr.atime) in.i_atime = to_disk(*attr.atime);
+      if (attr.mtime) in.i_mtime = to_disk(*attr.mtime);
+      if (attr.atime_now) in.i_atime = t;
+      if (attr.mtime_now) in.i_mtime = t;
+      in.i_ctime = t;
+    });
+    Status stopped = h.stop();
+    if (!updated.ok()) return std::move(updated).error();
+    UEXT_TRY(stopped);
+    rec = std::move(*updated);
+  }
+  return to_stat(vol_->sb(), rec);
+}
+
+Status FilesystemImpl::fallocate(Ino ino, int mode, uint64_t offset, uint64_t length) {
+  UEXT_TRY(check_writable());
+  if (mode & ~(kFallocKeepSize | kFallocPunchHole | kFallocZeroRange)) {
+    return Error(EOPNOTSUPP, fmt::format("fallocate: mode {:#x} is not supported", mode));
+  }
+  const bool punch = mode & kFallocPunchHole;
+  const bool zero = mode & kFallocZeroRange;
+  const bool keep_size = mode & kFallocKeepSize;
+  if (punch && zero) return Error(EINVAL, "fallocate: PUNCH_HOLE and ZERO_RANGE together");
+  if (punch && !keep_size) return Error(EOPNOTSUPP, "fallocate: PUNCH_HOLE needs KEEP_SIZE");
+  if (length == 0) return Error(EINVAL, "fallocate: length 0");
+  auto lock = itable_.lock(ino);
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
+  if (S_ISDIR(rec.inode.i_mode)) return Error(EISDIR, fmt::format("inode {}: Is a directory", ino));
+  if (!S_ISREG(rec.inode.i_mode)) return Error(ENODEV, fmt::format("inode {}: not a regular file", ino));
+  uint64_t end = offset + length;
+  if (end < offset || end > max_file_bytes(*vol_, rec)) {
+    return Error(EFBIG, fmt::format("inode {}: File too large (range ends at {})", ino, end));
+  }
+  const bool extents = rec.inode.has_flag(disk::inode_flag::kExtents);
+  if (!punch && !extents) {
+    return Error(EOPNOTSUPP, fmt::format("inode {}: preallocation needs an extent-mapped file", ino));
+  }
+  const uint64_t bs = vol_->block_size();
+
+  // Zeroes bytes [from, to) inside one block where that block holds data.
+  auto zero_partial = [&](uint64_t from, uint64_t to) -> Status {
+    if (from >= to) return {};
+    UEXT_ASSIGN_OR_RETURN(auto runs, map_blocks(*vol_, rec, from / bs, 1));
+    if (runs.empty() || runs[0].physical == 0 || runs[0].unwritten) return {};
+    std::vector<std::byte> zeros(to - from);
+    return vol_->device().write(runs[0].physical * bs + from % bs, zeros);
+  };
+  auto zero_edges = [&](uint64_t from, uint64_t to) -> Status {
+    const uint64_t head_end = std::min(to, (from + bs - 1) / bs * bs);
+    UEXT_TRY(zero_partial(from, head_end));
+    const uint64_t tail_start = std::max(head_end, to / bs * bs);
+    return zero_partial(tail_start, to);
+  };
+  auto touch = [&](std::optional<uint64_t> new_size) -> Status {
+    UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(2));
+    const disk::Timestamp t = now();
+    auto updated = vol_->update_inode(h, ino, false, [&](disk::Inode& in) {
+      if (new_size && *new_size > in.i_size) in.i_size = *new_size;
+      in.i_mtime = in.i_ctime = t;
+    });
+    Status stopped = h.stop();
+    if (!updated.ok()) return std::move(updated).error();
+    rec = std::move(*updated);
+    return stopped;
+  };
+  // Maps [first, first + count) as unwritten extents, in handle-sized steps,
+  // after reserving every block it may need.
+  auto preallocate = [&](uint64_t first, uint64_t count) -> Status {
+    if (count == 0) return {};
+    UEXT_ASSIGN_OR_RETURN(auto before, map_blocks(*vol_, rec, first, count));
+    uint64_t holes = 0;
+    for (const auto& r : before) holes += r.physical == 0 ? r.length : 0;
+    if (holes == 0) return {};
+    UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, reserve(holes + map_overhead(holes)));
+    alloc::ReservationScope scope(&space);
+    const uint32_t k = extents_per_handle(*vol_, rec);
+    uint64_t pos = first;
+    while (pos < first + count) {
+      UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(map_credits(*vol_, rec, k) + 2));
+      uint64_t mapped = 0;
+      UEXT_TRY(in_handle(h, [&]() -> Status {
+        MapOptions options;
+        options.unwritten = true;
+        options.max_new_extents = k;
+        UEXT_ASSIGN_OR_RETURN(auto runs, map_or_allocate(*vol_, h, rec, pos, first + count - pos, *blocks_, options));
+        if (!runs.empty()) mapped = runs.back().logical + runs.back().length - pos;
+        return {};
+      }));
+      if (mapped == 0) return Error(EIO, fmt::format("inode {}: no progress preallocating block {}", ino, pos));
+      pos += mapped;
+    }
+    return {};
+  };
+
+  if (punch) {
+    const uint64_t size_end = (rec.inode.i_size + bs - 1) / bs * bs;
+    if (offset >= size_end) return {};
+    end = std::min(end, size_end);
+    UEXT_TRY(zero_edges(offset, end));
+    const uint64_t fb = (offset + bs - 1) / bs, lb = end / bs;
+    if (lb > fb) UEXT_TRY(punch_range(*vol_, rec, fb, lb - fb, *blocks_));
+    return touch(std::nullopt);
+  }
+  if (zero) {
+    UEXT_TRY(zero_edges(offset, end));
+    const uint64_t fb = (offset + bs - 1) / bs, lb = end / bs;
+    if (lb > fb) {
+      UEXT_TRY(punch_range(*vol_, rec, fb, lb - fb, *blocks_));
+      UEXT_ASSIGN_OR_RETURN(rec, load_inode(ino));
+    }
+    UEXT_TRY(preallocate(offset / bs, (end + bs - 1) / bs - offset / bs));
+    return touch(keep_size ? std::nullopt : std::optional<uint64_t>(end));
+  }
+  UEXT_TRY(preallocate(offset / bs, (end + bs - 1) / bs - offset / bs));
+  return touch(keep_size ? std::nullopt : std::optional<uint64_t>(end));
+}
+
+Result<uint64_t> FilesystemImpl::seek(Ino ino, uint64_t offset, int whence) {
+  if (whence != SEEK_DATA && whence != SEEK_HOLE) return Error(EINVAL, fmt::format("seek: whence {} is not SEEK_DATA or SEEK_HOLE", whence));
+  auto lock = itable_.lock_shared(ino);
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
+  const uint64_t size = rec.inode.i_size;
+  if (offset >= size) return Error(ENXIO, fmt::format("inode {}: offset {} is at or past the end ({})", ino, offset, size));
+  if (!has_block_map(rec)) return whence == SEEK_DATA ? offset : size;
+  const uint64_t bs = vol_->block_size();
+  const uint64_t first = offset / bs;
+  const uint64_t end_block = std::min((size + bs - 1) / bs, max_logical_blocks(*vol_, rec));
+  if (first >= end_block) return whence == SEEK_DATA ? Result<uint64_t>(Error(ENXIO, "no data past the mapped range")) : Result<uint64_t>(offset);
+  UEXT_ASSIGN_OR_RETURN(auto runs, map_blocks(*vol_, rec, first, end_block - first));
+  for (const auto& r : runs) {
+    const bool data = r.physical != 0 && !r.unwritten;
+    if (data == (whence == SEEK_DATA)) {
+      uint64_t pos = std::max(offset, r.logical * bs);
+      if (pos < size) return pos;
+    }
+  }
+  if (whence == SEEK_HOLE) return size;
+  return Error(ENXIO, fmt::format("inode {}: no data at or after offset {}", ino, offset));
+}
+
+Status FilesystemImpl::fsync(Ino ino, bool datasync) {
+  if (!vol_->writable()) return {};
+  // Everything uext changed is in the running transaction or already home:
+  // one commit (which flushes the device before its commit block) and a
+  // flush for data written in place make it all durable.
+  UEXT_TRY(vol_->sync());
+  return vol_->device().flush();
+}
+
+Result<FsStats> FilesystemImpl::statfs() {
+  const disk::Superblock sb = vol_->superblock_snapshot();
+  FsStats st;
+  st.block_size = sb.block_size();
+  uint64_t overhead = sb.s_overhead_clusters;
+  if (overhead == 0 && groups_) {
+    overhead = sb.s_first_data_block;
+    for (uint32_t g = 0; g < groups_->group_count(); ++g) overhead += groups_->base_meta_blocks(g) + 2 + groups_->itable_blocks();
+    if (sb.has_compat(disk::compat::kHasJournal) && sb.s_journal_inum != 0) {
+      auto j = vol_->read_inode(sb.s_journal_inum);
+      if (j.ok()) overhead += j->inode.i_size / st.block_size;
+    }
+  }
+  st.blocks = sb.s_blocks_count > overhead ? sb.s_blocks_count - overhead : 0;
+  uint64_t free = sb.s_free_blocks_count;
+  if (blocks_) free -= std::min<uint64_t>(free, blocks_->busy_blocks());
+  st.free_blocks = free;
+  st.available_blocks = free > sb.s_r_blocks_count ? free - sb.s_r_blocks_count : 0;
+  st.files = sb.s_inodes_count;
+  st.free_files = sb.s_free_inodes_count;
+  st.name_max = disk::kNameMax;
+  return st;
+}
+
+Status FilesystemImpl::setxattr(Ino ino, std::string_view name, std::string_view value, int flags) {
+  UEXT_TRY(check_writable());
+  if (flags & ~(XATTR_CREATE | XATTR_REPLACE)) return Error(EINVAL, fmt::format("setxattr: bad flags {:#x}", flags));
+  auto lock = itable_.lock(ino);
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
+  UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, reserve(1));
+  alloc::ReservationScope scope(&space);
+  UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(xattr_set_credits(*vol_) + 1));
+  return in_handle(h, [&]() -> Status {
+    UEXT_TRY(xattr_set(*vol_, h, rec, name, value, flags, *blocks_));
+    const disk::Timestamp t = now();
+    auto r = vol_->update_inode(h, ino, false, [&](disk::Inode& in) { in.i_ctime = t; });
+    if (!r.ok()) return std::move(r).error();
+    return {};
+  });
+}
+
+Status FilesystemImpl::removexattr(Ino ino, std::string_view name) {
+  UEXT_TRY(check_writable());
+  auto lock = itable_.lock(ino);
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
+  UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, reserve(1));
+  alloc::ReservationScope scope(&space);
+  UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(xattr_set_credits(*vol_) + 1));
+  return in_handle(h, [&]() -> Status {
+    UEXT_TRY(xattr_set(*vol_, h, rec, name, std::nullopt, 0, *blocks_));
+    const disk::Timestamp t = now();
+    auto r = vol_->update_inode(h, ino, false, [&](disk::Inode& in) { in.i_ctime = t; });
+    if (!r.ok()) return std::move(r).error();
+    return {};
+  });
+}
+
+}  // namespace uext::fs

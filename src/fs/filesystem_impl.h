@@ -1,0 +1,141 @@
+// The Filesystem API over a Volume. Reading lives in filesystem_impl.cc,
+// namespace changes (create, link, unlink, rename, ...) in
+// namespace_ops.cc, file contents and attributes (write, truncate,
+// fallocate, setattr, xattrs) in file_ops.cc, inode life and death
+// (new inodes, deletion, orphans) in inode_life.cc.
+//
+// Every change runs as: check, lock the inodes involved (order in
+// inode_table.h), reserve the blocks it may need (so it cannot meet ENOSPC
+// half-way), start one journal handle with worst-case credits, change,
+// stop. Changes that cannot fit one handle (truncating or deleting a large
+// file) put the inode on the orphan list first, so a crash in between is
+// finished at the next open.
+#pragma once
+
+#include <deque>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "alloc/block_allocator.h"
+#include "alloc/group_bitmaps.h"
+#include "alloc/inode_allocator.h"
+#include "base/ordered_mutex.h"
+#include "disk/xattr.h"
+#include "fs/inode_table.h"
+#include "fs/orphan.h"
+#include "fs/volume.h"
+#include "uext/filesystem.h"
+
+namespace uext::fs {
+
+class FilesystemImpl final : public Filesystem {
+ public:
+  explicit FilesystemImpl(std::unique_ptr<Volume> volume);
+  ~FilesystemImpl() override;
+
+  // Read-write opens: sets up the allocators and finishes what the orphan
+  // list says a crash interrupted.
+  Status start_writing();
+  // Read-only opens: reads the journal superblock and scans the log.
+  void load_journal_info();
+
+  VolumeInfo info() const override;
+  Status sync() override;
+  Status close() override;
+  Result<Ino> lookup(Ino dir, std::string_view name) override;
+  Result<Ino> resolve(std::string_view path, bool follow_last) override;
+  Result<Stat> stat(Ino ino) override;
+  Result<size_t> read(Ino ino, uint64_t offset, std::span<std::byte> buf) override;
+  Status readdir(Ino dir, uint64_t cookie, const DirVisitor& visit) override;
+  Result<std::string> readlink(Ino ino) override;
+  Result<std::vector<std::string>> listxattr(Ino ino) override;
+  Result<std::string> getxattr(Ino ino, std::string_view name) override;
+  Result<std::vector<FileExtent>> extents(Ino ino) override;
+
+  // namespace_ops.cc
+  Result<Stat> mknod(Ino dir, std::string_view name, uint32_t mode, const Owner& owner, uint32_t rdev_major,
+                     uint32_t rdev_minor) override;
+  Result<Stat> mkdir(Ino dir, std::string_view name, uint32_t mode, const Owner& owner) override;
+  Result<Stat> symlink(Ino dir, std::string_view name, std::string_view target, const Owner& owner) override;
+  Result<Stat> link(Ino ino, Ino new_dir, std::string_view new_name) override;
+  Status unlink(Ino dir, std::string_view name) override;
+  Status rmdir(Ino dir, std::string_view name) override;
+  Status rename(Ino old_dir, std::string_view old_name, Ino new_dir, std::string_view new_name,
+                unsigned flags) override;
+
+  // file_ops.cc
+  Result<Stat> setattr(Ino ino, const SetAttr& attr) override;
+  Result<size_t> write(Ino ino, uint64_t offset, std::span<const std::byte> buf) override;
+  Status fallocate(Ino ino, int mode, uint64_t offset, uint64_t length) override;
+  Result<uint64_t> seek(Ino ino, uint64_t offset, int whence) override;
+  Status fsync(Ino ino, bool datasync) override;
+  Result<FsStats> statfs() override;
+  Status setxattr(Ino ino, std::string_view name, std::string_view value, int flags) override;
+  Status removexattr(Ino ino, std::string_view name) override;
+
+  // inode_life.cc
+  void retain(Ino ino) override;
+  Status release(Ino ino, uint64_t count) override;
+
+ private:
+  // ---- shared helpers ----
+  // Reads an inode in use, or an orphan (unlinked but still referenced).
+  Result<InodeRecord> load_inode(Ino ino) { return vol_->read_inode(ino, orphans_.contains(ino)); }
+  Status check_writable() const;
+  static disk::Timestamp now();
+  static Stat to_stat(const disk::Superblock& sb, const InodeRecord& rec);
+  // Sets aside `blocks` blocks for the operation about to run, committing
+  // the journal once when freed-but-busy blocks are all that is missing.
+  Result<alloc::Reservation> reserve(uint64_t blocks);
+  // Worst-case tree or indirect blocks that mapping `data_blocks` new
+  // blocks may add.
+  uint64_t map_overhead(uint64_t data_blocks) const;
+  Result<journal::Handle> start(uint32_t credits);
+
+  // ---- reading (filesystem_impl.cc) ----
+  static std::deque<std::string> split(std::string_view path);
+  Result<Ino> lookup_in(const InodeRecord& dir, std::string_view name);
+  bool has_block_map(const InodeRecord& rec) const;
+  Result<size_t> read_data(const InodeRecord& rec, uint64_t offset, std::span<std::byte> buf);
+  Result<std::string> read_symlink(const InodeRecord& rec);
+  Result<std::vector<disk::Xattr>> read_xattrs(const InodeRecord& rec);
+
+  // ---- inode life (inode_life.cc) ----
+  // Allocates and writes a new inode of `mode` in directory `parent`
+  // inside `handle`: owner and setgid inheritance, flags inherited from
+  // the parent, times, generation. Credits: kNewInodeCredits.
+  static constexpr uint32_t kNewInodeCredits = alloc::InodeAllocator::kAllocateCredits + 1;
+  Result<InodeRecord> new_inode(journal::Handle& handle, const InodeRecord& parent, uint32_t mode,
+                                const Owner& owner);
+  // Called with the inode's lock held after its link count reached zero
+  // (it is on the orphan list): frees it now unless it is still retained.
+  Status maybe_delete(InodeRecord& rec);
+  // Frees an unlinked inode's blocks, xattr block and the inode itself, in
+  // as many handles as it takes; the inode is on the orphan list.
+  Status delete_inode(InodeRecord& rec);
+  // Finishes what the orphan list records (at a read-write open).
+  Status recover_orphans();
+  // Truncates `rec` to `size` (shrinking uses the orphan list).
+  Status truncate_locked(InodeRecord& rec, uint64_t size);
+
+  // ---- namespace helpers (namespace_ops.cc) ----
+  Result<Stat> make_node(Ino dir, std::string_view name, uint32_t mode, const Owner& owner,
+                         std::string_view symlink_target, uint32_t rdev_major, uint32_t rdev_minor);
+  Status remove_name(Ino dir, std::string_view name, bool want_dir);
+  Status check_not_ancestor(Ino moving_dir, Ino new_parent);
+
+  std::unique_ptr<Volume> vol_;
+  JournalInfo journal_;
+  std::unique_ptr<alloc::GroupBitmaps> groups_;
+  std::unique_ptr<alloc::BlockAllocator> blocks_;
+  std::unique_ptr<alloc::InodeAllocator> inodes_;
+  InodeTable itable_;
+  OrphanList orphans_;
+  // Renames between two directories: keeps ancestry stable while they run
+  // (the kernel's s_vfs_rename_mutex).
+  base::OrderedMutex rename_mu_{base::LockLevel::kFilesystem};
+  bool closed_ = false;
+};
+
+}  // namespace uext::fs

@@ -1,0 +1,270 @@
+// Inode life and death: setting up and tearing down the writable state,
+// new inodes, references from open files, deletion, and the orphan list
+// that makes deletion and truncation survive a crash.
+#include <sys/stat.h>
+#include <time.h>
+
+#include <fmt/format.h>
+
+#include <random>
+
+#include "disk/features.h"
+#include "fs/block_map.h"
+#include "fs/dir_writer.h"
+#include "fs/filesystem_impl.h"
+#include "fs/map_writer.h"
+#include "fs/xattr_writer.h"
+
+namespace uext::fs {
+
+namespace {
+// Flags a new inode takes from its directory (the kernel's
+// EXT4_FL_INHERITED, less what uext does not implement), masked by type as
+// ext4_mask_flags does: directory-only flags stay on directories, and
+// only regular files and directories keep the rest.
+constexpr uint32_t kInheritedFlags = disk::inode_flag::kSecrm | disk::inode_flag::kUnrm |
+                                     disk::inode_flag::kSync | disk::inode_flag::kNodump |
+                                     disk::inode_flag::kNoatime | disk::inode_flag::kDirsync |
+                                     disk::inode_flag::kTopdir | disk::inode_flag::kProjinherit;
+constexpr uint32_t kDirOnlyFlags = disk::inode_flag::kDirsync | disk::inode_flag::kTopdir;
+constexpr uint32_t kOtherFlags = disk::inode_flag::kNodump | disk::inode_flag::kNoatime;
+
+uint32_t random_generation() {
+  static thread_local std::mt19937 rng{std::random_device{}()};
+  return rng();
+}
+}  // namespace
+
+FilesystemImpl::~FilesystemImpl() { (void)close(); }
+
+Status FilesystemImpl::check_writable() const {
+  if (!vol_->writable()) return Error(EROFS, "the image is open read-only");
+  return {};
+}
+
+disk::Timestamp FilesystemImpl::now() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return {static_cast<int64_t>(ts.tv_sec), static_cast<uint32_t>(ts.tv_nsec)};
+}
+
+Status FilesystemImpl::start_writing() {
+  groups_ = std::make_unique<alloc::GroupBitmaps>(*vol_);
+  blocks_ = std::make_unique<alloc::BlockAllocator>(*groups_);
+  inodes_ = std::make_unique<alloc::InodeAllocator>(*groups_);
+  std::string problem;
+  UEXT_TRY(orphans_.load(*vol_, &problem));
+  return recover_orphans();
+}
+
+Status FilesystemImpl::sync() { return vol_->sync(); }
+
+Status FilesystemImpl::close() {
+  if (closed_) return {};
+  closed_ = true;
+  Status first;
+  if (vol_->writable()) {
+    // Unlinked inodes still referenced go now, as at unmount.
+    for (const auto& [ino, refs] : itable_.referenced()) {
+      Status s = release(ino, refs);
+      if (first.ok() && !s.ok()) first = s;
+    }
+  }
+  Status closed = vol_->close();
+  if (first.ok() && !closed.ok()) first = closed;
+  return first;
+}
+
+Result<alloc::Reservation> FilesystemImpl::reserve(uint64_t blocks) {
+  alloc::AllocOptions options;
+  options.use_reserved = vol_->options().use_root_reserve;
+  auto r = blocks_->reserve(blocks, options);
+  if (!r.ok() && r.error().code() == ENOSPC && blocks_->busy_blocks() > 0) {
+    // Blocks freed by the running transaction come back once it commits.
+    UEXT_TRY(vol_->sync());
+    r = blocks_->reserve(blocks, options);
+  }
+  return r;
+}
+
+uint64_t FilesystemImpl::map_overhead(uint64_t data_blocks) const {
+  // An extent leaf holds (block size - 12) / 12 entries and an indirect
+  // block block size / 4 pointers; the worst case is one entry per block,
+  // each level above needing as many blocks again at most, plus a new
+  // level or two at the top.
+  uint64_t per_block = (vol_->block_size() - 12) / 12;
+  uint64_t leaves = (data_blocks + per_block - 1) / per_block;
+  return 2 * leaves + 6;
+}
+
+Result<journal::Handle> FilesystemImpl::start(uint32_t credits) {
+  uint32_t cap = vol_->journal()->max_transaction_blocks();
+  if (cap != 0 && credits > cap) credits = cap;
+  return vol_->start(credits);
+}
+
+Result<InodeRecord> FilesystemImpl::new_inode(journal::Handle& handle, const InodeRecord& parent, uint32_t mode,
+                                              const Owner& owner) {
+  const bool is_dir = S_ISDIR(mode);
+  UEXT_ASSIGN_OR_RETURN(uint32_t ino, inodes_->allocate(handle, parent.ino, is_dir));
+  const disk::Superblock& sb = vol_->sb();
+  const disk::Timestamp t = now();
+  uint32_t gid = owner.gid;
+  if (parent.inode.i_mode & S_ISGID) {
+    // A setgid directory hands its group down, and its setgid bit to
+    // subdirectories (inode_init_owner).
+    gid = parent.inode.i_gid;
+    if (is_dir) mode |= S_ISGID;
+  }
+  uint32_t flags = parent.inode.i_flags & kInheritedFlags;
+  if (is_dir) {
+    // as inherited
+  } else if (S_ISREG(mode)) {
+    flags &= ~kDirOnlyFlags;
+  } else {
+    flags &= kOtherFlags;
+  }
+  // Regular files, directories and (slow) symlinks map their blocks with
+  // extents on an extents filesystem; the symlink code clears the flag
+  // again for a fast symlink.
+  if (sb.has_incompat(disk::incompat::kExtents) && (S_ISREG(mode) || S_ISDIR(mode) || S_ISLNK(mode))) {
+    flags |= disk::inode_flag::kExtents;
+  }
+  const uint32_t generation = random_generation();
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->update_inode(handle, ino, true, [&](disk::Inode& in) {
+    in.i_mode = static_cast<uint16_t>(mode);
+    in.i_uid = owner.uid;
+    in.i_gid = gid;
+    in.i_links_count = is_dir ? 2 : 1;
+    in.i_atime = in.i_mtime = in.i_ctime = in.i_crtime = t;
+    in.i_flags = flags;
+    in.i_generation = generation;
+    if (flags & disk::inode_flag::kExtents) {
+      // An empty extent root: header with no entries, depth 0.
+      std::array<std::byte, 12> header{};
+      header[0] = std::byte{0x0A};
+      header[1] = std::byte{0xF3};
+      header[4] = std::byte{4};  // eh_max: four entries fit in i_block
+      in.set_i_block_bytes(header);
+    }
+  }));
+  return rec;
+}
+
+void FilesystemImpl::retain(Ino ino) { itable_.retain(ino); }
+
+Status FilesystemImpl::release(Ino ino, uint64_t count) {
+  if (itable_.release(ino, count) > 0 || !vol_->writable()) return {};
+  if (!orphans_.contains(ino)) return {};
+  auto lock = itable_.lock(ino);
+  if (itable_.refs(ino) > 0) return {};  // retained again meanwhile
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
+  if (rec.inode.i_links_count != 0) return {};
+  return delete_inode(rec);
+}
+
+Status FilesystemImpl::maybe_delete(InodeRecord& rec) {
+  if (rec.inode.i_links_count != 0 || itable_.refs(rec.ino) > 0) return {};
+  return delete_inode(rec);
+}
+
+Status FilesystemImpl::delete_inode(InodeRecord& rec) {
+  const uint32_t ino = rec.ino;
+  const bool is_dir = S_ISDIR(rec.inode.i_mode);
+  if (has_block_map(rec)) {
+    UEXT_TRY(truncate_blocks(*vol_, rec, 0, *blocks_));
+  }
+  const uint32_t credits = xattr_release_credits(*vol_) + OrphanList::kRemoveCredits +
+                           alloc::InodeAllocator::kFreeCredits + 2;
+  UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(credits));
+  auto run = [&]() -> Status {
+    if (rec.inode.i_file_acl != 0) UEXT_TRY(xattr_release_block(*vol_, h, rec, *blocks_));
+    UEXT_TRY(orphans_.remove(*vol_, h, ino));
+    const disk::Timestamp t = now();
+    UEXT_TRY(vol_->update_inode(h, ino, false, [&](disk::Inode& in) {
+      in.i_links_count = 0;
+      in.i_size = 0;
+      // e2fsck expects a deleted inode to say when it died.
+      in.i_dtime = static_cast<uint32_t>(t.sec);
+    }));
+    return inodes_->free(h, ino, is_dir);
+  };
+  Status done = run();
+  Status stopped = h.stop();
+  UEXT_TRY(done);
+  return stopped;
+}
+
+Status FilesystemImpl::truncate_locked(InodeRecord& rec, uint64_t size) {
+  const uint64_t old_size = rec.inode.i_size;
+  if (size >= old_size) {
+    // Growing leaves a hole; blocks preallocated past the old size (KEEP_SIZE)
+    // stay where they are.
+    UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(2));
+    const disk::Timestamp t = now();
+    auto updated = vol_->update_inode(h, rec.ino, false, [&](disk::Inode& in) {
+      in.i_size = size;
+      in.i_mtime = in.i_ctime = t;
+    });
+    Status stopped = h.stop();
+    if (!updated.ok()) return std::move(updated).error();
+    UEXT_TRY(stopped);
+    rec = std::move(*updated);
+    return {};
+  }
+  // Shrinking: the new size and the orphan entry commit together, so a
+  // crash before the blocks are all gone is finished at the next open.
+  {
+    UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(OrphanList::kAddCredits + 2));
+    const disk::Timestamp t = now();
+    auto run = [&]() -> Status {
+      UEXT_TRY(orphans_.add(*vol_, h, rec.ino));
+      UEXT_ASSIGN_OR_RETURN(rec, vol_->update_inode(h, rec.ino, false, [&](disk::Inode& in) {
+        in.i_size = size;
+        in.i_mtime = in.i_ctime = t;
+      }));
+      return {};
+    };
+    Status done = run();
+    Status stopped = h.stop();
+    UEXT_TRY(done);
+    UEXT_TRY(stopped);
+  }
+  if (has_block_map(rec)) UEXT_TRY(truncate_blocks(*vol_, rec, size, *blocks_));
+  UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(OrphanList::kRemoveCredits + 1));
+  Status removed = orphans_.remove(*vol_, h, rec.ino);
+  Status stopped = h.stop();
+  UEXT_TRY(removed);
+  UEXT_TRY(stopped);
+  UEXT_ASSIGN_OR_RETURN(rec, load_inode(rec.ino));
+  return {};
+}
+
+Status FilesystemImpl::recover_orphans() {
+  for (uint32_t ino : orphans_.snapshot()) {
+    auto lock = itable_.lock(ino);
+    auto rec = vol_->read_inode(ino, true);
+    Status s;
+    if (!rec.ok()) {
+      // Nothing to finish for an inode that is not there: drop the link.
+      UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(OrphanList::kRemoveCredits + 1));
+      s = orphans_.remove(*vol_, h, ino);
+      Status stopped = h.stop();
+      if (s.ok()) s = stopped;
+    } else if (rec->inode.i_links_count == 0) {
+      s = delete_inode(*rec);
+    } else {
+      s = truncate_locked(*rec, rec->inode.i_size);
+      if (s.ok() && orphans_.contains(ino)) {
+        UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(OrphanList::kRemoveCredits + 1));
+        s = orphans_.remove(*vol_, h, ino);
+        Status stopped = h.stop();
+        if (s.ok()) s = stopped;
+      }
+    }
+    if (!s.ok()) return std::move(s).error().with_context(fmt::format("finishing orphan inode {}", ino));
+  }
+  return {};
+}
+
+}  // namespace uext::fs
