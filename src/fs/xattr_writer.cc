@@ -13,6 +13,9 @@ namespace uext::fs {
 namespace {
 
 constexpr size_t kVfsValueMax = 65536;  // XATTR_SIZE_MAX: the VFS refuses larger values (E2BIG)
+// XATTR_NAME_MAX: the VFS refuses longer full names (ERANGE), so an
+// attribute with one could be listed by the kernel but never read.
+constexpr size_t kVfsNameMax = 255;
 
 // i_blocks counts 512-byte sectors, or filesystem blocks for a HUGE_FILE
 // inode on a huge_file filesystem.
@@ -129,6 +132,9 @@ Status xattr_set(Volume& vol, journal::Handle& handle, InodeRecord& rec, std::st
   if (!vol.sb().has_compat(disk::compat::kExtAttr))
     return Error(EOPNOTSUPP, where + ": the filesystem has no ext_attr feature");
   UEXT_ASSIGN_OR_RETURN(disk::XattrEntry target, disk::xattr_split_name(name));
+  if (name.size() > kVfsNameMax)
+    return Error(ERANGE, fmt::format("inode {}: xattr name of {} bytes is longer than {}", rec.ino, name.size(),
+                                     kVfsNameMax));
   if (value) {
     if (value->size() > kVfsValueMax)
       return Error(E2BIG, fmt::format("{}: value of {} bytes is over the 64 KiB limit", where, value->size()));

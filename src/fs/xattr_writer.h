@@ -35,7 +35,8 @@ uint32_t xattr_set_credits(const Volume& vol);
 // nullopt.
 //
 // Errors: EOPNOTSUPP for other prefixes or an image without ext_attr;
-// ERANGE for a name over 255 bytes after its prefix; E2BIG for a value over
+// ERANGE for a name over 255 bytes (the VFS limit on the whole name;
+// ext4's own is 255 after the prefix); E2BIG for a value over
 // 64 KiB (the VFS limit); EEXIST / ENODATA for kXattrCreate /
 // kXattrReplace, ENODATA for removing an absent attribute; ENOSPC when the
 // value fits neither in the inode nor in a block (values in their own
