@@ -254,6 +254,21 @@ uint64_t file_acl_of(const std::string& image, const std::string& path) {
   return std::stoull(out.substr(at + 10));
 }
 
+// Full names of the attributes in the inode slot (not the block).
+std::vector<std::string> in_inode_names(const InodeRecord& rec) {
+  std::vector<std::string> out;
+  size_t start = disk::kGoodOldInodeSize + rec.inode.i_extra_isize;
+  if (rec.raw.size() <= start) return out;
+  auto parsed = disk::parse_inode_xattr_entries(disk::Bytes(rec.raw).subspan(start));
+  if (!parsed.ok()) return {"<" + parsed.error().message() + ">"};
+  for (const auto& e : *parsed) out.push_back(*disk::xattr_full_name(e.name_index, e.suffix));
+  return out;
+}
+
+bool contains(const std::vector<std::string>& v, const std::string& x) {
+  return std::find(v.begin(), v.end(), x) != v.end();
+}
+
 struct Kind {
   const char* name;
   std::vector<std::string> mkfs;  // after "mke2fs -F -q"
@@ -303,6 +318,12 @@ TEST_P(XattrWriter, SetReplaceMoveAndRemove) {
     set(f, ef, "user.empty", "");
     set(f, ef, "trusted.t", value_of(20, 1));
     set(f, ef, "security.test", value_of(9, 2));
+    const bool large_inode = s.vol->sb().inode_size() > 128;
+    // A 256-byte inode has 88 bytes of room: mke2fs's attribute and user.a
+    // fit, the rest went to the block, as the kernel places them.
+    const std::vector<std::string> want_in_inode =
+        large_inode ? std::vector<std::string>{"user.from_mke2fs", "user.a"} : std::vector<std::string>{};
+    EXPECT_EQ(in_inode_names(s.inode(f)), want_in_inode);
     const uint32_t bs = s.vol->block_size();
     // Sizes scale with the block so that the same steps spill over on 1 KiB blocks too.
     auto sized = [&](size_t n4k) { return std::max<size_t>(1, bs >= 4096 ? n4k : n4k * bs / 8192); };
@@ -312,7 +333,13 @@ TEST_P(XattrWriter, SetReplaceMoveAndRemove) {
     set(d, ed, "user.dir", "x");
     // Replace: small ones grow (into the block), big ones shrink (into the inode when room).
     set(f, ef, "user.a", value_of(sized(700), 3), kXattrReplace);
+    // user.a left the inode for the block.
+    EXPECT_FALSE(contains(in_inode_names(s.inode(f)), "user.a"));
     set(f, ef, "user.m11", "tiny", kXattrReplace);
+    // The shrunk one moved into the room user.a left.
+    if (large_inode) {
+      EXPECT_TRUE(contains(in_inode_names(s.inode(f)), "user.m11"));
+    }
     set(f, ef, "user.from_mke2fs", value_of(1, 4));
     set(f, ef, "system.posix_acl_access", vfs_acl(2000, 6));
     // Flag and limit errors change nothing.
@@ -502,6 +529,45 @@ TEST(XattrWriterShared, CopyOnWriteAndRelease) {
   expected["/b"].clear();
   check_image(img, expected, dir);
   EXPECT_EQ(free_blocks(img), free0 + 1);
+}
+
+// The kernel changes what uext wrote (in the inode and in the block) and
+// e2fsck still finds the image clean.
+TEST(XattrWriterKernel, EditsWhatUextWrote) {
+  if (!testing::can_loop_mount()) GTEST_SKIP() << "needs loop mounts";
+  testing::TempDir dir;
+  std::string img = dir / "fs.img";
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-b", "4096", img, "8M"});
+  run_ok({"debugfs", "-w", "-R", "write /dev/null f", img});
+  uint32_t f = testing::inode_number(img, "f");
+  Attrs model;
+  {
+    Session s(img);
+    for (int i = 0; i < 10; ++i) {
+      std::string n = "user.k" + std::to_string(i);
+      std::string v = value_of(10 + 60 * i, i);
+      ASSERT_TRUE(s.set(f, n, v).ok());
+      model[n] = v;
+    }
+    s.close();
+  }
+  check_image(img, {{"/f", model}}, dir);
+  std::string mnt = dir / "mnt";
+  run({"mkdir", "-p", mnt});
+  {
+    testing::LoopMount m(img, mnt, false);
+    if (!m.ok()) GTEST_SKIP() << "mount failed: " << m.error();
+    run_ok({"setfattr", "-x", "user.k0", mnt + "/f"});  // in the inode
+    run_ok({"setfattr", "-x", "user.k9", mnt + "/f"});  // in the block
+    run_ok({"setfattr", "-n", "user.k5", "-v", "changed", mnt + "/f"});
+    run_ok({"setfattr", "-n", "user.new", "-v", "kernel", mnt + "/f"});
+    ASSERT_TRUE(m.unmount()) << m.error();
+  }
+  model.erase("user.k0");
+  model.erase("user.k9");
+  model["user.k5"] = "changed";
+  model["user.new"] = "kernel";
+  check_image(img, {{"/f", model}}, dir);
 }
 
 // Release of a block still shared only lowers its refcount.
