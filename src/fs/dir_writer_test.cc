@@ -5,7 +5,10 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <chrono>
+#include <filesystem>
 #include <cstring>
 #include <map>
 #include <random>
@@ -234,6 +237,24 @@ void check_directory(const std::string& image, const std::string& path, const st
     auto r = (*fs)->lookup(*d, name);
     EXPECT_FALSE(r.ok()) << name << " is still there";
   }
+  fs->reset();
+  // The kernel: readdir (hash order through the index) and lookups.
+  if (!testing::can_loop_mount()) return;
+  testing::TempDir mnt;
+  testing::LoopMount m(image, mnt.path(), true);
+  ASSERT_TRUE(m.ok()) << m.error();
+  std::map<std::string, uint32_t> listed;
+  for (const auto& e : std::filesystem::directory_iterator(mnt.path() + path)) {
+    struct stat st;
+    ASSERT_EQ(::lstat(e.path().c_str(), &st), 0) << e.path();
+    listed[e.path().filename().string()] = static_cast<uint32_t>(st.st_ino);
+  }
+  EXPECT_EQ(listed, want) << "the kernel lists " << path << " differently";
+  for (const auto& name : gone) {
+    struct stat st;
+    EXPECT_NE(::lstat((mnt.path() + path + "/" + name).c_str(), &st), 0) << name;
+  }
+  EXPECT_TRUE(m.unmount()) << m.error();
 }
 
 // ---- linear directories, mkdir, rename, rmdir-style checks ----
@@ -563,6 +584,123 @@ TEST(DirWriter, RefusesDamagedBlocks) {
     EXPECT_EQ(s.set(d, "..", 2, 2).error().code(), kErrBadChecksum);
     s.close();
   }
+}
+
+// Without checksums a malformed root (info_length 9) is EUCLEAN for adds,
+// while removing still finds the name by scanning the leaves, as lookup does.
+TEST(DirWriter, MalformedRootRefusesAddsButNotRemoval) {
+  testing::ScratchDir dir;
+  std::string img = make_image(dir, {"-t", "ext4", "-b", "4096", "-O", "^metadata_csum"}, "16M");
+  uint32_t d_ino, f;
+  {
+    Session s(img);
+    InodeRecord root = s.inode(2);
+    d_ino = s.create(2, true);
+    ASSERT_TRUE(s.add(root, "d", d_ino, s.type(true)).ok());
+    f = s.create(d_ino, false);
+    InodeRecord d = s.inode(d_ino);
+    for (int i = 0; i < 200; ++i) ASSERT_TRUE(s.add(d, fmt::format("n{}-{}", i, std::string(30, 'y')), f, 1).ok());
+    ASSERT_TRUE(d.inode.has_flag(disk::inode_flag::kIndex));
+    s.close();
+  }
+  uint64_t root_block = std::stoull(testing::debugfs(img, "bmap /d 0"));
+  testing::write_bytes(img, root_block * 4096 + 24 + 5, std::string(1, '\x09'));
+  Session s(img);
+  InodeRecord d = s.inode(d_ino);
+  Status st = s.add(d, "new-name", f, 1);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code(), kErrCorrupted) << st.error().message();
+  EXPECT_NE(st.error().message().find(fmt::format("directory inode {}: block {}", d_ino, root_block)),
+            std::string::npos)
+      << st.error().message();
+  st = s.remove(d, fmt::format("n{}-{}", 77, std::string(30, 'y')));
+  EXPECT_TRUE(st.ok()) << st.error().message();
+  EXPECT_EQ(s.remove(d, "absent").error().code(), ENOENT);
+  s.close();
+}
+
+
+// Without largedir a full two-level index refuses the name with ENOSPC
+// and stays intact.
+TEST(DirWriter, IndexFullWithoutLargedir) {
+  testing::ScratchDir dir;
+  std::string img = make_image(dir, {"-t", "ext4", "-b", "1024", "-J", "size=16"}, "128M");
+  std::map<std::string, uint32_t> want;
+  std::mt19937 rng(7);
+  {
+    Session s(img);
+    InodeRecord root = s.inode(2);
+    uint32_t d_ino = s.create(2, true);
+    ASSERT_TRUE(s.add(root, "d", d_ino, s.type(true)).ok());
+    s.set_links(2, root.inode.i_links_count + 1, &root);
+    uint32_t f = s.create(2, false);
+    ASSERT_TRUE(s.add(root, "f", f, s.type(false)).ok());
+    InodeRecord d = s.inode(d_ino);
+    Status st;
+    for (int i = 0; i < 60000; ++i) {
+      std::string name = random_name(rng, i, 250, 255);
+      InodeRecord before = d;
+      st = s.add(d, name, f, s.type(false));
+      if (!st.ok()) {
+        EXPECT_EQ(d.inode.i_size, before.inode.i_size);
+        break;
+      }
+      want[name] = f;
+    }
+    ASSERT_FALSE(st.ok());
+    EXPECT_EQ(st.error().code(), ENOSPC);
+    EXPECT_NE(st.error().message().find("directory index full"), std::string::npos) << st.error().message();
+    s.set_links(f, static_cast<uint16_t>(1 + want.size()));
+    s.close();
+  }
+  check_directory(img, "/d", want);
+  EXPECT_EQ(testing::htree_levels(img, "/d"), 1);
+  EXPECT_EQ(htree_root_count(img, "/d"), 123);
+}
+
+// Trees e2fsprogs built (mke2fs -d, then e2fsck -fD indexes them) take new
+// names, lose old ones, and stay valid.
+TEST(DirWriter, EditsAnIndexE2fsckBuilt) {
+  testing::ScratchDir dir;
+  testing::TempDir src;
+  std::filesystem::create_directories(src / "many");
+  std::mt19937 rng(3);
+  std::vector<std::string> old_names;
+  for (int i = 0; i < 1500; ++i) {
+    old_names.push_back(random_name(rng, i, 10, 60));
+    testing::write_file(src / ("many/" + old_names.back()), "");
+  }
+  std::string img = dir / "fs.img";
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-b", "1024", "-d", src.path(), img, "64M"});
+  testing::run({"e2fsck", "-fyD", img});
+  ASSERT_TRUE(testing::image_is_clean(img));
+  ASSERT_EQ(testing::htree_levels(img, "/many"), 0);
+  std::map<std::string, uint32_t> want = debugfs_names(img, "/many");
+  ASSERT_EQ(want.size(), old_names.size());
+  std::vector<std::string> gone;
+  {
+    Session s(img);
+    uint32_t many = static_cast<uint32_t>(testing::inode_number(img, "/many"));
+    InodeRecord d = s.inode(many);
+    ASSERT_TRUE(d.inode.has_flag(disk::inode_flag::kIndex));
+    for (size_t i = 0; i < old_names.size(); i += 2) {
+      ASSERT_TRUE(s.remove(d, old_names[i]).ok()) << old_names[i];
+      s.free_file(want[old_names[i]]);
+      want.erase(old_names[i]);
+      gone.push_back(old_names[i]);
+    }
+    uint32_t f = s.create(many, false);
+    for (int i = 0; i < 3000; ++i) {
+      std::string name = random_name(rng, 10000 + i, 10, 60);
+      Status st = s.add(d, name, f, s.type(false));
+      ASSERT_TRUE(st.ok()) << name << ": " << st.error().message();
+      want[name] = f;
+    }
+    s.set_links(f, 3000);
+    s.close();
+  }
+  check_directory(img, "/many", want, gone);
+  EXPECT_EQ(testing::htree_levels(img, "/many"), 1);
 }
 
 }  // namespace
