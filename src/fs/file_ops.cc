@@ -350,10 +350,14 @@ Result<FsStats> FilesystemImpl::statfs() {
     }
   }
   st.blocks = sb.s_blocks_count > overhead ? sb.s_blocks_count - overhead : 0;
-  uint64_t free = sb.s_free_blocks_count;
-  if (blocks_) free -= std::min<uint64_t>(free, blocks_->busy_blocks());
+  // Blocks freed by the running transaction count as free, as the kernel's
+  // counter has them, though they are handed out only after its commit.
+  const uint64_t free = sb.s_free_blocks_count;
   st.free_blocks = free;
-  st.available_blocks = free > sb.s_r_blocks_count ? free - sb.s_r_blocks_count : 0;
+  // Like the kernel, keep back the root reserve and the 2% (at most 4096
+  // blocks) that ext4 holds for metadata (s_resv_clusters).
+  const uint64_t held = sb.s_r_blocks_count + std::min<uint64_t>(sb.s_blocks_count / 50, 4096);
+  st.available_blocks = free > held ? free - held : 0;
   st.files = sb.s_inodes_count;
   st.free_files = sb.s_free_inodes_count;
   st.name_max = disk::kNameMax;

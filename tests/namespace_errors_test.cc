@@ -1,0 +1,312 @@
+// Every errno the write API promises, each followed by e2fsck: a failed
+// call leaves the image as it was and consistent. Also the orphan list:
+// an unlinked file still held open survives a crash as an orphan that the
+// next open frees.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <string>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "support/crash.h"
+#include "support/images.h"
+#include "support/process.h"
+#include "uext/filesystem.h"
+
+namespace uext::testing {
+namespace {
+
+std::span<const std::byte> bytes_of(const std::string& s) { return std::as_bytes(std::span(s)); }
+
+class NamespaceErrors : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    image_ = tmp_.path() + "/img";
+    run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-b", "4096", image_, "32M"});
+    reopen();
+  }
+  void reopen() {
+    fs_.reset();
+    Options o;
+    o.read_only = false;
+    o.commit_interval_ms = 0;
+    auto fs = Filesystem::open(image_, o);
+    ASSERT_TRUE(fs.ok()) << fs.error().message();
+    fs_ = std::move(*fs);
+  }
+  void close_and_check() {
+    Status s = fs_->close();
+    ASSERT_TRUE(s.ok()) << s.error().message();
+    fs_.reset();
+    FsckVerdict v = e2fsck_clean(image_);
+    EXPECT_TRUE(v.clean) << v.report;
+  }
+  Ino mk(Ino dir, const std::string& name) {
+    auto st = fs_->mkdir(dir, name, 0755, {});
+    EXPECT_TRUE(st.ok()) << name << ": " << st.error().message();
+    return st.ok() ? st->ino : 0;
+  }
+  Ino file(Ino dir, const std::string& name, const std::string& data = "") {
+    auto st = fs_->create(dir, name, 0644, {});
+    EXPECT_TRUE(st.ok()) << name << ": " << st.error().message();
+    if (!st.ok()) return 0;
+    if (!data.empty()) {
+      EXPECT_TRUE(fs_->write(st->ino, 0, bytes_of(data)).ok());
+    }
+    return st->ino;
+  }
+  template <class R>
+  static int err(const R& r) {
+    return r.ok() ? 0 : r.error().code();
+  }
+
+  TempDir tmp_;
+  std::string image_;
+  std::unique_ptr<Filesystem> fs_;
+};
+
+TEST_F(NamespaceErrors, CreateAndNames) {
+  Ino d = mk(kRootIno, "d");
+  file(d, "f");
+  EXPECT_EQ(err(fs_->create(d, "f", 0644, {})), EEXIST);
+  EXPECT_EQ(err(fs_->mkdir(d, "f", 0755, {})), EEXIST);
+  EXPECT_EQ(err(fs_->symlink(d, "f", "x", {})), EEXIST);
+  EXPECT_EQ(err(fs_->create(d, std::string(256, 'a'), 0644, {})), ENAMETOOLONG);
+  EXPECT_TRUE(fs_->create(d, std::string(255, 'a'), 0644, {}).ok());
+  EXPECT_EQ(err(fs_->create(d, "", 0644, {})), EINVAL);
+  EXPECT_EQ(err(fs_->create(d, ".", 0644, {})), EINVAL);
+  EXPECT_EQ(err(fs_->create(d, "..", 0644, {})), EINVAL);
+  EXPECT_EQ(err(fs_->create(d, "a/b", 0644, {})), EINVAL);
+  Ino f = *fs_->lookup(d, "f");
+  EXPECT_EQ(err(fs_->create(f, "x", 0644, {})), ENOTDIR);
+  EXPECT_EQ(err(fs_->mkdir(f, "x", 0755, {})), ENOTDIR);
+  EXPECT_EQ(err(fs_->lookup(d, "missing")), ENOENT);
+  EXPECT_EQ(err(fs_->symlink(d, "s", "", {})), ENOENT);
+  EXPECT_EQ(err(fs_->symlink(d, "s", std::string(5000, 't'), {})), ENAMETOOLONG);
+  EXPECT_EQ(err(fs_->mknod(d, "dir-by-mknod", S_IFDIR | 0755, {})), EINVAL);
+  close_and_check();
+}
+
+TEST_F(NamespaceErrors, RemoveAndLink) {
+  Ino d = mk(kRootIno, "d");
+  Ino sub = mk(d, "sub");
+  file(sub, "inner");
+  Ino f = file(d, "f", "data");
+  EXPECT_EQ(err(fs_->unlink(d, "sub")), EISDIR);
+  EXPECT_EQ(err(fs_->rmdir(d, "f")), ENOTDIR);
+  EXPECT_EQ(err(fs_->rmdir(d, "sub")), ENOTEMPTY);
+  EXPECT_EQ(err(fs_->rmdir(d, "missing")), ENOENT);
+  EXPECT_EQ(err(fs_->unlink(d, "missing")), ENOENT);
+  EXPECT_EQ(err(fs_->link(sub, kRootIno, "dirlink")), EPERM);
+  EXPECT_EQ(err(fs_->link(f, d, "sub")), EEXIST);
+  auto st = fs_->link(f, kRootIno, "f2");
+  ASSERT_TRUE(st.ok()) << st.error().message();
+  EXPECT_EQ(st->nlink, 2u);
+  EXPECT_TRUE(fs_->unlink(d, "f").ok());
+  EXPECT_EQ(fs_->stat(f)->nlink, 1u);
+  EXPECT_EQ(fs_->list_directory(sub)->size(), 3u);
+  EXPECT_TRUE(fs_->unlink(sub, "inner").ok());
+  EXPECT_TRUE(fs_->rmdir(d, "sub").ok());
+  EXPECT_EQ(fs_->stat(d)->nlink, 2u);
+  close_and_check();
+}
+
+TEST_F(NamespaceErrors, Rename) {
+  Ino a = mk(kRootIno, "a");
+  Ino b = mk(kRootIno, "b");
+  Ino ab = mk(a, "ab");
+  file(a, "f", "F");
+  file(b, "g", "G");
+  mk(b, "full");
+  file(*fs_->lookup(b, "full"), "x");
+  // A directory cannot move into itself or below itself.
+  EXPECT_EQ(err(fs_->rename(kRootIno, "a", ab, "a2", 0)), EINVAL);
+  EXPECT_EQ(err(fs_->rename(kRootIno, "a", a, "a2", 0)), EINVAL);
+  // Types must match when replacing.
+  EXPECT_EQ(err(fs_->rename(a, "f", kRootIno, "b", 0)), EISDIR);
+  EXPECT_EQ(err(fs_->rename(a, "ab", b, "g", 0)), ENOTDIR);
+  EXPECT_EQ(err(fs_->rename(a, "ab", b, "full", 0)), ENOTEMPTY);
+  EXPECT_EQ(err(fs_->rename(a, "missing", b, "x", 0)), ENOENT);
+  EXPECT_EQ(err(fs_->rename(a, "f", b, "g", kRenameNoReplace)), EEXIST);
+  EXPECT_EQ(err(fs_->rename(a, "f", b, "nothing", kRenameExchange)), ENOENT);
+  EXPECT_EQ(err(fs_->rename(a, "f", b, "g", kRenameNoReplace | kRenameExchange)), EINVAL);
+  // An ancestor of the source cannot be replaced.
+  EXPECT_EQ(err(fs_->rename(ab, "..", kRootIno, "a", 0)), EINVAL);
+  // Exchange swaps; a directory changes parent (and ".." and link counts).
+  ASSERT_TRUE(fs_->rename(a, "ab", b, "g", kRenameExchange).ok());
+  EXPECT_EQ(*fs_->lookup(b, "g"), ab);
+  EXPECT_EQ(*fs_->lookup(ab, ".."), b);
+  EXPECT_EQ(fs_->stat(a)->nlink, 2u);
+  EXPECT_EQ(fs_->stat(b)->nlink, 4u);
+  // Replace a file: the old target is gone.
+  ASSERT_TRUE(fs_->rename(a, "f", a, "ab", 0).ok());
+  EXPECT_EQ(err(fs_->lookup(a, "f")), ENOENT);
+  // Replace an empty directory with a directory.
+  mk(a, "empty");
+  ASSERT_TRUE(fs_->rename(b, "g", a, "empty", 0).ok());
+  EXPECT_EQ(*fs_->lookup(ab, ".."), a);
+  EXPECT_EQ(fs_->stat(a)->nlink, 3u);
+  EXPECT_EQ(fs_->stat(b)->nlink, 3u);
+  close_and_check();
+}
+
+TEST_F(NamespaceErrors, FilesAndSizes) {
+  Ino d = mk(kRootIno, "d");
+  Ino f = file(d, "f", std::string(10000, 'x'));
+  std::vector<std::byte> buf(4);
+  EXPECT_EQ(err(fs_->write(d, 0, bytes_of("x"))), EISDIR);
+  EXPECT_EQ(err(fs_->read(d, 0, buf)), EISDIR);
+  EXPECT_EQ(err(fs_->truncate(d, 0)), EISDIR);
+  // Past the largest file an extent-mapped inode can hold (2^32 blocks).
+  EXPECT_EQ(err(fs_->write(f, (uint64_t{1} << 32) * 4096, bytes_of("x"))), EFBIG);
+  EXPECT_EQ(err(fs_->seek(f, 20000, SEEK_DATA)), ENXIO);
+  EXPECT_EQ(err(fs_->seek(f, 0, SEEK_SET)), EINVAL);
+  // A file with a hole: data at 0 and at 1 MiB.
+  ASSERT_TRUE(fs_->write(f, 1 << 20, bytes_of("tail")).ok());
+  EXPECT_EQ(*fs_->seek(f, 0, SEEK_DATA), 0u);
+  EXPECT_EQ(*fs_->seek(f, 0, SEEK_HOLE), 12288u);
+  EXPECT_EQ(*fs_->seek(f, 20000, SEEK_DATA), uint64_t{1} << 20);
+  EXPECT_EQ(*fs_->seek(f, (1 << 20) + 1, SEEK_HOLE), (1u << 20) + 4);
+  // fallocate modes.
+  EXPECT_EQ(err(fs_->fallocate(f, kFallocPunchHole, 0, 10)), EOPNOTSUPP);
+  EXPECT_EQ(err(fs_->fallocate(f, 0, 0, 0)), EINVAL);
+  ASSERT_TRUE(fs_->fallocate(f, kFallocKeepSize, 2 << 20, 1 << 20).ok());
+  EXPECT_EQ(fs_->stat(f)->size, (1u << 20) + 4);
+  ASSERT_TRUE(fs_->fallocate(f, 0, 4 << 20, 8192).ok());
+  EXPECT_EQ(fs_->stat(f)->size, (4u << 20) + 8192);
+  // Unwritten blocks read as zeros and count as holes.
+  auto n = fs_->read(f, 4 << 20, buf);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(buf[0], std::byte{0});
+  EXPECT_EQ(*fs_->seek(f, 4 << 20, SEEK_HOLE), 4u << 20);
+  ASSERT_TRUE(fs_->fallocate(f, kFallocZeroRange, 100, 5000).ok());
+  std::vector<std::byte> zeros(5000);
+  ASSERT_TRUE(fs_->read(f, 100, zeros).ok());
+  for (auto b : zeros) ASSERT_EQ(b, std::byte{0});
+  ASSERT_TRUE(fs_->read(f, 99, buf).ok());
+  EXPECT_EQ(static_cast<char>(buf[0]), 'x');
+  // setattr.
+  SetAttr attr;
+  attr.mode = 04711;
+  attr.uid = 1000;
+  attr.gid = 100;
+  attr.mtime = Time{12345, 678};
+  auto st = fs_->setattr(f, attr);
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->mode, S_IFREG | 04711u);
+  EXPECT_EQ(st->uid, 1000u);
+  EXPECT_EQ(st->gid, 100u);
+  EXPECT_EQ(st->mtime, (Time{12345, 678}));
+  close_and_check();
+  // The kernel agrees on the sizes, the hole and the times.
+  if (!can_loop_mount()) return;
+  std::string mnt = tmp_.path() + "/mnt";
+  std::filesystem::create_directories(mnt);
+  LoopMount m(image_, mnt, true);
+  ASSERT_TRUE(m.ok()) << m.error();
+  struct stat s {};
+  ASSERT_EQ(::stat((mnt + "/d/f").c_str(), &s), 0);
+  EXPECT_EQ(static_cast<uint64_t>(s.st_size), (4u << 20) + 8192);
+  EXPECT_EQ(s.st_mtim.tv_sec, 12345);
+  EXPECT_EQ(s.st_uid, 1000u);
+  EXPECT_EQ(read_file(mnt + "/d/f").substr((1 << 20), 4), "tail");
+}
+
+TEST_F(NamespaceErrors, ReadOnlyRefusesChanges) {
+  file(kRootIno, "f", "x");
+  close_and_check();
+  auto fs = Filesystem::open(image_, Options{});
+  ASSERT_TRUE(fs.ok());
+  Ino f = *(*fs)->lookup(kRootIno, "f");
+  EXPECT_EQ(err((*fs)->create(kRootIno, "g", 0644, {})), EROFS);
+  EXPECT_EQ(err((*fs)->write(f, 0, bytes_of("y"))), EROFS);
+  EXPECT_EQ(err((*fs)->unlink(kRootIno, "f")), EROFS);
+  EXPECT_EQ(err((*fs)->setxattr(f, "user.a", "b")), EROFS);
+}
+
+TEST_F(NamespaceErrors, XattrsThroughTheApi) {
+  Ino f = file(kRootIno, "f", "x");
+  EXPECT_TRUE(fs_->setxattr(f, "user.small", "v").ok());
+  EXPECT_TRUE(fs_->setxattr(f, "user.big", std::string(2000, 'b')).ok());
+  EXPECT_EQ(err(fs_->setxattr(f, "user.small", "w", XATTR_CREATE)), EEXIST);
+  EXPECT_EQ(err(fs_->setxattr(f, "user.none", "w", XATTR_REPLACE)), ENODATA);
+  EXPECT_EQ(err(fs_->removexattr(f, "user.none")), ENODATA);
+  EXPECT_EQ(*fs_->getxattr(f, "user.big"), std::string(2000, 'b'));
+  EXPECT_TRUE(fs_->removexattr(f, "user.small").ok());
+  EXPECT_EQ(err(fs_->getxattr(f, "user.small")), ENODATA);
+  close_and_check();
+  EXPECT_NE(debugfs(image_, "ea_list /f").find("user.big"), std::string::npos);
+}
+
+TEST_F(NamespaceErrors, LinkCountLimit) {
+  Ino f = file(kRootIno, "f");
+  Ino d = mk(kRootIno, "links");
+  // 65000 links is the most an inode may have.
+  for (int i = 1; i < 65000; ++i) {
+    auto st = fs_->link(f, d, fmt::format("l{}", i));
+    ASSERT_TRUE(st.ok()) << i << ": " << st.error().message();
+  }
+  EXPECT_EQ(err(fs_->link(f, d, "one-too-many")), EMLINK);
+  close_and_check();
+}
+
+// An unlinked file that is still held survives on the orphan list; a crash
+// (the image copied while open, after a commit) leaves it there, and the
+// next read-write open frees it.
+TEST_F(NamespaceErrors, UnlinkedWhileHeldSurvivesAsOrphan) {
+  Ino f = file(kRootIno, "f", std::string(300000, 'o'));
+  uint64_t free_before = fs_->statfs()->free_blocks;
+  fs_->retain(f);
+  ASSERT_TRUE(fs_->unlink(kRootIno, "f").ok());
+  // Still readable and writable through the reference.
+  ASSERT_TRUE(fs_->write(f, 0, bytes_of("still here")).ok());
+  std::vector<std::byte> buf(10);
+  ASSERT_TRUE(fs_->read(f, 0, buf).ok());
+  EXPECT_EQ(std::string(reinterpret_cast<char*>(buf.data()), 10), "still here");
+  ASSERT_TRUE(fs_->sync().ok());
+  std::string crashed = tmp_.path() + "/crashed";
+  copy_file(image_, crashed);
+  EXPECT_EQ(fs_->statfs()->free_blocks, free_before);
+  ASSERT_TRUE(fs_->release(f, 1).ok());
+  EXPECT_GT(fs_->statfs()->free_blocks, free_before + 60);
+  close_and_check();
+  // The crashed copy: e2fsck's own replay and orphan handling agree...
+  FsckOptions by_e2fsck_options;
+  by_e2fsck_options.replay = Replay::kE2fsck;
+  FsckVerdict by_e2fsck = e2fsck_clean(crashed, by_e2fsck_options);
+  EXPECT_TRUE(by_e2fsck.clean) << by_e2fsck.report;
+  // ... and uext's open finishes the orphan.
+  {
+    Options o;
+    o.read_only = false;
+    auto fs = Filesystem::open(crashed, o);
+    ASSERT_TRUE(fs.ok()) << fs.error().message();
+    EXPECT_GT((*fs)->statfs()->free_blocks, free_before + 60);
+    ASSERT_TRUE((*fs)->close().ok());
+  }
+  FsckVerdict v = e2fsck_clean(crashed);
+  EXPECT_TRUE(v.clean) << v.report;
+}
+
+TEST_F(NamespaceErrors, StatfsAgreesWithTheKernel) {
+  for (int i = 0; i < 20; ++i) file(kRootIno, fmt::format("f{}", i), std::string(50000, 'z'));
+  auto st = fs_->statfs();
+  ASSERT_TRUE(st.ok());
+  close_and_check();
+  if (!can_loop_mount()) return;
+  std::string mnt = tmp_.path() + "/mnt";
+  std::filesystem::create_directories(mnt);
+  LoopMount m(image_, mnt, true);
+  ASSERT_TRUE(m.ok()) << m.error();
+  std::string out = run_ok({"stat", "-f", "-c", "%S %b %f %a %c %d", mnt});
+  EXPECT_EQ(out, fmt::format("{} {} {} {} {} {}\n", st->block_size, st->blocks, st->free_blocks,
+                             st->available_blocks, st->files, st->free_files));
+}
+
+}  // namespace
+}  // namespace uext::testing
