@@ -73,6 +73,61 @@ std::unique_ptr<Filesystem> open_image(const ImageOptions& opts) {
   return std::move(fs).value();
 }
 
+std::unique_ptr<Filesystem> open_image_rw(const std::string& image) {
+  Options o;
+  o.read_only = false;
+  auto fs = Filesystem::open(image, o);
+  if (!fs) {
+    const Error& err = fs.error();
+    std::string prefix = image + ": ";
+    if (err.message().starts_with(prefix)) {
+      report_error(image, Error(err.code(), err.message().substr(prefix.size())));
+    } else {
+      report_error(image, err);
+    }
+    return nullptr;
+  }
+  if ((*fs)->info().read_only) {
+    // An ro_compat feature uext cannot write: say which, rather than
+    // failing later with a bare EROFS on the first change.
+    std::string why = (*fs)->info().read_only_reason;
+    report({image, "cannot open read-write", why.empty() ? describe_errno(EROFS) : why});
+    return nullptr;
+  }
+  return std::move(fs).value();
+}
+
+int close_image(std::unique_ptr<Filesystem> fs, const std::string& image, int rc) {
+  if (!fs) return rc;
+  Status st = fs->close();
+  if (!st) {
+    report({image, "cannot close the image cleanly", describe(st.error())});
+    return kExitFailure;
+  }
+  return rc;
+}
+
+std::string trim_trailing_slashes(std::string_view path) {
+  while (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  return std::string(path);
+}
+
+Result<ParentAndName> resolve_parent(Filesystem& fs, std::string_view path) {
+  ParentAndName out;
+  out.path = trim_trailing_slashes(absolute_image_path(path));
+  if (out.path == "/") return Error(EINVAL, "the root directory has no parent");
+  auto slash = out.path.rfind('/');
+  out.name = out.path.substr(slash + 1);
+  if (out.name == "." || out.name == "..") {
+    return Error(EINVAL, "a path may not end in \".\" or \"..\" here");
+  }
+  std::string parent = slash == 0 ? "/" : out.path.substr(0, slash);
+  auto dir = fs.resolve(parent, true);
+  if (!dir) return dir.error();
+  out.dir = *dir;
+  return out;
+}
+
 std::string absolute_image_path(std::string_view path) {
   if (!path.empty() && path.front() == '/') return std::string(path);
   return "/" + std::string(path);
@@ -174,6 +229,11 @@ void add_image_options(CLI::App* sub, ImageOptions& opts) {
       ->required();
   sub->add_flag("--no-checksums", opts.no_checksums,
                 "Do not verify metadata checksums (to salvage data from a damaged image)");
+}
+
+void add_image_rw_option(CLI::App* sub, std::string& image) {
+  sub->add_option("IMG", image, "Image file or block device holding the filesystem (opened read-write)")
+      ->required();
 }
 
 }  // namespace uext::cli

@@ -38,6 +38,25 @@ void warn(std::initializer_list<std::string_view> parts);
 
 // Opens the image read-only; reports the failure and returns null on error.
 std::unique_ptr<Filesystem> open_image(const ImageOptions& opts);
+// Opens the image read-write (replaying its journal if needed), as the
+// commands that change an image do; null (reported) on error.
+std::unique_ptr<Filesystem> open_image_rw(const std::string& image);
+// Closes a read-write image so that it is clean with nothing to replay.
+// Returns `rc`, or kExitFailure (reported) when the close failed.
+int close_image(std::unique_ptr<Filesystem> fs, const std::string& image, int rc);
+
+// An image path split into its parent directory (resolved, symlinks
+// followed) and the last component. Fails with the parent's resolve error
+// (callers name the whole path, as mkdir(1) does), or EINVAL for the root
+// and for "." or ".." as the last component.
+struct ParentAndName {
+  Ino dir = 0;
+  std::string name;
+  std::string path;  // the normalised absolute path
+};
+Result<ParentAndName> resolve_parent(Filesystem& fs, std::string_view path);
+// The path without trailing slashes ("/" stays).
+std::string trim_trailing_slashes(std::string_view path);
 
 // Image paths are absolute; a relative one is taken from the root.
 std::string absolute_image_path(std::string_view path);
@@ -74,11 +93,15 @@ struct Command {
 
 // Adds the IMG positional (first) and --no-checksums to a subcommand.
 void add_image_options(CLI::App* sub, ImageOptions& opts);
+// Adds only the IMG positional: commands that write verify checksums always.
+void add_image_rw_option(CLI::App* sub, std::string& image);
 
 Command add_info_command(CLI::App& parent);
 Command add_ls_command(CLI::App& parent);
 Command add_cat_command(CLI::App& parent);
 Command add_stat_command(CLI::App& parent);
 Command add_get_command(CLI::App& parent);
+Command add_put_command(CLI::App& parent);      // cmd_put.cc
+std::vector<Command> add_edit_commands(CLI::App& parent);  // cmd_edit.cc
 
 }  // namespace uext::cli

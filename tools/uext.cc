@@ -28,7 +28,7 @@ int usage_error(const std::string& message) {
 }
 
 int run(int argc, char** argv) {
-  CLI::App app{"uext: read and create ext2/ext3/ext4 filesystem images without mounting them", "uext"};
+  CLI::App app{"uext: read, create and change ext2/ext3/ext4 filesystem images without mounting them", "uext"};
   app.set_version_flag("--version", std::string("uext ") + kVersion);
   app.require_subcommand(1);
   app.footer(kFooter);
@@ -37,7 +37,9 @@ int run(int argc, char** argv) {
       uext::cli::add_info_command(app), uext::cli::add_ls_command(app),
       uext::cli::add_cat_command(app),  uext::cli::add_stat_command(app),
       uext::cli::add_get_command(app),  uext::cli::add_mkfs_command(app),
+      uext::cli::add_put_command(app),
   };
+  for (auto& c : uext::cli::add_edit_commands(app)) commands.push_back(std::move(c));
 
   if (argc <= 1) {
     std::cerr << app.help();
