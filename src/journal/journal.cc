@@ -1,5 +1,6 @@
 #include "journal/journal.h"
 
+#include <algorithm>
 #include <fmt/format.h>
 
 #include <chrono>
@@ -189,7 +190,13 @@ Status Journal::record_revoke(Handle& h, uint64_t block) {
 void Journal::stop_handle(Handle& h) {
   {
     std::lock_guard lock(mu_);
-    if (Transaction* tx = transaction_of(h.tid_)) tx->open_handles--;
+    if (Transaction* tx = transaction_of(h.tid_)) {
+      tx->open_handles--;
+      // Credits the handle did not use go back, as jbd2 does: what stays
+      // counted is the blocks it changed, so worst-case estimates do not
+      // fill a transaction with a few operations.
+      tx->credits -= h.credits_ - std::min(h.used_, h.credits_);
+    }
   }
   changed_.notify_all();
 }
