@@ -1,0 +1,683 @@
+// Crash consistency of uext's write path: a workload of creates, renames,
+// appends, overwrites, truncates, links, directory growth and allocation
+// across groups runs through the public API on a RecordingDevice; every
+// flush boundary and many subsets (some torn) of the writes in flight
+// between flushes become crash images. Each one is opened read-write by uext
+// (journal replay, orphan list), closed, and must then be e2fsck -fn clean
+// and hold what the workload's last completed fsync made durable.
+//
+// The oracle is stronger than "fsynced data is there": metadata must equal
+// the model after some prefix of the operations issued between the last
+// fsync before the crash and the next one (a journal commits operations in
+// order, all of each or none), and every 512-byte sector of every file must
+// equal that sector in one of the file's versions from the same window
+// (in-place overwrites are not journaled, so they may land in any mix, but
+// never as bytes the file never held).
+//
+// UEXT_CRASH_STATES sets the total number of states (default 5200);
+// UEXT_CRASH_WORKERS the checking threads; UEXT_CRASH_SEED, UEXT_CRASH_STATE
+// and UEXT_CRASH_KEEP work as in support/crash.h.
+#include <sys/stat.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "support/crash.h"
+#include "support/images.h"
+#include "support/process.h"
+#include "support/tree.h"
+#include "uext/filesystem.h"
+
+namespace uext::testing {
+namespace {
+
+uint64_t env_or(const char* name, uint64_t fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::strtoull(v, nullptr, 0) : fallback;
+}
+
+// ------------------------------------------------------------ the model
+
+// The tree the workload believes it made. File contents are shared between
+// snapshots (one snapshot per operation), so keeping them all is cheap.
+struct Model {
+  std::set<std::string> dirs = {""};                  // "" is the root
+  std::map<std::string, int> files;                   // path -> file id (hard links share one)
+  std::map<std::string, std::string> symlinks;        // path -> target
+  std::map<int, std::shared_ptr<const std::string>> data;  // file id -> contents
+};
+
+std::string parent_of(const std::string& p) {
+  auto s = p.rfind('/');
+  return s == std::string::npos ? "" : p.substr(0, s);
+}
+std::string name_of(const std::string& p) {
+  auto s = p.rfind('/');
+  return s == std::string::npos ? p : p.substr(s + 1);
+}
+std::string join(const std::string& dir, const std::string& name) { return dir.empty() ? name : dir + "/" + name; }
+
+std::span<const std::byte> bytes_of(const std::string& s) { return std::as_bytes(std::span(s)); }
+
+struct ImageSpec {
+  std::string name;
+  std::vector<std::string> mkfs;  // mke2fs arguments before the image path
+  std::string size;
+  bool journaled = true;
+  bool extents = true;
+  uint32_t block_size = 4096;
+  uint64_t big_write = 0;  // bytes of the occasional large append (crosses groups)
+  double share = 0.3;      // of UEXT_CRASH_STATES
+};
+
+// What the workload recorded: a snapshot after each operation, and for
+// each durability mark the snapshot it made durable.
+struct History {
+  std::vector<Model> snaps;
+  std::vector<size_t> mark_snap;  // mark i ("m<i>") -> snapshot index
+  std::vector<std::string> ops;   // description of the op that made snaps[i] (i >= 1)
+};
+
+class Workload {
+ public:
+  Workload(Filesystem& fs, CrashHarness& h, const ImageSpec& spec, uint64_t seed)
+      : fs_(fs), h_(h), spec_(spec), rng_(seed) {
+    hist_.snaps.push_back(m_);
+    hist_.ops.push_back("start");
+  }
+
+  History take() { return std::move(hist_); }
+
+  // `ops` random operations, an fsync or sync every few.
+  Status run(int ops) {
+    for (int i = 0; i < ops; ++i) {
+      UEXT_TRY(step());
+      if (rng_.below(4) == 0) UEXT_TRY(durable_point());
+    }
+    return durable_point();
+  }
+
+  Status durable_point() {
+    if (rng_.below(3) == 0 || m_.files.empty()) {
+      UEXT_TRY(fs_.sync());
+    } else {
+      auto it = m_.files.begin();
+      std::advance(it, static_cast<long>(rng_.below(m_.files.size())));
+      UEXT_ASSIGN_OR_RETURN(Ino ino, ino_of(it->first));
+      UEXT_TRY(fs_.fsync(ino, rng_.below(2) == 0));
+    }
+    mark();
+    return {};
+  }
+
+  // After close(): everything must be there.
+  void mark() {
+    h_.mark_durable("m" + std::to_string(hist_.mark_snap.size()));
+    hist_.mark_snap.push_back(hist_.snaps.size() - 1);
+  }
+
+ private:
+  Result<Ino> ino_of(const std::string& path) {
+    auto r = fs_.resolve("/" + path, false);
+    if (!r.ok()) return Error(r.error().code(), "resolve /" + path + ": " + r.error().message());
+    return r;
+  }
+  void snap(std::string what) {
+    hist_.snaps.push_back(m_);
+    hist_.ops.push_back(std::move(what));
+  }
+  template <class C>
+  std::string pick(const C& c) {
+    auto it = c.begin();
+    std::advance(it, static_cast<long>(rng_.below(c.size())));
+    if constexpr (requires { it->first; }) {
+      return it->first;
+    } else {
+      return *it;
+    }
+  }
+  std::string random_bytes(size_t n) {
+    // Each write gets a fresh tag so every version of a sector differs.
+    std::string s = rng_.bytes(n);
+    return s;
+  }
+  uint64_t total_bytes() const {
+    uint64_t t = 0;
+    for (const auto& [id, d] : m_.data) t += d->size();
+    return t;
+  }
+  bool is_ancestor(const std::string& a, const std::string& d) const {
+    return a.empty() || d == a || d.rfind(a + "/", 0) == 0;
+  }
+  void set_data(int id, std::string s) { m_.data[id] = std::make_shared<const std::string>(std::move(s)); }
+  void drop_if_unlinked(int id) {
+    for (const auto& [p, i] : m_.files)
+      if (i == id) return;
+    m_.data.erase(id);
+  }
+
+  Status do_create(const std::string& dir) {
+    std::string path = join(dir, fmt::format("f{}", next_++));
+    UEXT_ASSIGN_OR_RETURN(Ino d, ino_of(dir));
+    UEXT_TRY(fs_.create(d, name_of(path), 0644, {}));
+    int id = next_id_++;
+    m_.files[path] = id;
+    set_data(id, "");
+    snap("create " + path);
+    uint64_t n = rng_.below(3 * spec_.block_size + 1);
+    if (n) UEXT_TRY(do_write(path, 0, n));
+    return {};
+  }
+
+  Status do_write(const std::string& path, uint64_t off, uint64_t n) {
+    UEXT_ASSIGN_OR_RETURN(Ino ino, ino_of(path));
+    std::string buf = random_bytes(n);
+    UEXT_ASSIGN_OR_RETURN(size_t w, fs_.write(ino, off, bytes_of(buf)));
+    if (w != n) return Error(EIO, fmt::format("write {}: {} of {} bytes", path, w, n));
+    int id = m_.files.at(path);
+    std::string d = *m_.data.at(id);
+    if (d.size() < off + n) d.resize(off + n, '\0');
+    std::memcpy(d.data() + off, buf.data(), n);
+    set_data(id, std::move(d));
+    snap(fmt::format("write {} [{}, +{})", path, off, n));
+    return {};
+  }
+
+  Status step() {
+    const bool full = total_bytes() > budget();
+    const uint64_t bs = spec_.block_size;
+    std::vector<std::string> dirs(m_.dirs.begin(), m_.dirs.end());
+    std::erase(dirs, "lost+found");
+    uint64_t r = rng_.below(100);
+    if (m_.files.size() < 3) r = 0;
+    if (full && r < 40) r = 60;  // delete or truncate instead of growing
+    if (r < 14) return do_create(dirs[rng_.below(dirs.size())]);
+    if (r < 30) {  // append
+      std::string p = pick(m_.files);
+      uint64_t size = m_.data.at(m_.files.at(p))->size();
+      uint64_t n = 1 + rng_.below(rng_.below(4) == 0 ? 6 * bs : bs);
+      return do_write(p, size, n);
+    }
+    if (r < 32 && spec_.big_write) {  // a large append: runs across block groups
+      std::string p = pick(m_.files);
+      uint64_t size = m_.data.at(m_.files.at(p))->size();
+      return do_write(p, size, spec_.big_write + rng_.below(bs));
+    }
+    if (r < 40) {  // overwrite in place (plus maybe a little past the end)
+      std::string p = pick(m_.files);
+      uint64_t size = m_.data.at(m_.files.at(p))->size();
+      if (size == 0) return do_write(p, 0, 1 + rng_.below(bs));
+      uint64_t off = rng_.below(size);
+      return do_write(p, off, 1 + rng_.below(std::min<uint64_t>(size - off + 100, 3 * bs)));
+    }
+    if (r < 46) {  // directory growth: a burst of entries in one directory
+      std::string dir = dirs[rng_.below(dirs.size())];
+      UEXT_ASSIGN_OR_RETURN(Ino d, ino_of(dir));
+      int n = 20 + static_cast<int>(rng_.below(60));
+      for (int i = 0; i < n; ++i) {
+        std::string path = join(dir, fmt::format("entry-with-a-fairly-long-name-to-fill-blocks-{:06}", next_++));
+        UEXT_TRY(fs_.create(d, name_of(path), 0644, {}));
+        int id = next_id_++;
+        m_.files[path] = id;
+        set_data(id, "");
+        snap("create " + path);
+      }
+      return {};
+    }
+    if (r < 55) {  // truncate, down mostly
+      std::string p = pick(m_.files);
+      int id = m_.files.at(p);
+      uint64_t size = m_.data.at(id)->size();
+      uint64_t to = rng_.below(4) == 0 ? size + rng_.below(2 * bs) : rng_.below(size + 1);
+      UEXT_ASSIGN_OR_RETURN(Ino ino, ino_of(p));
+      UEXT_TRY(fs_.truncate(ino, to));
+      std::string d = *m_.data.at(id);
+      d.resize(to, '\0');
+      set_data(id, std::move(d));
+      snap(fmt::format("truncate {} {}", p, to));
+      return {};
+    }
+    if (r < 66) {  // rename a file, maybe over another, maybe to another directory
+      std::string from = pick(m_.files);
+      std::string to;
+      if (rng_.below(3) == 0 && m_.files.size() > 1) {
+        to = pick(m_.files);
+      } else {
+        to = join(dirs[rng_.below(dirs.size())], fmt::format("r{}", next_++));
+      }
+      if (to == from) return {};
+      UEXT_ASSIGN_OR_RETURN(Ino fd, ino_of(parent_of(from)));
+      UEXT_ASSIGN_OR_RETURN(Ino td, ino_of(parent_of(to)));
+      UEXT_TRY(fs_.rename(fd, name_of(from), td, name_of(to), 0));
+      int id = m_.files.at(from);
+      int old = m_.files.count(to) ? m_.files.at(to) : -1;
+      m_.files.erase(from);
+      m_.files[to] = id;
+      // Renaming one hard link over another of the same inode removes
+      // nothing in POSIX... but both names are the same inode: rename(2)
+      // then does nothing at all.
+      if (old == id) {
+        m_.files[from] = id;
+      } else if (old >= 0) {
+        drop_if_unlinked(old);
+      }
+      snap("rename " + from + " -> " + to);
+      return {};
+    }
+    if (r < 69 && dirs.size() > 2) {  // move a directory elsewhere
+      std::string from = dirs[rng_.below(dirs.size())];
+      if (from.empty()) return {};
+      std::string dest_dir = dirs[rng_.below(dirs.size())];
+      if (is_ancestor(from, dest_dir)) return {};
+      std::string to = join(dest_dir, fmt::format("d{}", next_++));
+      UEXT_ASSIGN_OR_RETURN(Ino fd, ino_of(parent_of(from)));
+      UEXT_ASSIGN_OR_RETURN(Ino td, ino_of(dest_dir));
+      UEXT_TRY(fs_.rename(fd, name_of(from), td, name_of(to), 0));
+      auto move = [&](const std::string& p) { return to + p.substr(from.size()); };
+      Model n = m_;
+      n.dirs.clear();
+      n.files.clear();
+      n.symlinks.clear();
+      for (const auto& d : m_.dirs) n.dirs.insert(is_ancestor(from, d) ? move(d) : d);
+      for (const auto& [p, id] : m_.files) n.files[is_ancestor(from, p) ? move(p) : p] = id;
+      for (const auto& [p, t] : m_.symlinks) n.symlinks[is_ancestor(from, p) ? move(p) : p] = t;
+      m_ = std::move(n);
+      snap("rename dir " + from + " -> " + to);
+      return {};
+    }
+    if (r < 80) {  // unlink
+      std::string p = pick(m_.files);
+      UEXT_ASSIGN_OR_RETURN(Ino d, ino_of(parent_of(p)));
+      UEXT_TRY(fs_.unlink(d, name_of(p)));
+      int id = m_.files.at(p);
+      m_.files.erase(p);
+      drop_if_unlinked(id);
+      snap("unlink " + p);
+      return {};
+    }
+    if (r < 84) {  // hard link
+      std::string p = pick(m_.files);
+      std::string to = join(dirs[rng_.below(dirs.size())], fmt::format("l{}", next_++));
+      UEXT_ASSIGN_OR_RETURN(Ino ino, ino_of(p));
+      UEXT_ASSIGN_OR_RETURN(Ino d, ino_of(parent_of(to)));
+      UEXT_TRY(fs_.link(ino, d, name_of(to)));
+      m_.files[to] = m_.files.at(p);
+      snap("link " + p + " " + to);
+      return {};
+    }
+    if (r < 87) {  // symlink, fast or slow
+      std::string to = join(dirs[rng_.below(dirs.size())], fmt::format("s{}", next_++));
+      std::string target = rng_.below(2) ? "short/target" : std::string(100 + rng_.below(300), 'x');
+      UEXT_ASSIGN_OR_RETURN(Ino d, ino_of(parent_of(to)));
+      UEXT_TRY(fs_.symlink(d, name_of(to), target, {}));
+      m_.symlinks[to] = target;
+      snap("symlink " + to);
+      return {};
+    }
+    if (r < 92) {  // mkdir
+      std::string to = join(dirs[rng_.below(dirs.size())], fmt::format("d{}", next_++));
+      UEXT_ASSIGN_OR_RETURN(Ino d, ino_of(parent_of(to)));
+      UEXT_TRY(fs_.mkdir(d, name_of(to), 0755, {}));
+      m_.dirs.insert(to);
+      snap("mkdir " + to);
+      return {};
+    }
+    if (r < 95) {  // rmdir of an empty directory, emptying it first
+      std::string dir = dirs[rng_.below(dirs.size())];
+      if (dir.empty()) return {};
+      for (const auto& d : m_.dirs)
+        if (d != dir && is_ancestor(dir, d)) return {};  // has subdirectories
+      std::vector<std::string> inside;
+      for (const auto& [p, id] : m_.files)
+        if (parent_of(p) == dir) inside.push_back(p);
+      for (const auto& [p, t] : m_.symlinks)
+        if (parent_of(p) == dir) inside.push_back(p);
+      UEXT_ASSIGN_OR_RETURN(Ino d, ino_of(dir));
+      for (const auto& p : inside) {
+        UEXT_TRY(fs_.unlink(d, name_of(p)));
+        if (m_.files.count(p)) {
+          int id = m_.files.at(p);
+          m_.files.erase(p);
+          drop_if_unlinked(id);
+        } else {
+          m_.symlinks.erase(p);
+        }
+        snap("unlink " + p);
+      }
+      UEXT_ASSIGN_OR_RETURN(Ino pd, ino_of(parent_of(dir)));
+      UEXT_TRY(fs_.rmdir(pd, name_of(dir)));
+      m_.dirs.erase(dir);
+      snap("rmdir " + dir);
+      return {};
+    }
+    if (r < 98 && spec_.extents) {  // punch a hole
+      std::string p = pick(m_.files);
+      int id = m_.files.at(p);
+      uint64_t size = m_.data.at(id)->size();
+      if (size < 2 * bs) return {};
+      uint64_t off = rng_.below(size);
+      uint64_t len = 1 + rng_.below(size - off);
+      UEXT_ASSIGN_OR_RETURN(Ino ino, ino_of(p));
+      UEXT_TRY(fs_.fallocate(ino, kFallocPunchHole | kFallocKeepSize, off, len));
+      std::string d = *m_.data.at(id);
+      std::memset(d.data() + off, 0, len);
+      set_data(id, std::move(d));
+      snap(fmt::format("punch {} [{}, +{})", p, off, len));
+      return {};
+    }
+    // Remove a symlink.
+    if (m_.symlinks.empty()) return {};
+    std::string p = pick(m_.symlinks);
+    UEXT_ASSIGN_OR_RETURN(Ino d, ino_of(parent_of(p)));
+    UEXT_TRY(fs_.unlink(d, name_of(p)));
+    m_.symlinks.erase(p);
+    snap("unlink " + p);
+    return {};
+  }
+
+  uint64_t budget() const { return image_bytes_ / 3; }
+
+ public:
+  uint64_t image_bytes_ = 16u << 20;
+
+ private:
+  Filesystem& fs_;
+  CrashHarness& h_;
+  const ImageSpec& spec_;
+  Rng rng_;
+  Model m_;
+  History hist_;
+  int next_ = 0;
+  int next_id_ = 0;
+};
+
+// ------------------------------------------------------------ the check
+
+struct Seen {
+  char type = 0;  // 'd', 'f', 'l'
+  Ino ino = 0;
+  uint64_t size = 0;
+  uint32_t nlink = 0;
+  std::string data;  // file contents or symlink target
+};
+
+Status walk(Filesystem& fs, Ino dir, const std::string& path, std::map<std::string, Seen>& out) {
+  UEXT_ASSIGN_OR_RETURN(auto entries, fs.list_directory(dir));
+  for (const auto& e : entries) {
+    if (e.name == "." || e.name == "..") continue;
+    std::string p = join(path, e.name);
+    if (p == "lost+found") continue;
+    UEXT_ASSIGN_OR_RETURN(Stat st, fs.stat(e.ino));
+    Seen s;
+    s.ino = e.ino;
+    s.size = st.size;
+    s.nlink = st.nlink;
+    if (S_ISDIR(st.mode)) {
+      s.type = 'd';
+      out[p] = s;
+      UEXT_TRY(walk(fs, e.ino, p, out));
+      continue;
+    }
+    if (S_ISLNK(st.mode)) {
+      s.type = 'l';
+      UEXT_ASSIGN_OR_RETURN(s.data, fs.readlink(e.ino));
+    } else if (S_ISREG(st.mode)) {
+      s.type = 'f';
+      s.data.resize(st.size);
+      UEXT_ASSIGN_OR_RETURN(size_t n, fs.read(e.ino, 0, std::as_writable_bytes(std::span(s.data))));
+      if (n != st.size) return Error(EIO, fmt::format("{}: read {} of {} bytes", p, n, st.size));
+    } else {
+      return Error(EUCLEAN, fmt::format("{}: unexpected mode {:o}", p, st.mode));
+    }
+    out[p] = std::move(s);
+  }
+  return {};
+}
+
+// "" when the image's namespace (names, types, sizes, link structure)
+// equals the model's.
+std::string namespace_difference(const std::map<std::string, Seen>& seen, const Model& m) {
+  size_t expected = (m.dirs.size() - 1) + m.files.size() + m.symlinks.size();
+  std::string diff;
+  auto note = [&](std::string s) {
+    if (diff.size() < 600) diff += s + "; ";
+  };
+  for (const auto& d : m.dirs)
+    if (!d.empty() && (!seen.count(d) || seen.at(d).type != 'd')) note("dir " + d + " missing");
+  for (const auto& [p, t] : m.symlinks)
+    if (!seen.count(p) || seen.at(p).type != 'l' || seen.at(p).data != t) note("symlink " + p + " missing or wrong");
+  std::map<int, Ino> ino_of_id;
+  std::map<Ino, int> id_of_ino;
+  std::map<int, uint32_t> links;
+  for (const auto& [p, id] : m.files) ++links[id];
+  for (const auto& [p, id] : m.files) {
+    auto it = seen.find(p);
+    if (it == seen.end() || it->second.type != 'f') {
+      note("file " + p + " missing");
+      continue;
+    }
+    const Seen& s = it->second;
+    if (s.size != m.data.at(id)->size()) note(fmt::format("file {} size {} != {}", p, s.size, m.data.at(id)->size()));
+    if (s.nlink != links[id]) note(fmt::format("file {} nlink {} != {}", p, s.nlink, links[id]));
+    auto [a, fresh_a] = ino_of_id.emplace(id, s.ino);
+    auto [b, fresh_b] = id_of_ino.emplace(s.ino, id);
+    if (a->second != s.ino || b->second != id) note("file " + p + ": hard links differ");
+  }
+  if (seen.size() != expected) {
+    for (const auto& [p, s] : seen)
+      if (!m.dirs.count(p) && !m.files.count(p) && !m.symlinks.count(p)) note("unexpected " + p);
+  }
+  return diff;
+}
+
+// Every sector of every file equals that sector of some version of the
+// file in `versions` (bytes past a version's end count as zeros).
+std::string content_difference(const std::map<std::string, Seen>& seen, const Model& m,
+                               const std::map<int, std::vector<std::shared_ptr<const std::string>>>& versions) {
+  for (const auto& [p, id] : m.files) {
+    const std::string& got = seen.at(p).data;
+    const auto& vs = versions.at(id);
+    for (size_t off = 0; off < got.size(); off += 512) {
+      size_t n = std::min<size_t>(512, got.size() - off);
+      bool ok = false;
+      for (const auto& v : vs) {
+        bool same = true;
+        for (size_t i = 0; i < n && same; ++i) {
+          char want = off + i < v->size() ? (*v)[off + i] : '\0';
+          same = got[off + i] == want;
+        }
+        if (same) {
+          ok = true;
+          break;
+        }
+      }
+      if (!ok) {
+        return fmt::format("file {}: bytes [{}, {}) match none of its {} versions since the last fsync{}", p, off,
+                           off + n, vs.size(), vs.size() == 1 ? " (it was not changed since: must be exact)" : "");
+      }
+    }
+  }
+  return "";
+}
+
+struct Counters {
+  std::atomic<uint64_t> states{0}, fsck_runs{0}, both_replays{0}, needed_recovery{0}, prefix_not_last{0};
+};
+
+// Checks one crash state against the history.
+std::vector<std::string> check_state(const CrashCheckContext& c, const History& hist, const ImageSpec& spec,
+                                     Counters& counters) {
+  std::vector<std::string> problems;
+  ++counters.states;
+  const bool needs = has_needs_recovery(c.image);
+  if (needs) ++counters.needed_recovery;
+  // On a sample, e2fsck's replay too: it must be clean and agree with
+  // uext's block for block.
+  if (spec.journaled && needs && std::hash<std::string>{}(c.id) % 8 == 0) {
+    FsckVerdict both = e2fsck_clean(c.image, {.replay = Replay::kBoth});
+    counters.fsck_runs += 2;
+    ++counters.both_replays;
+    if (!both.clean) problems.push_back("replays by uext and by e2fsck: " + both.report);
+  }
+  {
+    Options o;
+    o.read_only = false;
+    o.commit_interval_ms = 0;
+    auto fs = Filesystem::open(c.image, o);
+    if (!fs.ok()) {
+      problems.push_back("uext read-write open (replay): " + fs.error().message());
+      return problems;
+    }
+    Status closed = (*fs)->close();
+    if (!closed.ok()) problems.push_back("uext close after replay: " + closed.error().message());
+  }
+  if (has_needs_recovery(c.image)) problems.push_back("needs_recovery still set after uext open and close");
+  FsckVerdict v = e2fsck_clean(c.image, {.replay = Replay::kNone});
+  ++counters.fsck_runs;
+  if (!v.clean) problems.push_back("after uext's replay and close: " + v.report);
+
+  auto fs = Filesystem::open(c.image, {});
+  if (!fs.ok()) {
+    problems.push_back("uext read-only open: " + fs.error().message());
+    return problems;
+  }
+  std::map<std::string, Seen> seen;
+  Status walked = walk(**fs, kRootIno, "", seen);
+  if (!walked.ok()) {
+    problems.push_back("walking the tree: " + walked.error().message());
+    return problems;
+  }
+
+  // The window: from the snapshot the last completed mark made durable to
+  // the one the next mark would.
+  size_t lo = 0, hi = hist.snaps.size() - 1;
+  for (size_t i = 0; i < hist.mark_snap.size(); ++i) {
+    if (c.must_hold("m" + std::to_string(i))) {
+      lo = hist.mark_snap[i];
+    } else {
+      hi = hist.mark_snap[i];
+      break;
+    }
+  }
+  std::map<int, std::vector<std::shared_ptr<const std::string>>> versions;
+  for (size_t k = lo; k <= hi; ++k) {
+    for (const auto& [id, d] : hist.snaps[k].data) {
+      auto& vs = versions[id];
+      if (vs.empty() || *vs.back() != *d) vs.push_back(d);
+    }
+  }
+  std::string first_content;
+  for (size_t k = hi + 1; k-- > lo;) {
+    if (!namespace_difference(seen, hist.snaps[k]).empty()) continue;
+    std::string cd = content_difference(seen, hist.snaps[k], versions);
+    if (cd.empty()) {
+      if (k != lo && k != hi) ++counters.prefix_not_last;
+      return problems;
+    }
+    if (first_content.empty()) first_content = fmt::format("namespace matches after op {} ({}) but {}", k,
+                                                           hist.ops[k], cd);
+  }
+  if (!first_content.empty()) {
+    problems.push_back(first_content);
+  } else {
+    problems.push_back(fmt::format(
+        "the tree matches no prefix of ops {}..{} ({} .. {}); against the durable one: {}", lo, hi, hist.ops[lo],
+        hist.ops[hi], namespace_difference(seen, hist.snaps[lo])));
+  }
+  return problems;
+}
+
+// ------------------------------------------------------------ the suite
+
+std::vector<ImageSpec> specs() {
+  return {
+      // Default ext4 (metadata_csum, 64bit, flex_bg) with 4 KiB blocks.
+      {"ext4_4k", {"-t", "ext4", "-b", "4096"}, "32M", true, true, 4096, 0, 0.32},
+      // 1 KiB blocks in 1 MiB groups: 16 groups, so big appends and
+      // directories spread across groups.
+      {"ext4_1k_groups", {"-t", "ext4", "-b", "1024", "-g", "1024"}, "16M", true, true, 1024, 1300 * 1024, 0.32},
+      // ext3: indirect block maps, no metadata checksums.
+      {"ext3_1k", {"-t", "ext3", "-b", "1024", "-g", "2048"}, "16M", true, false, 1024, 600 * 1024, 0.32},
+      // ext2 has no journal: only states at flush boundaries make sense.
+      {"ext2_4k", {"-t", "ext2", "-b", "4096"}, "16M", false, false, 4096, 0, 0.04},
+  };
+}
+
+class Crash : public ::testing::TestWithParam<ImageSpec> {};
+
+TEST_P(Crash, EveryStateIsCleanAndHoldsWhatWasFsynced) {
+  const ImageSpec& spec = GetParam();
+  const auto started = std::chrono::steady_clock::now();
+  TempDir tmp;
+  std::string base = tmp / "base.img";
+  std::vector<std::string> argv = {"mke2fs", "-F", "-q"};
+  argv.insert(argv.end(), spec.mkfs.begin(), spec.mkfs.end());
+  argv.push_back(base);
+  argv.push_back(spec.size);
+  run_ok(argv);
+
+  const uint64_t total = env_or("UEXT_CRASH_STATES", 5200);
+  const uint64_t states = std::max<uint64_t>(50, static_cast<uint64_t>(total * spec.share));
+  const int ops = static_cast<int>(env_or("UEXT_CRASH_OPS", 220) * std::max<uint64_t>(1, total / 5200));
+  CrashOptions opts;
+  opts.max_states = states;
+  opts.workers = static_cast<int>(env_or("UEXT_CRASH_WORKERS", 3));
+  opts.time_budget = std::chrono::seconds(env_or("UEXT_CRASH_SECONDS", 1800));
+  if (spec.journaled) {
+    opts.exhaustive_writes = 4;
+    opts.random_states_per_epoch = 1000;  // the cap decides
+    opts.tear_probability = 0.15;
+  } else {
+    opts.exhaustive_writes = 0;
+    opts.random_states_per_epoch = 0;
+  }
+  CrashHarness h(base, opts);
+  History hist;
+  Status recorded = h.record([&](CrashHarness& hh) -> Status {
+    Options o;
+    o.read_only = false;
+    o.commit_interval_ms = 0;
+    UEXT_ASSIGN_OR_RETURN(auto fs, Filesystem::open(hh.borrow_device(), o));
+    Workload w(*fs, hh, spec, env_or("UEXT_CRASH_WORKLOAD_SEED", 12345));
+    w.image_bytes_ = hh.device().size();
+    Status st = w.run(ops);
+    Status closed = fs->close();
+    if (st.ok() && closed.ok()) w.mark();
+    hist = w.take();
+    UEXT_TRY(st);
+    return closed;
+  });
+  ASSERT_TRUE(recorded.ok()) << recorded.error().message();
+  const io::IoLog& log = h.log();
+  Counters counters;
+  CrashReport r = h.check([&](const CrashCheckContext& c) { return check_state(c, hist, spec, counters); });
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  std::string line = fmt::format(
+      "{}: {} ops, {} marks, {} writes, {} flushes; {} crash states checked of {} planned ({} more not planned), "
+      "{} needed recovery, {} replayed by both uext and e2fsck, {} e2fsck runs, {} matched a mid-window prefix; "
+      "{:.1f} s",
+      spec.name, hist.snaps.size() - 1, hist.mark_snap.size(), log.total_writes(), log.flushes(), r.checked,
+      r.planned, r.skipped_by_cap, counters.needed_recovery.load(), counters.both_replays.load(),
+      counters.fsck_runs.load(), counters.prefix_not_last.load(), secs);
+  std::printf("%s\n", line.c_str());
+  RecordProperty("crash_states", static_cast<int>(r.checked));
+  EXPECT_TRUE(r.ok()) << r.summary();
+  EXPECT_FALSE(r.out_of_time) << r.summary();
+  EXPECT_EQ(r.checked, r.planned) << r.summary();
+}
+
+INSTANTIATE_TEST_SUITE_P(Images, Crash, ::testing::ValuesIn(specs()),
+                         [](const auto& info) { return info.param.name; });
+
+}  // namespace
+}  // namespace uext::testing

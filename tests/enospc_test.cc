@@ -1,0 +1,456 @@
+// Running out of space from many threads at once. Small images fill up
+// while writers create, append, mkdir, set xattrs and fallocate, and other
+// threads delete what the writers hand them. Every failure must be ENOSPC
+// (never EIO or EUCLEAN), a failed call must have changed nothing (the API
+// promises write() wrote nothing when it fails; a failed create leaves no
+// name), the free block count must add up with what the inodes hold, and
+// the image must be e2fsck clean. Deleting everything afterwards must give
+// back every block and inode.
+#include <sys/stat.h>
+#include <sys/xattr.h>
+
+#include <atomic>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "support/crash.h"
+#include "support/images.h"
+#include "support/process.h"
+#include "support/tree.h"
+#include "uext/filesystem.h"
+
+namespace uext::testing {
+namespace {
+
+std::span<const std::byte> bytes_of(const std::string& s) { return std::as_bytes(std::span(s)); }
+
+std::unique_ptr<Filesystem> open_rw(const std::string& image) {
+  Options o;
+  o.read_only = false;
+  o.commit_interval_ms = 0;
+  auto fs = Filesystem::open(image, o);
+  EXPECT_TRUE(fs.ok()) << fs.error().message();
+  return fs.ok() ? std::move(*fs) : nullptr;
+}
+
+// Problems found by any thread.
+class Problems {
+ public:
+  void add(std::string s) {
+    std::lock_guard l(mu_);
+    if (list_.size() < 50) list_.push_back(std::move(s));
+  }
+  std::string text() const {
+    std::lock_guard l(mu_);
+    std::string t;
+    for (const auto& s : list_) t += s + "\n";
+    return t;
+  }
+  bool empty() const {
+    std::lock_guard l(mu_);
+    return list_.empty();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<std::string> list_;
+};
+
+struct FileModel {
+  Ino dir = 0;
+  std::string name;
+  Ino ino = 0;
+  std::string data;
+  std::map<std::string, std::string> xattrs;
+};
+
+std::string read_all(Filesystem& fs, Ino ino, uint64_t size, Status* st) {
+  std::string s(size + 1, '\0');
+  auto n = fs.read(ino, 0, std::as_writable_bytes(std::span(s)));
+  if (!n.ok()) {
+    *st = n.error();
+    return {};
+  }
+  s.resize(*n);
+  return s;
+}
+
+// Compares a file with its model; "" when equal.
+std::string verify(Filesystem& fs, const FileModel& f) {
+  auto st = fs.stat(f.ino);
+  if (!st.ok()) return fmt::format("{}: stat: {}", f.name, st.error().message());
+  if (st->size != f.data.size()) return fmt::format("{}: size {} != {}", f.name, st->size, f.data.size());
+  Status rs;
+  std::string got = read_all(fs, f.ino, f.data.size(), &rs);
+  if (!rs.ok()) return fmt::format("{}: read: {}", f.name, rs.error().message());
+  if (got != f.data) {
+    size_t i = 0;
+    while (i < got.size() && i < f.data.size() && got[i] == f.data[i]) ++i;
+    return fmt::format("{}: contents differ from byte {} (size {})", f.name, i, got.size());
+  }
+  for (const auto& [k, v] : f.xattrs) {
+    auto g = fs.getxattr(f.ino, k);
+    if (!g.ok() || *g != v) return fmt::format("{}: xattr {} wrong or missing", f.name, k);
+  }
+  return "";
+}
+
+// A hand-over queue from writers to deleters.
+struct Queue {
+  std::mutex mu;
+  std::deque<FileModel> files;
+  void push(FileModel f) {
+    std::lock_guard l(mu);
+    files.push_back(std::move(f));
+  }
+  bool empty() {
+    std::lock_guard l(mu);
+    return files.empty();
+  }
+  std::optional<FileModel> pop() {
+    std::lock_guard l(mu);
+    if (files.empty()) return std::nullopt;
+    FileModel f = std::move(files.front());
+    files.pop_front();
+    return f;
+  }
+};
+
+struct Kind {
+  std::string name;
+  std::vector<std::string> mkfs;
+  std::string size;
+  bool extents = true;
+};
+
+class Enospc : public ::testing::TestWithParam<Kind> {};
+
+// Every block the tree under `dir` holds, from i_blocks (which counts
+// extent nodes, indirect blocks and xattr blocks too). Hard links are not
+// made here, so nothing is counted twice.
+uint64_t blocks_under(Filesystem& fs, Ino dir, uint32_t bs, size_t* inodes) {
+  uint64_t total = 0;
+  auto st = fs.stat(dir);
+  if (st.ok()) total += st->blocks * 512 / bs;
+  ++*inodes;
+  auto entries = fs.list_directory(dir);
+  if (!entries.ok()) return total;
+  for (const auto& e : *entries) {
+    if (e.name == "." || e.name == "..") continue;
+    auto s = fs.stat(e.ino);
+    if (!s.ok()) continue;
+    if (S_ISDIR(s->mode)) {
+      total += blocks_under(fs, e.ino, bs, inodes);
+    } else {
+      total += s->blocks * 512 / bs;
+      ++*inodes;
+    }
+  }
+  return total;
+}
+
+Status remove_tree(Filesystem& fs, Ino dir) {
+  UEXT_ASSIGN_OR_RETURN(auto entries, fs.list_directory(dir));
+  for (const auto& e : entries) {
+    if (e.name == "." || e.name == ".." || (dir == kRootIno && e.name == "lost+found")) continue;
+    UEXT_ASSIGN_OR_RETURN(Stat s, fs.stat(e.ino));
+    if (S_ISDIR(s.mode)) {
+      UEXT_TRY(remove_tree(fs, e.ino));
+      UEXT_TRY(fs.rmdir(dir, e.name));
+    } else {
+      UEXT_TRY(fs.unlink(dir, e.name));
+    }
+  }
+  return {};
+}
+
+TEST_P(Enospc, ManyThreadsFillTheImageAndEveryFailureIsClean) {
+  const Kind& kind = GetParam();
+  TempDir tmp;
+  std::string image = tmp / "img";
+  std::vector<std::string> argv = {"mke2fs", "-F", "-q"};
+  argv.insert(argv.end(), kind.mkfs.begin(), kind.mkfs.end());
+  argv.push_back(image);
+  argv.push_back(kind.size);
+  run_ok(argv);
+
+  FsStats start{};
+  Problems problems;
+  constexpr int kWriters = 6, kDeleters = 2;
+  std::atomic<uint64_t> enospc_hits{0}, successes{0}, deleted{0};
+  {
+    auto fs = open_rw(image);
+    ASSERT_TRUE(fs);
+    auto s0 = fs->statfs();
+    ASSERT_TRUE(s0.ok());
+    start = *s0;
+    const uint32_t bs = start.block_size;
+    auto root_before = fs->stat(kRootIno);
+    ASSERT_TRUE(root_before.ok());
+
+    std::vector<Ino> dirs;
+    for (int t = 0; t < kWriters; ++t) {
+      auto d = fs->mkdir(kRootIno, fmt::format("t{}", t), 0755, {});
+      ASSERT_TRUE(d.ok()) << d.error().message();
+      dirs.push_back(d->ino);
+    }
+    Queue queue;
+    std::atomic<int> writers_left{kWriters};
+    std::vector<std::vector<FileModel>> kept(kWriters);
+
+    // Returns true for ENOSPC; any other error is a problem.
+    auto expect_enospc = [&](const Error& e, const std::string& what) {
+      if (e.code() == ENOSPC) {
+        ++enospc_hits;
+        return true;
+      }
+      problems.add(fmt::format("{}: errno {} ({}), expected ENOSPC", what, e.code(), e.message()));
+      return false;
+    };
+
+    auto writer = [&](int t) {
+      Rng rng(1000 + t);
+      Ino dir = dirs[t];
+      std::vector<FileModel> mine;
+      int failures = 0, n = 0;
+      while (failures < 40 && problems.empty()) {
+        uint64_t op = rng.below(100);
+        if (op < 12 || mine.empty()) {
+          std::string name = fmt::format("file-{}-{}", t, n++);
+          auto st = fs->create(dir, name, 0644, {});
+          if (st.ok()) {
+            ++successes;
+            mine.push_back({dir, name, st->ino, "", {}});
+            continue;
+          }
+          ++failures;
+          if (!expect_enospc(st.error(), "create " + name)) return;
+          auto l = fs->lookup(dir, name);
+          if (l.ok() || l.error().code() != ENOENT) problems.add("a failed create left " + name + " behind");
+          continue;
+        }
+        FileModel& f = mine[rng.below(mine.size())];
+        if (op < 65) {
+          // Append, or now and then overwrite across the end.
+          uint64_t len = 1 + rng.below(rng.below(3) == 0 ? 200000 : 16000);
+          uint64_t off = f.data.size();
+          if (rng.below(5) == 0 && off > 0) off = rng.below(off);
+          std::string buf = rng.bytes(len);
+          auto w = fs->write(f.ino, off, bytes_of(buf));
+          if (w.ok()) {
+            ++successes;
+            if (*w != len) problems.add(fmt::format("{}: write returned {} of {}", f.name, *w, len));
+            if (f.data.size() < off + len) f.data.resize(off + len, '\0');
+            std::copy(buf.begin(), buf.end(), f.data.begin() + static_cast<long>(off));
+            continue;
+          }
+          ++failures;
+          if (!expect_enospc(w.error(), "write " + f.name)) return;
+          // "having written nothing in that case"
+          std::string v = verify(*fs, f);
+          if (!v.empty()) problems.add("after a failed write: " + v);
+          continue;
+        }
+        if (op < 72) {
+          std::string name = fmt::format("dir-{}-{}", t, n++);
+          auto st = fs->mkdir(dir, name, 0755, {});
+          if (st.ok()) {
+            ++successes;
+            continue;
+          }
+          ++failures;
+          if (!expect_enospc(st.error(), "mkdir " + name)) return;
+          auto l = fs->lookup(dir, name);
+          if (l.ok() || l.error().code() != ENOENT) problems.add("a failed mkdir left " + name + " behind");
+          continue;
+        }
+        if (op < 84) {
+          std::string key = fmt::format("user.k{}", rng.below(6));
+          std::string value = rng.bytes(50 + rng.below(rng.below(2) ? 300 : 1500));
+          Status s = fs->setxattr(f.ino, key, value);
+          if (s.ok()) {
+            ++successes;
+            f.xattrs[key] = value;
+            continue;
+          }
+          ++failures;
+          if (!expect_enospc(s.error(), "setxattr " + f.name)) return;
+          auto g = fs->getxattr(f.ino, key);
+          if (f.xattrs.count(key)) {
+            if (!g.ok() || *g != f.xattrs[key]) problems.add(f.name + ": a failed setxattr changed " + key);
+          } else if (g.ok() || g.error().code() != ENODATA) {
+            problems.add(f.name + ": a failed setxattr left " + key);
+          }
+          continue;
+        }
+        if (op < 94 && kind.extents) {
+          const bool keep = rng.below(2) == 0;
+          uint64_t off = f.data.size(), len = 1 + rng.below(256 * 1024);
+          Status s = fs->fallocate(f.ino, keep ? kFallocKeepSize : 0, off, len);
+          if (s.ok()) {
+            ++successes;
+            if (!keep) f.data.resize(off + len, '\0');
+            continue;
+          }
+          ++failures;
+          if (!expect_enospc(s.error(), "fallocate " + f.name)) return;
+          std::string v = verify(*fs, f);
+          if (!v.empty()) problems.add("after a failed fallocate: " + v);
+          continue;
+        }
+        // Hand the file to a deleter.
+        size_t i = &f - mine.data();
+        queue.push(std::move(f));
+        mine.erase(mine.begin() + static_cast<long>(i));
+      }
+      for (const auto& f : mine) {
+        std::string v = verify(*fs, f);
+        if (!v.empty()) problems.add("at the end: " + v);
+      }
+      kept[t] = std::move(mine);
+      --writers_left;
+    };
+
+    auto deleter = [&](int t) {
+      Rng rng(2000 + t);
+      while (writers_left.load() > 0 || !queue.empty()) {
+        auto f = queue.pop();
+        if (!f) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          continue;
+        }
+        std::string v = verify(*fs, *f);
+        if (!v.empty()) problems.add("before deleting: " + v);
+        if (rng.below(3) == 0) {
+          Status s = fs->truncate(f->ino, 0);
+          if (!s.ok()) problems.add(fmt::format("truncate {}: {}", f->name, s.error().message()));
+        }
+        Status s = fs->unlink(f->dir, f->name);
+        if (!s.ok()) problems.add(fmt::format("unlink {}: {}", f->name, s.error().message()));
+        ++deleted;
+      }
+    };
+
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kWriters; ++t) threads.emplace_back(writer, t);
+    for (int t = 0; t < kDeleters; ++t) threads.emplace_back(deleter, t);
+    for (auto& th : threads) th.join();
+    ASSERT_TRUE(problems.empty()) << problems.text();
+    EXPECT_GT(enospc_hits.load(), 0u);
+
+    // The free count adds up: what left the free pool is what our inodes
+    // hold (root's own blocks included, in case it grew).
+    ASSERT_TRUE(fs->sync().ok());
+    auto s1 = fs->statfs();
+    ASSERT_TRUE(s1.ok());
+    size_t inodes = 0;
+    uint64_t held = 0;
+    for (Ino d : dirs) held += blocks_under(*fs, d, bs, &inodes);
+    auto root_after = fs->stat(kRootIno);
+    ASSERT_TRUE(root_after.ok());
+    held += (root_after->blocks - root_before->blocks) * 512 / bs;
+    EXPECT_EQ(start.free_blocks - s1->free_blocks, held)
+        << "free blocks " << start.free_blocks << " -> " << s1->free_blocks << ", inodes hold " << held;
+    EXPECT_EQ(start.free_files - s1->free_files, inodes);
+    std::printf("%s: %llu successful calls, %llu ENOSPC, %llu files deleted; %llu of %llu blocks free at the end\n",
+                kind.name.c_str(), static_cast<unsigned long long>(successes.load()),
+                static_cast<unsigned long long>(enospc_hits.load()), static_cast<unsigned long long>(deleted.load()),
+                static_cast<unsigned long long>(s1->free_blocks), static_cast<unsigned long long>(s1->blocks));
+    ASSERT_TRUE(fs->close().ok());
+    auto hdr = dumpe2fs_header(image);
+    EXPECT_EQ(hdr["Free blocks"], std::to_string(s1->free_blocks));
+  }
+  FsckVerdict v = e2fsck_clean(image);
+  ASSERT_TRUE(v.clean) << v.report;
+
+  // Reopen, delete everything: every block and inode comes back.
+  {
+    auto fs = open_rw(image);
+    ASSERT_TRUE(fs);
+    Status s = remove_tree(*fs, kRootIno);
+    ASSERT_TRUE(s.ok()) << s.error().message();
+    ASSERT_TRUE(fs->sync().ok());
+    auto end = fs->statfs();
+    ASSERT_TRUE(end.ok());
+    EXPECT_EQ(end->free_blocks, start.free_blocks);
+    EXPECT_EQ(end->free_files, start.free_files);
+    ASSERT_TRUE(fs->close().ok());
+  }
+  auto hdr = dumpe2fs_header(image);
+  EXPECT_EQ(hdr["Free blocks"], std::to_string(start.free_blocks));
+  EXPECT_EQ(hdr["Free inodes"], std::to_string(start.free_files));
+  v = e2fsck_clean(image);
+  EXPECT_TRUE(v.clean) << v.report;
+}
+
+INSTANTIATE_TEST_SUITE_P(Images, Enospc,
+                         ::testing::Values(Kind{"ext4_4k", {"-t", "ext4", "-b", "4096"}, "16M", true},
+                                           Kind{"ext4_1k", {"-t", "ext4", "-b", "1024"}, "12M", true},
+                                           Kind{"ext3_4k", {"-t", "ext3", "-b", "4096"}, "12M", false}),
+                         [](const auto& info) { return info.param.name; });
+
+// Few inodes: create and mkdir run out of inodes, not blocks, and say ENOSPC.
+TEST(Enospc, InodeExhaustionFromManyThreads) {
+  TempDir tmp;
+  std::string image = tmp / "img";
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-b", "4096", "-N", "64", image, "16M"});
+  Problems problems;
+  std::atomic<uint64_t> created{0}, refused{0};
+  FsStats start{};
+  {
+    auto fs = open_rw(image);
+    ASSERT_TRUE(fs);
+    start = *fs->statfs();
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t) {
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < 40; ++i) {
+          std::string name = fmt::format("n-{}-{}", t, i);
+          auto st = (i % 4 == 3) ? fs->mkdir(kRootIno, name, 0755, {}) : fs->create(kRootIno, name, 0644, {});
+          if (st.ok()) {
+            ++created;
+            continue;
+          }
+          if (st.error().code() != ENOSPC) {
+            problems.add(fmt::format("{}: errno {} ({})", name, st.error().code(), st.error().message()));
+            continue;
+          }
+          ++refused;
+          auto l = fs->lookup(kRootIno, name);
+          if (l.ok() || l.error().code() != ENOENT) problems.add("a refused create left " + name);
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    EXPECT_TRUE(problems.empty()) << problems.text();
+    EXPECT_EQ(created.load(), start.free_files);
+    EXPECT_GT(refused.load(), 0u);
+    auto s1 = fs->statfs();
+    ASSERT_TRUE(s1.ok());
+    EXPECT_EQ(s1->free_files, 0u);
+    ASSERT_TRUE(fs->close().ok());
+  }
+  FsckVerdict v = e2fsck_clean(image);
+  ASSERT_TRUE(v.clean) << v.report;
+  {
+    auto fs = open_rw(image);
+    ASSERT_TRUE(fs);
+    ASSERT_TRUE(remove_tree(*fs, kRootIno).ok());
+    ASSERT_TRUE(fs->close().ok());
+  }
+  auto hdr = dumpe2fs_header(image);
+  EXPECT_EQ(hdr["Free inodes"], std::to_string(start.free_files));
+  EXPECT_EQ(hdr["Free blocks"], std::to_string(start.free_blocks));
+  v = e2fsck_clean(image);
+  EXPECT_TRUE(v.clean) << v.report;
+}
+
+}  // namespace
+}  // namespace uext::testing
