@@ -356,7 +356,11 @@ int run_ln(const LnOptions& o) {
     }
     Result<Stat> made = o.symbolic ? fs->symlink(pn->dir, pn->name, o.target, caller())
                                    : fs->link(*target, pn->dir, pn->name);
-    if (!made) return fail(o.image, link_path, made.error());
+    if (!made) {
+      std::string what = fmt::format("cannot {} {} to {}", o.symbolic ? "make symbolic link" : "link", link_path,
+                                     o.symbolic ? o.target : absolute_image_path(o.target));
+      return fail(o.image, what, made.error());
+    }
     return kExitOk;
   };
   int rc = work();

@@ -1,0 +1,400 @@
+// The uext commands that change an image (put, mkdir, rm, mv, ln, chmod,
+// chown, truncate), judged by the oracles: e2fsck -fn after every command,
+// the kernel's read-only mount compared with the host tree that was put,
+// and `uext stat/ls/cat` (themselves checked against the kernel in
+// cli_test.cc) for the small commands' results and errors.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <memory>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "support/images.h"
+#include "support/process.h"
+#include "support/tree.h"
+
+namespace uext::testing {
+namespace {
+
+std::string joined(const std::vector<std::string>& v) {
+  std::string s;
+  for (auto& x : v) s += (s.empty() ? "" : " ") + x;
+  return s;
+}
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  return s;
+}
+
+// mke2fs -F -q ARGS IMG SIZE.
+std::string make_image(const std::string& dir, const std::vector<std::string>& args,
+                       const std::string& size = "32M") {
+  std::string image = dir + "/img";
+  std::vector<std::string> argv = {"mke2fs", "-F", "-q"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  argv.push_back(image);
+  argv.push_back(size);
+  run_ok(argv);
+  return image;
+}
+
+// Runs `uext ARGS`, expecting exit 0.
+void ok(const std::vector<std::string>& args) {
+  GuardedResult r = run_uext(args);
+  EXPECT_EQ(0, r.exit_code) << "uext " << joined(args) << ": " << r.describe();
+}
+
+// Runs `uext ARGS`, expecting `code` and a message on stderr that starts
+// with "uext" and mentions each of `mentions` (case-insensitive).
+void fails(const std::vector<std::string>& args, int code, const std::vector<std::string>& mentions) {
+  GuardedResult r = run_uext(args);
+  std::string line = "uext " + joined(args);
+  EXPECT_EQ(code, r.exit_code) << line << ": " << r.describe();
+  EXPECT_FALSE(r.crashed || r.sanitizer || r.timed_out) << line << ": " << r.describe();
+  EXPECT_EQ(0u, r.err.rfind("uext", 0)) << line << ": stderr should start with \"uext\": " << r.err;
+  for (auto& m : mentions) {
+    EXPECT_NE(lower(r.err).find(lower(m)), std::string::npos)
+        << line << ": stderr should mention \"" << m << "\": " << r.err;
+  }
+}
+
+// Fields of `uext stat` (the GNU stat layout).
+struct Probe {
+  bool exists = false;
+  std::string type;  // "regular file", "directory", "symbolic link", ...
+  uint64_t size = 0, ino = 0, links = 0;
+  unsigned mode = 0;
+  uint32_t uid = 0, gid = 0;
+  std::string target;  // symlinks
+};
+
+Probe probe(const std::string& image, const std::string& path) {
+  Probe p;
+  GuardedResult r = run_uext({"stat", image, path});
+  if (r.exit_code != 0) return p;
+  p.exists = true;
+  std::smatch m;
+  const std::string& s = r.out;
+  if (std::regex_search(s, m, std::regex(R"(Size:\s*(\d+)\s+Blocks:\s*\d+\s+IO Block:\s*\d+\s+(.*)\n)"))) {
+    p.size = std::stoull(m[1]);
+    p.type = m[2];
+    if (p.type == "regular empty file") p.type = "regular file";
+  }
+  if (std::regex_search(s, m, std::regex(R"(Inode:\s*(\d+)\s+Links:\s*(\d+))"))) {
+    p.ino = std::stoull(m[1]);
+    p.links = std::stoull(m[2]);
+  }
+  if (std::regex_search(s, m, std::regex(R"(Access:\s*\((\d+)/)"))) p.mode = std::stoul(m[1], nullptr, 8);
+  if (std::regex_search(s, m, std::regex(R"(Uid:\s*\(\s*(\d+)/)"))) p.uid = std::stoul(m[1]);
+  if (std::regex_search(s, m, std::regex(R"(Gid:\s*\(\s*(\d+)/)"))) p.gid = std::stoul(m[1]);
+  if (std::regex_search(s, m, std::regex(R"(File: .* -> (.*)\n)"))) p.target = m[1];
+  return p;
+}
+
+std::string cat(const std::string& image, const std::string& path) {
+  GuardedResult r = run_uext({"cat", image, path});
+  EXPECT_EQ(0, r.exit_code) << "uext cat " << path << ": " << r.describe();
+  return r.out;
+}
+
+std::vector<std::string> ls(const std::string& image, const std::string& path) {
+  GuardedResult r = run_uext({"ls", "-a", image, path});
+  EXPECT_EQ(0, r.exit_code) << "uext ls " << path << ": " << r.describe();
+  std::vector<std::string> v;
+  std::istringstream in(r.out);
+  for (std::string l; std::getline(in, l);)
+    if (l != "." && l != ".." && l != "lost+found") v.push_back(l);
+  return v;
+}
+
+#define EXPECT_CLEAN(img) EXPECT_TRUE(image_is_clean(img))
+
+// ------------------------------------------------------------------ put of a whole tree
+
+// One host tree for the suite: every kind of file build_tree makes, at a
+// size that keeps four copies and their checks well under a minute.
+class CliWrite : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (::geteuid() != 0) return;  // build_tree needs root (owners, devices)
+    source_dir_ = new ScratchDir();
+    TreeOptions t;
+    t.seed = 7;
+    t.htree_entries = 3000;
+    t.random_files = 100;
+    t.big_file_size = 0;
+    t.max_symlink_len = 1023;  // fits 1 KiB blocks too
+    try {
+      manifest_ = new TreeManifest(build_tree(*source_dir_ / "src", t));
+    } catch (const std::exception& e) {
+      build_error_ = new std::string(e.what());
+    }
+  }
+  static void TearDownTestSuite() {
+    delete manifest_;
+    delete build_error_;
+    delete source_dir_;
+    manifest_ = nullptr;
+    build_error_ = nullptr;
+    source_dir_ = nullptr;
+  }
+  void SetUp() override {
+    if (::geteuid() != 0) GTEST_SKIP() << "needs root to build the source tree (owners, device nodes)";
+    ASSERT_EQ(nullptr, build_error_) << *build_error_;
+  }
+  static std::string source() { return manifest_->root; }
+
+  static ScratchDir* source_dir_;
+  static TreeManifest* manifest_;
+  static std::string* build_error_;
+};
+ScratchDir* CliWrite::source_dir_ = nullptr;
+TreeManifest* CliWrite::manifest_ = nullptr;
+std::string* CliWrite::build_error_ = nullptr;
+
+struct Kind {
+  std::string name;
+  std::vector<std::string> mkfs;
+};
+
+TEST_F(CliWrite, PutTreeMatchesTheSourceThroughTheKernel) {
+  const std::vector<Kind> kinds = {
+      {"ext4", {"-t", "ext4"}},
+      {"ext4-1k", {"-t", "ext4", "-b", "1024"}},
+      {"ext3", {"-t", "ext3"}},
+      {"ext2", {"-t", "ext2"}},
+  };
+  for (const auto& kind : kinds) {
+    SCOPED_TRACE(kind.name);
+    TempDir t;
+    std::string img = make_image(t.path(), kind.mkfs, "256M");
+    // SRC/. fills the root itself, as with cp -a.
+    GuardedResult r = run_uext({"put", img, source() + "/.", "/"}, 120);
+    ASSERT_EQ(0, r.exit_code) << r.describe();
+    EXPECT_TRUE(r.err.empty()) << r.err;
+    ASSERT_TRUE(image_is_clean(img));
+    if (!can_loop_mount()) continue;
+    std::string mnt = t / "mnt";
+    ASSERT_EQ(0, ::mkdir(mnt.c_str(), 0755));
+    LoopMount m(img, mnt, true);
+    ASSERT_TRUE(m.ok()) << m.error();
+    CompareOptions co;
+    co.owners = true;
+    co.xattrs = true;
+    co.ignore = {"lost+found"};
+    auto d = compare_trees(source(), mnt, co);
+    EXPECT_TRUE(d.empty()) << format_differences(d);
+  }
+}
+
+TEST_F(CliWrite, PutFollowsCpSemantics) {
+  TempDir t;
+  std::string img = make_image(t.path(), {"-t", "ext4"}, "64M");
+  // A file into an existing directory keeps its name...
+  ok({"put", img, source() + "/sizes/f4097", "/"});
+  EXPECT_EQ(read_file(source() + "/sizes/f4097"), cat(img, "/f4097"));
+  // ...and to a new name takes that name.
+  ok({"put", img, source() + "/sizes/f4097", "/renamed"});
+  EXPECT_EQ(4097u, probe(img, "/renamed").size);
+  // A directory into an existing one goes inside it, with its metadata.
+  ok({"put", img, source() + "/links", "/"});
+  Probe orig = probe(img, "/links/hl/orig");
+  ASSERT_TRUE(orig.exists);
+  EXPECT_GE(orig.links, 2u);
+  // Putting it again merges directories but refuses to replace files...
+  fails({"put", img, source() + "/sizes/f4097", "/renamed"}, 1, {img, "/renamed", "exists"});
+  // ...unless forced.
+  ok({"put", "-f", img, source() + "/sizes/f1", "/renamed"});
+  EXPECT_EQ(1u, probe(img, "/renamed").size);
+  // A directory cannot replace a file, nor a file a directory.
+  fails({"put", img, source() + "/modes", "/renamed"}, 1, {"/renamed", "non-directory"});
+  ok({"mkdir", "-p", img, "/d/f1"});
+  fails({"put", "-f", img, source() + "/sizes/f1", "/d"}, 1, {"/d/f1", "directory"});
+  // Missing source, missing destination parent.
+  fails({"put", img, t / "no-such-file", "/x"}, 1, {"no-such-file", "No such file"});
+  fails({"put", img, source() + "/sizes/f1", "/no/such/dir/f"}, 1, {"/no/such/dir/f", "No such file"});
+  // A sparse file stays sparse: its image copy allocates about its data.
+  ok({"put", img, source() + "/sparse", "/"});
+  GuardedResult st = run_uext({"stat", img, "/sparse/far"});
+  ASSERT_EQ(0, st.exit_code) << st.describe();
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(st.out, m, std::regex(R"(Blocks:\s*(\d+))"))) << st.out;
+  EXPECT_LT(std::stoull(m[1]), 200u) << "5 GiB sparse file with 10 KB of data: " << st.out;
+  // Usage errors.
+  fails({"put", img, source()}, 2, {});
+  EXPECT_CLEAN(img);
+}
+
+// ------------------------------------------------------------------ the small commands
+
+class CliWriteEdit : public ::testing::Test {
+ protected:
+  void SetUp() override { img_ = make_image(dir_.path(), {"-t", "ext4"}); }
+  TempDir dir_;
+  std::string img_;
+};
+
+TEST_F(CliWriteEdit, Mkdir) {
+  ok({"mkdir", img_, "/a"});
+  Probe a = probe(img_, "/a");
+  EXPECT_EQ("directory", a.type);
+  EXPECT_EQ(2u, a.links);
+  fails({"mkdir", img_, "/a"}, 1, {img_, "/a", "File exists"});
+  fails({"mkdir", img_, "/x/y"}, 1, {"/x/y", "No such file"});
+  ok({"mkdir", "-p", "-m", "700", img_, "/x/y/z"});
+  EXPECT_EQ(0700u, probe(img_, "/x/y/z").mode);
+  EXPECT_EQ("directory", probe(img_, "/x/y").type);
+  EXPECT_EQ(3u, probe(img_, "/x").links);
+  ok({"mkdir", "-p", img_, "/x/y/z", "/a"});  // existing: fine with -p
+  ok({"mkdir", "-m", "1777", img_, "/tmp"});
+  EXPECT_EQ(01777u, probe(img_, "/tmp").mode);
+  ok({"truncate", img_, "1", "/file"});
+  fails({"mkdir", img_, "/file/sub"}, 1, {"/file/sub", "Not a directory"});
+  fails({"mkdir", "-p", img_, "/file/sub"}, 1, {"/file", "Not a directory"});
+  fails({"mkdir", "-m", "9", img_, "/b"}, 2, {"mode"});
+  fails({"mkdir", img_}, 2, {});
+  EXPECT_FALSE(probe(img_, "/b").exists);
+  EXPECT_CLEAN(img_);
+}
+
+TEST_F(CliWriteEdit, Rm) {
+  ok({"mkdir", "-p", img_, "/d/e/f"});
+  ok({"truncate", img_, "5K", "/d/file", "/d/e/f/g", "/top"});
+  ok({"ln", "-s", img_, "somewhere", "/d/e/link"});
+  ok({"rm", img_, "/top"});
+  EXPECT_FALSE(probe(img_, "/top").exists);
+  fails({"rm", img_, "/top"}, 1, {img_, "/top", "No such file"});
+  ok({"rm", "-f", img_, "/top", "/no/such/thing"});
+  fails({"rm", img_, "/d"}, 1, {"/d", "not empty"});
+  EXPECT_TRUE(probe(img_, "/d/file").exists);
+  fails({"rm", img_, "/"}, 1, {"root"});
+  ok({"rm", img_, "/d/e/f/g", "/d/e/f"});  // a file, then the now empty directory
+  EXPECT_FALSE(probe(img_, "/d/e/f").exists);
+  ok({"rm", "-r", img_, "/d"});
+  EXPECT_FALSE(probe(img_, "/d").exists);
+  EXPECT_EQ(std::vector<std::string>{}, ls(img_, "/"));
+  EXPECT_CLEAN(img_);
+}
+
+TEST_F(CliWriteEdit, Mv) {
+  ok({"mkdir", img_, "/dir", "/dir2"});
+  TempDir src;
+  write_file(src / "one", "one\n");
+  write_file(src / "two", "two!\n");
+  ok({"put", img_, src / "one", "/one"});
+  ok({"put", img_, src / "two", "/two"});
+  ok({"mv", img_, "/one", "/uno"});
+  EXPECT_FALSE(probe(img_, "/one").exists);
+  EXPECT_EQ("one\n", cat(img_, "/uno"));
+  // Onto an existing directory: inside it.
+  ok({"mv", img_, "/uno", "/dir"});
+  EXPECT_EQ("one\n", cat(img_, "/dir/uno"));
+  // --no-clobber refuses an existing name and changes nothing.
+  ok({"put", img_, src / "one", "/one"});
+  fails({"mv", "--no-clobber", img_, "/one", "/two"}, 1, {"/one", "/two", "File exists"});
+  EXPECT_EQ("two!\n", cat(img_, "/two"));
+  EXPECT_EQ("one\n", cat(img_, "/one"));
+  // --exchange swaps two names.
+  ok({"mv", "--exchange", img_, "/one", "/two"});
+  EXPECT_EQ("two!\n", cat(img_, "/one"));
+  EXPECT_EQ("one\n", cat(img_, "/two"));
+  fails({"mv", "--exchange", img_, "/one", "/nothing"}, 1, {"/nothing"});
+  // Plain mv replaces a file.
+  ok({"mv", img_, "/one", "/two"});
+  EXPECT_EQ("two!\n", cat(img_, "/two"));
+  EXPECT_FALSE(probe(img_, "/one").exists);
+  // A directory moves, and its ".." follows (e2fsck checks that).
+  ok({"mv", img_, "/dir", "/dir2/moved"});
+  EXPECT_EQ("one\n", cat(img_, "/dir2/moved/uno"));
+  EXPECT_EQ(3u, probe(img_, "/dir2").links);
+  fails({"mv", img_, "/dir2", "/dir2/moved/inside"}, 1, {"/dir2", "Invalid argument"});
+  fails({"mv", img_, "/missing", "/x"}, 1, {"/missing", "No such file"});
+  fails({"mv", "-T", img_, "/two", "/dir2"}, 1, {"/dir2"});
+  fails({"mv", "--no-clobber", "--exchange", img_, "/two", "/dir2"}, 2, {});
+  EXPECT_CLEAN(img_);
+}
+
+TEST_F(CliWriteEdit, Ln) {
+  ok({"truncate", img_, "100", "/f"});
+  ok({"mkdir", img_, "/d"});
+  ok({"ln", img_, "/f", "/g"});
+  Probe f = probe(img_, "/f"), g = probe(img_, "/g");
+  EXPECT_EQ(f.ino, g.ino);
+  EXPECT_EQ(2u, g.links);
+  ok({"ln", img_, "/f", "/d"});  // into a directory, same name
+  EXPECT_EQ(f.ino, probe(img_, "/d/f").ino);
+  EXPECT_EQ(3u, probe(img_, "/f").links);
+  ok({"ln", "-s", img_, "../f", "/d/sym"});
+  Probe s = probe(img_, "/d/sym");
+  EXPECT_EQ("symbolic link", s.type);
+  EXPECT_EQ("../f", s.target);
+  std::string long_target(300, 'x');  // a slow symlink, in a block
+  ok({"ln", "-s", img_, long_target, "/long"});
+  EXPECT_EQ(long_target, probe(img_, "/long").target);
+  fails({"ln", img_, "/f", "/g"}, 1, {"/g", "File exists"});
+  fails({"ln", img_, "/d", "/dlink"}, 1, {"/dlink", "not permitted"});
+  fails({"ln", img_, "/missing", "/m"}, 1, {"/missing", "No such file"});
+  ok({"truncate", img_, "7", "/other"});
+  ok({"ln", "-f", img_, "/other", "/g"});
+  EXPECT_EQ(7u, probe(img_, "/g").size);
+  EXPECT_EQ(2u, probe(img_, "/f").links);
+  EXPECT_CLEAN(img_);
+}
+
+TEST_F(CliWriteEdit, ChmodChownTruncate) {
+  ok({"truncate", img_, "10", "/f"});
+  ok({"ln", "-s", img_, "f", "/link"});
+  ok({"chmod", img_, "4755", "/f"});
+  EXPECT_EQ(04755u, probe(img_, "/f").mode);
+  ok({"chmod", img_, "600", "/link"});  // follows the link, as chmod does
+  EXPECT_EQ(0600u, probe(img_, "/f").mode);
+  fails({"chmod", img_, "u+x", "/f"}, 2, {"mode"});
+  fails({"chmod", img_, "644", "/missing"}, 1, {"/missing", "No such file"});
+
+  ok({"chown", img_, "1234:5678", "/f"});
+  Probe f = probe(img_, "/f");
+  EXPECT_EQ(1234u, f.uid);
+  EXPECT_EQ(5678u, f.gid);
+  ok({"chown", img_, ":42", "/f"});
+  EXPECT_EQ(1234u, probe(img_, "/f").uid);
+  EXPECT_EQ(42u, probe(img_, "/f").gid);
+  ok({"chown", "--no-dereference", img_, "3000000000", "/link"});  // the link itself; a 32-bit uid
+  GuardedResult r = run_uext({"stat", img_, "/link"});
+  EXPECT_NE(std::string::npos, r.out.find("3000000000")) << r.out;
+  EXPECT_EQ(1234u, probe(img_, "/f").uid);
+  fails({"chown", img_, "bob", "/f"}, 2, {"owner"});
+
+  ok({"truncate", img_, "3M", "/f"});
+  EXPECT_EQ(3u << 20, probe(img_, "/f").size);
+  ok({"truncate", img_, "1K", "/f"});
+  EXPECT_EQ(1024u, probe(img_, "/f").size);
+  ok({"truncate", img_, "0", "/f"});
+  EXPECT_EQ(0u, probe(img_, "/f").size);
+  ok({"truncate", img_, "2G", "/new"});  // created, all hole
+  EXPECT_EQ(2ull << 30, probe(img_, "/new").size);
+  ok({"truncate", "-c", img_, "5", "/not-created"});
+  EXPECT_FALSE(probe(img_, "/not-created").exists);
+  fails({"truncate", img_, "12X", "/f"}, 2, {"size"});
+  ok({"mkdir", img_, "/d"});
+  fails({"truncate", img_, "5", "/d"}, 1, {"/d", "directory"});
+  fails({"truncate", img_, "5", "/no/such"}, 1, {"/no/such", "No such file"});
+  EXPECT_CLEAN(img_);
+}
+
+TEST_F(CliWriteEdit, ImageErrors) {
+  TempDir t;
+  fails({"mkdir", t / "no-such.img", "/a"}, 1, {"no-such.img", "No such file"});
+  write_file(t / "zeros.img", std::string(1 << 20, '\0'));
+  fails({"rm", t / "zeros.img", "/a"}, 1, {"superblock"});
+  fails({"put", t / "zeros.img", t.path(), "/"}, 1, {"superblock"});
+}
+
+}  // namespace
+}  // namespace uext::testing
