@@ -39,9 +39,13 @@ inline void release(LockLevel) {}
 #endif
 }  // namespace lock_order
 
-class OrderedMutex {
+// A mutex (`Base` = std::mutex) or reader-writer lock (std::shared_mutex)
+// with a place in the lock order; shared holders are checked like
+// exclusive ones.
+template <class Base>
+class BasicOrderedMutex {
  public:
-  explicit OrderedMutex(LockLevel level, bool same_level_ok = false)
+  explicit BasicOrderedMutex(LockLevel level, bool same_level_ok = false)
       : level_(level), same_level_ok_(same_level_ok) {}
 
   void lock() {
@@ -52,41 +56,26 @@ class OrderedMutex {
     mu_.unlock();
     lock_order::release(level_);
   }
-
- private:
-  std::mutex mu_;
-  LockLevel level_;
-  bool same_level_ok_;
-};
-
-// A reader-writer lock with a place in the lock order (shared holders are
-// checked like exclusive ones).
-class OrderedSharedMutex {
- public:
-  explicit OrderedSharedMutex(LockLevel level, bool same_level_ok = false)
-      : level_(level), same_level_ok_(same_level_ok) {}
-
-  void lock() {
-    lock_order::acquire(level_, same_level_ok_);
-    mu_.lock();
-  }
-  void unlock() {
-    mu_.unlock();
-    lock_order::release(level_);
-  }
-  void lock_shared() {
+  void lock_shared()
+    requires requires(Base& b) { b.lock_shared(); }
+  {
     lock_order::acquire(level_, same_level_ok_);
     mu_.lock_shared();
   }
-  void unlock_shared() {
+  void unlock_shared()
+    requires requires(Base& b) { b.unlock_shared(); }
+  {
     mu_.unlock_shared();
     lock_order::release(level_);
   }
 
  private:
-  std::shared_mutex mu_;
+  Base mu_;
   LockLevel level_;
   bool same_level_ok_;
 };
+
+using OrderedMutex = BasicOrderedMutex<std::mutex>;
+using OrderedSharedMutex = BasicOrderedMutex<std::shared_mutex>;
 
 }  // namespace uext::base

@@ -30,14 +30,6 @@ namespace {
 // bounds the credits and the reservation of each step.
 constexpr uint64_t kWriteChunkBlocks = 8192;
 
-template <class Body>
-Status in_handle(journal::Handle& handle, Body&& body) {
-  Status done = body();
-  Status stopped = handle.stop();
-  UEXT_TRY(done);
-  return stopped;
-}
-
 }  // namespace
 
 // The largest size a file of `rec`'s kind may have.
@@ -365,8 +357,17 @@ Result<FsStats> FilesystemImpl::statfs() {
 }
 
 Status FilesystemImpl::setxattr(Ino ino, std::string_view name, std::string_view value, int flags) {
-  UEXT_TRY(check_writable());
   if (flags & ~(XATTR_CREATE | XATTR_REPLACE)) return Error(EINVAL, fmt::format("setxattr: bad flags {:#x}", flags));
+  return change_xattr(ino, name, value, flags);
+}
+
+Status FilesystemImpl::removexattr(Ino ino, std::string_view name) {
+  return change_xattr(ino, name, std::nullopt, 0);
+}
+
+Status FilesystemImpl::change_xattr(Ino ino, std::string_view name, std::optional<std::string_view> value,
+                                    int flags) {
+  UEXT_TRY(check_writable());
   auto lock = itable_.lock(ino);
   UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
   UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, reserve(1));
@@ -374,22 +375,6 @@ Status FilesystemImpl::setxattr(Ino ino, std::string_view name, std::string_view
   UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(xattr_set_credits(*vol_) + 1));
   return in_handle(h, [&]() -> Status {
     UEXT_TRY(xattr_set(*vol_, h, rec, name, value, flags, *blocks_));
-    const disk::Timestamp t = now();
-    auto r = vol_->update_inode(h, ino, false, [&](disk::Inode& in) { in.i_ctime = t; });
-    if (!r.ok()) return std::move(r).error();
-    return {};
-  });
-}
-
-Status FilesystemImpl::removexattr(Ino ino, std::string_view name) {
-  UEXT_TRY(check_writable());
-  auto lock = itable_.lock(ino);
-  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
-  UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, reserve(1));
-  alloc::ReservationScope scope(&space);
-  UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(xattr_set_credits(*vol_) + 1));
-  return in_handle(h, [&]() -> Status {
-    UEXT_TRY(xattr_set(*vol_, h, rec, name, std::nullopt, 0, *blocks_));
     const disk::Timestamp t = now();
     auto r = vol_->update_inode(h, ino, false, [&](disk::Inode& in) { in.i_ctime = t; });
     if (!r.ok()) return std::move(r).error();

@@ -14,6 +14,7 @@
 
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -28,6 +29,15 @@
 #include "uext/filesystem.h"
 
 namespace uext::fs {
+
+// Runs `body` inside `handle` and stops the handle; the first error wins.
+template <class Body>
+Status in_handle(journal::Handle& handle, Body&& body) {
+  Status done = body();
+  Status stopped = handle.stop();
+  UEXT_TRY(done);
+  return stopped;
+}
 
 class FilesystemImpl final : public Filesystem {
  public:
@@ -118,6 +128,9 @@ class FilesystemImpl final : public Filesystem {
   Status recover_orphans();
   // Truncates `rec` to `size` (shrinking uses the orphan list).
   Status truncate_locked(InodeRecord& rec, uint64_t size);
+
+  // Sets (value) or removes (nullopt) one attribute.
+  Status change_xattr(Ino ino, std::string_view name, std::optional<std::string_view> value, int flags);
 
   // ---- namespace helpers (namespace_ops.cc) ----
   Result<Stat> make_node(Ino dir, std::string_view name, uint32_t mode, const Owner& owner,

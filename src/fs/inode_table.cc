@@ -43,23 +43,20 @@ void InodeTable::put(uint32_t ino, std::shared_ptr<Entry>& entry) {
   if (it != entries_.end() && it->second.use_count() == 1 && it->second->refs == 0) entries_.erase(it);
 }
 
-InodeTable::Lock InodeTable::lock(uint32_t ino) {
-  Lock l;
-  l.entry_ = get(ino);
-  l.entry_->lock.lock();
-  l.table_ = this;
-  l.ino_ = ino;
-  l.shared_ = false;
-  return l;
-}
+InodeTable::Lock InodeTable::lock(uint32_t ino) { return acquire(ino, false); }
+InodeTable::Lock InodeTable::lock_shared(uint32_t ino) { return acquire(ino, true); }
 
-InodeTable::Lock InodeTable::lock_shared(uint32_t ino) {
+InodeTable::Lock InodeTable::acquire(uint32_t ino, bool shared) {
   Lock l;
   l.entry_ = get(ino);
-  l.entry_->lock.lock_shared();
+  if (shared) {
+    l.entry_->lock.lock_shared();
+  } else {
+    l.entry_->lock.lock();
+  }
   l.table_ = this;
   l.ino_ = ino;
-  l.shared_ = true;
+  l.shared_ = shared;
   return l;
 }
 
@@ -67,7 +64,7 @@ void InodeTable::retain(uint32_t ino) {
   std::lock_guard guard(mu_);
   auto& slot = entries_[ino];
   if (!slot) slot = std::make_shared<Entry>();
-  ++slot->refs;
+  ++slot->refs;  // keeps the entry after its last lock is dropped
 }
 
 uint64_t InodeTable::release(uint32_t ino, uint64_t count) {

@@ -54,6 +54,7 @@ class InodeTable {
   std::unordered_map<uint32_t, uint64_t> referenced();
 
  private:
+  Lock acquire(uint32_t ino, bool shared);
   std::shared_ptr<Entry> get(uint32_t ino);
   void put(uint32_t ino, std::shared_ptr<Entry>& entry);
 

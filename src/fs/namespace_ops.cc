@@ -55,15 +55,6 @@ Status check_name(std::string_view name) {
   return {};
 }
 
-// Runs `body` in `handle` and stops it; the first error wins.
-template <class Body>
-Status in_handle(journal::Handle& handle, Body&& body) {
-  Status done = body();
-  Status stopped = handle.stop();
-  UEXT_TRY(done);
-  return stopped;
-}
-
 }  // namespace
 
 // Sets a directory's mtime and ctime and changes its link count by
