@@ -15,14 +15,6 @@ constexpr uint16_t kRootMax = (disk::kInodeBlockBytes - 12) / 12;  // 4
 
 bool is_regular(const disk::Inode& in) { return (in.i_mode & 0xF000) == 0x8000; }
 
-// i_blocks counts 512-byte sectors, or filesystem blocks for a HUGE_FILE
-// inode on a huge_file filesystem (the reverse of disk::inode_blocks_512).
-void add_blocks(const Volume& vol, disk::Inode& in, int64_t fs_blocks) {
-  bool huge = vol.sb().has_ro_compat(disk::ro_compat::kHugeFile) && in.has_flag(disk::inode_flag::kHugeFile);
-  int64_t units = huge ? fs_blocks : fs_blocks * static_cast<int64_t>(vol.block_size() / 512);
-  in.i_blocks = static_cast<uint64_t>(static_cast<int64_t>(in.i_blocks) + units);
-}
-
 // State shared by the extent and indirect writers: the inode working copy,
 // the allocator, and writing the inode back.
 class MapEditor {
@@ -973,6 +965,12 @@ Status truncate_blocks(Volume& vol, InodeRecord& rec, uint64_t new_size, alloc::
     rec = std::move(*updated);
   }
   return {};
+}
+
+void add_blocks(const Volume& vol, disk::Inode& in, int64_t fs_blocks) {
+  bool huge = vol.sb().has_ro_compat(disk::ro_compat::kHugeFile) && in.has_flag(disk::inode_flag::kHugeFile);
+  int64_t units = huge ? fs_blocks : fs_blocks * static_cast<int64_t>(vol.block_size() / 512);
+  in.i_blocks = static_cast<uint64_t>(static_cast<int64_t>(in.i_blocks) + units);
 }
 
 }  // namespace uext::fs

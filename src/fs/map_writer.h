@@ -97,6 +97,11 @@ Status punch_range(Volume& vol, InodeRecord& rec, uint64_t first, uint64_t count
 Status truncate_blocks(Volume& vol, InodeRecord& rec, uint64_t new_size,
                        alloc::BlockAllocator& allocator);
 
+// Adds `fs_blocks` (negative: removes) to i_blocks, which counts 512-byte
+// sectors, or filesystem blocks for a HUGE_FILE inode on a huge_file
+// filesystem (the reverse of disk::inode_blocks_512).
+void add_blocks(const Volume& vol, disk::Inode& in, int64_t fs_blocks);
+
 // Worst-case journal credits.
 //
 // Extent trees, with d = min(5, depth + 1 + k/3) the deepest the tree can

@@ -1,5 +1,7 @@
 #include "fs/xattr_writer.h"
 
+#include "fs/map_writer.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -16,14 +18,6 @@ constexpr size_t kVfsValueMax = 65536;  // XATTR_SIZE_MAX: the VFS refuses large
 // XATTR_NAME_MAX: the VFS refuses longer full names (ERANGE), so an
 // attribute with one could be listed by the kernel but never read.
 constexpr size_t kVfsNameMax = 255;
-
-// i_blocks counts 512-byte sectors, or filesystem blocks for a HUGE_FILE
-// inode on a huge_file filesystem.
-void add_blocks(const Volume& vol, disk::Inode& in, int64_t fs_blocks) {
-  bool huge = vol.sb().has_ro_compat(disk::ro_compat::kHugeFile) && in.has_flag(disk::inode_flag::kHugeFile);
-  int64_t units = huge ? fs_blocks : fs_blocks * static_cast<int64_t>(vol.block_size() / 512);
-  in.i_blocks = static_cast<uint64_t>(static_cast<int64_t>(in.i_blocks) + units);
-}
 
 // The kernel puts a new xattr block at the start of the inode's group.
 uint64_t xattr_goal(const Volume& vol, uint32_t ino) {
