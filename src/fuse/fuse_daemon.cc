@@ -1,0 +1,864 @@
+#define FUSE_USE_VERSION FUSE_MAKE_VERSION(3, 12)
+#include "fuse/fuse_daemon.h"
+
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <fmt/core.h>
+
+#include "fuse/image_guard.h"
+#include "uext/filesystem.h"
+
+namespace uext::fuse {
+namespace {
+
+// ------------------------------------------------------------------ logging
+
+// Diagnostics go to stderr in the foreground, to syslog as a daemon (whose
+// stderr is /dev/null), or to -o logfile.
+class Log {
+ public:
+  void to_stderr() { mode_ = kStderr; }
+  void to_syslog() {
+    ::openlog("uext", LOG_PID, LOG_DAEMON);
+    mode_ = kSyslog;
+  }
+  bool to_file(const std::string& path) {
+    file_ = std::fopen(path.c_str(), "ae");
+    if (!file_) return false;
+    std::setvbuf(file_, nullptr, _IOLBF, 0);
+    mode_ = kFile;
+    return true;
+  }
+
+  void line(int priority, const std::string& text) {
+    std::lock_guard lock(mu_);
+    switch (mode_) {
+      case kSyslog: ::syslog(priority, "%s", text.c_str()); break;
+      case kFile: {
+        char stamp[32];
+        std::time_t t = std::time(nullptr);
+        std::tm tm{};
+        ::localtime_r(&t, &tm);
+        std::strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M:%S", &tm);
+        std::fprintf(file_, "%s uext[%d]: %s\n", stamp, static_cast<int>(::getpid()), text.c_str());
+        break;
+      }
+      case kStderr: std::fprintf(stderr, "uext: %s\n", text.c_str()); break;
+    }
+  }
+  void info(const std::string& text) { line(LOG_INFO, text); }
+  void error(const std::string& text) { line(LOG_ERR, text); }
+
+ private:
+  enum Mode { kStderr, kSyslog, kFile };
+  std::mutex mu_;
+  Mode mode_ = kStderr;
+  FILE* file_ = nullptr;
+};
+
+// ------------------------------------------------------------------ names
+
+// The last name the kernel learnt for each inode it holds, with its lookup
+// count: enough to name a file by path in error messages. Hard links keep
+// whichever name was seen last.
+class NameTable {
+ public:
+  void add(Ino ino, Ino parent, std::string_view name) {
+    std::lock_guard lock(mu_);
+    auto& n = nodes_[ino];
+    ++n.lookups;
+    n.parent = parent;
+    n.name.assign(name);
+  }
+  void forget(Ino ino, uint64_t count) {
+    std::lock_guard lock(mu_);
+    auto it = nodes_.find(ino);
+    if (it == nodes_.end()) return;
+    if (it->second.lookups <= count) nodes_.erase(it);
+    else it->second.lookups -= count;
+  }
+  void moved(Ino parent, std::string_view name, Ino new_parent, std::string_view new_name) {
+    std::lock_guard lock(mu_);
+    for (auto& [ino, n] : nodes_) {
+      if (n.parent == parent && n.name == name) {
+        n.parent = new_parent;
+        n.name.assign(new_name);
+        return;
+      }
+    }
+  }
+  std::string path(Ino ino) {
+    if (ino == kRootIno) return "/";
+    std::lock_guard lock(mu_);
+    std::string p;
+    Ino cur = ino;
+    for (int depth = 0; depth < 256 && cur != kRootIno; ++depth) {
+      auto it = nodes_.find(cur);
+      if (it == nodes_.end()) return fmt::format("inode {}", ino);
+      p = "/" + it->second.name + p;
+      cur = it->second.parent;
+    }
+    return cur == kRootIno ? p : fmt::format("inode {}", ino);
+  }
+  std::string path(Ino parent, std::string_view name) {
+    std::string dir = path(parent);
+    if (dir.rfind("inode ", 0) == 0) return fmt::format("{}/{}", dir, name);
+    return dir == "/" ? "/" + std::string(name) : dir + "/" + std::string(name);
+  }
+
+ private:
+  struct Node {
+    uint64_t lookups = 0;
+    Ino parent = 0;
+    std::string name;
+  };
+  std::mutex mu_;
+  std::unordered_map<Ino, Node> nodes_;
+};
+
+// ------------------------------------------------------------------ the daemon
+
+Ino to_ext(fuse_ino_t ino) { return ino == FUSE_ROOT_ID ? kRootIno : static_cast<Ino>(ino); }
+fuse_ino_t to_fuse(Ino ino) { return ino == kRootIno ? FUSE_ROOT_ID : static_cast<fuse_ino_t>(ino); }
+
+bool serious(int code) { return code == EIO || code == kErrCorrupted || code == kErrBadChecksum || code == ENOMEM; }
+
+class Daemon {
+ public:
+  Daemon(std::unique_ptr<Filesystem> fs, const MountOptions& opts, Log& log)
+      : fs_(std::move(fs)), opts_(opts), log_(log) {
+    block_size_ = fs_->info().block_size;
+  }
+
+  Filesystem& fs() { return *fs_; }
+  std::unique_ptr<Filesystem> take_fs() { return std::move(fs_); }
+  void set_session(fuse_session* se) { se_ = se; }
+  bool panicked() const { return panicked_.load(); }
+  Log& log() { return log_; }
+  const MountOptions& opts() const { return opts_; }
+
+  static Daemon& of(fuse_req_t req) { return *static_cast<Daemon*>(fuse_req_userdata(req)); }
+  static const fuse_lowlevel_ops& ops();
+
+  // ---- replies
+
+  struct stat to_stat(const Stat& s) const {
+    struct stat st {};
+    st.st_ino = s.ino;
+    st.st_mode = s.mode;
+    st.st_nlink = s.nlink;
+    st.st_uid = s.uid;
+    st.st_gid = s.gid;
+    st.st_rdev = makedev(s.rdev_major, s.rdev_minor);
+    st.st_size = static_cast<off_t>(s.size);
+    st.st_blocks = static_cast<blkcnt_t>(s.blocks);
+    st.st_blksize = block_size_;
+    st.st_atim = {static_cast<time_t>(s.atime.sec), static_cast<long>(s.atime.nsec)};
+    st.st_mtim = {static_cast<time_t>(s.mtime.sec), static_cast<long>(s.mtime.nsec)};
+    st.st_ctim = {static_cast<time_t>(s.ctime.sec), static_cast<long>(s.ctime.nsec)};
+    return st;
+  }
+
+  fuse_entry_param entry(const Stat& s) const {
+    fuse_entry_param e{};
+    e.ino = to_fuse(s.ino);
+    e.generation = s.generation;
+    e.attr = to_stat(s);
+    e.attr_timeout = opts_.attr_timeout;
+    e.entry_timeout = opts_.entry_timeout;
+    return e;
+  }
+
+  // An entry the kernel will count: one reference in the library for each
+  // lookup, given back by forget.
+  void reply_entry(fuse_req_t req, const Stat& s, Ino parent, std::string_view name) {
+    fuse_entry_param e = entry(s);
+    fs_->retain(s.ino);
+    names_.add(s.ino, parent, name);
+    if (fuse_reply_entry(req, &e) != 0) forget(s.ino, 1);  // the kernel never saw it
+  }
+
+  void forget(Ino ino, uint64_t count) {
+    names_.forget(ino, count);
+    Status s = fs_->release(ino, count);
+    if (!s.ok()) report("forget", names_.path(ino), ino, s.error());
+  }
+
+  // Logs what deserves it and applies errors=.
+  void report(const char* op, const std::string& path, Ino ino, const Error& err) {
+    const int code = err.code();
+    if (serious(code)) {
+      log_.error(fmt::format("{}: {} {} (inode {}): {}", opts_.fsname, op, path, ino, err.message()));
+      if (code != ENOMEM) on_failure();
+    } else if (code == ENOSPC) {
+      // Worth a line, but a full disk under a benchmark must not flood the log.
+      auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+      auto last = last_enospc_log_.load();
+      if (opts_.debug || now - last > std::chrono::nanoseconds(std::chrono::seconds(10)).count()) {
+        last_enospc_log_ = now;
+        log_.error(fmt::format("{}: {} {}: no space left on the image ({})", opts_.fsname, op, path, err.message()));
+      }
+    } else if (opts_.debug) {
+      log_.info(fmt::format("{} {} (inode {}): {} [{}]", op, path, ino, err.message(), std::strerror(code)));
+    }
+  }
+
+  void fail(fuse_req_t req, const char* op, const std::string& path, Ino ino, const Error& err) {
+    report(op, path, ino, err);
+    int code = err.code();
+    if (code <= 0 || code >= 512) code = EIO;
+    fuse_reply_err(req, code);
+  }
+  void fail(fuse_req_t req, const char* op, Ino ino, const Error& err) { fail(req, op, names_.path(ino), ino, err); }
+  void fail_at(fuse_req_t req, const char* op, Ino dir, std::string_view name, const Error& err) {
+    fail(req, op, names_.path(dir, name), dir, err);
+  }
+
+  // errors=remount-ro and errors=panic.
+  void on_failure() {
+    if (opts_.on_error == OnError::kRemountRo && !forced_ro_.exchange(true)) {
+      log_.error(fmt::format("{}: errors=remount-ro: refusing every further change", opts_.fsname));
+    } else if (opts_.on_error == OnError::kPanic && !panicked_.exchange(true)) {
+      log_.error(fmt::format("{}: errors=panic: stopping without writing anything more", opts_.fsname));
+      if (se_) fuse_session_exit(se_);
+    }
+  }
+
+  // True (having replied EROFS) when changes are refused after an error.
+  bool refuse_change(fuse_req_t req) {
+    if (!forced_ro_.load() && !panicked_.load()) return false;
+    fuse_reply_err(req, EROFS);
+    return true;
+  }
+
+  Owner owner(fuse_req_t req) const {
+    const fuse_ctx* ctx = fuse_req_ctx(req);
+    return Owner{static_cast<uint32_t>(ctx->uid), static_cast<uint32_t>(ctx->gid)};
+  }
+
+  // ---- operations
+
+  void init(fuse_conn_info* conn) {
+    // The kernel clears setuid/setgid on write, chown and truncate itself.
+    conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
+    // O_TRUNC arrives as a setattr (with the kernel's permission checks).
+    conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
+    if (opts_.writeback_cache) {
+      if (conn->capable & FUSE_CAP_WRITEBACK_CACHE) conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+      else log_.error("writeback_cache: the kernel does not offer it; writes stay synchronous");
+    }
+    if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+    if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO;
+    conn->max_write = 1u << 20;  // fewer, larger requests for big writes
+    conn->time_gran = 1;         // nanosecond timestamps, as ext4 with 256-byte inodes
+  }
+
+  void lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    const Ino dir = to_ext(parent);
+    auto ino = fs_->lookup(dir, name);
+    if (!ino) {
+      if (ino.error().code() == ENOENT && opts_.negative_timeout > 0) {
+        fuse_entry_param e{};
+        e.entry_timeout = opts_.negative_timeout;
+        fuse_reply_entry(req, &e);
+        return;
+      }
+      return fail_at(req, "lookup", dir, name, ino.error());
+    }
+    auto st = fs_->stat(*ino);
+    if (!st) return fail_at(req, "lookup", dir, name, st.error());
+    reply_entry(req, *st, dir, name);
+  }
+
+  void getattr(fuse_req_t req, fuse_ino_t fino) {
+    const Ino ino = to_ext(fino);
+    auto st = fs_->stat(ino);
+    if (!st) return fail(req, "getattr", ino, st.error());
+    struct stat s = to_stat(*st);
+    fuse_reply_attr(req, &s, opts_.attr_timeout);
+  }
+
+  void setattr(fuse_req_t req, fuse_ino_t fino, const struct stat* attr, int to_set) {
+    const Ino ino = to_ext(fino);
+    SetAttr a;
+    if (to_set & FUSE_SET_ATTR_MODE) a.mode = attr->st_mode & 07777;
+    if (to_set & FUSE_SET_ATTR_UID) a.uid = attr->st_uid;
+    if (to_set & FUSE_SET_ATTR_GID) a.gid = attr->st_gid;
+    if (to_set & FUSE_SET_ATTR_SIZE) a.size = static_cast<uint64_t>(attr->st_size);
+    if (to_set & FUSE_SET_ATTR_ATIME_NOW) a.atime_now = true;
+    else if (to_set & FUSE_SET_ATTR_ATIME) a.atime = Time{attr->st_atim.tv_sec, static_cast<uint32_t>(attr->st_atim.tv_nsec)};
+    if (to_set & FUSE_SET_ATTR_MTIME_NOW) a.mtime_now = true;
+    else if (to_set & FUSE_SET_ATTR_MTIME) a.mtime = Time{attr->st_mtim.tv_sec, static_cast<uint32_t>(attr->st_mtim.tv_nsec)};
+    const int relevant = FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID | FUSE_SET_ATTR_SIZE |
+                         FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |
+                         FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME;
+    Result<Stat> st = Error(EIO, "");
+    if (to_set & relevant) {
+      if (refuse_change(req)) return;
+      st = fs_->setattr(ino, a);
+    } else {
+      st = fs_->stat(ino);  // nothing the image records (a lock owner, a file handle)
+    }
+    if (!st) return fail(req, "setattr", ino, st.error());
+    struct stat s = to_stat(*st);
+    fuse_reply_attr(req, &s, opts_.attr_timeout);
+  }
+
+  void readlink(fuse_req_t req, fuse_ino_t fino) {
+    const Ino ino = to_ext(fino);
+    auto target = fs_->readlink(ino);
+    if (!target) return fail(req, "readlink", ino, target.error());
+    fuse_reply_readlink(req, target->c_str());
+  }
+
+  void mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+    const Ino dir = to_ext(parent);
+    if (refuse_change(req)) return;
+    if ((mode & S_IFMT) == 0) mode |= S_IFREG;
+    auto st = fs_->mknod(dir, name, mode, owner(req), major(rdev), minor(rdev));
+    if (!st) return fail_at(req, "mknod", dir, name, st.error());
+    reply_entry(req, *st, dir, name);
+  }
+
+  void mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+    const Ino dir = to_ext(parent);
+    if (refuse_change(req)) return;
+    auto st = fs_->mkdir(dir, name, mode & 07777, owner(req));
+    if (!st) return fail_at(req, "mkdir", dir, name, st.error());
+    reply_entry(req, *st, dir, name);
+  }
+
+  void symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
+    const Ino dir = to_ext(parent);
+    if (refuse_change(req)) return;
+    auto st = fs_->symlink(dir, name, target, owner(req));
+    if (!st) return fail_at(req, "symlink", dir, name, st.error());
+    reply_entry(req, *st, dir, name);
+  }
+
+  void link(fuse_req_t req, fuse_ino_t fino, fuse_ino_t new_parent, const char* new_name) {
+    const Ino ino = to_ext(fino), dir = to_ext(new_parent);
+    if (refuse_change(req)) return;
+    auto st = fs_->link(ino, dir, new_name);
+    if (!st) return fail_at(req, "link", dir, new_name, st.error());
+    reply_entry(req, *st, dir, new_name);
+  }
+
+  void unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    const Ino dir = to_ext(parent);
+    if (refuse_change(req)) return;
+    Status s = fs_->unlink(dir, name);
+    if (!s.ok()) return fail_at(req, "unlink", dir, name, s.error());
+    fuse_reply_err(req, 0);
+  }
+
+  void rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    const Ino dir = to_ext(parent);
+    if (refuse_change(req)) return;
+    Status s = fs_->rmdir(dir, name);
+    if (!s.ok()) return fail_at(req, "rmdir", dir, name, s.error());
+    fuse_reply_err(req, 0);
+  }
+
+  void rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent, const char* new_name,
+              unsigned flags) {
+    const Ino dir = to_ext(parent), new_dir = to_ext(new_parent);
+    if (refuse_change(req)) return;
+    Status s = fs_->rename(dir, name, new_dir, new_name, flags);
+    if (!s.ok()) return fail_at(req, "rename", dir, name, s.error());
+    names_.moved(dir, name, new_dir, new_name);
+    fuse_reply_err(req, 0);
+  }
+
+  void open(fuse_req_t req, fuse_ino_t fino, fuse_file_info* fi) {
+    const Ino ino = to_ext(fino);
+    if ((fi->flags & O_ACCMODE) != O_RDONLY && refuse_change(req)) return;
+    // Every change reaches the image through this mount, so the kernel's
+    // cached pages stay true between opens.
+    fi->keep_cache = 1;
+    fi->fh = ino;
+    fuse_reply_open(req, fi);
+  }
+
+  void create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
+    const Ino dir = to_ext(parent);
+    if (refuse_change(req)) return;
+    auto st = fs_->create(dir, name, mode, owner(req));
+    if (!st && st.error().code() == EEXIST && !(fi->flags & O_EXCL)) {
+      // Another creator won the race since the kernel's lookup: open
+      // what it made, as open(O_CREAT) without O_EXCL does.
+      auto ino = fs_->lookup(dir, name);
+      if (ino) {
+        st = fs_->stat(*ino);
+        if (st && S_ISDIR(st->mode)) return fuse_reply_err(req, EISDIR) , void();
+        if (st && (fi->flags & O_TRUNC) && S_ISREG(st->mode)) {
+          SetAttr a;
+          a.size = 0;
+          a.mtime_now = true;
+          st = fs_->setattr(*ino, a);
+        }
+      }
+    }
+    if (!st) return fail_at(req, "create", dir, name, st.error());
+    fuse_entry_param e = entry(*st);
+    fi->keep_cache = 1;
+    fi->fh = st->ino;
+    fs_->retain(st->ino);
+    names_.add(st->ino, dir, name);
+    if (fuse_reply_create(req, &e, fi) != 0) forget(st->ino, 1);
+  }
+
+  void read(fuse_req_t req, fuse_ino_t fino, size_t size, off_t off) {
+    const Ino ino = to_ext(fino);
+    thread_local std::vector<std::byte> buf;
+    if (buf.size() < size) buf.resize(size);
+    auto n = fs_->read(ino, static_cast<uint64_t>(off), std::span(buf.data(), size));
+    if (!n) return fail(req, "read", ino, n.error());
+    fuse_reply_buf(req, reinterpret_cast<const char*>(buf.data()), *n);
+  }
+
+  void write(fuse_req_t req, fuse_ino_t fino, const char* data, size_t size, off_t off) {
+    const Ino ino = to_ext(fino);
+    if (refuse_change(req)) return;
+    auto n = fs_->write(ino, static_cast<uint64_t>(off),
+                        std::span(reinterpret_cast<const std::byte*>(data), size));
+    if (!n) return fail(req, "write", ino, n.error());
+    fuse_reply_write(req, *n);
+  }
+
+  void fsync(fuse_req_t req, fuse_ino_t fino, int datasync, const char* op) {
+    const Ino ino = to_ext(fino);
+    if (panicked()) return fuse_reply_err(req, EIO), void();
+    Status s = fs_->fsync(ino, datasync != 0);
+    if (!s.ok()) return fail(req, op, ino, s.error());
+    fuse_reply_err(req, 0);
+  }
+
+  // Shared by readdir and readdirplus: fills one reply buffer from `off`.
+  void readdir(fuse_req_t req, fuse_ino_t fino, size_t size, off_t off, bool plus) {
+    const Ino dir = to_ext(fino);
+    std::vector<char> buf(size);
+    size_t used = 0;
+    std::vector<Ino> retained;  // given back if the reply never reaches the kernel
+    Status s = fs_->readdir(dir, static_cast<uint64_t>(off), [&](const DirEntry& d, uint64_t next) {
+      const bool dots = d.name == "." || d.name == "..";
+      size_t need;
+      if (!plus) {
+        struct stat st {};
+        st.st_ino = d.ino;
+        st.st_mode = d.type;
+        need = fuse_add_direntry(req, buf.data() + used, size - used, d.name.c_str(), &st,
+                                 static_cast<off_t>(next));
+        if (need > size - used) return false;
+      } else {
+        fuse_entry_param e{};
+        e.attr.st_ino = d.ino;
+        e.attr.st_mode = d.type;
+        Result<Stat> st = Error(ENOENT, "");
+        // Nodeid 0 tells the kernel to take the name only: for "." and
+        // "..", and for an entry whose inode went away meanwhile.
+        if (!dots) st = fs_->stat(d.ino);
+        if (st) e = entry(*st);
+        need = fuse_add_direntry_plus(req, buf.data() + used, size - used, d.name.c_str(), &e,
+                                      static_cast<off_t>(next));
+        if (need > size - used) return false;
+        if (st) {
+          fs_->retain(d.ino);
+          names_.add(d.ino, dir, d.name);
+          retained.push_back(d.ino);
+        }
+      }
+      used += need;
+      return true;
+    });
+    if (!s.ok()) {
+      for (Ino ino : retained) forget(ino, 1);
+      return fail(req, plus ? "readdirplus" : "readdir", dir, s.error());
+    }
+    if (fuse_reply_buf(req, buf.data(), used) != 0) {
+      for (Ino ino : retained) forget(ino, 1);
+    }
+  }
+
+  void statfs(fuse_req_t req) {
+    auto st = fs_->statfs();
+    if (!st) return fail(req, "statfs", kRootIno, st.error());
+    struct statvfs v {};
+    v.f_bsize = st->block_size;
+    v.f_frsize = st->block_size;
+    v.f_blocks = st->blocks;
+    v.f_bfree = st->free_blocks;
+    v.f_bavail = st->available_blocks;
+    v.f_files = st->files;
+    v.f_ffree = st->free_files;
+    v.f_favail = st->free_files;
+    v.f_namemax = st->name_max;
+    fuse_reply_statfs(req, &v);
+  }
+
+  void setxattr(fuse_req_t req, fuse_ino_t fino, const char* name, const char* value, size_t size, int flags) {
+    const Ino ino = to_ext(fino);
+    if (refuse_change(req)) return;
+    Status s = fs_->setxattr(ino, name, std::string_view(value, size), flags);
+    if (!s.ok()) return fail(req, "setxattr", ino, s.error());
+    fuse_reply_err(req, 0);
+  }
+
+  void getxattr(fuse_req_t req, fuse_ino_t fino, const char* name, size_t size) {
+    const Ino ino = to_ext(fino);
+    auto v = fs_->getxattr(ino, name);
+    if (!v) return fail(req, "getxattr", ino, v.error());
+    if (size == 0) return fuse_reply_xattr(req, v->size()), void();
+    if (v->size() > size) return fuse_reply_err(req, ERANGE), void();
+    fuse_reply_buf(req, v->data(), v->size());
+  }
+
+  void listxattr(fuse_req_t req, fuse_ino_t fino, size_t size) {
+    const Ino ino = to_ext(fino);
+    auto names = fs_->listxattr(ino);
+    if (!names) return fail(req, "listxattr", ino, names.error());
+    std::string all;
+    for (const auto& n : *names) {
+      all += n;
+      all += '\0';
+    }
+    if (size == 0) return fuse_reply_xattr(req, all.size()), void();
+    if (all.size() > size) return fuse_reply_err(req, ERANGE), void();
+    fuse_reply_buf(req, all.data(), all.size());
+  }
+
+  void removexattr(fuse_req_t req, fuse_ino_t fino, const char* name) {
+    const Ino ino = to_ext(fino);
+    if (refuse_change(req)) return;
+    Status s = fs_->removexattr(ino, name);
+    if (!s.ok()) return fail(req, "removexattr", ino, s.error());
+    fuse_reply_err(req, 0);
+  }
+
+  void fallocate(fuse_req_t req, fuse_ino_t fino, int mode, off_t off, off_t len) {
+    const Ino ino = to_ext(fino);
+    if (refuse_change(req)) return;
+    if (off < 0 || len <= 0) return fuse_reply_err(req, EINVAL), void();
+    Status s = fs_->fallocate(ino, mode, static_cast<uint64_t>(off), static_cast<uint64_t>(len));
+    if (!s.ok()) return fail(req, "fallocate", ino, s.error());
+    fuse_reply_err(req, 0);
+  }
+
+  void lseek(fuse_req_t req, fuse_ino_t fino, off_t off, int whence) {
+    const Ino ino = to_ext(fino);
+    if (whence != SEEK_DATA && whence != SEEK_HOLE) return fuse_reply_err(req, EINVAL), void();
+    if (off < 0) return fuse_reply_err(req, ENXIO), void();
+    auto pos = fs_->seek(ino, static_cast<uint64_t>(off), whence);
+    if (!pos) return fail(req, "lseek", ino, pos.error());
+    fuse_reply_lseek(req, static_cast<off_t>(*pos));
+  }
+
+  // No reflinks in ext4: a copy through the library, without the bytes
+  // crossing into the kernel twice.
+  void copy_file_range(fuse_req_t req, fuse_ino_t in, off_t off_in, fuse_ino_t out, off_t off_out, size_t len) {
+    const Ino src = to_ext(in), dst = to_ext(out);
+    if (refuse_change(req)) return;
+    if (off_in < 0 || off_out < 0) return fuse_reply_err(req, EINVAL), void();
+    constexpr size_t kChunk = 1u << 20;
+    std::vector<std::byte> buf(std::min(len, kChunk));
+    size_t done = 0;
+    while (done < len) {
+      const size_t want = std::min(len - done, kChunk);
+      auto n = fs_->read(src, static_cast<uint64_t>(off_in) + done, std::span(buf.data(), want));
+      if (!n) {
+        if (done > 0) break;
+        return fail(req, "copy_file_range (read)", src, n.error());
+      }
+      if (*n == 0) break;
+      auto w = fs_->write(dst, static_cast<uint64_t>(off_out) + done, std::span(buf.data(), *n));
+      if (!w) {
+        if (done > 0) break;  // report what was copied; the next call meets the error
+        return fail(req, "copy_file_range (write)", dst, w.error());
+      }
+      done += *w;
+      if (*n < want) break;
+    }
+    fuse_reply_write(req, done);
+  }
+
+ private:
+  std::unique_ptr<Filesystem> fs_;
+  MountOptions opts_;
+  Log& log_;
+  uint32_t block_size_ = 4096;
+  NameTable names_;
+  fuse_session* se_ = nullptr;
+  std::atomic<bool> forced_ro_{false};
+  std::atomic<bool> panicked_{false};
+  std::atomic<int64_t> last_enospc_log_{0};
+};
+
+// libfuse calls plain functions; each forwards to the Daemon in userdata.
+const fuse_lowlevel_ops& Daemon::ops() {
+  static const fuse_lowlevel_ops table = [] {
+    fuse_lowlevel_ops o{};
+    o.init = [](void* u, fuse_conn_info* c) { static_cast<Daemon*>(u)->init(c); };
+    o.lookup = [](fuse_req_t r, fuse_ino_t p, const char* n) { of(r).lookup(r, p, n); };
+    o.forget = [](fuse_req_t r, fuse_ino_t i, uint64_t n) {
+      of(r).forget(to_ext(i), n);
+      fuse_reply_none(r);
+    };
+    o.forget_multi = [](fuse_req_t r, size_t count, fuse_forget_data* f) {
+      for (size_t k = 0; k < count; ++k) of(r).forget(to_ext(f[k].ino), f[k].nlookup);
+      fuse_reply_none(r);
+    };
+    o.getattr = [](fuse_req_t r, fuse_ino_t i, fuse_file_info*) { of(r).getattr(r, i); };
+    o.setattr = [](fuse_req_t r, fuse_ino_t i, struct stat* a, int s, fuse_file_info*) { of(r).setattr(r, i, a, s); };
+    o.readlink = [](fuse_req_t r, fuse_ino_t i) { of(r).readlink(r, i); };
+    o.mknod = [](fuse_req_t r, fuse_ino_t p, const char* n, mode_t m, dev_t d) { of(r).mknod(r, p, n, m, d); };
+    o.mkdir = [](fuse_req_t r, fuse_ino_t p, const char* n, mode_t m) { of(r).mkdir(r, p, n, m); };
+    o.unlink = [](fuse_req_t r, fuse_ino_t p, const char* n) { of(r).unlink(r, p, n); };
+    o.rmdir = [](fuse_req_t r, fuse_ino_t p, const char* n) { of(r).rmdir(r, p, n); };
+    o.symlink = [](fuse_req_t r, const char* t, fuse_ino_t p, const char* n) { of(r).symlink(r, t, p, n); };
+    o.rename = [](fuse_req_t r, fuse_ino_t p, const char* n, fuse_ino_t np, const char* nn, unsigned f) {
+      of(r).rename(r, p, n, np, nn, f);
+    };
+    o.link = [](fuse_req_t r, fuse_ino_t i, fuse_ino_t np, const char* nn) { of(r).link(r, i, np, nn); };
+    o.open = [](fuse_req_t r, fuse_ino_t i, fuse_file_info* fi) { of(r).open(r, i, fi); };
+    o.create = [](fuse_req_t r, fuse_ino_t p, const char* n, mode_t m, fuse_file_info* fi) {
+      of(r).create(r, p, n, m, fi);
+    };
+    o.read = [](fuse_req_t r, fuse_ino_t i, size_t s, off_t off, fuse_file_info*) { of(r).read(r, i, s, off); };
+    o.write = [](fuse_req_t r, fuse_ino_t i, const char* b, size_t s, off_t off, fuse_file_info*) {
+      of(r).write(r, i, b, s, off);
+    };
+    // Nothing is buffered in the daemon: write() already reached the library.
+    o.flush = [](fuse_req_t r, fuse_ino_t, fuse_file_info*) { fuse_reply_err(r, 0); };
+    o.release = [](fuse_req_t r, fuse_ino_t, fuse_file_info*) { fuse_reply_err(r, 0); };
+    o.fsync = [](fuse_req_t r, fuse_ino_t i, int d, fuse_file_info*) { of(r).fsync(r, i, d, "fsync"); };
+    o.fsyncdir = [](fuse_req_t r, fuse_ino_t i, int d, fuse_file_info*) { of(r).fsync(r, i, d, "fsyncdir"); };
+    o.readdir = [](fuse_req_t r, fuse_ino_t i, size_t s, off_t off, fuse_file_info*) {
+      of(r).readdir(r, i, s, off, false);
+    };
+    o.readdirplus = [](fuse_req_t r, fuse_ino_t i, size_t s, off_t off, fuse_file_info*) {
+      of(r).readdir(r, i, s, off, true);
+    };
+    o.statfs = [](fuse_req_t r, fuse_ino_t) { of(r).statfs(r); };
+    o.setxattr = [](fuse_req_t r, fuse_ino_t i, const char* n, const char* v, size_t s, int f) {
+      of(r).setxattr(r, i, n, v, s, f);
+    };
+    o.getxattr = [](fuse_req_t r, fuse_ino_t i, const char* n, size_t s) { of(r).getxattr(r, i, n, s); };
+    o.listxattr = [](fuse_req_t r, fuse_ino_t i, size_t s) { of(r).listxattr(r, i, s); };
+    o.removexattr = [](fuse_req_t r, fuse_ino_t i, const char* n) { of(r).removexattr(r, i, n); };
+    o.fallocate = [](fuse_req_t r, fuse_ino_t i, int m, off_t off, off_t len, fuse_file_info*) {
+      of(r).fallocate(r, i, m, off, len);
+    };
+    o.lseek = [](fuse_req_t r, fuse_ino_t i, off_t off, int w, fuse_file_info*) { of(r).lseek(r, i, off, w); };
+    o.copy_file_range = [](fuse_req_t r, fuse_ino_t in, off_t oi, fuse_file_info*, fuse_ino_t out, off_t oo,
+                           fuse_file_info*, size_t len, int) { of(r).copy_file_range(r, in, oi, out, oo, len); };
+    return o;
+  }();
+  return table;
+}
+
+// ------------------------------------------------------------------ main
+
+// Daemon mode forks before anything is opened, so the image lock and the
+// mount belong to the serving process from the start (and /proc/locks
+// names it). The parent waits on a pipe for "mounted" or "failed" and
+// exits with that status; until then the child's errors reach the
+// terminal.
+struct Background {
+  int notify_fd = -1;
+  void done(int status) {
+    if (notify_fd < 0) return;
+    unsigned char b = static_cast<unsigned char>(status);
+    ssize_t ignored = ::write(notify_fd, &b, 1);
+    (void)ignored;
+    ::close(notify_fd);
+    notify_fd = -1;
+  }
+};
+
+// Returns -1 in the child (go on), or the exit status in the parent.
+int fork_into_background(Background& bg) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
+    std::fprintf(stderr, "uext: mount: pipe: %s\n", std::strerror(errno));
+    return 1;
+  }
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    std::fprintf(stderr, "uext: mount: fork: %s\n", std::strerror(errno));
+    return 1;
+  }
+  if (pid > 0) {
+    ::close(fds[1]);
+    unsigned char b = 1;
+    ssize_t n;
+    do n = ::read(fds[0], &b, 1);
+    while (n < 0 && errno == EINTR);
+    if (n != 1) {  // the child died before saying anything
+      int st = 0;
+      ::waitpid(pid, &st, 0);
+      return 1;
+    }
+    return b;
+  }
+  ::close(fds[0]);
+  ::setsid();
+  bg.notify_fd = fds[1];
+  return -1;
+}
+
+void detach_stdio() {
+  int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null < 0) return;
+  ::dup2(null, 0);
+  ::dup2(null, 1);
+  ::dup2(null, 2);
+  if (null > 2) ::close(null);
+  if (::chdir("/") != 0) {
+  }
+}
+
+}  // namespace
+
+int run_mount(MountOptions opts) {
+  finish_mount_options(opts, ::geteuid() == 0);
+  auto usage_fail = [&](const std::string& msg) {
+    std::fprintf(stderr, "uext: mount: %s\n", msg.c_str());
+    return 1;
+  };
+  struct stat mp {};
+  if (::stat(opts.mountpoint.c_str(), &mp) != 0) {
+    return usage_fail(fmt::format("{}: {}", opts.mountpoint, std::strerror(errno)));
+  }
+  if (!S_ISDIR(mp.st_mode)) return usage_fail(fmt::format("{}: not a directory", opts.mountpoint));
+  if (!opts.verify_checksums && !opts.read_only) {
+    return usage_fail("nochecksums is for salvaging data and needs ro");
+  }
+
+  Background bg;
+  if (!opts.foreground) {
+    int status = fork_into_background(bg);
+    if (status >= 0) return status;
+  }
+  auto failed = [&](const std::string& msg) {
+    std::fprintf(stderr, "uext: mount: %s\n", msg.c_str());
+    bg.done(1);
+    return 1;
+  };
+
+  auto guard = ImageGuard::acquire(opts.image, opts.fsname, opts.read_only);
+  if (!guard) return failed(guard.error().message());
+
+  Options fo;
+  fo.read_only = opts.read_only;
+  fo.verify_checksums = opts.verify_checksums;
+  fo.direct_io = opts.direct_io;
+  fo.metadata_cache_bytes = opts.cache_bytes;
+  fo.commit_interval_ms = opts.commit_seconds * 1000;
+  fo.use_root_reserve = opts.use_root_reserve;
+  auto opened = Filesystem::open(opts.image, fo);
+  if (!opened) return failed(fmt::format("{}: {}", opts.image, opened.error().message()));
+
+  Log log;
+  if (!opts.logfile.empty()) {
+    if (!log.to_file(opts.logfile)) return failed(fmt::format("{}: {}", opts.logfile, std::strerror(errno)));
+  }
+
+  const VolumeInfo info = (*opened)->info();
+  std::vector<std::string> notes;
+  if (!opts.read_only && info.read_only) {
+    notes.push_back(fmt::format("{}: mounted read-only: {}", opts.image, info.read_only_reason));
+    opts.read_only = true;
+  }
+  if (info.replayed_transactions > 0) {
+    notes.push_back(fmt::format("{}: replayed {} journal transactions", opts.image, info.replayed_transactions));
+  }
+  if (opts.read_only && info.needs_recovery) {
+    notes.push_back(fmt::format("{}: the journal holds {} transactions that a read-only mount does not replay; "
+                                "the newest changes are not visible (mount read-write once to replay them)",
+                                opts.image, info.journal.pending_transactions));
+  }
+
+  Daemon daemon(std::move(*opened), opts, log);
+  std::vector<std::string> args = fuse_arguments(opts);
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  fuse_args fargs = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+  fuse_session* se = fuse_session_new(&fargs, &Daemon::ops(), sizeof(fuse_lowlevel_ops), &daemon);
+  if (!se) return failed("cannot start a FUSE session (the options above were refused by libfuse)");
+  daemon.set_session(se);
+  if (fuse_set_signal_handlers(se) != 0) {
+    fuse_session_destroy(se);
+    return failed("cannot install signal handlers");
+  }
+  if (fuse_session_mount(se, opts.mountpoint.c_str()) != 0) {
+    fuse_remove_signal_handlers(se);
+    fuse_session_destroy(se);
+    return failed(fmt::format("cannot mount on {} (is /dev/fuse there, and fusermount3 installed?)",
+                              opts.mountpoint));
+  }
+
+  if (!opts.foreground) {
+    if (opts.logfile.empty()) log.to_syslog();
+    detach_stdio();
+  }
+  for (const auto& n : notes) log.info(n);
+  if (opts.debug || !opts.foreground || !opts.logfile.empty()) {
+    log.info(fmt::format("mounted {} on {} ({}, {} of {} blocks free, {} threads{})", opts.image, opts.mountpoint,
+                         opts.read_only ? "read-only" : "read-write", info.free_blocks, info.blocks_count,
+                         opts.max_threads, opts.writeback_cache ? ", writeback cache" : ""));
+  }
+  bg.done(0);
+
+  fuse_loop_config* cfg = fuse_loop_cfg_create();
+  fuse_loop_cfg_set_max_threads(cfg, opts.max_threads);
+  fuse_loop_cfg_set_idle_threads(cfg, std::min(opts.max_threads, 4u));
+  fuse_loop_cfg_set_clone_fd(cfg, opts.clone_fd ? 1 : 0);
+  int loop = fuse_session_loop_mt(se, cfg);
+  fuse_loop_cfg_destroy(cfg);
+
+  fuse_session_unmount(se);
+  fuse_remove_signal_handlers(se);
+  int rc = 0;
+  if (loop != 0 && loop != -EINTR && !daemon.panicked()) {
+    log.error(fmt::format("{}: the FUSE session ended with an error: {}", opts.image, std::strerror(loop < 0 ? -loop : loop)));
+  }
+  if (daemon.panicked()) {
+    // errors=panic: write nothing more; the journal replays on the next mount.
+    (void)daemon.take_fs().release();
+    rc = 1;
+  } else {
+    std::unique_ptr<Filesystem> fs = daemon.take_fs();
+    Status closed = fs->close();
+    if (!closed.ok()) {
+      log.error(fmt::format("{}: closing failed: {}; the journal replays on the next mount", opts.image,
+                            closed.error().message()));
+      rc = 1;
+    } else if (opts.debug || !opts.logfile.empty()) {
+      log.info(fmt::format("unmounted {}: closed clean", opts.image));
+    }
+  }
+  fuse_session_destroy(se);
+  return rc;
+}
+
+}  // namespace uext::fuse

@@ -1,0 +1,135 @@
+#include "fuse/image_guard.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include <fmt/core.h>
+
+namespace uext::fuse {
+namespace {
+
+// /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
+std::string unescape_mount_field(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 3 < s.size()) {
+      bool octal = true;
+      int v = 0;
+      for (size_t k = 1; k <= 3; ++k) {
+        if (s[i + k] < '0' || s[i + k] > '7') octal = false;
+        v = v * 8 + (s[i + k] - '0');
+      }
+      if (octal) {
+        out += static_cast<char>(v);
+        i += 3;
+        continue;
+      }
+    }
+    out += s[i];
+  }
+  return out;
+}
+
+}  // namespace
+
+ImageGuard::~ImageGuard() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+ImageGuard& ImageGuard::operator=(ImageGuard&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = other.fd_;
+    other.fd_ = -1;
+  }
+  return *this;
+}
+
+int flock_holder_pid(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return 0;
+  const std::string id = fmt::format("{:02x}:{:02x}:{}", major(st.st_dev), minor(st.st_dev),
+                                     static_cast<unsigned long>(st.st_ino));
+  std::ifstream locks("/proc/locks");
+  std::string line;
+  while (std::getline(locks, line)) {
+    // "12: FLOCK  ADVISORY  WRITE 4242 fd:01:393218 0 EOF"; waiters carry "->".
+    std::istringstream in(line);
+    std::string num, kind, adv, rw, pid, dev;
+    in >> num >> kind;
+    if (kind == "->") in >> kind;
+    in >> adv >> rw >> pid >> dev;
+    if (kind != "FLOCK" || dev != id) continue;
+    if (line.find("->") != std::string::npos) continue;
+    return std::atoi(pid.c_str());
+  }
+  return 0;
+}
+
+std::string uext_mountpoint_of(const std::string& fsname) {
+  std::ifstream info("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(info, line)) {
+    // id parent maj:min root mountpoint options [optional...] - fstype source superoptions
+    std::istringstream in(line);
+    std::vector<std::string> f;
+    std::string w;
+    while (in >> w) f.push_back(w);
+    size_t dash = 0;
+    for (size_t i = 6; i < f.size(); ++i) {
+      if (f[i] == "-") { dash = i; break; }
+    }
+    if (dash == 0 || dash + 2 >= f.size() || f.size() < 5) continue;
+    if (f[dash + 1] != "fuse.uext") continue;
+    if (unescape_mount_field(f[dash + 2]) == fsname) return unescape_mount_field(f[4]);
+  }
+  return {};
+}
+
+Result<ImageGuard> ImageGuard::acquire(const std::string& image, const std::string& fsname, bool read_only,
+                                       double wait_seconds) {
+  // O_RDONLY is enough for flock and works on read-only image files.
+  int fd = ::open(image.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Error(errno, fmt::format("{}: {}", image, std::strerror(errno)));
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::milliseconds(static_cast<int64_t>(wait_seconds * 1000));
+  for (;;) {
+    if (::flock(fd, (read_only ? LOCK_SH : LOCK_EX) | LOCK_NB) == 0) return ImageGuard(fd);
+    int err = errno;
+    if (err != EWOULDBLOCK) {
+      ::close(fd);
+      return Error(err, fmt::format("{}: cannot lock the image: {}", image, std::strerror(err)));
+    }
+    const int pid = flock_holder_pid(image);
+    const std::string where = uext_mountpoint_of(fsname);
+    const std::string holder = pid > 0 ? fmt::format("pid {}", pid) : std::string("another process");
+    if (!where.empty()) {
+      ::close(fd);
+      return Error(EBUSY, fmt::format("{} is already mounted by another uext ({}) at {}; unmount it first "
+                                      "(fusermount3 -u {})",
+                                      image, holder, where, where));
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      ::close(fd);
+      return Error(EBUSY, fmt::format("{} is in use by another uext or a program holding a lock on it ({}); "
+                                      "refusing to mount it twice",
+                                      image, holder));
+    }
+    // Not mounted any more: most likely a daemon still flushing after its
+    // unmount. Give it time to finish.
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+}  // namespace uext::fuse

@@ -1,0 +1,214 @@
+#include "fuse/mount_options.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <filesystem>
+#include <set>
+
+#include <fmt/core.h>
+
+namespace uext::fuse {
+namespace {
+
+// Flags libfuse hands to mount(2) unchanged; accepted so that fstab lines
+// and fuse2fs habits work.
+const std::set<std::string>& kernel_flag_names() {
+  static const std::set<std::string> names = {
+      "dev",      "nodev",      "suid",        "nosuid",        "exec",      "noexec",
+      "async",    "sync",       "dirsync",     "atime",         "noatime",   "diratime",
+      "nodiratime", "relatime", "norelatime",  "strictatime",   "nostrictatime",
+      "lazytime", "nolazytime",
+  };
+  return names;
+}
+
+bool parse_double(const std::string& text, double& out) {
+  if (text.empty()) return false;
+  char* end = nullptr;
+  errno = 0;
+  double v = std::strtod(text.c_str(), &end);
+  if (errno != 0 || *end != '\0' || !(v >= 0) || v > 1e9) return false;
+  out = v;
+  return true;
+}
+
+bool parse_uint(const std::string& text, uint64_t& out) {
+  if (text.empty() || text[0] == '-') return false;
+  char* end = nullptr;
+  errno = 0;
+  unsigned long long v = std::strtoull(text.c_str(), &end, 10);
+  if (errno != 0 || end == text.c_str()) return false;
+  uint64_t mult = 1;
+  std::string suffix(end);
+  if (suffix == "k" || suffix == "K") mult = 1ull << 10;
+  else if (suffix == "m" || suffix == "M") mult = 1ull << 20;
+  else if (suffix == "g" || suffix == "G") mult = 1ull << 30;
+  else if (!suffix.empty()) return false;
+  if (v > UINT64_MAX / mult) return false;
+  out = v * mult;
+  return true;
+}
+
+Error bad_value(const std::string& key, const std::string& value, const char* expected) {
+  return Error(EINVAL, fmt::format("option '{}={}': expected {}", key, value, expected));
+}
+
+}  // namespace
+
+Status parse_mount_option_list(const std::string& list, MountOptions& opts) {
+  bool always_on = true;  // default_permissions: accepted, never turned off
+  size_t start = 0;
+  while (start <= list.size()) {
+    size_t comma = list.find(',', start);
+    if (comma == std::string::npos) comma = list.size();
+    std::string item = list.substr(start, comma - start);
+    start = comma + 1;
+    if (item.empty()) continue;
+    std::string key = item, value;
+    bool has_value = false;
+    if (size_t eq = item.find('='); eq != std::string::npos) {
+      key = item.substr(0, eq);
+      value = item.substr(eq + 1);
+      has_value = true;
+    }
+    auto flag = [&](bool& field, bool v) -> Status {
+      if (has_value) return Error(EINVAL, fmt::format("option '{}' takes no value", key));
+      field = v;
+      return {};
+    };
+    auto seconds = [&](double& field) -> Status {
+      if (!has_value || !parse_double(value, field)) return bad_value(key, value, "seconds (a number >= 0)");
+      return {};
+    };
+    Status s;
+    if (key == "ro") s = flag(opts.read_only, true);
+    else if (key == "rw") s = flag(opts.read_only, false);
+    else if (key == "debug" || key == "fuse2fs_debug") s = flag(opts.debug, true);
+    else if (key == "foreground") s = flag(opts.foreground, true);
+    else if (key == "nochecksums" || key == "no_checksums") s = flag(opts.verify_checksums, false);
+    else if (key == "direct_io" || key == "directio") s = flag(opts.direct_io, true);
+    else if (key == "writeback_cache") s = flag(opts.writeback_cache, true);
+    else if (key == "no_writeback_cache") s = flag(opts.writeback_cache, false);
+    else if (key == "allow_other") {
+      s = flag(opts.allow_other, true);
+      opts.allow_other_set = true;
+    } else if (key == "noallow_other") {
+      s = flag(opts.allow_other, false);
+      opts.allow_other_set = true;
+    } else if (key == "allow_root") s = flag(opts.allow_root, true);
+    else if (key == "auto_unmount") s = flag(opts.auto_unmount, true);
+    else if (key == "default_permissions") s = flag(always_on, true);
+    else if (key == "use_root_reserve" || key == "reservation") s = flag(opts.use_root_reserve, true);
+    else if (key == "clone_fd") s = flag(opts.clone_fd, true);
+    else if (key == "entry_timeout") s = seconds(opts.entry_timeout);
+    else if (key == "attr_timeout") s = seconds(opts.attr_timeout);
+    else if (key == "negative_timeout") s = seconds(opts.negative_timeout);
+    else if (key == "errors") {
+      if (value == "continue") opts.on_error = OnError::kContinue;
+      else if (value == "remount-ro") opts.on_error = OnError::kRemountRo;
+      else if (value == "panic") opts.on_error = OnError::kPanic;
+      else s = bad_value(key, value, "continue, remount-ro or panic");
+    } else if (key == "cache_size") {
+      uint64_t v = 0;
+      if (!has_value || !parse_uint(value, v) || v < (1u << 20)) s = bad_value(key, value, "bytes, at least 1M (suffixes k, m, g)");
+      else opts.cache_bytes = v;
+    } else if (key == "commit") {
+      uint64_t v = 0;
+      if (!has_value || !parse_uint(value, v) || v > 86400) s = bad_value(key, value, "seconds, 0 to 86400");
+      else opts.commit_seconds = static_cast<uint32_t>(v);
+    } else if (key == "max_threads") {
+      uint64_t v = 0;
+      if (!has_value || !parse_uint(value, v) || v < 1 || v > 1024) s = bad_value(key, value, "a count from 1 to 1024");
+      else opts.max_threads = static_cast<unsigned>(v);
+    } else if (key == "fsname") {
+      if (!has_value || value.empty()) s = bad_value(key, value, "a name");
+      else opts.fsname = value;
+    } else if (key == "logfile") {
+      if (!has_value || value.empty()) s = bad_value(key, value, "a file name");
+      else opts.logfile = value;
+    } else if (!has_value && kernel_flag_names().count(key)) {
+      opts.kernel_flags.push_back(key);
+    } else {
+      s = Error(EINVAL, fmt::format("unknown mount option '{}' (see 'uext mount --help')", item));
+    }
+    if (!s.ok()) return s;
+  }
+  return {};
+}
+
+void finish_mount_options(MountOptions& opts, bool running_as_root) {
+  // As root the mount serves every user, as a kernel mount does; the
+  // kernel's permission checks (default_permissions) keep them apart.
+  if (!opts.allow_other_set && running_as_root) opts.allow_other = true;
+  if (opts.debug) opts.foreground = true;  // the trace goes to the terminal
+  if (opts.fsname.empty()) {
+    std::error_code ec;
+    auto abs = std::filesystem::absolute(opts.image, ec);
+    opts.fsname = ec ? opts.image : abs.lexically_normal().string();
+  }
+}
+
+std::vector<std::string> fuse_arguments(const MountOptions& opts) {
+  // default_permissions: the kernel checks modes, owners, sticky
+  // directories and supplementary groups exactly as for ext4.
+  std::string o = "default_permissions,subtype=uext";
+  // fsname may hold commas; libfuse accepts them escaped with a backslash.
+  std::string name;
+  for (char c : opts.fsname) {
+    if (c == ',' || c == '\\') name += '\\';
+    name += c;
+  }
+  o += ",fsname=" + name;
+  if (opts.read_only) o += ",ro";
+  if (opts.allow_other) o += ",allow_other";
+  if (opts.allow_root) o += ",allow_root";
+  if (opts.auto_unmount) o += ",auto_unmount";
+  for (const auto& f : opts.kernel_flags) o += "," + f;
+  std::vector<std::string> args = {"uext", "-o", o};
+  if (opts.debug) args.push_back("-d");
+  return args;
+}
+
+std::string mount_options_help() {
+  return R"(Mount options (-o, comma-separated; repeatable):
+  ro                     mount read-only; the journal is not replayed (a warning
+                         says so when it holds transactions)
+  rw                     mount read-write (default); replays the journal first
+  debug                  trace every request (libfuse's trace and uext's own) on
+                         stderr; implies foreground.  fuse2fs_debug: the same
+  foreground             stay in the foreground (as -f)
+  errors=continue|remount-ro|panic
+                         on corruption or an I/O error: log and go on (default),
+                         refuse further changes, or unmount at once
+  entry_timeout=SECS     how long the kernel caches names (default 1)
+  attr_timeout=SECS      how long the kernel caches attributes (default 1)
+  negative_timeout=SECS  how long the kernel caches "no such name" (default 0)
+  writeback_cache        let the kernel buffer writes in its page cache: faster
+                         small writes, but ENOSPC and I/O errors surface at
+                         fsync/close instead of at write() (default off)
+  no_writeback_cache     write() goes to uext synchronously (default)
+  direct_io | directio   read and write the image with O_DIRECT
+  cache_size=BYTES       metadata cache size (default 64M; suffixes k, m, g)
+  commit=SECS            commit the journal every SECS seconds (default 5; 0:
+                         only on fsync, sync and unmount)
+  use_root_reserve       allocations may use the root-reserved blocks
+  nochecksums            accept wrong metadata checksums (only with ro)
+  max_threads=N          request threads (default 8)
+  clone_fd               one /dev/fuse descriptor per thread
+  allow_other            let every user access the mount (default when run
+                         as root; other users need user_allow_other in
+                         /etc/fuse.conf)
+  noallow_other          only the mounting user (default for other users)
+  allow_root             only the mounting user and root
+  auto_unmount           unmount when the daemon dies (fusermount3 watches it)
+  fsname=NAME            the source shown in /proc/mounts (default: the image)
+  logfile=FILE           append diagnostics here (default: stderr in the
+                         foreground, syslog as a daemon)
+  default_permissions    accepted; always on: the kernel checks permissions
+  dev, nodev, suid, nosuid, exec, noexec, sync, async, dirsync, atime, noatime,
+  relatime, strictatime, lazytime, ...
+                         kernel mount flags, passed to mount(2) as they are
+)";
+}
+
+}  // namespace uext::fuse

@@ -1,0 +1,69 @@
+// `uext mount` options: what -o accepts, its parsing and the --help text.
+// Kept apart from the daemon so the CLI and the tests can parse and print
+// options without libfuse.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "uext/status.h"
+
+namespace uext::fuse {
+
+// What ext4's errors= mount option chooses when the image turns out to be
+// corrupt (EUCLEAN, EBADMSG) or the device fails (EIO).
+enum class OnError { kContinue, kRemountRo, kPanic };
+
+// How reads change atime. The library's setattr also sets ctime, which a
+// read must never do (tar and rsync take a ctime change for a file changed
+// under them), so only noatime is offered until the library can update
+// atime alone.
+struct MountOptions {
+  std::string image;
+  std::string mountpoint;
+
+  bool read_only = false;
+  bool foreground = false;
+  bool debug = false;
+  bool verify_checksums = true;
+  bool direct_io = false;
+  bool writeback_cache = false;
+  bool allow_other = false;  // defaulted to true below when run as root
+  bool allow_other_set = false;
+  bool allow_root = false;
+  bool auto_unmount = false;
+  bool use_root_reserve = false;
+  OnError on_error = OnError::kContinue;
+
+  double entry_timeout = 1.0;
+  double attr_timeout = 1.0;
+  double negative_timeout = 0.0;
+
+  uint64_t cache_bytes = 64u << 20;
+  uint32_t commit_seconds = 5;
+  unsigned max_threads = 8;
+  bool clone_fd = false;
+
+  std::string fsname;   // default: the image's absolute path
+  std::string logfile;  // default: stderr in the foreground, syslog as a daemon
+
+  // Kernel mount flags handed to libfuse as they are (dev, suid, exec,
+  // noatime, ...): libfuse knows them and passes them to mount(2).
+  std::vector<std::string> kernel_flags;
+};
+
+// Parses one -o argument (comma-separated list) into `opts`. Unknown
+// options fail with EINVAL naming the option.
+Status parse_mount_option_list(const std::string& list, MountOptions& opts);
+
+// Fills what depends on the environment: allow_other for root, fsname.
+void finish_mount_options(MountOptions& opts, bool running_as_root);
+
+// The libfuse argument vector for fuse_session_new (-o list, -d).
+std::vector<std::string> fuse_arguments(const MountOptions& opts);
+
+// The "Mount options" section of `uext mount --help`: every option, one a line.
+std::string mount_options_help();
+
+}  // namespace uext::fuse
