@@ -681,3 +681,46 @@ INSTANTIATE_TEST_SUITE_P(Images, Crash, ::testing::ValuesIn(specs()),
 
 }  // namespace
 }  // namespace uext::testing
+
+namespace uext::testing {
+namespace {
+
+// A minimal reproduction of a library bug the crash and concurrency suites
+// hit (no crash needed). A directory block is committed, the directory is
+// removed (its block freed and revoked) and that commits; a new file then
+// gets the same block for its data. At close, the checkpoint still writes
+// the directory block's committed version home, over the file's data: the
+// file reads back as ". .." directory entries. Freeing a metadata block must
+// drop it from the checkpoint list too (jbd2_journal_forget), not only
+// revoke it. Enable when fixed.
+TEST(CrashBugs, DISABLED_FreedDirectoryBlockIsCheckpointedOverReusedData) {
+  TempDir tmp;
+  std::string image = tmp / "img";
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-b", "4096", image, "32M"});
+  const std::string data(4096, 'x');
+  {
+    Options o;
+    o.read_only = false;
+    o.commit_interval_ms = 0;
+    auto fs = Filesystem::open(image, o);
+    ASSERT_TRUE(fs.ok());
+    ASSERT_TRUE((*fs)->mkdir(kRootIno, "d", 0755, {}).ok());
+    ASSERT_TRUE((*fs)->sync().ok());
+    ASSERT_TRUE((*fs)->rmdir(kRootIno, "d").ok());
+    ASSERT_TRUE((*fs)->sync().ok());
+    auto f = (*fs)->create(kRootIno, "f", 0644, {});
+    ASSERT_TRUE(f.ok());
+    ASSERT_TRUE((*fs)->write(f->ino, 0, bytes_of(data)).ok());
+    ASSERT_TRUE((*fs)->close().ok());
+  }
+  auto fs = Filesystem::open(image, {});
+  ASSERT_TRUE(fs.ok());
+  auto ino = (*fs)->resolve("/f");
+  ASSERT_TRUE(ino.ok());
+  std::string got(4096, '\0');
+  ASSERT_TRUE((*fs)->read(*ino, 0, std::as_writable_bytes(std::span(got))).ok());
+  EXPECT_TRUE(got == data) << "the file holds " << fmt::format("{:?}", got.substr(0, 24));
+}
+
+}  // namespace
+}  // namespace uext::testing

@@ -207,7 +207,15 @@ void churn(Filesystem& fs, Owned& o, Owned& other, const std::string& prefix, in
       if (!w.ok()) return fail("append " + name, w.error());
       o.files[name] += more;
       std::string err;
-      if (read_all(fs, *ino, &err) != o.files[name]) problems.add(prefix + ": " + name + " reads wrong after append " + err);
+      std::string got = read_all(fs, *ino, &err);
+      if (got != o.files[name]) {
+        size_t d = 0;
+        while (d < got.size() && d < o.files[name].size() && got[d] == o.files[name][d]) ++d;
+        problems.add(fmt::format("{}: {} reads wrong after an append of {} bytes: size {} (want {}), first "
+                                 "difference at byte {}: {:?} instead of {:?} {}",
+                                 prefix, name, more.size(), got.size(), o.files[name].size(), d,
+                                 got.substr(d, 16), o.files[name].substr(d, 16), err));
+      }
     } else if (op < 45) {  // rename within the directory, sometimes over another own file
       std::string from = pick(o);
       std::string to = below(3) == 0 ? pick(o) : fmt::format("{}{}", prefix, n++);
@@ -299,7 +307,7 @@ TEST_P(Concurrency, NamespaceOperationsFromManyThreads) {
   TempDir tmp;
   std::string image = make_image(tmp, GetParam(), "64M");
   Problems problems;
-  constexpr int kThreads = 8;
+  const int kThreads = std::getenv("UEXT_CONC_THREADS") ? std::atoi(std::getenv("UEXT_CONC_THREADS")) : 8;
   {
     auto fs = open_rw(image);
     ASSERT_TRUE(fs);
