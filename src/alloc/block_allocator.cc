@@ -137,11 +137,14 @@ Result<BlockExtent> BlockAllocator::allocate(journal::Handle& handle, uint64_t g
   const disk::Superblock& sb = groups_.sb();
   const uint64_t keep = options.use_reserved ? 0 : sb.s_r_blocks_count;
   Reservation* reservation = current_reservation;
-  const uint64_t claimed = reservation ? std::min<uint64_t>(count, reservation->left_)
-                                       : groups_.claim_blocks(count, keep);
-  if (reservation && claimed == 0) {
-    return Error(ENOSPC, "no space left: the operation used up the blocks it reserved");
+  if (reservation && reservation->left_ == 0) {
+    // A worst-case estimate fell short: take what is needed from the pool,
+    // root reserve included (as ext4 keeps blocks back for metadata), rather
+    // than fail an operation that has already changed blocks.
+    reservation = nullptr;
   }
+  const uint64_t claimed = reservation ? std::min<uint64_t>(count, reservation->left_)
+                                       : groups_.claim_blocks(count, current_reservation ? 0 : keep);
   if (claimed == 0) {
     int64_t left = groups_.unclaimed_free_blocks();
     if (left > 0 && !options.use_reserved) {
@@ -169,6 +172,7 @@ Result<BlockExtent> BlockAllocator::allocate(journal::Handle& handle, uint64_t g
       if (*got) {
         if (reservation) {
           reservation->left_ -= out.count;
+          reserved_total_.fetch_sub(out.count, std::memory_order_relaxed);
         } else {
           groups_.unclaim_blocks(claimed - out.count);
         }
@@ -194,9 +198,17 @@ Reservation& Reservation::operator=(Reservation&& other) noexcept {
 }
 
 void Reservation::release() {
-  if (allocator_ && left_ > 0) allocator_->groups_.unclaim_blocks(left_);
-  left_ = 0;
+  give_back(left_);
   allocator_ = nullptr;
+}
+
+void Reservation::give_back(uint64_t n) {
+  n = std::min(n, left_);
+  if (allocator_ && n > 0) {
+    allocator_->groups_.unclaim_blocks(n);
+    allocator_->reserved_total_.fetch_sub(n, std::memory_order_relaxed);
+  }
+  left_ -= n;
 }
 
 ReservationScope::ReservationScope(Reservation* r) : previous_(current_reservation) {
@@ -207,11 +219,17 @@ ReservationScope::~ReservationScope() { current_reservation = previous_; }
 Result<Reservation> BlockAllocator::reserve(uint64_t blocks, const AllocOptions& options) {
   Reservation r;
   r.allocator_ = this;
-  if (blocks == 0) return r;
+  UEXT_TRY(grow(r, blocks, options));
+  return r;
+}
+
+Status BlockAllocator::grow(Reservation& r, uint64_t blocks, const AllocOptions& options) {
+  if (blocks == 0) return {};
+  r.allocator_ = this;
   const uint64_t keep = options.use_reserved ? 0 : groups_.sb().s_r_blocks_count;
   const uint64_t claimed = groups_.claim_blocks(blocks, keep);
-  r.left_ = claimed;  // handed back by r's destructor on failure
   if (claimed < blocks) {
+    groups_.unclaim_blocks(claimed);
     return Error(ENOSPC, fmt::format("no space left: {} blocks needed, {} free{}", blocks, claimed,
                                      keep ? " outside the root reserve" : ""));
   }
@@ -220,10 +238,13 @@ Result<Reservation> BlockAllocator::reserve(uint64_t blocks, const AllocOptions&
   // i.e. what stays unclaimed must cover the busy ones.
   const int64_t busy = static_cast<int64_t>(busy_blocks());
   if (busy > 0 && groups_.unclaimed_free_blocks() < busy) {
+    groups_.unclaim_blocks(claimed);
     return Error(ENOSPC, fmt::format("no space left until the running transaction commits "
                                      "({} freed blocks are busy until then)", busy));
   }
-  return r;
+  r.left_ += claimed;
+  reserved_total_.fetch_add(claimed, std::memory_order_relaxed);
+  return {};
 }
 
 Status BlockAllocator::free(journal::Handle& handle, uint64_t first, uint32_t count, bool metadata) {

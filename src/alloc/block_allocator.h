@@ -50,6 +50,8 @@ class Reservation {
   ~Reservation() { release(); }
   uint64_t left() const { return left_; }
   void release();
+  // Hands back `n` blocks of it (at most what is left).
+  void give_back(uint64_t n);
 
  private:
   friend class BlockAllocator;
@@ -106,6 +108,11 @@ class BlockAllocator {
   // stood in the way, committing the journal and asking again may succeed
   // (the message says so, and busy_blocks() is then nonzero).
   Result<Reservation> reserve(uint64_t blocks, const AllocOptions& options = {});
+  // Adds `blocks` to an existing reservation, on the same terms as
+  // reserve(); on failure the reservation is unchanged.
+  Status grow(Reservation& r, uint64_t blocks, const AllocOptions& options = {});
+  // Blocks held by every outstanding reservation.
+  uint64_t reserved_blocks() const { return reserved_total_.load(std::memory_order_relaxed); }
 
   // The goal for an inode's first block, as the kernel's
   // ext4_inode_to_goal_block: the start of the inode's group; with flex
@@ -137,6 +144,7 @@ class BlockAllocator {
   GroupBitmaps& groups_;
   std::vector<std::vector<BusyRun>> busy_;  // per group, under its lock
   std::atomic<uint64_t> busy_total_{0};
+  std::atomic<uint64_t> reserved_total_{0};
 };
 
 }  // namespace uext::alloc
