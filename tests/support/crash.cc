@@ -197,6 +197,53 @@ Status replay_journal_with_e2fsck(const std::string& image) {
   return {};
 }
 
+namespace {
+
+// Where uext's replay `a` and e2fsck's replay `b` of `image` differ, apart
+// from the tolerated cases (see e2fsck_clean); "" when they agree.
+std::string replay_difference(const std::string& image, const disk::Superblock& sb_in, const std::string& a_path,
+                              const std::string& b_path, const FsckOptions& options, FsckVerdict& v) {
+  struct {
+    std::string path;
+  } a{a_path}, b{b_path};
+  const disk::Superblock* sb = &sb_in;
+  std::string out;
+  uint32_t bs = sb->block_size();
+  uint64_t sb_block = bs == 1024 ? 1 : 0;
+  std::vector<uint64_t> diff = differing_blocks(a.path, b.path, bs);
+  std::erase(diff, sb_block);
+  // One known, harmless difference: with needs_recovery set over an empty
+  // log (s_start 0), e2fsck still advances s_sequence by one (as the
+  // kernel does when it next writes the journal superblock) while uext's
+  // recover_journal writes nothing. Either leaves a valid empty journal.
+  auto jloc = locate_journal(image);
+  std::optional<uint64_t> jsb_block = jloc.ok() ? jloc->map.physical(0) : std::nullopt;
+  if (jsb_block && std::find(diff.begin(), diff.end(), *jsb_block) != diff.end()) {
+    std::string orig = read_bytes(image, *jsb_block * bs, 1024);
+    std::string ja = read_bytes(a.path, *jsb_block * bs, 1024), jb = read_bytes(b.path, *jsb_block * bs, 1024);
+    std::string ma = ja, mb = jb;
+    // s_sequence, and s_checksum (v2/v3 checksums cover it).
+    for (size_t i = 0; i < 4; ++i) {
+      ma[kJsbSequence + i] = mb[kJsbSequence + i] = 0;
+      ma[kJsbChecksum + i] = mb[kJsbChecksum + i] = 0;
+    }
+    if (be32_at(orig, kJsbStart) == 0 && ma == mb && !options.strict_replay_agreement) {
+      std::erase(diff, *jsb_block);
+      v.notes.push_back("empty journal: e2fsck set s_sequence " + std::to_string(be32_at(jb, kJsbSequence)) +
+                        ", uext left " + std::to_string(be32_at(ja, kJsbSequence)));
+    }
+  }
+  if (!diff.empty()) {
+    out += "uext's and e2fsck's journal replays differ at blocks";
+    for (uint64_t blk : diff) out += " " + std::to_string(blk);
+    if (jsb_block) out += " (the journal superblock is block " + std::to_string(*jsb_block) + ")";
+    out += "\n";
+  }
+  return out;
+}
+
+}  // namespace
+
 FsckVerdict e2fsck_clean(const std::string& image, const FsckOptions& options) {
   FsckVerdict v;
   auto sb = read_superblock(image);
@@ -241,37 +288,10 @@ FsckVerdict e2fsck_clean(const std::string& image, const FsckOptions& options) {
     }
   }
   if (use_uext && use_e2fsck && v.clean) {
-    uint32_t bs = sb->block_size();
-    uint64_t sb_block = bs == 1024 ? 1 : 0;
-    std::vector<uint64_t> diff = differing_blocks(a.path, b.path, bs);
-    std::erase(diff, sb_block);
-    // One known, harmless difference: with needs_recovery set over an empty
-    // log (s_start 0), e2fsck still advances s_sequence by one (as the
-    // kernel does when it next writes the journal superblock) while uext's
-    // recover_journal writes nothing. Either leaves a valid empty journal.
-    auto jloc = locate_journal(image);
-    std::optional<uint64_t> jsb_block = jloc.ok() ? jloc->map.physical(0) : std::nullopt;
-    if (jsb_block && std::find(diff.begin(), diff.end(), *jsb_block) != diff.end()) {
-      std::string orig = read_bytes(image, *jsb_block * bs, 1024);
-      std::string ja = read_bytes(a.path, *jsb_block * bs, 1024), jb = read_bytes(b.path, *jsb_block * bs, 1024);
-      std::string ma = ja, mb = jb;
-      // s_sequence, and s_checksum (v2/v3 checksums cover it).
-      for (size_t i = 0; i < 4; ++i) {
-        ma[kJsbSequence + i] = mb[kJsbSequence + i] = 0;
-        ma[kJsbChecksum + i] = mb[kJsbChecksum + i] = 0;
-      }
-      if (be32_at(orig, kJsbStart) == 0 && ma == mb && !options.strict_replay_agreement) {
-        std::erase(diff, *jsb_block);
-        v.notes.push_back("empty journal: e2fsck set s_sequence " + std::to_string(be32_at(jb, kJsbSequence)) +
-                          ", uext left " + std::to_string(be32_at(ja, kJsbSequence)));
-      }
-    }
+    std::string diff = replay_difference(image, *sb, a.path, b.path, options, v);
     if (!diff.empty()) {
       v.clean = false;
-      v.report += "uext's and e2fsck's journal replays differ at blocks";
-      for (uint64_t blk : diff) v.report += " " + std::to_string(blk);
-      if (jsb_block) v.report += " (the journal superblock is block " + std::to_string(*jsb_block) + ")";
-      v.report += "\n";
+      v.report += diff;
     }
   }
   return v;
@@ -662,5 +682,38 @@ FuseBlockFile::~FuseBlockFile() { stop(); }
 
 uint64_t FuseBlockFile::requests() const { return impl_->requests; }
 uint64_t FuseBlockFile::io_errors() const { return impl_->io_errors; }
+
+}  // namespace uext::testing
+
+namespace uext::testing {
+
+FsckVerdict compare_replays(const std::string& image, const std::string& uext_copy, const std::string& e2fsck_copy,
+                            const FsckOptions& options) {
+  FsckVerdict v;
+  auto sb = read_superblock(image);
+  if (!sb.ok()) {
+    v.report = image + ": superblock: " + sb.error().message() + "\n";
+    return v;
+  }
+  v.needed_recovery = sb->has_incompat(disk::incompat::kRecover);
+  Status st = io::copy_sparse_file(image, uext_copy);
+  if (st.ok()) {
+    auto rep = replay_journal_with_uext(uext_copy);
+    if (!rep.ok()) st = rep.error();
+  }
+  if (!st.ok()) {
+    v.report += "uext journal replay: " + st.error().message() + "\n";
+    return v;
+  }
+  st = io::copy_sparse_file(image, e2fsck_copy);
+  if (st.ok()) st = replay_journal_with_e2fsck(e2fsck_copy);
+  if (!st.ok()) {
+    v.report += "e2fsck journal replay: " + st.error().message() + "\n";
+    return v;
+  }
+  v.report = replay_difference(image, *sb, uext_copy, e2fsck_copy, options, v);
+  v.clean = v.report.empty();
+  return v;
+}
 
 }  // namespace uext::testing

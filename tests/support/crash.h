@@ -85,6 +85,17 @@ struct FsckVerdict {
 // Thread-safe (each call uses its own scratch files).
 FsckVerdict e2fsck_clean(const std::string& image, const FsckOptions& options = {});
 
+// Replays `image`'s journal by uext (recover_journal) into `uext_copy` and by
+// e2fsck (-E journal_only) into `e2fsck_copy`, and compares the two copies
+// block for block as Replay::kBoth does, but without running e2fsck -fn on
+// them: after a replay a state may still hold an orphan list, which
+// e2fsck -E journal_only finishes and uext leaves to its read-write open,
+// so the copies then differ for a good reason (the caller can tell by the
+// uext copy's s_last_orphan). clean = the replays agree. The copies are
+// left for the caller.
+FsckVerdict compare_replays(const std::string& image, const std::string& uext_copy, const std::string& e2fsck_copy,
+                            const FsckOptions& options = {});
+
 bool has_needs_recovery(const std::string& image);
 // Replays in place with uext; clears needs_recovery (and the valid bit when
 // the replay says a full check is due, as e2fsck does).
