@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job (README line 1): installs packages, builds uext, creates a
-# default ext4 image (demo.img, made by mke2fs 1.47 with its defaults) and
-# shows uext reading it without root, a loop device or a kernel driver.
+# default ext4 image (demo.img, made by mke2fs 1.47 with its defaults),
+# shows uext reading it without root, a loop device or a kernel driver, then
+# mounts it with `uext mount` (FUSE), lets ordinary programs read and write
+# it, unmounts it and has e2fsck check it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -10,7 +12,8 @@ uext=build/uext
 img=${1:-demo.img}
 
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# Unmount first, and never descend into a mount: rm -rf must not empty the image.
+trap 'fusermount3 -u "$work/mnt" 2>/dev/null || true; rm -rf --one-file-system "$work"' EXIT
 tree=$work/tree
 if [ ! -f "$img" ]; then
   mkdir -p "$tree/docs" "$tree/many"
@@ -37,3 +40,26 @@ set +x
 if [ -d "$tree" ]; then
   diff -r "$tree" "$work/copy" --exclude=lost+found && echo "uext get reproduced the tree exactly"
 fi
+
+# uext mount: the image as a filesystem, through FUSE.
+if [ ! -w /dev/fuse ] || ! command -v fusermount3 >/dev/null; then
+  echo "skipping the uext mount demo: /dev/fuse or fusermount3 is missing"
+  exit 0
+fi
+mnt=$work/mnt
+mkdir -p "$mnt"
+set -x
+"$uext" mount "$img" "$mnt"
+df -h "$mnt"
+ls -l "$mnt"
+cat "$mnt/hello.txt"
+rm -rf "$mnt/through-fuse"
+mkdir "$mnt/through-fuse"
+cp -a tools "$mnt/through-fuse/"
+tar -C "$mnt/through-fuse" -cf - tools | tar -tf - | wc -l
+echo "written through uext mount" > "$mnt/through-fuse/note.txt"
+sha256sum "$mnt/random.bin" "$mnt/through-fuse/note.txt"
+fusermount3 -u "$mnt"
+flock "$img" true   # the daemon holds this lock until it has closed the image
+e2fsck -fn "$img"
+"$uext" cat "$img" /through-fuse/note.txt

@@ -8,6 +8,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev
   e2fsprogs fuse2fs xfsprogs util-linux attr acl
+  # what the FUSE tests drive a mounted image with
+  coreutils tar rsync git sqlite3 fio stress-ng
 )
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 missing=()

@@ -96,15 +96,13 @@ class NameTable {
     if (it->second.lookups <= count) nodes_.erase(it);
     else it->second.lookups -= count;
   }
-  void moved(Ino parent, std::string_view name, Ino new_parent, std::string_view new_name) {
+  // After a rename: the inode now known under `name` in `parent`.
+  void renamed(Ino ino, Ino parent, std::string_view name) {
     std::lock_guard lock(mu_);
-    for (auto& [ino, n] : nodes_) {
-      if (n.parent == parent && n.name == name) {
-        n.parent = new_parent;
-        n.name.assign(new_name);
-        return;
-      }
-    }
+    auto it = nodes_.find(ino);
+    if (it == nodes_.end()) return;
+    it->second.parent = parent;
+    it->second.name.assign(name);
   }
   std::string path(Ino ino) {
     if (ino == kRootIno) return "/";
@@ -385,8 +383,12 @@ class Daemon {
     if (refuse_change(req)) return;
     Status s = fs_->rename(dir, name, new_dir, new_name, flags);
     if (!s.ok()) return fail_at(req, "rename", dir, name, s.error());
-    names_.moved(dir, name, new_dir, new_name);
     fuse_reply_err(req, 0);
+    // Keep the names for messages right (a lookup in the directory just changed, so cached).
+    if (auto moved = fs_->lookup(new_dir, new_name)) names_.renamed(*moved, new_dir, new_name);
+    if (flags & kRenameExchange) {
+      if (auto other = fs_->lookup(dir, name)) names_.renamed(*other, dir, name);
+    }
   }
 
   void open(fuse_req_t req, fuse_ino_t fino, fuse_file_info* fi) {
@@ -448,6 +450,7 @@ class Daemon {
   void fsync(fuse_req_t req, fuse_ino_t fino, int datasync, const char* op) {
     const Ino ino = to_ext(fino);
     if (panicked()) return fuse_reply_err(req, EIO), void();
+    if (opts_.read_only) return fuse_reply_err(req, 0), void();  // nothing to make durable
     Status s = fs_->fsync(ino, datasync != 0);
     if (!s.ok()) return fail(req, op, ino, s.error());
     fuse_reply_err(req, 0);
@@ -776,7 +779,11 @@ int run_mount(MountOptions opts) {
   fo.commit_interval_ms = opts.commit_seconds * 1000;
   fo.use_root_reserve = opts.use_root_reserve;
   auto opened = Filesystem::open(opts.image, fo);
-  if (!opened) return failed(fmt::format("{}: {}", opts.image, opened.error().message()));
+  if (!opened) {
+    // The library's message usually names the image already.
+    const std::string& why = opened.error().message();
+    return failed(why.rfind(opts.image, 0) == 0 ? why : fmt::format("{}: {}", opts.image, why));
+  }
 
   Log log;
   if (!opts.logfile.empty()) {

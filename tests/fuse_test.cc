@@ -1,0 +1,710 @@
+// `uext mount`: real images mounted through FUSE and driven by ordinary
+// programs (coreutils, tar, rsync, git, sqlite3, fio, stress-ng, several
+// writers at once), then unmounted and judged by e2fsck -fn and by the
+// kernel's own loop mount, which must show the same names, metadata and
+// bytes as the FUSE mount did. Also POSIX behaviour (permissions, sticky
+// and setgid directories, links, rename, unlink of open files, O_APPEND,
+// O_EXCL, O_TRUNC, timestamps) and the daemon's life: SIGTERM/SIGINT leave
+// a clean image, SIGKILL one that replays, and a second mount is refused.
+//
+// UEXT_FUSE_SCALE (default 1) multiplies the sizes and durations of the
+// heavy workloads (fio, stress-ng, concurrent writers).
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "support/crash.h"
+#include "support/images.h"
+#include "support/process.h"
+#include "uext/filesystem.h"
+
+namespace uext::testing {
+namespace {
+
+int scale() {
+  const char* s = std::getenv("UEXT_FUSE_SCALE");
+  int v = s ? std::atoi(s) : 1;
+  return v > 0 ? v : 1;
+}
+
+bool fuse_available() { return ::access("/dev/fuse", R_OK | W_OK) == 0 && ::geteuid() == 0; }
+
+#define REQUIRE_FUSE()                                                                     \
+  do {                                                                                     \
+    if (!fuse_available()) GTEST_SKIP() << "needs root and /dev/fuse to mount images";     \
+  } while (0)
+
+std::string sh_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) {
+    if (c == '\'') out += "'\\''";
+    else out += c;
+  }
+  return out + "'";
+}
+
+// Runs a shell line; fails the test with its output when it exits nonzero.
+std::string sh_ok(const std::string& line) {
+  CommandResult r = run_shell(line);
+  EXPECT_EQ(r.exit_code, 0) << line << "\nstdout:\n" << r.out.substr(0, 4000) << "\nstderr:\n"
+                            << r.err.substr(0, 4000);
+  return r.out;
+}
+
+std::string make_image(const std::string& path, const std::string& size,
+                       const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> argv = {"mke2fs", "-F", "-q", "-t", "ext4"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  argv.push_back(path);
+  argv.push_back(size);
+  run_ok(argv);
+  return path;
+}
+
+bool is_mounted(const std::string& dir) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string id, parent, dev, root, mp;
+    f >> id >> parent >> dev >> root >> mp;
+    if (mp == dir && line.find(" - fuse.uext ") != std::string::npos) return true;
+  }
+  return false;
+}
+
+// A `uext mount -f` child process and its mount.
+class FuseMount {
+ public:
+  FuseMount(std::string image, std::string dir, std::string options = {})
+      : image_(std::move(image)), dir_(std::move(dir)) {
+    ::mkdir(dir_.c_str(), 0755);
+    log_ = dir_ + ".log";
+    std::vector<std::string> args = {uext_cli(), "mount", "-f", image_, dir_};
+    if (!options.empty()) {
+      args.push_back("-o");
+      args.push_back(options);
+    }
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (fd >= 0) {
+        ::dup2(fd, 1);
+        ::dup2(fd, 2);
+      }
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    for (int i = 0; i < 200; ++i) {
+      if (is_mounted(dir_)) {
+        mounted_ = true;
+        return;
+      }
+      int st = 0;
+      if (::waitpid(pid_, &st, WNOHANG) == pid_) {
+        status_ = st;
+        pid_ = -1;
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  ~FuseMount() {
+    if (mounted_) unmount();
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  FuseMount(const FuseMount&) = delete;
+  FuseMount& operator=(const FuseMount&) = delete;
+
+  bool ok() const { return mounted_; }
+  pid_t pid() const { return pid_; }
+  const std::string& dir() const { return dir_; }
+  std::string path(const std::string& rel) const { return dir_ + "/" + rel; }
+  std::string log() const { return read_file(log_); }
+
+  // fusermount3 -u, then waits for the daemon to flush and exit; its exit
+  // status (0 when it closed the image cleanly).
+  int unmount() {
+    if (mounted_) {
+      CommandResult r;
+      for (int i = 0; i < 50; ++i) {  // EBUSY while a program still lets go
+        r = run({"fusermount3", "-u", dir_});
+        if (r.exit_code == 0) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      EXPECT_EQ(r.exit_code, 0) << r.err;
+      mounted_ = false;
+    }
+    return wait();
+  }
+  // Sends a signal and waits for the daemon; its exit status.
+  int stop_with(int sig) {
+    ::kill(pid_, sig);
+    int rc = wait();
+    if (sig == SIGKILL) run({"fusermount3", "-uz", dir_});
+    mounted_ = false;
+    return rc;
+  }
+
+ private:
+  int wait() {
+    if (pid_ <= 0) return WIFEXITED(status_) ? WEXITSTATUS(status_) : 128 + WTERMSIG(status_);
+    int st = 0;
+    ::waitpid(pid_, &st, 0);
+    pid_ = -1;
+    status_ = st;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  }
+
+  std::string image_, dir_, log_;
+  pid_t pid_ = -1;
+  int status_ = 0;
+  bool mounted_ = false;
+};
+
+// Names, types, modes, owners, sizes, link counts, mtimes, symlink targets
+// and file digests of a tree, one line each (atime aside: reading changes it
+// on the kernel's side).
+// Directory sizes depend on the block size, so comparisons with a host tree
+// leave them out.
+// With writeback_cache the kernel keeps file mtimes itself and the one it
+// shows can be a little later than the one the last write stored: `times`
+// false leaves them out.
+std::string describe_tree(const std::string& dir, bool dir_sizes = true, bool times = true) {
+  return sh_ok("cd " + sh_quote(dir) + " && find . -path ./lost+found -prune -o -printf '%p %y %m %U %G %s %n " +
+               (times ? "%T@" : "-") + " %l\\n' | LC_ALL=C sort" +
+               (dir_sizes ? "" : " | awk '$2 == \"d\" { $6 = \"-\" } 1'") +
+               " && find . -path ./lost+found -prune -o -type f -print0 | LC_ALL=C sort -z | xargs -0r md5sum");
+}
+
+// After an unmount: e2fsck -fn clean, dumpe2fs "clean", and the kernel's
+// read-only loop mount shows `expected` (describe_tree of the FUSE mount).
+void expect_kernel_agrees(const std::string& image, const std::string& expected, bool times = true) {
+  EXPECT_TRUE(image_is_clean(image));
+  if (!can_loop_mount()) return;
+  std::string mnt = image + ".kmnt";
+  ::mkdir(mnt.c_str(), 0755);
+  LoopMount m(image, mnt, true);
+  ASSERT_TRUE(m.ok()) << m.error();
+  std::string seen = describe_tree(mnt, true, times);
+  EXPECT_EQ(seen, expected) << "the kernel sees a different tree";
+  m.unmount();
+}
+
+// A small host tree with the usual kinds of files.
+void make_sample_tree(const std::string& root) {
+  sh_ok("set -e; r=" + sh_quote(root) +
+        "; mkdir -p $r/d/e $r/empty; echo hello > $r/a.txt; head -c 3000000 /dev/urandom > $r/big;"
+        " truncate -s 20M $r/sparse; echo mid | dd of=$r/sparse bs=1 seek=7000000 conv=notrunc status=none;"
+        " ln -s a.txt $r/link; ln $r/a.txt $r/d/hard; for i in $(seq 1 300); do echo $i > $r/d/e/f$i; done;"
+        " chmod 750 $r/d; chmod 4755 $r/big; mkfifo $r/fifo; setfattr -n user.color -v blue $r/a.txt");
+}
+
+// ------------------------------------------------------------------ the command
+
+TEST(FuseCommand, HelpListsEveryOption) {
+  auto r = run({uext_cli(), "mount", "--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* o : {"ro", "rw", "debug", "errors=", "entry_timeout=", "attr_timeout=", "negative_timeout=",
+                        "writeback_cache", "direct_io", "cache_size=", "commit=", "allow_other", "auto_unmount",
+                        "fsname=", "logfile=", "max_threads=", "default_permissions", "MOUNTPOINT", "--foreground"}) {
+    EXPECT_NE(r.out.find(o), std::string::npos) << o << " missing from --help:\n" << r.out;
+  }
+  auto bad = run({uext_cli(), "mount", "x.img", "/tmp", "-o", "frobnicate"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("unknown mount option 'frobnicate'"), std::string::npos) << bad.err;
+  auto bad_value = run({uext_cli(), "mount", "x.img", "/tmp", "-o", "attr_timeout=soon"});
+  EXPECT_EQ(bad_value.exit_code, 2);
+  auto missing = run({uext_cli(), "mount", "/nonexistent.img", "/tmp", "-f"});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.err.find("/nonexistent.img"), std::string::npos) << missing.err;
+}
+
+// ------------------------------------------------------------------ reading
+
+TEST(FuseRead, ReadOnlyMountShowsWhatTheKernelShows) {
+  REQUIRE_FUSE();
+  TempDir t;
+  make_sample_tree(t / "src");
+  std::string img = make_image(t / "img", "64M", {"-d", t / "src"});
+  std::string expected;
+  ::mkdir((t / "k").c_str(), 0755);
+  {
+    LoopMount k(img, t / "k", true);
+    ASSERT_TRUE(k.ok()) << k.error();
+    expected = describe_tree(t / "k");
+  }
+  FuseMount m(img, t / "mnt", "ro");
+  ASSERT_TRUE(m.ok()) << m.log();
+  EXPECT_EQ(describe_tree(m.dir()), expected);
+  sh_ok("ls -lRi " + m.dir() + " > /dev/null && cmp " + m.path("big") + " " + (t / "src/big") + " && cmp " +
+        m.path("sparse") + " " + (t / "src/sparse"));
+  EXPECT_EQ(sh_ok("getfattr --only-values -n user.color " + m.path("a.txt")), "blue");
+  EXPECT_EQ(sh_ok("readlink " + m.path("link")), "a.txt\n");
+  CommandResult w = run_shell("echo x > " + m.path("new"));
+  EXPECT_NE(w.exit_code, 0);
+  EXPECT_NE(w.err.find("Read-only"), std::string::npos) << w.err;
+  EXPECT_EQ(m.unmount(), 0) << m.log();
+  EXPECT_TRUE(image_is_clean(img));
+}
+
+// ------------------------------------------------------------------ programs
+
+class FuseProgram : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fuse_available()) GTEST_SKIP() << "needs root and /dev/fuse to mount images";
+    img_ = make_image(t_ / "img", size_);
+  }
+  // Unmounts, then e2fsck and the kernel must agree with what FUSE showed.
+  void finish(FuseMount& m, bool times = true) {
+    std::string seen = describe_tree(m.dir(), true, times);
+    ASSERT_EQ(m.unmount(), 0) << m.log();
+    expect_kernel_agrees(img_, seen, times);
+  }
+  TempDir t_;
+  std::string size_ = "256M";
+  std::string img_;
+};
+
+TEST_F(FuseProgram, Coreutils) {
+  make_sample_tree(t_ / "src");
+  FuseMount m(img_, t_ / "mnt");
+  ASSERT_TRUE(m.ok()) << m.log();
+  sh_ok("set -e; cd " + m.dir() +
+        "; cp -a " + (t_ / "src") + " tree; diff -r -x fifo " + (t_ / "src") + " tree;"
+        " cp -a tree copy; mv copy/d moved; ln tree/a.txt hard2; ln -s ../tree/a.txt moved/sym;"
+        " rm -r copy/empty; chmod 700 moved; chown 1234:5678 hard2; touch -d '2001-02-03 04:05:06.789' tree/a.txt;"
+        " truncate -s 1M tree/big; truncate -s 10 tree/d/hard; dd if=/dev/urandom of=dd.bin bs=64k count=40 status=none;"
+        " mkdir -p a/b/c/d/e/f; rmdir a/b/c/d/e/f; seq 1 100000 > seq.txt; sort -r seq.txt > rev.txt;"
+        " test $(wc -l < rev.txt) = 100000; stat -c %h tree/a.txt | grep -qx 3; du -s . > /dev/null");
+  finish(m);
+}
+
+TEST_F(FuseProgram, TarRoundTrip) {
+  make_sample_tree(t_ / "src");
+  sh_ok("cp -a " + std::string(UEXT_SOURCE_DIR) + "/src " + (t_ / "src/code") + " && tar -C " + (t_ / "src") +
+        " --xattrs -cf " + (t_ / "a.tar") + " .");
+  FuseMount m(img_, t_ / "mnt");
+  ASSERT_TRUE(m.ok()) << m.log();
+  sh_ok("set -e; mkdir " + m.path("x") + "; tar -C " + m.path("x") + " --xattrs -xpf " + (t_ / "a.tar") +
+        "; tar -C " + m.path("x") + " --xattrs -cf " + (t_ / "b.tar") + " .; mkdir " + (t_ / "back") + "; tar -C " +
+        (t_ / "back") + " --xattrs -xpf " + (t_ / "b.tar") + "; diff -r -x fifo " + (t_ / "src") + " " + (t_ / "back"));
+  EXPECT_EQ(describe_tree(m.path("x"), false), describe_tree(t_ / "back", false));
+  // The archives list the same members with the same metadata.
+  EXPECT_EQ(sh_ok("tar -tvf " + (t_ / "a.tar") + " | LC_ALL=C sort"), sh_ok("tar -tvf " + (t_ / "b.tar") + " | LC_ALL=C sort"));
+  finish(m);
+}
+
+TEST_F(FuseProgram, Rsync) {
+  make_sample_tree(t_ / "src");
+  sh_ok("cp -a " + std::string(UEXT_SOURCE_DIR) + "/tests " + (t_ / "src/tests"));
+  FuseMount m(img_, t_ / "mnt");
+  ASSERT_TRUE(m.ok()) << m.log();
+  sh_ok("rsync -aHAX " + (t_ / "src/") + " " + m.path("dst/"));
+  // A second pass with checksums finds nothing to do.
+  std::string again = sh_ok("rsync -aHAXc --itemize-changes " + (t_ / "src/") + " " + m.path("dst/"));
+  EXPECT_EQ(again, "");
+  // Changes and deletions propagate.
+  sh_ok("echo changed >> " + (t_ / "src/a.txt") + " && rm -r " + (t_ / "src/d/e") + " && rsync -aHAX --delete " +
+        (t_ / "src/") + " " + m.path("dst/") + " && diff -r -x fifo " + (t_ / "src") + " " + m.path("dst"));
+  finish(m);
+}
+
+TEST_F(FuseProgram, GitCloneAndFsck) {
+  TempDir repo;
+  sh_ok("set -e; cd " + repo.path() + "; git init -q; git config user.email t@e; git config user.name t;"
+        " cp -a " + std::string(UEXT_SOURCE_DIR) + "/src .; git add -A; git commit -qm one;"
+        " for i in 1 2 3 4 5; do echo $i >> src/fs/block_map.cc; git commit -qam c$i; done; git gc -q");
+  FuseMount m(img_, t_ / "mnt");
+  ASSERT_TRUE(m.ok()) << m.log();
+  sh_ok("set -e; git clone -q --no-hardlinks " + repo.path() + " " + m.path("clone") + "; cd " + m.path("clone") +
+        "; git fsck --full --strict; git status --porcelain | wc -l | grep -qx 0;"
+        " git config user.email t@e; git config user.name t; echo x >> src/fs/directory.cc; git commit -qam more;"
+        " git repack -adq; git fsck --full; git log --oneline | wc -l | grep -qx 7");
+  finish(m);
+}
+
+TEST_F(FuseProgram, Sqlite) {
+  FuseMount m(img_, t_ / "mnt");
+  ASSERT_TRUE(m.ok()) << m.log();
+  std::string sql =
+      "PRAGMA journal_mode=WAL;\n"
+      "CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT, v BLOB);\n"
+      "CREATE INDEX tk ON t(k);\n";
+  for (int round = 0; round < 20 * scale(); ++round) {
+    sql += "BEGIN;\n";
+    sql += "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<500) "
+           "INSERT INTO t(k, v) SELECT hex(randomblob(8)), randomblob(200 + abs(random()) % 3000) FROM c;\n";
+    sql += "UPDATE t SET v = randomblob(100) WHERE id % 7 = " + std::to_string(round % 7) + ";\n";
+    sql += "DELETE FROM t WHERE id % 11 = " + std::to_string(round % 11) + ";\n";
+    sql += "COMMIT;\n";
+  }
+  sql += "PRAGMA wal_checkpoint(TRUNCATE);\nVACUUM;\nPRAGMA integrity_check;\n";
+  CommandResult r = run({"sqlite3", m.path("db.sqlite")}, sql);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("ok"), std::string::npos) << r.out;
+  EXPECT_EQ(sh_ok("sqlite3 " + m.path("db.sqlite") + " 'PRAGMA integrity_check;'"), "ok\n");
+  finish(m);
+}
+
+TEST_F(FuseProgram, FioVerifyPsyncAndMmap) {
+  FuseMount m(img_, t_ / "mnt");
+  ASSERT_TRUE(m.ok()) << m.log();
+  const std::string size = std::to_string(24 * scale()) + "M";
+  for (const char* engine : {"psync", "mmap"}) {
+    sh_ok(std::string("fio --name=v --directory=") + m.dir() + " --ioengine=" + engine +
+          " --rw=randwrite --bs=4k,64k --size=" + size +
+          " --numjobs=2 --verify=crc32c --verify_fatal=1 --do_verify=1 --fsync_on_close=1 --verify_state_save=0 --output=/dev/null"
+          " --filename_format=" + engine + ".\\$jobnum");
+  }
+  finish(m);
+}
+
+// --fallocate is left out until the library frees an unlinked, preallocated
+// and truncated file on release (FuseLibraryBugs below).
+TEST_F(FuseProgram, StressNgFilesystemStressors) {
+  FuseMount m(img_, t_ / "mnt");
+  ASSERT_TRUE(m.ok()) << m.log();
+  const std::string secs = std::to_string(3 * scale()) + "s";
+  CommandResult r = run_shell("cd " + m.dir() + " && stress-ng --temp-path " + m.dir() + " --timeout " + secs +
+                              " --metrics-brief --verify"
+                              " --dir 2 --dentry 2 --link 1 --symlink 1 --rename 1 --chmod 1"
+                              " --xattr 1 --seek 1 --hdd 1 --hdd-bytes 8M --filename 1 --open 1 --utime 1 2>&1");
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_EQ(r.out.find("fail"), std::string::npos) << r.out;
+  finish(m);
+}
+
+TEST_F(FuseProgram, ConcurrentWritersFromSeveralProcesses) {
+  FuseMount m(img_, t_ / "mnt");
+  ASSERT_TRUE(m.ok()) << m.log();
+  const int procs = 6, lines = 2000 * scale();
+  std::string cmd = "set -e; cd " + m.dir() + "; mkdir shared;";
+  for (int p = 0; p < procs; ++p) {
+    // Each writer: its own files, its own directory churn, and O_APPEND
+    // lines into one shared log.
+    cmd += " ( for i in $(seq 1 " + std::to_string(lines) + "); do echo \"w" + std::to_string(p) +
+           " $i\" >> shared/log; done;"
+           " mkdir own" + std::to_string(p) + "; for i in $(seq 1 200); do head -c $((i*37)) /dev/zero > own" +
+           std::to_string(p) + "/f$i; done; rm own" + std::to_string(p) + "/f1* ) &";
+  }
+  cmd += " wait";
+  sh_ok(cmd);
+  EXPECT_EQ(sh_ok("wc -l < " + m.path("shared/log")), std::to_string(procs * lines) + "\n");
+  for (int p = 0; p < procs; ++p) {
+    EXPECT_EQ(sh_ok("grep -c '^w" + std::to_string(p) + " ' " + m.path("shared/log")), std::to_string(lines) + "\n");
+  }
+  finish(m);
+}
+
+TEST_F(FuseProgram, WritebackCacheMode) {
+  make_sample_tree(t_ / "src");
+  FuseMount m(img_, t_ / "mnt", "writeback_cache");
+  ASSERT_TRUE(m.ok()) << m.log();
+  sh_ok("set -e; cd " + m.dir() + "; cp -a " + (t_ / "src") + " tree; diff -r -x fifo " + (t_ / "src") +
+        " tree; for i in $(seq 1 500); do echo $i >> appended; done; test $(wc -l < appended) = 500;"
+        " dd if=/dev/urandom of=r bs=4k count=300 status=none; dd if=/dev/zero of=r bs=1 count=10 seek=5000"
+        " conv=notrunc status=none; sync r");
+  finish(m, /*times=*/false);
+}
+
+// ------------------------------------------------------------------ POSIX
+
+class FusePosix : public FuseProgram {
+ protected:
+  void SetUp() override {
+    size_ = "64M";
+    FuseProgram::SetUp();
+    if (IsSkipped()) return;
+    mount_ = std::make_unique<FuseMount>(img_, t_ / "mnt");
+    ASSERT_TRUE(mount_->ok()) << mount_->log();
+  }
+  void TearDown() override {
+    if (mount_ && mount_->ok()) finish(*mount_);
+  }
+  // Runs a shell line as uid/gid (no supplementary groups); exit code.
+  CommandResult as(int uid, int gid, const std::string& line) {
+    return run_shell("cd " + mount_->dir() + " && setpriv --reuid=" + std::to_string(uid) +
+                     " --regid=" + std::to_string(gid) + " --clear-groups sh -c " + sh_quote(line));
+  }
+  struct stat st(const std::string& rel) {
+    struct stat s {};
+    EXPECT_EQ(::lstat(mount_->path(rel).c_str(), &s), 0) << rel << ": " << std::strerror(errno);
+    return s;
+  }
+  std::unique_ptr<FuseMount> mount_;
+};
+
+TEST_F(FusePosix, PermissionsAndOwnership) {
+  sh_ok("cd " + mount_->dir() + " && mkdir pub && chmod 777 pub && echo root > rootfile && chmod 644 rootfile");
+  EXPECT_NE(as(1000, 1000, "echo x >> rootfile").exit_code, 0);
+  EXPECT_EQ(as(1000, 1000, "cat rootfile").exit_code, 0);
+  EXPECT_NE(as(1000, 1000, "touch newfile").exit_code, 0);  // root's 755 directory
+  EXPECT_EQ(as(1000, 1000, "umask 022; touch pub/mine && mkdir pub/mydir").exit_code, 0);
+  struct stat s = st("pub/mine");
+  EXPECT_EQ(s.st_uid, 1000u);
+  EXPECT_EQ(s.st_gid, 1000u);
+  EXPECT_EQ(s.st_mode & 07777, 0644u);
+  EXPECT_EQ(st("pub/mydir").st_mode & 07777, 0755u);
+  EXPECT_NE(as(1001, 1001, "chmod 666 pub/mine").exit_code, 0);  // not the owner
+  EXPECT_EQ(as(1000, 1000, "chmod 600 pub/mine").exit_code, 0);
+  EXPECT_NE(as(1001, 1001, "cat pub/mine").exit_code, 0);
+  EXPECT_NE(as(1000, 1000, "chown 1001 pub/mine").exit_code, 0);  // only root gives files away
+  EXPECT_EQ(as(1000, 1000, "chmod 4755 pub/mine && echo more >> pub/mine").exit_code, 0);
+  EXPECT_EQ(st("pub/mine").st_mode & 07777, 0755u) << "writing must clear setuid";
+}
+
+TEST_F(FusePosix, StickyAndSetgidDirectories) {
+  sh_ok("cd " + mount_->dir() + " && mkdir tmp && chmod 1777 tmp && mkdir grp && chown 0:4242 grp && chmod 2777 grp");
+  EXPECT_EQ(as(1000, 1000, "touch tmp/a").exit_code, 0);
+  EXPECT_NE(as(1001, 1001, "rm -f tmp/a").exit_code, 0);
+  EXPECT_NE(as(1001, 1001, "mv tmp/a tmp/b").exit_code, 0);
+  EXPECT_EQ(as(1000, 1000, "rm tmp/a").exit_code, 0);
+  EXPECT_EQ(as(1000, 1000, "touch grp/f && mkdir grp/sub").exit_code, 0);
+  EXPECT_EQ(st("grp/f").st_gid, 4242u);
+  EXPECT_EQ(st("grp/sub").st_gid, 4242u);
+  EXPECT_TRUE(st("grp/sub").st_mode & S_ISGID) << "subdirectories inherit setgid";
+}
+
+TEST_F(FusePosix, LinksRenameUnlinkOpen) {
+  const std::string d = mount_->dir();
+  sh_ok("cd " + d + " && echo one > f && ln f g && ln f h && mkdir dir && mkdir dir/sub");
+  EXPECT_EQ(st("f").st_nlink, 3u);
+  EXPECT_EQ(st("dir").st_nlink, 3u);
+  sh_ok("cd " + d + " && rm h && echo two > other && mv other f");
+  EXPECT_EQ(st("g").st_nlink, 1u);
+  EXPECT_EQ(read_file(d + "/f"), "two\n");
+  EXPECT_EQ(read_file(d + "/g"), "one\n");
+  // rename over an empty directory; not over a full one.
+  sh_ok("cd " + d + " && mkdir e1 e2 && touch e1/x && mv e1 e2");
+  EXPECT_EQ(::rename((d + "/e2").c_str(), (d + "/dir").c_str()), -1);
+  EXPECT_TRUE(errno == ENOTEMPTY || errno == EEXIST) << std::strerror(errno);
+  EXPECT_EQ(st("dir").st_nlink, 3u);
+  // renameat2 flags.
+  sh_ok("cd " + d + " && echo a > ra && echo b > rb");
+  EXPECT_EQ(::renameat2(AT_FDCWD, (d + "/ra").c_str(), AT_FDCWD, (d + "/rb").c_str(), RENAME_NOREPLACE), -1);
+  EXPECT_EQ(errno, EEXIST);
+  EXPECT_EQ(::renameat2(AT_FDCWD, (d + "/ra").c_str(), AT_FDCWD, (d + "/rb").c_str(), RENAME_EXCHANGE), 0);
+  EXPECT_EQ(read_file(d + "/ra"), "b\n");
+  // An unlinked open file stays readable and writable until closed.
+  int fd = ::open((d + "/g").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::unlink((d + "/g").c_str()), 0);
+  EXPECT_EQ(::pwrite(fd, "ONE", 3, 0), 3);
+  char buf[8] = {};
+  EXPECT_EQ(::pread(fd, buf, sizeof buf, 0), 4);
+  EXPECT_EQ(std::string(buf, 4), "ONE\n");
+  struct stat fs {};
+  EXPECT_EQ(::fstat(fd, &fs), 0);
+  EXPECT_EQ(fs.st_nlink, 0u);
+  ::close(fd);
+}
+
+TEST_F(FusePosix, OpenFlags) {
+  const std::string p = mount_->path("file");
+  int fd = ::open(p.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0640);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(::write(fd, "hello world", 11), 11);
+  ::close(fd);
+  EXPECT_EQ(::open(p.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0640), -1);
+  EXPECT_EQ(errno, EEXIST);
+  fd = ::open(p.c_str(), O_WRONLY | O_APPEND);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(::pwrite(fd, "!", 1, 0), 1);  // O_APPEND wins over the offset on Linux
+  EXPECT_EQ(::write(fd, "?", 1), 1);
+  ::close(fd);
+  EXPECT_EQ(read_file(p), "hello world!?");
+  struct stat before = st("file");
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  fd = ::open(p.c_str(), O_WRONLY | O_TRUNC);
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  struct stat after = st("file");
+  EXPECT_EQ(after.st_size, 0);
+  EXPECT_GT(after.st_mtim.tv_sec * 1000000000L + after.st_mtim.tv_nsec,
+            before.st_mtim.tv_sec * 1000000000L + before.st_mtim.tv_nsec);
+  EXPECT_EQ(after.st_mode & 07777, 0640u);
+}
+
+TEST_F(FusePosix, Timestamps) {
+  auto ns = [](const timespec& t) { return t.tv_sec * 1000000000L + t.tv_nsec; };
+  auto pause = [] { std::this_thread::sleep_for(std::chrono::milliseconds(20)); };
+  const std::string d = mount_->dir();
+  sh_ok("mkdir " + d + "/dir && echo x > " + d + "/dir/f");
+  struct stat dir0 = st("dir"), f0 = st("dir/f");
+  pause();
+  sh_ok("echo more >> " + d + "/dir/f");  // write: mtime and ctime of the file only
+  struct stat dir1 = st("dir"), f1 = st("dir/f");
+  EXPECT_GT(ns(f1.st_mtim), ns(f0.st_mtim));
+  EXPECT_GT(ns(f1.st_ctim), ns(f0.st_ctim));
+  EXPECT_EQ(ns(dir1.st_mtim), ns(dir0.st_mtim));
+  pause();
+  sh_ok("chmod 600 " + d + "/dir/f");  // chmod: ctime only
+  struct stat f2 = st("dir/f");
+  EXPECT_EQ(ns(f2.st_mtim), ns(f1.st_mtim));
+  EXPECT_GT(ns(f2.st_ctim), ns(f1.st_ctim));
+  pause();
+  sh_ok("cat " + d + "/dir/f > /dev/null");  // read: neither mtime nor ctime
+  struct stat f3 = st("dir/f");
+  EXPECT_EQ(ns(f3.st_ctim), ns(f2.st_ctim));
+  EXPECT_EQ(ns(f3.st_mtim), ns(f2.st_mtim));
+  pause();
+  sh_ok("touch " + d + "/dir/g");  // a new entry: the directory's mtime and ctime
+  struct stat dir2 = st("dir");
+  EXPECT_GT(ns(dir2.st_mtim), ns(dir1.st_mtim));
+  EXPECT_GT(ns(dir2.st_ctim), ns(dir1.st_ctim));
+  pause();
+  sh_ok("rm " + d + "/dir/g");
+  struct stat dir3 = st("dir");
+  EXPECT_GT(ns(dir3.st_mtim), ns(dir2.st_mtim));
+  pause();
+  sh_ok("ln " + d + "/dir/f " + d + "/dir/f2");  // link: the inode's ctime
+  struct stat f4 = st("dir/f");
+  EXPECT_GT(ns(f4.st_ctim), ns(f3.st_ctim));
+  sh_ok("touch -d '2000-01-02 03:04:05.123456789' " + d + "/dir/f");
+  struct stat f5 = st("dir/f");
+  EXPECT_EQ(f5.st_mtim.tv_nsec, 123456789);
+}
+
+// ------------------------------------------------------------------ the daemon's life
+
+class FuseLife : public FuseProgram {
+ protected:
+  void SetUp() override {
+    size_ = "64M";
+    FuseProgram::SetUp();
+  }
+};
+
+TEST_F(FuseLife, SignalsUnmountClean) {
+  for (int sig : {SIGTERM, SIGINT}) {
+    FuseMount m(img_, t_ / "mnt");
+    ASSERT_TRUE(m.ok()) << m.log();
+    sh_ok("cp -a " + std::string(UEXT_SOURCE_DIR) + "/tools " + m.path("tools" + std::to_string(sig)));
+    EXPECT_EQ(m.stop_with(sig), 0) << m.log();
+    EXPECT_FALSE(is_mounted(m.dir()));
+    EXPECT_TRUE(image_is_clean(img_));
+    EXPECT_FALSE(has_needs_recovery(img_));
+    EXPECT_EQ(run({uext_cli(), "cat", img_, "/tools" + std::to_string(sig) + "/uext.cc"}).out,
+              read_file(std::string(UEXT_SOURCE_DIR) + "/tools/uext.cc"));
+  }
+}
+
+TEST_F(FuseLife, SecondMountIsRefused) {
+  FuseMount m(img_, t_ / "mnt");
+  ASSERT_TRUE(m.ok()) << m.log();
+  ::mkdir((t_ / "mnt2").c_str(), 0755);
+  CommandResult r = run({uext_cli(), "mount", "-f", img_, t_ / "mnt2"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("already mounted by another uext (pid " + std::to_string(m.pid()) + ")"), std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find(m.dir()), std::string::npos) << r.err;
+  CommandResult ro = run({uext_cli(), "mount", "-f", "-o", "ro", img_, t_ / "mnt2"});
+  EXPECT_EQ(ro.exit_code, 1) << "a read-only mount beside a writer must be refused too";
+  EXPECT_FALSE(is_mounted(t_ / "mnt2"));
+  EXPECT_EQ(m.unmount(), 0);
+}
+
+TEST_F(FuseLife, DaemonModeAndUmount) {
+  ::mkdir((t_ / "mnt").c_str(), 0755);
+  CommandResult r = run({uext_cli(), "mount", img_, t_ / "mnt", "-o", "logfile=" + (t_ / "log")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_TRUE(is_mounted(t_ / "mnt"));
+  sh_ok("echo daemon > " + (t_ / "mnt/f"));
+  run_ok({"umount", t_ / "mnt"});
+  // The daemon flushes after the kernel let go; its lock says when it is done.
+  sh_ok("flock " + img_ + " true");
+  EXPECT_TRUE(image_is_clean(img_));
+  EXPECT_EQ(run({uext_cli(), "cat", img_, "/f"}).out, "daemon\n");
+  std::string log = read_file(t_ / "log");
+  EXPECT_NE(log.find("mounted"), std::string::npos) << log;
+  EXPECT_NE(log.find("closed clean"), std::string::npos) << log;
+}
+
+TEST_F(FuseLife, KilledDaemonLeavesAnImageThatReplays) {
+  {
+    FuseMount m(img_, t_ / "mnt", "commit=0");
+    ASSERT_TRUE(m.ok()) << m.log();
+    sh_ok("head -c 1000000 /dev/urandom > " + (t_ / "data") + " && cp " + (t_ / "data") + " " + m.path("durable") +
+          " && sync " + m.path("durable") + " && mkdir " + m.path("d") + " && for i in $(seq 1 100); do echo $i > " +
+          m.path("d") + "/f$i; done");
+    EXPECT_EQ(m.stop_with(SIGKILL), 128 + SIGKILL);
+  }
+  FsckOptions fsck;
+  fsck.replay = Replay::kE2fsck;
+  FsckVerdict v = e2fsck_clean(img_, fsck);
+  EXPECT_TRUE(v.clean) << v.report;
+  // The next mount replays, and the fsynced file is there.
+  FuseMount again(img_, t_ / "mnt");
+  ASSERT_TRUE(again.ok()) << again.log();
+  EXPECT_EQ(read_file(again.path("durable")), read_file(t_ / "data"));
+  std::string seen = describe_tree(again.dir());
+  ASSERT_EQ(again.unmount(), 0) << again.log();
+  expect_kernel_agrees(img_, seen);
+}
+
+TEST_F(FuseLife, ErrorsAreLoggedWithThePath) {
+  FuseMount m(img_, t_ / "mnt", "debug");
+  ASSERT_TRUE(m.ok()) << m.log();
+  sh_ok("mkdir " + m.path("dir") + " && touch " + m.path("dir/x"));
+  EXPECT_NE(run_shell("rmdir " + m.path("dir")).exit_code, 0);
+  EXPECT_EQ(m.unmount(), 0);
+  std::string log = m.log();
+  EXPECT_NE(log.find("rmdir /dir"), std::string::npos) << log.substr(0, 3000);
+}
+
+}  // namespace
+}  // namespace uext::testing
+
+
+namespace uext::testing {
+namespace {
+
+// Library bug found by stress-ng's fallocate stressor through the mount
+// (reported, not fixed here): an unlinked file kept by a reference (an
+// open file), preallocated and then truncated, is not freed when its last
+// reference goes: e2fsck finds "Deleted inode 12 has zero dtime" and the
+// inode (and, in longer runs, blocks) still marked in the bitmaps. Minimal:
+// retain, unlink, fallocate(0, 0, 8M), truncate(0), release, close.
+// Without the fallocate, or without the truncate, the inode is freed.
+TEST(FuseLibraryBugs, DISABLED_ReleasedOrphanAfterFallocateAndTruncateIsNotFreed) {
+  TempDir t;
+  std::string img = make_image(t / "img", "256M");
+  Options o;
+  o.read_only = false;
+  auto fs = Filesystem::open(img, o);
+  ASSERT_TRUE(fs) << fs.error().message();
+  auto f = (*fs)->create(kRootIno, "f", 0600, {});
+  ASSERT_TRUE(f) << f.error().message();
+  (*fs)->retain(f->ino);  // the kernel's lookup count
+  ASSERT_TRUE((*fs)->unlink(kRootIno, "f").ok());
+  ASSERT_TRUE((*fs)->fallocate(f->ino, 0, 0, 8u << 20).ok());
+  ASSERT_TRUE((*fs)->truncate(f->ino, 0).ok());
+  ASSERT_TRUE((*fs)->release(f->ino).ok());
+  ASSERT_TRUE((*fs)->close().ok());
+  EXPECT_TRUE(image_is_clean(img));
+}
+
+}  // namespace
+}  // namespace uext::testing
