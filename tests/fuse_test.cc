@@ -655,9 +655,18 @@ TEST_F(FuseLife, KilledDaemonLeavesAnImageThatReplays) {
   fsck.replay = Replay::kE2fsck;
   FsckVerdict v = e2fsck_clean(img_, fsck);
   EXPECT_TRUE(v.clean) << v.report;
-  // The next mount replays, and the fsynced file is there.
+  // A read-only mount leaves the journal alone, and says so.
+  {
+    FuseMount ro(img_, t_ / "mnt", "ro");
+    ASSERT_TRUE(ro.ok()) << ro.log();
+    EXPECT_EQ(ro.unmount(), 0);
+    EXPECT_NE(ro.log().find("does not replay"), std::string::npos) << ro.log();
+    EXPECT_TRUE(has_needs_recovery(img_));
+  }
+  // The next read-write mount replays, and the fsynced file is there.
   FuseMount again(img_, t_ / "mnt");
   ASSERT_TRUE(again.ok()) << again.log();
+  EXPECT_NE(again.log().find("replayed"), std::string::npos) << again.log();
   EXPECT_EQ(read_file(again.path("durable")), read_file(t_ / "data"));
   std::string seen = describe_tree(again.dir());
   ASSERT_EQ(again.unmount(), 0) << again.log();
