@@ -60,6 +60,7 @@ Journal::~Journal() {
     stop_timer_ = true;
   }
   changed_.notify_all();
+  timer_cv_.notify_all();
   if (timer_.joinable()) timer_.join();
 }
 
@@ -188,6 +189,7 @@ Status Journal::record_revoke(Handle& h, uint64_t block) {
 }
 
 void Journal::stop_handle(Handle& h) {
+  bool wake = false;
   {
     std::lock_guard lock(mu_);
     if (Transaction* tx = transaction_of(h.tid_)) {
@@ -197,8 +199,10 @@ void Journal::stop_handle(Handle& h) {
       // fill a transaction with a few operations.
       tx->credits -= h.credits_ - std::min(h.used_, h.credits_);
     }
+    // Only a commit waits for handles to stop.
+    wake = committing_;
   }
-  changed_.notify_all();
+  if (wake) changed_.notify_all();
 }
 
 // ---- Commit ---------------------------------------------------------------
@@ -481,6 +485,7 @@ Status Journal::close() {
   closed_ = true;
   stop_timer_ = true;
   changed_.notify_all();
+  timer_cv_.notify_all();
   return {};
 }
 
@@ -494,8 +499,9 @@ void Journal::commit_timer() {
   auto interval = std::chrono::milliseconds(options_.commit_interval_ms);
   auto deadline = std::chrono::steady_clock::now() + interval;
   while (!stop_timer_) {
-    // Wakes on every state change too; commits only when the interval is up.
-    changed_.wait_until(lock, deadline);
+    // A condition of its own: waking on every handle's stop would cost two
+    // context switches an operation.
+    timer_cv_.wait_until(lock, deadline);
     if (stop_timer_) break;
     if (std::chrono::steady_clock::now() < deadline) continue;
     if (running_ && (!running_->blocks.empty() || !running_->revoked.empty())) {

@@ -173,6 +173,7 @@ class Journal {
 
   mutable base::OrderedMutex mu_{base::LockLevel::kJournalState};
   std::condition_variable_any changed_;
+  std::condition_variable_any timer_cv_;  // the commit timer's own
   std::unique_ptr<Transaction> running_;
   bool committing_ = false;
   bool closed_ = false;
