@@ -387,10 +387,9 @@ class Workload {
   }
 
   uint64_t budget() const { return image_bytes_ / 3; }
-  // rmdir frees directory blocks, which the library then checkpoints over
-  // whatever reuses them (CrashBugs.DISABLED_FreedDirectoryBlockIs...):
-  // off by default until that is fixed, UEXT_CRASH_RMDIR=1 turns it on.
-  static bool with_rmdir() { return env_or("UEXT_CRASH_RMDIR", 0) != 0; }
+  // rmdir frees journaled directory blocks (CrashBugs covers the reuse).
+  // UEXT_CRASH_RMDIR=0 leaves it out.
+  static bool with_rmdir() { return env_or("UEXT_CRASH_RMDIR", 1) != 0; }
 
  public:
   uint64_t image_bytes_ = 16u << 20;
@@ -646,11 +645,6 @@ class Crash : public ::testing::TestWithParam<ImageSpec> {};
 
 TEST_P(Crash, EveryStateIsCleanAndHoldsWhatWasFsynced) {
   const ImageSpec& spec = GetParam();
-  if (spec.name == "ext3_1k" && !std::getenv("UEXT_CRASH_EXT3")) {
-    // Fails on OrphanTruncate.DISABLED_OpenFinishesAnInterruptedTruncate
-    // (orphan recovery does not finish a truncate): UEXT_CRASH_EXT3=1.
-    GTEST_SKIP() << "known bug: orphan recovery leaves blocks past i_size; UEXT_CRASH_EXT3=1 runs it";
-  }
   const auto started = std::chrono::steady_clock::now();
   TempDir tmp;
   std::string base = tmp / "base.img";
@@ -731,7 +725,7 @@ namespace {
 // file reads back as ". .." directory entries. Freeing a metadata block must
 // drop it from the checkpoint list too (jbd2_journal_forget), not only
 // revoke it. Enable when fixed.
-TEST(CrashBugs, DISABLED_FreedDirectoryBlockIsCheckpointedOverReusedData) {
+TEST(CrashBugs, FreedDirectoryBlockIsNotCheckpointedOverReusedData) {
   TempDir tmp;
   std::string image = tmp / "img";
   run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-b", "4096", image, "32M"});
@@ -777,7 +771,7 @@ namespace {
 // was lowered, on the orphan list. Enable when fixed.
 class OrphanTruncate : public ::testing::TestWithParam<std::string> {};
 
-TEST_P(OrphanTruncate, DISABLED_OpenFinishesAnInterruptedTruncate) {
+TEST_P(OrphanTruncate, OpenFinishesAnInterruptedTruncate) {
   TempDir tmp;
   std::string image = tmp / "img", data = tmp / "data";
   run_ok({"mke2fs", "-F", "-q", "-t", GetParam(), "-b", "1024", image, "16M"});

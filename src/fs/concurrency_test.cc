@@ -257,11 +257,8 @@ void churn(Filesystem& fs, Owned& o, Owned& other, const std::string& prefix, in
       if (!s.ok()) return fail("unlink " + from, s.error());
       o.files[to] = o.files[from];
       o.files.erase(from);
-    } else if (op < 88 && std::getenv("UEXT_CONC_RMDIR")) {
-      // A directory made, filled, listed, emptied and removed. rmdir frees
-      // directory blocks, which the library then checkpoints over the data
-      // that reuses them (CrashBugs.DISABLED_FreedDirectoryBlockIs... in
-      // tests/crash_test.cc): opt-in with UEXT_CONC_RMDIR=1 until fixed.
+    } else if (op < 88) {
+      // A directory made, filled, listed, emptied and removed.
       std::string name = fmt::format("{}dir{}", prefix, n++);
       auto st = fs.mkdir(o.dir, name, 0755, {});
       if (!st.ok()) return fail("mkdir " + name, st.error());

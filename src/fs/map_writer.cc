@@ -62,7 +62,11 @@ class MapEditor {
     while (count > 0) {
       uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(count, UINT32_MAX));
       UEXT_TRY(vol_.check_block_range(first, n, where() + ": blocks to free"));
-      UEXT_TRY(alloc_.free(h_, first, n, metadata));
+      // A directory's blocks are journaled like any metadata: freeing them
+      // must revoke them too, or a checkpoint (or a replay) could write an
+      // old copy over whatever reuses the block.
+      const bool journaled = metadata || (rec_.inode.i_mode & 0xF000) == 0x4000;
+      UEXT_TRY(alloc_.free(h_, first, n, journaled));
       add_blocks(vol_, rec_.inode, -static_cast<int64_t>(n));
       first += n;
       count -= n;
