@@ -697,7 +697,7 @@ namespace {
 // inode (and, in longer runs, blocks) still marked in the bitmaps. Minimal:
 // retain, unlink, fallocate(0, 0, 8M), truncate(0), release, close.
 // Without the fallocate, or without the truncate, the inode is freed.
-TEST(FuseLibraryBugs, DISABLED_ReleasedOrphanAfterFallocateAndTruncateIsNotFreed) {
+TEST(FuseLibraryBugs, ReleasedOrphanAfterFallocateAndTruncateIsFreed) {
   TempDir t;
   std::string img = make_image(t / "img", "256M");
   Options o;

@@ -260,6 +260,7 @@ TEST_F(NamespaceErrors, LinkCountLimit) {
 // next read-write open frees it.
 TEST_F(NamespaceErrors, UnlinkedWhileHeldSurvivesAsOrphan) {
   Ino f = file(kRootIno, "f", std::string(300000, 'o'));
+  ASSERT_TRUE(fs_->sync().ok());
   uint64_t free_before = fs_->statfs()->free_blocks;
   fs_->retain(f);
   ASSERT_TRUE(fs_->unlink(kRootIno, "f").ok());
@@ -295,6 +296,7 @@ TEST_F(NamespaceErrors, UnlinkedWhileHeldSurvivesAsOrphan) {
 
 TEST_F(NamespaceErrors, StatfsAgreesWithTheKernel) {
   for (int i = 0; i < 20; ++i) file(kRootIno, fmt::format("f{}", i), std::string(50000, 'z'));
+  ASSERT_TRUE(fs_->sync().ok());
   auto st = fs_->statfs();
   ASSERT_TRUE(st.ok());
   close_and_check();

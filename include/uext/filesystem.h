@@ -40,6 +40,18 @@ struct Options {
   // Read-write: allocations may use the blocks the superblock reserves for
   // root (s_r_blocks_count), as a process with CAP_SYS_RESOURCE may.
   bool use_root_reserve = false;
+  // Read-write: delayed allocation for extent-mapped regular files, as
+  // ext4 does by default. write() reserves space and caches the data;
+  // blocks are allocated at writeback, a run of pages at a time.
+  bool delayed_allocation = true;
+  // The page cache: clean pages beyond `page_cache_bytes` are evicted;
+  // writers write back themselves past `dirty_limit_bytes`; background
+  // writeback runs every `writeback_interval_ms` and writes data dirty for
+  // longer than `dirty_expire_ms` (or everything past a quarter of the limit).
+  uint64_t page_cache_bytes = 256ull << 20;
+  uint64_t dirty_limit_bytes = 64ull << 20;
+  uint32_t dirty_expire_ms = 3000;
+  uint32_t writeback_interval_ms = 500;
 };
 
 struct Time {
@@ -243,9 +255,13 @@ class Filesystem {
   Status truncate(Ino ino, uint64_t size);
 
   // Writes at `offset`, extending the file (a hole in between) as needed;
-  // returns buf.size() or an error (ENOSPC, EFBIG past the largest file
-  // the format allows), having written nothing in that case. Ordered
-  // data: the bytes reach the image before the metadata that points at them.
+  // returns the count written: buf.size(), or fewer when space ran out
+  // part-way (the leading bytes, as write(2) may; the next call gets
+  // ENOSPC), or an error (ENOSPC, EFBIG past the largest file the format
+  // allows) having written nothing. With delayed allocation the data goes
+  // to the page cache and space is only reserved; either way ENOSPC comes
+  // from this call, never later. Ordered data: the bytes reach the image
+  // before the metadata that points at them.
   virtual Result<size_t> write(Ino ino, uint64_t offset, std::span<const std::byte> buf) = 0;
   // fallocate(2): mode 0 or kFallocKeepSize allocates (as unwritten extents
   // on extent-mapped files, else EOPNOTSUPP), kFallocPunchHole (with

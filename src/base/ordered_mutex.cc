@@ -24,6 +24,8 @@ void acquire(LockLevel level, bool same_level_ok) {
   held.push_back(level);
 }
 
+void note_held(LockLevel level) { held.push_back(level); }
+
 void release(LockLevel level) {
   auto it = std::find(held.rbegin(), held.rend(), level);
   if (it == held.rend()) {

@@ -24,6 +24,7 @@ enum class LockLevel : int {
   kJournalState = 58,
   kBufferCacheShard = 60,
   kInodeTable = 65,
+  kPageCacheMap = 66,
 };
 
 namespace lock_order {
@@ -32,9 +33,12 @@ namespace lock_order {
 // `same_level_ok` allows several locks of one level (taken in a documented
 // order such as inode number, which the caller checks).
 void acquire(LockLevel level, bool same_level_ok);
+// Records a lock taken by a try (which never waits, so needs no check).
+void note_held(LockLevel level);
 void release(LockLevel level);
 #else
 inline void acquire(LockLevel, bool) {}
+inline void note_held(LockLevel) {}
 inline void release(LockLevel) {}
 #endif
 }  // namespace lock_order
@@ -55,6 +59,12 @@ class BasicOrderedMutex {
   void unlock() {
     mu_.unlock();
     lock_order::release(level_);
+  }
+  bool try_lock() {
+    // A try never waits, so it cannot deadlock: no order check.
+    if (!mu_.try_lock()) return false;
+    lock_order::note_held(level_);
+    return true;
   }
   void lock_shared()
     requires requires(Base& b) { b.lock_shared(); }

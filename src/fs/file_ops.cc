@@ -47,10 +47,10 @@ static uint64_t max_file_bytes(const Volume& vol, const InodeRecord& rec) {
 
 // How many new extents one handle may create, so its credits stay well
 // inside what one transaction can hold.
-static uint32_t extents_per_handle(Volume& vol, const InodeRecord& rec) {
-  const uint32_t cap = vol.journal()->max_transaction_blocks();
+uint32_t FilesystemImpl::extents_per_handle(const InodeRecord& rec) {
+  const uint32_t cap = vol_->journal()->max_transaction_blocks();
   uint32_t k = 16;
-  while (k > 1 && cap != 0 && map_credits(vol, rec, k) + convert_credits(vol, rec, k) + 8 > cap / 2) k /= 2;
+  while (k > 1 && cap != 0 && map_credits(*vol_, rec, k) + convert_credits(*vol_, rec, k) + 8 > cap / 2) k /= 2;
   return k;
 }
 
@@ -65,6 +65,24 @@ Result<size_t> FilesystemImpl::write(Ino ino, uint64_t offset, std::span<const s
   if (end < offset || end > max_file_bytes(*vol_, rec)) {
     return Error(EFBIG, fmt::format("inode {}: File too large (a write ending at byte {} passes the limit of {})",
                                     ino, end, max_file_bytes(*vol_, rec)));
+  }
+  if (uses_delalloc(rec)) {
+    // mtime and ctime, like the size, reach the disk with the data.
+    UEXT_ASSIGN_OR_RETURN(size_t n, cached_write(rec, offset, buf));
+    lock.unlock();
+    if (cache_->dirty_bytes() > vol_->options().dirty_limit_bytes) {
+      // Past the dirty limit the writer pays: write back until under it
+      // (balance_dirty_pages).
+      auto relock = itable_.lock(ino);
+      UEXT_TRY(writeback_inode(ino));
+      relock.unlock();
+      if (cache_->dirty_bytes() > vol_->options().dirty_limit_bytes) UEXT_TRY(writeback_all());
+    }
+    if (cache_->too_many_files()) {
+      UEXT_TRY(writeback_all());
+      cache_->shrink();
+    }
+    return n;
   }
   const uint64_t bs = vol_->block_size();
   const uint64_t first = offset / bs;
@@ -113,7 +131,7 @@ Result<size_t> FilesystemImpl::write(Ino ino, uint64_t offset, std::span<const s
     return {};
   };
 
-  const uint32_t k = extents_per_handle(*vol_, rec);
+  const uint32_t k = extents_per_handle(rec);
   uint64_t pos = first;
   while (pos <= last) {
     const uint64_t chunk = std::min<uint64_t>(last - pos + 1, kWriteChunkBlocks);
@@ -170,6 +188,11 @@ Result<Stat> FilesystemImpl::setattr(Ino ino, const SetAttr& attr) {
     }
     UEXT_TRY(truncate_locked(rec, *attr.size));
   }
+  if (auto file = cache_ ? cache_->get(ino, false) : nullptr) {
+    // Times set now win over those of earlier writes still in the cache.
+    std::lock_guard page_lock(file->mu);
+    if (attr.mtime || attr.mtime_now || attr.size) file->times_pending = false;
+  }
   if (attr.mode || attr.uid || attr.gid || attr.atime || attr.mtime || attr.atime_now || attr.mtime_now ||
       !attr.size) {
     UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(2));
@@ -190,7 +213,9 @@ Result<Stat> FilesystemImpl::setattr(Ino ino, const SetAttr& attr) {
     UEXT_TRY(stopped);
     rec = std::move(*updated);
   }
-  return to_stat(vol_->sb(), rec);
+  Stat st = to_stat(vol_->sb(), rec);
+  overlay_cached(st);
+  return st;
 }
 
 Status FilesystemImpl::fallocate(Ino ino, int mode, uint64_t offset, uint64_t length) {
@@ -212,6 +237,8 @@ Status FilesystemImpl::fallocate(Ino ino, int mode, uint64_t offset, uint64_t le
   if (end < offset || end > max_file_bytes(*vol_, rec)) {
     return Error(EFBIG, fmt::format("inode {}: File too large (range ends at {})", ino, end));
   }
+  UEXT_TRY(flush_and_drop(rec, offset, end));
+  UEXT_ASSIGN_OR_RETURN(rec, load_inode(ino));
   const bool extents = rec.inode.has_flag(disk::inode_flag::kExtents);
   if (!punch && !extents) {
     return Error(EOPNOTSUPP, fmt::format("inode {}: preallocation needs an extent-mapped file", ino));
@@ -254,7 +281,7 @@ Status FilesystemImpl::fallocate(Ino ino, int mode, uint64_t offset, uint64_t le
     if (holes == 0) return {};
     UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, reserve(holes + map_overhead(holes)));
     alloc::ReservationScope scope(&space);
-    const uint32_t k = extents_per_handle(*vol_, rec);
+    const uint32_t k = extents_per_handle(rec);
     uint64_t pos = first;
     while (pos < first + count) {
       UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(map_credits(*vol_, rec, k) + 2));
@@ -298,7 +325,9 @@ Status FilesystemImpl::fallocate(Ino ino, int mode, uint64_t offset, uint64_t le
 
 Result<uint64_t> FilesystemImpl::seek(Ino ino, uint64_t offset, int whence) {
   if (whence != SEEK_DATA && whence != SEEK_HOLE) return Error(EINVAL, fmt::format("seek: whence {} is not SEEK_DATA or SEEK_HOLE", whence));
-  auto lock = itable_.lock_shared(ino);
+  // Delayed pages count as data: write them back first so the map says so.
+  auto lock = itable_.lock(ino);
+  UEXT_TRY(writeback_inode(ino));
   UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
   const uint64_t size = rec.inode.i_size;
   if (offset >= size) return Error(ENXIO, fmt::format("inode {}: offset {} is at or past the end ({})", ino, offset, size));
@@ -321,6 +350,13 @@ Result<uint64_t> FilesystemImpl::seek(Ino ino, uint64_t offset, int whence) {
 
 Status FilesystemImpl::fsync(Ino ino, bool datasync) {
   if (!vol_->writable()) return {};
+  {
+    auto lock = itable_.lock(ino);
+    Status written = writeback_inode(ino);
+    Status reported = report_wb_error(ino);
+    UEXT_TRY(written);
+    UEXT_TRY(reported);
+  }
   // Everything uext changed is in the running transaction or already home:
   // one commit (which flushes the device before its commit block) and a
   // flush for data written in place make it all durable.
@@ -344,7 +380,9 @@ Result<FsStats> FilesystemImpl::statfs() {
   st.blocks = sb.s_blocks_count > overhead ? sb.s_blocks_count - overhead : 0;
   // Blocks freed by the running transaction count as free, as the kernel's
   // counter has them, though they are handed out only after its commit.
-  const uint64_t free = sb.s_free_blocks_count;
+  // Free space is net of what reservations (delayed allocation) hold.
+  uint64_t free = sb.s_free_blocks_count;
+  if (blocks_) free -= std::min<uint64_t>(free, blocks_->reserved_blocks());
   st.free_blocks = free;
   // Like the kernel, keep back the root reserve and the 2% (at most 4096
   // blocks) that ext4 holds for metadata (s_resv_clusters).

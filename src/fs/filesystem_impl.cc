@@ -167,7 +167,9 @@ Result<Ino> FilesystemImpl::resolve(std::string_view path, bool follow_last) {
 Result<Stat> FilesystemImpl::stat(Ino ino) {
   auto lock = itable_.lock_shared(ino);
   UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
-  return to_stat(vol_->sb(), rec);
+  Stat st = to_stat(vol_->sb(), rec);
+  overlay_cached(st);
+  return st;
 }
 
 Stat FilesystemImpl::to_stat(const disk::Superblock& sb, const InodeRecord& rec) {
@@ -201,7 +203,36 @@ Result<size_t> FilesystemImpl::read(Ino ino, uint64_t offset, std::span<std::byt
   if (!S_ISREG(rec.inode.i_mode)) {
     return Error(EINVAL, fmt::format("inode {}: not a regular file", ino));
   }
-  return read_data(rec, offset, buf);
+  auto file = cache_ ? cache_->get(ino, false) : nullptr;
+  if (!file) return read_data(rec, offset, buf);
+  // The cache is newer than the disk: read the disk, then lay the cached
+  // pages over it, all under the file's page mutex so writeback cannot
+  // move data between the two meanwhile.
+  std::lock_guard page_lock(file->mu);
+  const uint64_t disk_size = rec.inode.i_size;
+  if (file->size_known) rec.inode.i_size = file->size;
+  UEXT_ASSIGN_OR_RETURN(size_t n, read_data(rec, offset, buf));
+  (void)disk_size;
+  const uint64_t end = offset + n;
+  for (auto it = file->pages().lower_bound(offset / cache::kPageSize);
+       it != file->pages().end() && it->first * cache::kPageSize < end; ++it) {
+    const uint64_t page_start = it->first * cache::kPageSize;
+    const uint64_t from = std::max(offset, page_start);
+    const uint64_t to = std::min(end, page_start + cache::kPageSize);
+    std::memcpy(buf.data() + (from - offset), file->data(it->first) + (from - page_start), to - from);
+  }
+  file->last_used_ms = cache::PageCache::now_ms();
+  return n;
+}
+
+void FilesystemImpl::overlay_cached(Stat& st) {
+  auto file = cache_ ? cache_->get(st.ino, false) : nullptr;
+  if (!file) return;
+  std::lock_guard page_lock(file->mu);
+  if (file->size_known) st.size = file->size;
+  if (file->times_pending) st.mtime = st.ctime = Time{file->mtime_sec, file->mtime_nsec};
+  // Delayed blocks count in st_blocks already, as the kernel reports them.
+  st.blocks += file->delayed_pages() * (cache::kPageSize / 512);
 }
 
 Status FilesystemImpl::readdir(Ino dir, uint64_t cookie, const DirVisitor& visit) {
@@ -266,7 +297,9 @@ Result<std::string> FilesystemImpl::getxattr(Ino ino, std::string_view name) {
 }
 
 Result<std::vector<FileExtent>> FilesystemImpl::extents(Ino ino) {
-  auto lock = itable_.lock_shared(ino);
+  // Delayed pages have no extents yet: write them back first.
+  auto lock = itable_.lock(ino);
+  UEXT_TRY(writeback_inode(ino));
   UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
   std::vector<FileExtent> out;
   if (!has_block_map(rec)) return out;

@@ -13,7 +13,9 @@
 #pragma once
 
 #include <deque>
+#include <condition_variable>
 #include <memory>
+#include <thread>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -22,6 +24,7 @@
 #include "alloc/group_bitmaps.h"
 #include "alloc/inode_allocator.h"
 #include "base/ordered_mutex.h"
+#include "cache/page_cache.h"
 #include "disk/xattr.h"
 #include "fs/inode_table.h"
 #include "fs/orphan.h"
@@ -132,6 +135,28 @@ class FilesystemImpl final : public Filesystem {
   // Sets (value) or removes (nullopt) one attribute.
   Status change_xattr(Ino ino, std::string_view name, std::optional<std::string_view> value, int flags);
 
+  // ---- delayed allocation and writeback (writeback.cc) ----
+  bool uses_delalloc(const InodeRecord& rec) const;
+  uint64_t delalloc_meta(const InodeRecord& rec, uint64_t blocks) const;
+  // write() of a delayed-allocation file: reserve, then copy into the
+  // cache. May write less than asked (ENOSPC part-way). Inode lock held.
+  Result<size_t> cached_write(InodeRecord& rec, uint64_t offset, std::span<const std::byte> buf);
+  // Writes back every dirty page of `file` (inode lock held).
+  Status writepages(InodeRecord& rec, cache::CachedFile& file);
+  Status writeback_inode(uint32_t ino);
+  // Writes back other files: with `except` set (a writer holding that
+  // inode's lock) only files whose lock is free; with 0, all of them.
+  Status flush_others(uint32_t except);
+  Status writeback_all();
+  void writeback_loop();
+  void stop_writeback();
+  Status flush_and_drop(InodeRecord& rec, uint64_t offset, uint64_t end);
+  // The writeback error fsync has not reported yet.
+  Status report_wb_error(uint32_t ino);
+  // Applies the cache's view (size, delayed blocks) to a stat of `rec`.
+  void overlay_cached(Stat& st);
+  uint32_t extents_per_handle(const InodeRecord& rec);
+
   // ---- namespace helpers (namespace_ops.cc) ----
   Result<Stat> make_node(Ino dir, std::string_view name, uint32_t mode, const Owner& owner,
                          std::string_view symlink_target, uint32_t rdev_major, uint32_t rdev_minor);
@@ -149,6 +174,11 @@ class FilesystemImpl final : public Filesystem {
   // (the kernel's s_vfs_rename_mutex).
   base::OrderedMutex rename_mu_{base::LockLevel::kFilesystem};
   bool closed_ = false;
+  std::unique_ptr<cache::PageCache> cache_;
+  std::thread writeback_thread_;
+  std::mutex wb_mu_;
+  std::condition_variable wb_cv_;
+  bool wb_stop_ = false;
 };
 
 }  // namespace uext::fs

@@ -52,18 +52,43 @@ Status FilesystemImpl::start_writing() {
   groups_ = std::make_unique<alloc::GroupBitmaps>(*vol_);
   blocks_ = std::make_unique<alloc::BlockAllocator>(*groups_);
   inodes_ = std::make_unique<alloc::InodeAllocator>(*groups_);
+  const Options& o = vol_->options();
+  cache::CacheOptions co;
+  co.max_bytes = o.page_cache_bytes;
+  co.dirty_limit_bytes = o.dirty_limit_bytes;
+  co.dirty_background_bytes = o.dirty_limit_bytes / 4;
+  co.dirty_expire_ms = o.dirty_expire_ms;
+  co.writeback_interval_ms = o.writeback_interval_ms;
+  cache_ = std::make_unique<cache::PageCache>(co);
+  if (o.writeback_interval_ms > 0) writeback_thread_ = std::thread([this] { writeback_loop(); });
   std::string problem;
   UEXT_TRY(orphans_.load(*vol_, &problem));
   return recover_orphans();
 }
 
-Status FilesystemImpl::sync() { return vol_->sync(); }
+Status FilesystemImpl::sync() {
+  Status written = writeback_all();
+  Status committed = vol_->sync();
+  UEXT_TRY(written);
+  return committed;
+}
+
+void FilesystemImpl::stop_writeback() {
+  {
+    std::lock_guard lock(wb_mu_);
+    wb_stop_ = true;
+  }
+  wb_cv_.notify_all();
+  if (writeback_thread_.joinable()) writeback_thread_.join();
+}
 
 Status FilesystemImpl::close() {
   if (closed_) return {};
   closed_ = true;
   Status first;
+  stop_writeback();
   if (vol_->writable()) {
+    first = writeback_all();
     // Unlinked inodes still referenced go now, as at unmount.
     for (const auto& [ino, refs] : itable_.referenced()) {
       Status s = release(ino, refs);
@@ -155,12 +180,13 @@ void FilesystemImpl::retain(Ino ino) { itable_.retain(ino); }
 
 Status FilesystemImpl::release(Ino ino, uint64_t count) {
   if (itable_.release(ino, count) > 0 || !vol_->writable()) return {};
-  if (!orphans_.contains(ino)) return {};
   auto lock = itable_.lock(ino);
   if (itable_.refs(ino) > 0) return {};  // retained again meanwhile
-  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
-  if (rec.inode.i_links_count != 0) return {};
-  return delete_inode(rec);
+  auto rec = vol_->read_inode(ino, true);
+  // Gone already (deleted by another path), or still linked: nothing to do.
+  if (!rec.ok() || rec->inode.i_links_count != 0 || rec->inode.i_mode == 0) return {};
+  if (!orphans_.contains(ino)) return {};
+  return delete_inode(*rec);
 }
 
 Status FilesystemImpl::maybe_delete(InodeRecord& rec) {
@@ -171,6 +197,7 @@ Status FilesystemImpl::maybe_delete(InodeRecord& rec) {
 Status FilesystemImpl::delete_inode(InodeRecord& rec) {
   const uint32_t ino = rec.ino;
   const bool is_dir = S_ISDIR(rec.inode.i_mode);
+  if (cache_) cache_->forget(ino);  // its pages and reservation go with it
   if (has_block_map(rec)) {
     UEXT_TRY(truncate_blocks(*vol_, rec, 0, *blocks_));
   }
@@ -196,6 +223,26 @@ Status FilesystemImpl::delete_inode(InodeRecord& rec) {
 }
 
 Status FilesystemImpl::truncate_locked(InodeRecord& rec, uint64_t size) {
+  if (auto file = cache_ ? cache_->get(rec.ino, false) : nullptr) {
+    // Cached pages past the new end go (their reservations with them), the
+    // tail of a partial last page reads zeros; the cached size follows.
+    std::lock_guard lock(file->mu);
+    const uint64_t keep = (size + cache::kPageSize - 1) / cache::kPageSize;
+    file->drop(keep, UINT64_MAX);
+    if (size % cache::kPageSize != 0) {
+      file->zero(size / cache::kPageSize, static_cast<uint32_t>(size % cache::kPageSize), cache::kPageSize);
+    }
+    file->size = size;
+    file->size_known = true;
+    file->times_pending = false;  // the truncate sets them, later
+    const uint64_t bpp = cache::kPageSize / vol_->block_size();
+    const uint64_t delayed_blocks = file->delayed_pages() * bpp;
+    const uint64_t meta = delalloc_meta(rec, delayed_blocks);
+    if (file->reservation.left() > delayed_blocks + meta) {
+      file->reservation.give_back(file->reservation.left() - delayed_blocks - meta);
+    }
+    file->reserved_meta = std::min(meta, file->reservation.left());
+  }
   const uint64_t old_size = rec.inode.i_size;
   if (size >= old_size) {
     // Growing leaves a hole; blocks preallocated past the old size (KEEP_SIZE)
@@ -231,6 +278,8 @@ Status FilesystemImpl::truncate_locked(InodeRecord& rec, uint64_t size) {
     UEXT_TRY(stopped);
   }
   if (has_block_map(rec)) UEXT_TRY(truncate_blocks(*vol_, rec, size, *blocks_));
+  // An unlinked inode (still held open) stays on the list until it goes.
+  if (rec.inode.i_links_count == 0) return {};
   UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(OrphanList::kRemoveCredits + 1));
   Status removed = orphans_.remove(*vol_, h, rec.ino);
   Status stopped = h.stop();
@@ -254,7 +303,9 @@ Status FilesystemImpl::recover_orphans() {
     } else if (rec->inode.i_links_count == 0) {
       s = delete_inode(*rec);
     } else {
-      s = truncate_locked(*rec, rec->inode.i_size);
+      // A truncate was interrupted: i_size is already the new size, the
+      // blocks past it are what remains to free.
+      if (has_block_map(*rec)) s = truncate_blocks(*vol_, *rec, rec->inode.i_size, *blocks_);
       if (s.ok() && orphans_.contains(ino)) {
         UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(OrphanList::kRemoveCredits + 1));
         s = orphans_.remove(*vol_, h, ino);

@@ -46,6 +46,20 @@ void InodeTable::put(uint32_t ino, std::shared_ptr<Entry>& entry) {
 InodeTable::Lock InodeTable::lock(uint32_t ino) { return acquire(ino, false); }
 InodeTable::Lock InodeTable::lock_shared(uint32_t ino) { return acquire(ino, true); }
 
+InodeTable::Lock InodeTable::try_lock(uint32_t ino) {
+  Lock l;
+  auto entry = get(ino);
+  if (!entry->lock.try_lock()) {
+    put(ino, entry);
+    return l;
+  }
+  l.entry_ = std::move(entry);
+  l.table_ = this;
+  l.ino_ = ino;
+  l.shared_ = false;
+  return l;
+}
+
 InodeTable::Lock InodeTable::acquire(uint32_t ino, bool shared) {
   Lock l;
   l.entry_ = get(ino);

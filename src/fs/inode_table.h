@@ -45,6 +45,9 @@ class InodeTable {
 
   Lock lock(uint32_t ino);         // exclusive: the inode changes
   Lock lock_shared(uint32_t ino);  // shared: the inode is read
+  // Exclusive, or an empty Lock when someone holds the inode (background
+  // work that must never wait behind a lock holder).
+  Lock try_lock(uint32_t ino);
 
   // Open-file references. release() returns the references left.
   void retain(uint32_t ino);

@@ -186,7 +186,9 @@ Result<Stat> FilesystemImpl::link(Ino ino, Ino new_dir, std::string_view new_nam
     }));
     return touch_dir(*vol_, h, parent.ino, 0, t);
   }));
-  return to_stat(vol_->sb(), child);
+  Stat st = to_stat(vol_->sb(), child);
+  overlay_cached(st);
+  return st;
 }
 
 Status FilesystemImpl::unlink(Ino dir, std::string_view name) { return remove_name(dir, name, false); }

@@ -1,0 +1,242 @@
+#include "cache/page_cache.h"
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+namespace uext::cache {
+
+int64_t PageCache::now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+PageCache::PageCache(const CacheOptions& options) : options_(options) {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) {
+    max_memfds_ = std::max<int64_t>(64, static_cast<int64_t>(limit.rlim_cur) / 4);
+  }
+}
+
+CachedFile::~CachedFile() {
+  cache_.dirty_pages_ -= static_cast<int64_t>(dirty_);
+  cache_.cached_pages_ -= static_cast<int64_t>(pages_.size());
+  release_memory();
+}
+
+void CachedFile::release_memory() {
+  if (map_) munmap(map_, map_pages_ * kPageSize);
+  if (memfd_ >= 0) {
+    ::close(memfd_);
+    --cache_.open_memfds_;
+  }
+  map_ = nullptr;
+  memfd_ = -1;
+  map_pages_ = memfd_pages_ = 0;
+}
+
+Status CachedFile::ensure(uint64_t end_index) {
+  if (memfd_ < 0) {
+    memfd_ = memfd_create(fmt::format("uext-ino-{}", ino_).c_str(), MFD_CLOEXEC);
+    if (memfd_ < 0) return Error(errno, fmt::format("page cache: memfd_create: {}", std::strerror(errno)));
+    ++cache_.open_memfds_;
+  }
+  if (end_index > memfd_pages_) {
+    // Grow in powers of two so that appends do not resize every page.
+    uint64_t want = std::max<uint64_t>(end_index, std::max<uint64_t>(memfd_pages_ * 2, 16));
+    if (ftruncate(memfd_, static_cast<off_t>(want * kPageSize)) != 0) {
+      return Error(errno, fmt::format("page cache: growing the memfd of inode {}: {}", ino_, std::strerror(errno)));
+    }
+    memfd_pages_ = want;
+  }
+  if (end_index > map_pages_) {
+    uint64_t want = memfd_pages_;
+    void* p = map_ ? mremap(map_, map_pages_ * kPageSize, want * kPageSize, MREMAP_MAYMOVE)
+                   : mmap(nullptr, want * kPageSize, PROT_READ | PROT_WRITE, MAP_SHARED, memfd_, 0);
+    if (p == MAP_FAILED) {
+      return Error(errno, fmt::format("page cache: mapping inode {}'s pages: {}", ino_, std::strerror(errno)));
+    }
+    map_ = static_cast<std::byte*>(p);
+    map_pages_ = want;
+  }
+  return {};
+}
+
+Page* CachedFile::find(uint64_t index) {
+  auto it = pages_.find(index);
+  return it == pages_.end() ? nullptr : &it->second;
+}
+
+Page& CachedFile::add(uint64_t index) {
+  auto [it, inserted] = pages_.try_emplace(index);
+  if (inserted) {
+    ++cache_.cached_pages_;
+    std::memset(data(index), 0, kPageSize);
+  }
+  return it->second;
+}
+
+void CachedFile::mark_dirty(Page& page, bool delayed) {
+  if (!(page.flags & kDirty)) {
+    page.flags |= kDirty;
+    page.dirtied_ms = PageCache::now_ms();
+    if (dirty_++ == 0) cache_.set_dirty(ino_, true);
+    ++cache_.dirty_pages_;
+  }
+  if (delayed && !(page.flags & kDelayed)) {
+    page.flags |= kDelayed;
+    ++delayed_;
+  }
+}
+
+void CachedFile::mark_clean(uint64_t index) {
+  Page* p = find(index);
+  if (!p) return;
+  if (p->flags & kDirty) {
+    if (--dirty_ == 0) cache_.set_dirty(ino_, false);
+    --cache_.dirty_pages_;
+  }
+  if (p->flags & kDelayed) --delayed_;
+  p->flags = 0;
+}
+
+uint64_t CachedFile::drop(uint64_t first, uint64_t end) {
+  uint64_t delayed = 0;
+  auto it = pages_.lower_bound(first);
+  while (it != pages_.end() && it->first < end) {
+    if (it->second.flags & kDirty) {
+      if (--dirty_ == 0) cache_.set_dirty(ino_, false);
+      --cache_.dirty_pages_;
+    }
+    if (it->second.flags & kDelayed) {
+      --delayed_;
+      ++delayed;
+    }
+    --cache_.cached_pages_;
+    it = pages_.erase(it);
+  }
+  // Give the memory back (the memfd keeps its size).
+  if (memfd_ >= 0 && first < memfd_pages_) {
+    uint64_t stop = std::min(end, memfd_pages_);
+    fallocate(memfd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(first * kPageSize),
+              static_cast<off_t>((stop - first) * kPageSize));
+  }
+  return delayed;
+}
+
+void CachedFile::zero(uint64_t index, uint32_t from, uint32_t to) {
+  if (present(index) && from < to) std::memset(data(index) + from, 0, to - from);
+}
+
+int64_t CachedFile::oldest_dirty_ms() const {
+  int64_t oldest = INT64_MAX;
+  for (const auto& [index, page] : pages_) {
+    if (page.flags & kDirty) oldest = std::min(oldest, page.dirtied_ms);
+  }
+  return oldest;
+}
+
+void CachedFile::evict_clean() {
+  std::vector<uint64_t> clean;
+  for (const auto& [index, page] : pages_) {
+    if (!(page.flags & kDirty)) clean.push_back(index);
+  }
+  // Runs of clean pages go with one hole punch each.
+  size_t i = 0;
+  while (i < clean.size()) {
+    size_t j = i + 1;
+    while (j < clean.size() && clean[j] == clean[j - 1] + 1) ++j;
+    drop(clean[i], clean[j - 1] + 1);
+    i = j;
+  }
+}
+
+std::shared_ptr<CachedFile> PageCache::get(uint32_t ino, bool create) {
+  std::lock_guard lock(mu_);
+  auto it = files_.find(ino);
+  if (it != files_.end()) return it->second;
+  if (!create) return nullptr;
+  auto file = std::make_shared<CachedFile>(*this, ino);
+  files_.emplace(ino, file);
+  return file;
+}
+
+void PageCache::forget(uint32_t ino) {
+  std::shared_ptr<CachedFile> file;
+  {
+    std::lock_guard lock(mu_);
+    auto it = files_.find(ino);
+    if (it == files_.end()) return;
+    file = std::move(it->second);
+    files_.erase(it);
+  }
+  std::lock_guard lock(file->mu);
+  file->drop(0, UINT64_MAX);
+  file->reservation.release();
+}
+
+void PageCache::set_dirty(uint32_t ino, bool dirty) {
+  std::lock_guard lock(mu_);
+  if (dirty) {
+    dirty_set_.insert(ino);
+  } else {
+    dirty_set_.erase(ino);
+  }
+}
+
+std::vector<std::shared_ptr<CachedFile>> PageCache::dirty_files() {
+  std::lock_guard lock(mu_);
+  std::vector<std::shared_ptr<CachedFile>> out;
+  out.reserve(dirty_set_.size());
+  for (uint32_t ino : dirty_set_) {
+    auto it = files_.find(ino);
+    if (it != files_.end()) out.push_back(it->second);
+  }
+  return out;
+}
+
+std::vector<std::shared_ptr<CachedFile>> PageCache::all_files() {
+  std::lock_guard lock(mu_);
+  std::vector<std::shared_ptr<CachedFile>> out;
+  out.reserve(files_.size());
+  for (auto& [ino, f] : files_) out.push_back(f);
+  return out;
+}
+
+void PageCache::shrink() {
+  if (cached_bytes() <= options_.max_bytes && !too_many_files()) return;
+  auto files = all_files();
+  std::vector<std::pair<int64_t, std::shared_ptr<CachedFile>>> by_age;
+  for (auto& f : files) {
+    std::lock_guard lock(f->mu);
+    by_age.emplace_back(f->last_used_ms, f);
+  }
+  std::sort(by_age.begin(), by_age.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (auto& [age, f] : by_age) {
+    if (cached_bytes() <= options_.max_bytes * 3 / 4 && open_memfds_.load() <= max_memfds_ / 2) break;
+    std::lock_guard lock(f->mu);
+    f->evict_clean();
+    if (f->pages_.empty()) f->release_memory();
+  }
+  // Files left with nothing to remember are dropped from the map.
+  std::lock_guard lock(mu_);
+  for (auto it = files_.begin(); it != files_.end();) {
+    CachedFile& f = *it->second;
+    if (it->second.use_count() == 1 && f.pages_.empty() && f.reservation.left() == 0 && f.wb_error == 0 &&
+        !f.size_known) {
+      it = files_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+}  // namespace uext::cache

@@ -1,0 +1,157 @@
+// The page cache for file data: 4 KiB pages of each cached file kept in a
+// memfd (so that mappings of the file, later, can share the very same
+// pages), with dirty and delayed-allocation state per page, a memory bound
+// with eviction of clean pages, and dirty accounting for throttling and
+// background writeback.
+//
+// This layer knows nothing of ext4: which pages need blocks and how they
+// are written back is the filesystem's business (src/fs/writeback.cc).
+// Locking: a CachedFile's mutex (kPage level) guards its pages, size and
+// reservation; the cache's own map mutex is a leaf.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "alloc/block_allocator.h"
+#include "base/ordered_mutex.h"
+#include "uext/status.h"
+
+namespace uext::cache {
+
+inline constexpr uint64_t kPageSize = 4096;
+
+struct CacheOptions {
+  uint64_t max_bytes = 256ull << 20;   // clean pages beyond this are evicted
+  uint64_t dirty_limit_bytes = 64ull << 20;       // writers write back past this
+  uint64_t dirty_background_bytes = 16ull << 20;  // background writeback starts here
+  uint32_t dirty_expire_ms = 3000;     // dirty data older than this is written back
+  uint32_t writeback_interval_ms = 500;
+};
+
+enum PageFlag : uint8_t {
+  kDirty = 1,    // newer than the disk
+  kDelayed = 2,  // dirty over blocks not yet allocated (space reserved)
+};
+
+struct Page {
+  uint8_t flags = 0;
+  int64_t dirtied_ms = 0;  // when it became dirty (steady clock)
+};
+
+class PageCache;
+
+// One inode's cached pages. Every member is guarded by `mu`.
+class CachedFile {
+ public:
+  CachedFile(PageCache& cache, uint32_t ino) : cache_(cache), ino_(ino) {}
+  ~CachedFile();
+  CachedFile(const CachedFile&) = delete;
+  CachedFile& operator=(const CachedFile&) = delete;
+
+  uint32_t ino() const { return ino_; }
+  base::OrderedMutex mu{base::LockLevel::kPage};
+
+  // The bytes of page `index`, valid until the next call that may grow the
+  // mapping (ensure) or until `mu` is dropped. The page must be present.
+  std::byte* data(uint64_t index) { return map_ + index * kPageSize; }
+  // Makes room for pages [0, end_index) in the memfd and the mapping.
+  Status ensure(uint64_t end_index);
+  bool present(uint64_t index) const { return pages_.count(index) != 0; }
+  Page* find(uint64_t index);
+  // Adds page `index`, its bytes as `fill` leaves them (called with the
+  // new page's bytes, zeroed).
+  Page& add(uint64_t index);
+  void mark_dirty(Page& page, bool delayed);
+  void mark_clean(uint64_t index);
+  // Removes pages [first, end) (dirty ones too: their data is gone).
+  // Returns how many delayed pages were among them.
+  uint64_t drop(uint64_t first, uint64_t end);
+  // Zeroes bytes [from, to) of a present page.
+  void zero(uint64_t index, uint32_t from, uint32_t to);
+
+  const std::map<uint64_t, Page>& pages() const { return pages_; }
+  uint64_t dirty_pages() const { return dirty_; }
+  uint64_t delayed_pages() const { return delayed_; }
+  int64_t oldest_dirty_ms() const;
+
+  // The in-memory i_size (the disk's lags behind until writeback), when
+  // the file has one.
+  bool size_known = false;
+  uint64_t size = 0;
+  // Space held for the delayed pages: their data blocks and the worst case
+  // of the tree blocks their extents may need.
+  alloc::Reservation reservation;
+  uint64_t reserved_meta = 0;
+  // The first writeback error not yet reported by fsync.
+  int wb_error = 0;
+  std::string wb_error_message;
+  int64_t last_used_ms = 0;
+  // mtime/ctime of writes not yet on disk (written with the data).
+  bool times_pending = false;
+  int64_t mtime_sec = 0;
+  uint32_t mtime_nsec = 0;
+
+ private:
+  friend class PageCache;
+  void evict_clean();
+  // Lets the memfd and mapping go (no pages left).
+  void release_memory();
+  PageCache& cache_;
+  uint32_t ino_;
+  int memfd_ = -1;
+  std::byte* map_ = nullptr;
+  uint64_t map_pages_ = 0;   // pages the mapping covers
+  uint64_t memfd_pages_ = 0; // pages the memfd is sized for
+  std::map<uint64_t, Page> pages_;
+  uint64_t dirty_ = 0;
+  uint64_t delayed_ = 0;
+};
+
+class PageCache {
+ public:
+  explicit PageCache(const CacheOptions& options);
+  const CacheOptions& options() const { return options_; }
+
+  // The file's cache (created when `create`), or null.
+  std::shared_ptr<CachedFile> get(uint32_t ino, bool create);
+  // Forgets a file (deleted): its pages go, its reservation is released.
+  void forget(uint32_t ino);
+  // Files with dirty pages.
+  std::vector<std::shared_ptr<CachedFile>> dirty_files();
+  std::vector<std::shared_ptr<CachedFile>> all_files();
+
+  uint64_t dirty_bytes() const { return dirty_pages_.load() * kPageSize; }
+  // Every cached file holds a memfd (a file descriptor): past this many,
+  // writers write back and clean files let theirs go.
+  bool too_many_files() const { return open_memfds_.load() > max_memfds_; }
+  uint64_t cached_bytes() const { return cached_pages_.load() * kPageSize; }
+  // Evicts clean pages of the least recently used files until the cache is
+  // within its bound, and closes the memfds of files left without pages
+  // while there are too many. Takes the files' mutexes: call without any held.
+  void shrink();
+
+  static int64_t now_ms();
+
+ private:
+  friend class CachedFile;
+  CacheOptions options_;
+  base::OrderedMutex mu_{base::LockLevel::kPageCacheMap};
+  std::unordered_map<uint32_t, std::shared_ptr<CachedFile>> files_;
+  std::unordered_set<uint32_t> dirty_set_;  // files with dirty pages
+  void set_dirty(uint32_t ino, bool dirty);
+  std::atomic<int64_t> dirty_pages_{0};
+  std::atomic<int64_t> cached_pages_{0};
+  std::atomic<int64_t> open_memfds_{0};
+  int64_t max_memfds_ = 256;
+};
+
+}  // namespace uext::cache

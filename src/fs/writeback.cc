@@ -1,0 +1,305 @@
+// Delayed allocation and writeback (the ext4 way): write() into space that
+// has no blocks yet only reserves them -- the data blocks plus the worst
+// case of tree blocks their extents could need -- and leaves the data in
+// the page cache. writepages() later maps a whole run of dirty pages with
+// one allocation request inside one journal handle, writes the data, and
+// raises the on-disk i_size; the commit of that handle follows the data
+// (ordered mode). ENOSPC can only come from the reservation, in the write()
+// that asked for it.
+//
+// Lock order: the inode lock, then the journal handle, then the file's page
+// mutex (CachedFile::mu), as in docs/DESIGN.md.
+#include <sys/stat.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "disk/bytes.h"
+#include "fs/block_map.h"
+#include "fs/filesystem_impl.h"
+#include "fs/map_writer.h"
+
+namespace uext::fs {
+
+using cache::CachedFile;
+using cache::kPageSize;
+
+namespace {
+
+// The extent root's depth and entry count (i_block holds the header).
+std::pair<uint16_t, uint16_t> extent_root(const disk::Inode& in) {
+  auto raw = in.i_block_bytes();
+  return {disk::le16(raw, 6), disk::le16(raw, 2)};
+}
+
+}  // namespace
+
+bool FilesystemImpl::uses_delalloc(const InodeRecord& rec) const {
+  return cache_ && vol_->options().delayed_allocation && S_ISREG(rec.inode.i_mode) &&
+         rec.inode.has_flag(disk::inode_flag::kExtents) && vol_->block_size() <= kPageSize;
+}
+
+// Worst-case tree blocks for `blocks` delayed blocks becoming extents of a
+// file whose extent root is as `rec` has it: nothing while they fit in the
+// inode's four root slots, else a leaf per 170 new extents (leaves split
+// half full), plus a new path to the root.
+uint64_t FilesystemImpl::delalloc_meta(const InodeRecord& rec, uint64_t blocks) const {
+  if (blocks == 0) return 0;
+  auto [depth, entries] = extent_root(rec.inode);
+  if (depth == 0 && entries + blocks <= 4) return 0;
+  return depth + 2 + 2 * ((blocks + 169) / 170);
+}
+
+Result<size_t> FilesystemImpl::cached_write(InodeRecord& rec, uint64_t offset, std::span<const std::byte> buf) {
+  const uint32_t ino = rec.ino;
+  const uint64_t bs = vol_->block_size();
+  const uint64_t bpp = kPageSize / bs;
+  const uint64_t end = offset + buf.size();
+  const uint64_t first_page = offset / kPageSize;
+  const uint64_t last_page = (end - 1) / kPageSize;
+  auto file = cache_->get(ino, true);
+
+  // Which pages will need blocks: those not yet delayed that hold a hole
+  // (unwritten extents have their blocks already).
+  UEXT_ASSIGN_OR_RETURN(auto runs, map_blocks(*vol_, rec, first_page * bpp,
+                                               std::min((last_page + 1) * bpp, max_logical_blocks(*vol_, rec)) -
+                                                   first_page * bpp));
+  std::vector<bool> hole(last_page - first_page + 1, false);
+  for (const auto& r : runs) {
+    if (r.physical != 0) continue;
+    for (uint64_t b = r.logical; b < r.logical + r.length; ++b) hole[b / bpp - first_page] = true;
+  }
+
+  uint64_t pages_ok = last_page - first_page + 1;
+  {
+    // Reserve: data blocks for new delayed pages, and the worst-case tree
+    // blocks for the file's delayed total. On failure, write this file's
+    // delayed pages back (its worst case becomes exact), let background
+    // writeback do the others, commit, and try again; then settle for the
+    // leading pages that fit (a short write), or ENOSPC.
+    auto try_reserve = [&](uint64_t pages) -> Status {
+      std::lock_guard lock(file->mu);
+      uint64_t new_delayed = 0;
+      for (uint64_t i = 0; i < pages; ++i) {
+        const cache::Page* p = file->find(first_page + i);
+        if (hole[i] && !(p && (p->flags & cache::kDelayed))) ++new_delayed;
+      }
+      const uint64_t total = (file->delayed_pages() + new_delayed) * bpp;
+      const uint64_t meta = delalloc_meta(rec, total);
+      const uint64_t extra_meta = meta > file->reserved_meta ? meta - file->reserved_meta : 0;
+      alloc::AllocOptions options;
+      options.use_reserved = vol_->options().use_root_reserve;
+      UEXT_TRY(blocks_->grow(file->reservation, new_delayed * bpp + extra_meta, options));
+      file->reserved_meta += extra_meta;
+      return {};
+    };
+    Status reserved = try_reserve(pages_ok);
+    if (!reserved.ok() && reserved.error().code() == ENOSPC) {
+      UEXT_TRY(writepages(rec, *file));
+      UEXT_TRY(flush_others(ino));
+      UEXT_TRY(vol_->sync());
+      reserved = try_reserve(pages_ok);
+      while (!reserved.ok() && reserved.error().code() == ENOSPC && pages_ok > 1) {
+        pages_ok /= 2;
+        reserved = try_reserve(pages_ok);
+      }
+    }
+    if (!reserved.ok()) return std::move(reserved).error().with_context(fmt::format("inode {}: write", ino));
+  }
+  const uint64_t write_end = std::min(end, (first_page + pages_ok) * kPageSize);
+
+  std::lock_guard lock(file->mu);
+  if (!file->size_known) {
+    file->size = rec.inode.i_size;
+    file->size_known = true;
+  }
+  UEXT_TRY(file->ensure(first_page + pages_ok));
+  for (uint64_t i = 0; i < pages_ok; ++i) {
+    const uint64_t index = first_page + i;
+    const uint64_t page_start = index * kPageSize;
+    const uint64_t from = std::max(offset, page_start);
+    const uint64_t to = std::min(write_end, page_start + kPageSize);
+    if (!file->present(index)) {
+      file->add(index);
+      // A partly written page starts as the file has it.
+      if ((from != page_start || to != page_start + kPageSize) && page_start < file->size) {
+        InodeRecord sized = rec;
+        sized.inode.i_size = std::max<uint64_t>(rec.inode.i_size, 0);
+        const uint64_t disk_len = std::min<uint64_t>(kPageSize, rec.inode.i_size > page_start ? rec.inode.i_size - page_start : 0);
+        if (disk_len > 0) {
+          UEXT_TRY(read_data(sized, page_start, std::span<std::byte>(file->data(index), disk_len)));
+        }
+      }
+    }
+    std::memcpy(file->data(index) + (from - page_start), buf.data() + (from - offset), to - from);
+    file->mark_dirty(*file->find(index), hole[i]);
+  }
+  file->size = std::max(file->size, write_end);
+  const disk::Timestamp t = now();
+  file->times_pending = true;
+  file->mtime_sec = t.sec;
+  file->mtime_nsec = t.nsec;
+  file->last_used_ms = cache::PageCache::now_ms();
+  return static_cast<size_t>(write_end - offset);
+}
+
+Status FilesystemImpl::writepages(InodeRecord& rec, CachedFile& file) {
+  const uint32_t ino = rec.ino;
+  const uint64_t bs = vol_->block_size();
+  const uint64_t bpp = kPageSize / bs;
+  // The dirty runs, as page ranges. The inode lock (held by the caller)
+  // keeps anyone from dirtying or dropping pages meanwhile.
+  std::vector<std::pair<uint64_t, uint64_t>> dirty_runs;
+  uint64_t size = 0;
+  {
+    std::lock_guard lock(file.mu);
+    if (file.dirty_pages() == 0) return {};
+    size = file.size_known ? file.size : rec.inode.i_size;
+    for (const auto& [index, page] : file.pages()) {
+      if (!(page.flags & cache::kDirty)) continue;
+      if (!dirty_runs.empty() && dirty_runs.back().second == index) {
+        ++dirty_runs.back().second;
+      } else {
+        dirty_runs.emplace_back(index, index + 1);
+      }
+    }
+  }
+  const uint64_t size_blocks = (size + bs - 1) / bs;
+  const uint32_t k = extents_per_handle(rec);
+  for (auto [first_page, end_page] : dirty_runs) {
+    uint64_t pos = first_page * bpp;
+    const uint64_t stop = std::min(end_page * bpp, size_blocks);
+    while (pos < stop) {
+      const uint64_t chunk = std::min<uint64_t>(stop - pos, 8192);
+      UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(map_credits(*vol_, rec, k) + convert_credits(*vol_, rec, k) + 2));
+      uint64_t mapped = 0;
+      Status done = in_handle(h, [&]() -> Status {
+        std::lock_guard lock(file.mu);
+        alloc::ReservationScope scope(&file.reservation);
+        MapOptions options;
+        options.max_new_extents = k;
+        UEXT_ASSIGN_OR_RETURN(auto runs, map_or_allocate(*vol_, h, rec, pos, chunk, *blocks_, options));
+        bool unwritten = false;
+        for (const auto& r : runs) {
+          if (r.physical == 0) return Error(EIO, fmt::format("inode {}: block {} left unmapped", ino, r.logical));
+          const std::byte* src = file.data(0) + r.logical * bs;
+          UEXT_TRY(vol_->device().write(r.physical * bs, std::span<const std::byte>(src, r.length * bs)));
+          unwritten |= r.unwritten;
+          mapped = r.logical + r.length - pos;
+        }
+        if (unwritten) UEXT_TRY(convert_unwritten(*vol_, h, rec, pos, mapped, *blocks_));
+        const uint64_t disk_size = std::min(size, (pos + mapped) * bs);
+        if (disk_size > rec.inode.i_size || file.times_pending) {
+          UEXT_ASSIGN_OR_RETURN(rec, vol_->update_inode(h, ino, false, [&](disk::Inode& in) {
+            in.i_size = std::max<uint64_t>(in.i_size, disk_size);
+            if (file.times_pending) {
+              in.i_mtime = in.i_ctime = disk::Timestamp{file.mtime_sec, file.mtime_nsec};
+            }
+          }));
+          file.times_pending = false;
+        }
+        return {};
+      });
+      if (!done.ok()) {
+        std::lock_guard lock(file.mu);
+        if (file.wb_error == 0) {
+          file.wb_error = done.error().code();
+          file.wb_error_message = done.error().message();
+        }
+        return done;
+      }
+      if (mapped == 0) return Error(EIO, fmt::format("inode {}: writeback made no progress at block {}", ino, pos));
+      pos += mapped;
+    }
+    std::lock_guard lock(file.mu);
+    for (uint64_t index = first_page; index < end_page; ++index) file.mark_clean(index);
+  }
+  // What stays reserved: the data and worst-case tree blocks of the pages
+  // still delayed (none, unless pages past the end of the file were dirty).
+  std::lock_guard lock(file.mu);
+  // Everything is on disk, i_size included: the disk is the truth again.
+  if (file.dirty_pages() == 0) file.size_known = false;
+  const uint64_t delayed_blocks = file.delayed_pages() * bpp;
+  const uint64_t meta = delalloc_meta(rec, delayed_blocks);
+  const uint64_t keep = delayed_blocks + meta;
+  if (file.reservation.left() > keep) file.reservation.give_back(file.reservation.left() - keep);
+  file.reserved_meta = std::min(meta, file.reservation.left());
+  return {};
+}
+
+Status FilesystemImpl::writeback_inode(uint32_t ino) {
+  if (!cache_) return {};
+  auto file = cache_->get(ino, false);
+  if (!file) return {};
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
+  return writepages(rec, *file);
+}
+
+Status FilesystemImpl::flush_others(uint32_t except) {
+  if (!cache_) return {};
+  Status first;
+  for (auto& file : cache_->dirty_files()) {
+    if (file->ino() == except) continue;
+    // Never wait for another inode's lock while holding one (writers call
+    // this): an inode that is busy is left for later.
+    auto lock = except ? itable_.try_lock(file->ino()) : itable_.lock(file->ino());
+    if (!lock.held()) continue;
+    Status s = writeback_inode(file->ino());
+    if (first.ok() && !s.ok()) first = s;
+  }
+  return first;
+}
+
+Status FilesystemImpl::writeback_all() { return flush_others(0); }
+
+void FilesystemImpl::writeback_loop() {
+  const auto& o = vol_->options();
+  std::unique_lock lock(wb_mu_);
+  while (!wb_stop_) {
+    wb_cv_.wait_for(lock, std::chrono::milliseconds(o.writeback_interval_ms));
+    if (wb_stop_) break;
+    lock.unlock();
+    const int64_t now = cache::PageCache::now_ms();
+    const bool over = cache_->dirty_bytes() > o.dirty_limit_bytes / 4;
+    for (auto& file : cache_->dirty_files()) {
+      int64_t oldest;
+      {
+        std::lock_guard flock(file->mu);
+        oldest = file->oldest_dirty_ms();
+      }
+      if (!over && now - oldest < static_cast<int64_t>(o.dirty_expire_ms)) continue;
+      auto ilock = itable_.try_lock(file->ino());
+      if (!ilock.held()) continue;
+      (void)writeback_inode(file->ino());  // errors stay with the file for fsync
+    }
+    cache_->shrink();
+    lock.lock();
+  }
+}
+
+// Drops cached pages [offset, end) of a file (after writing them back), for
+// operations that change the blocks underneath (punch, zero range).
+Status FilesystemImpl::flush_and_drop(InodeRecord& rec, uint64_t offset, uint64_t end) {
+  if (!cache_) return {};
+  auto file = cache_->get(rec.ino, false);
+  if (!file) return {};
+  UEXT_TRY(writepages(rec, *file));
+  std::lock_guard lock(file->mu);
+  file->drop(offset / kPageSize, end == UINT64_MAX ? UINT64_MAX : (end + kPageSize - 1) / kPageSize);
+  return {};
+}
+
+Status FilesystemImpl::report_wb_error(uint32_t ino) {
+  if (!cache_) return {};
+  auto file = cache_->get(ino, false);
+  if (!file) return {};
+  std::lock_guard lock(file->mu);
+  if (file->wb_error == 0) return {};
+  Error e(file->wb_error, fmt::format("inode {}: writeback failed: {}", ino, file->wb_error_message));
+  file->wb_error = 0;
+  return e;
+}
+
+}  // namespace uext::fs
