@@ -357,6 +357,11 @@ Status FilesystemImpl::fsync(Ino ino, bool datasync) {
     UEXT_TRY(written);
     UEXT_TRY(reported);
   }
+  // The commit below makes every namespace change durable; writing the
+  // other files' delayed data back first keeps each of them consistent with
+  // the names and sizes it commits (as ext3's ordered mode did: stronger
+  // than ext4, which lets other files' delayed data wait).
+  UEXT_TRY(writeback_all());
   // Everything uext changed is in the running transaction or already home:
   // one commit (which flushes the device before its commit block) and a
   // flush for data written in place make it all durable.
