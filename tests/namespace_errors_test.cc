@@ -202,6 +202,14 @@ TEST_F(NamespaceErrors, FilesAndSizes) {
   EXPECT_EQ(st->uid, 1000u);
   EXPECT_EQ(st->gid, 100u);
   EXPECT_EQ(st->mtime, (Time{12345, 678}));
+  // An access-time update alone may leave ctime as it was.
+  SetAttr atime_only;
+  atime_only.atime = Time{999, 1};
+  atime_only.keep_ctime = true;
+  auto st2 = fs_->setattr(f, atime_only);
+  ASSERT_TRUE(st2.ok());
+  EXPECT_EQ(st2->atime, (Time{999, 1}));
+  EXPECT_EQ(st2->ctime, st->ctime);
   close_and_check();
   // The kernel agrees on the sizes, the hole and the times.
   if (!can_loop_mount()) return;

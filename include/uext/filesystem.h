@@ -145,6 +145,9 @@ struct SetAttr {
   std::optional<Time> mtime;
   bool atime_now = false;  // set atime (mtime) to the current time
   bool mtime_now = false;
+  // Leave ctime alone: for the access-time update a read makes (relatime),
+  // which is not a change of the inode in POSIX's sense.
+  bool keep_ctime = false;
 };
 
 // statfs(2).
@@ -250,7 +253,7 @@ class Filesystem {
                         unsigned flags = 0) = 0;
 
   // Changes what `attr` sets; a size change truncates or extends (a hole).
-  // ctime is set to now whenever anything changes.
+  // ctime is set to now whenever anything changes (unless keep_ctime).
   virtual Result<Stat> setattr(Ino ino, const SetAttr& attr) = 0;
   Status truncate(Ino ino, uint64_t size);
 

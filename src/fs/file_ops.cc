@@ -206,7 +206,7 @@ Result<Stat> FilesystemImpl::setattr(Ino ino, const SetAttr& attr) {
       if (attr.mtime) in.i_mtime = to_disk(*attr.mtime);
       if (attr.atime_now) in.i_atime = t;
       if (attr.mtime_now) in.i_mtime = t;
-      in.i_ctime = t;
+      if (!attr.keep_ctime) in.i_ctime = t;
     });
     Status stopped = h.stop();
     if (!updated.ok()) return std::move(updated).error();
