@@ -226,12 +226,18 @@ Result<Reservation> BlockAllocator::reserve(uint64_t blocks, const AllocOptions&
 Status BlockAllocator::grow(Reservation& r, uint64_t blocks, const AllocOptions& options) {
   if (blocks == 0) return {};
   r.allocator_ = this;
-  const uint64_t keep = options.use_reserved ? 0 : groups_.sb().s_r_blocks_count;
+  // Reservations never take the metadata pool (ext4's s_resv_clusters:
+  // 2% of the blocks, at most 4096): it is what lets writeback convert
+  // unwritten extents, or a worst-case estimate fall short, on a
+  // filesystem that is otherwise full. Without use_reserved, the root
+  // reserve stays too.
+  const uint64_t pool = std::min<uint64_t>(groups_.sb().s_blocks_count / 50, 4096);
+  const uint64_t keep = pool + (options.use_reserved ? 0 : groups_.sb().s_r_blocks_count);
   const uint64_t claimed = groups_.claim_blocks(blocks, keep);
   if (claimed < blocks) {
     groups_.unclaim_blocks(claimed);
     return Error(ENOSPC, fmt::format("no space left: {} blocks needed, {} free{}", blocks, claimed,
-                                     keep ? " outside the root reserve" : ""));
+                                     options.use_reserved ? "" : " outside the root reserve"));
   }
   // Busy blocks are free but cannot be handed out before their commit:
   // every reservation together must fit in the blocks that are not busy,
