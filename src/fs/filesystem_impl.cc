@@ -230,7 +230,13 @@ void FilesystemImpl::overlay_cached(Stat& st) {
   if (!file) return;
   std::lock_guard page_lock(file->mu);
   if (file->size_known) st.size = file->size;
-  if (file->times_pending) st.mtime = st.ctime = Time{file->mtime_sec, file->mtime_nsec};
+  if (file->times_pending) {
+    // The write's time is the mtime; ctime is whichever change came last
+    // (a chmod after the write moves it on).
+    const Time w{file->mtime_sec, file->mtime_nsec};
+    st.mtime = w;
+    if (w.sec > st.ctime.sec || (w.sec == st.ctime.sec && w.nsec > st.ctime.nsec)) st.ctime = w;
+  }
   // Delayed blocks count in st_blocks already, as the kernel reports them.
   st.blocks += file->delayed_pages() * (cache::kPageSize / 512);
 }

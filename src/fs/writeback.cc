@@ -195,7 +195,10 @@ Status FilesystemImpl::writepages(InodeRecord& rec, CachedFile& file) {
           UEXT_ASSIGN_OR_RETURN(rec, vol_->update_inode(h, ino, false, [&](disk::Inode& in) {
             in.i_size = std::max<uint64_t>(in.i_size, disk_size);
             if (file.times_pending) {
-              in.i_mtime = in.i_ctime = disk::Timestamp{file.mtime_sec, file.mtime_nsec};
+              const disk::Timestamp w{file.mtime_sec, file.mtime_nsec};
+              in.i_mtime = w;
+              // A later change (chmod, link) keeps its newer ctime.
+              if (w.sec > in.i_ctime.sec || (w.sec == in.i_ctime.sec && w.nsec > in.i_ctime.nsec)) in.i_ctime = w;
             }
           }));
           file.times_pending = false;
