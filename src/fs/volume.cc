@@ -12,7 +12,8 @@ namespace uext::fs {
 
 Volume::Volume(std::unique_ptr<BlockDevice> device, const Options& options,
                const disk::Superblock& sb)
-    : device_(std::move(device)), options_(options), sb_(sb) {
+    : device_(std::move(device)), options_(options), sb_(sb), decode_sb_(sb) {
+  decode_sb_.s_feature_ro_compat &= ~disk::ro_compat::kMetadataCsum;
   cache_ = std::make_unique<buffer::BufferCache>(*device_, sb_.block_size(), options_.metadata_cache_bytes);
 }
 
@@ -180,7 +181,7 @@ Result<InodeRecord> Volume::update_inode_slot(journal::Handle& handle, uint32_t 
   }
   disk::InodeLocation loc = disk::inode_location(sb_, ino);
   uint32_t bs = block_size();
-  uint64_t block = groups_[loc.group].bg_inode_table + loc.table_offset / bs;
+  uint64_t block = loaded_groups_[loc.group].bg_inode_table + loc.table_offset / bs;
   uint32_t in_block = static_cast<uint32_t>(loc.table_offset % bs);
   uint32_t size = sb_.inode_size();
   InodeRecord rec;
@@ -194,9 +195,7 @@ Result<InodeRecord> Volume::update_inode_slot(journal::Handle& handle, uint32_t 
     disk::Inode inode;
     if (!fresh) {
       // Decode without judging the checksum: we are about to rewrite it.
-      disk::Superblock no_csum = sb_;
-      no_csum.s_feature_ro_compat &= ~disk::ro_compat::kMetadataCsum;
-      auto decoded = disk::decode_inode(no_csum, ino, slot);
+      auto decoded = disk::decode_inode(decode_sb_, ino, slot);
       if (!decoded.ok()) {
         failure = std::move(decoded).error();
         return;
@@ -257,6 +256,7 @@ Status Volume::load_group_descriptors() {
     if (!gd.ok()) return std::move(gd).error();
     groups_.push_back(*gd);
   }
+  loaded_groups_ = groups_;
   return {};
 }
 
@@ -281,11 +281,19 @@ Result<InodeRecord> Volume::read_inode(uint32_t ino, bool allow_unlinked) {
                                             ino, sb_.s_inodes_count));
   }
   disk::InodeLocation loc = disk::inode_location(sb_, ino);
-  const disk::GroupDesc& gd = groups_[loc.group];
+  const disk::GroupDesc& gd = loaded_groups_[loc.group];
+  uint16_t bg_flags;
+  uint32_t itable_unused;
+  {
+    // The allocator changes these as it hands out inodes.
+    std::lock_guard lock(sb_mu_);
+    bg_flags = groups_[loc.group].bg_flags;
+    itable_unused = groups_[loc.group].bg_itable_unused;
+  }
   bool csum_groups = sb_.has_metadata_csum() || sb_.has_ro_compat(disk::ro_compat::kGdtCsum);
   uint32_t index_in_group = (ino - 1) % sb_.s_inodes_per_group;
-  if (csum_groups && ((gd.bg_flags & disk::kBgInodeUninit) ||
-                      index_in_group >= sb_.s_inodes_per_group - gd.bg_itable_unused)) {
+  if (csum_groups && ((bg_flags & disk::kBgInodeUninit) ||
+                      index_in_group >= sb_.s_inodes_per_group - itable_unused)) {
     // The table slot was never initialised: the inode cannot be in use.
     return Error(kErrCorrupted, fmt::format("inode {} is not in use (group {} has not initialised it)",
                                             ino, loc.group));

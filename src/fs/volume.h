@@ -87,7 +87,7 @@ class Volume {
   uint32_t block_size() const { return sb_.block_size(); }
   // The descriptor as loaded; fields allocation changes (free counts,
   // flags, itable_unused) are current only through group_snapshot().
-  const disk::GroupDesc& group(uint32_t g) const { return groups_[g]; }
+  const disk::GroupDesc& group(uint32_t g) const { return loaded_groups_[g]; }
   bool verify_checksums() const { return options_.verify_checksums && sb_.has_metadata_csum(); }
   const disk::FeatureVerdict& features() const { return features_; }
 
@@ -121,8 +121,13 @@ class Volume {
   std::unique_ptr<BlockDevice> device_;
   Options options_;
   disk::Superblock sb_;
+  // sb_ without metadata_csum, for decoding an inode about to be rewritten
+  // (its checksum is not judged). Made once at open: copying sb_ later would
+  // race with the counters the allocators change.
+  disk::Superblock decode_sb_;
   disk::FeatureVerdict features_;
-  std::vector<disk::GroupDesc> groups_;
+  std::vector<disk::GroupDesc> groups_;         // current; under sb_mu_
+  std::vector<disk::GroupDesc> loaded_groups_;  // as loaded, never changed: read without a lock
   std::unique_ptr<buffer::BufferCache> cache_;
   std::unique_ptr<journal::Journal> journal_;
   journal::RecoveryReport recovery_;
