@@ -254,18 +254,15 @@ TEST(DelallocExtents, InterleavedAppendersStayFewExtents) {
   EXPECT_LE(c.uext, 4 * kAppenders);
 }
 
-// Fails today: uext 8-9 extents against the kernel's 5 (with
-// dirty_limit_bytes = 512 MiB uext makes 4). With the default 64 MiB limit,
+// Without preallocation uext made 8-9 extents here against the kernel's 5:
 // background writeback starts once 16 MiB are dirty (a quarter of the
-// limit) and writes each file's dirty run; the four first runs are
-// allocated back to back, so when a file's next run is written back its
-// goal (the block after its last extent, map_writer's goal_for) already
-// belongs to the neighbour and the run lands elsewhere: a new extent per
-// writeback pass per file. The kernel, whose background threshold is far
-// above 128 MiB here, writes each file whole, and mballoc's per-inode
-// preallocation would keep a second pass contiguous anyway; its one split
-// is at a block group's metadata.
-TEST(DelallocExtents, DISABLED_InterleavedAppendersNoMoreExtentsThanKernel) {
+// limit) and writes each file's dirty run; the four first runs were
+// allocated back to back, so a file's next run found its goal (the block
+// after its last extent) taken by the neighbour. The kernel, whose
+// background threshold is far above 128 MiB here, writes each file whole.
+// Now each writeback leaves a preallocation window after the file's run
+// (alloc/prealloc_windows.h) that the other files' runs go around.
+TEST(DelallocExtents, InterleavedAppendersNoMoreExtentsThanKernel) {
   if (!can_loop_mount()) GTEST_SKIP() << "needs root and loop devices for the kernel's run";
   ExtentCounts c;
   count_all(&c);

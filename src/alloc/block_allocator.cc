@@ -2,7 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <mutex>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -85,49 +87,85 @@ uint64_t BlockAllocator::goal_for_inode(const disk::Superblock& sb, uint32_t ino
   return sb.s_first_data_block + static_cast<uint64_t>(g) * sb.s_blocks_per_group;
 }
 
-Result<bool> BlockAllocator::try_group(journal::Handle& handle, uint32_t g, uint32_t from, uint32_t want,
-                                       bool whole, BlockExtent& out) {
+Result<bool> BlockAllocator::try_group(journal::Handle& handle, uint32_t g, const Search& q, BlockExtent& out,
+                                       uint32_t* window) {
   std::lock_guard lock(groups_.lock(g));
   uint32_t free = groups_.free_blocks(g);
-  if (free == 0 || (whole && free < want)) return false;
+  if (free == 0 || (q.whole && free < q.search)) return false;
   UEXT_ASSIGN_OR_RETURN(GroupBitmaps::Bitmap map, groups_.load_block_bitmap(g));
   const uint32_t limit = groups_.blocks_in_group(g);
-  // Search a copy in which blocks freed by uncommitted transactions count
-  // as used; the bitmap stored back is the real one.
+  const uint64_t base = groups_.group_first_block(g);
+  // Search a copy in which blocks freed by uncommitted transactions, and
+  // other inodes' windows, count as used; the bitmap stored back is the real one.
   expire_busy(g);
-  std::vector<std::byte> busy_view;
+  std::vector<std::byte> view;
   std::span<const std::byte> search = map.bytes;
-  if (!busy_[g].empty()) {
-    busy_view = map.bytes;
-    for (const BusyRun& r : busy_[g]) bits::set_range(busy_view, r.start, r.count);
-    search = busy_view;
+  auto mark = [&](uint64_t first, uint64_t end) {
+    first = std::max(first, base);
+    end = std::min(end, base + limit);
+    if (first >= end) return;
+    if (view.empty()) view = map.bytes;
+    bits::set_range(view, static_cast<uint32_t>(first - base), static_cast<uint32_t>(end - first));
+  };
+  for (const BusyRun& r : busy_[g]) mark(base + r.start, base + r.start + r.count);
+  if (q.avoid) {
+    for (const Window& w : *q.avoid) mark(w.first, w.end());
   }
+  if (!view.empty()) search = view;
   Run run;
-  if (whole) {
-    uint32_t s = find_run(search, from, limit, want);
-    if (s >= limit && from > 0) s = find_run(search, 0, limit, want);
+  if (q.whole) {
+    uint32_t s = find_run(search, q.from, limit, q.search);
+    if (q.exact && s != q.from) return false;
+    if (s >= limit && q.from > 0) s = find_run(search, 0, limit, q.search);
     if (s >= limit) return false;
-    run = {s, want};
+    run = {s, q.want};
   } else {
-    run = longest_run(search, from, limit, want);
-    if (run.length < want && from > 0) {
-      Run before = longest_run(search, 0, from, want);
+    run = longest_run(search, q.from, limit, q.want);
+    if (run.length < q.want && q.from > 0) {
+      Run before = longest_run(search, 0, q.from, q.want);
       if (before.length > run.length) run = before;
     }
-    if (run.length == 0 && !busy_[g].empty()) return false;  // only busy blocks left
+    // Only busy blocks (or windows, which the caller drops) left.
+    if (run.length == 0 && !view.empty()) return false;
     if (run.length == 0) {
       return Error(kErrCorrupted, fmt::format("group {}: the descriptor counts {} free blocks but the bitmap has none",
                                               g, free));
     }
   }
-  const uint64_t first = groups_.group_first_block(g) + run.start;
+  const uint64_t first = base + run.start;
   if (uint64_t sys = groups_.system_block_in(first, run.length); sys != UINT64_MAX) {
     return Error(kErrCorrupted, fmt::format("group {}: block {} is free in the bitmap but holds filesystem metadata",
                                             g, sys));
   }
+  if (window) {
+    const uint32_t after = run.start + run.length;
+    const uint32_t cap = static_cast<uint32_t>(std::min<uint64_t>(limit, uint64_t{after} + q.window_max));
+    *window = bits::next_one(search, after, cap) - after;
+  }
   bits::set_range(map.bytes, run.start, run.length);
   UEXT_TRY(groups_.store_block_bitmap(handle, g, map, -static_cast<int64_t>(run.length)));
   out = {first, run.length};
+  return true;
+}
+
+Result<bool> BlockAllocator::try_exact(journal::Handle& handle, uint64_t first, uint32_t n, BlockExtent& out) {
+  const uint32_t g = groups_.group_of_block(first);
+  const uint64_t base = groups_.group_first_block(g);
+  std::lock_guard lock(groups_.lock(g));
+  const uint32_t limit = groups_.blocks_in_group(g);
+  const uint32_t s = static_cast<uint32_t>(first - base);
+  if (s >= limit) return false;
+  n = std::min(n, limit - s);
+  UEXT_ASSIGN_OR_RETURN(GroupBitmaps::Bitmap map, groups_.load_block_bitmap(g));
+  if (bits::next_one(map.bytes, s, s + n) != s + n) return false;
+  expire_busy(g);
+  for (const BusyRun& r : busy_[g]) {
+    if (r.start < s + n && r.start + r.count > s) return false;
+  }
+  if (groups_.system_block_in(first, n) != UINT64_MAX) return false;
+  bits::set_range(map.bytes, s, n);
+  UEXT_TRY(groups_.store_block_bitmap(handle, g, map, -static_cast<int64_t>(n)));
+  out = {first, n};
   return true;
 }
 
@@ -158,34 +196,77 @@ Result<BlockExtent> BlockAllocator::allocate(journal::Handle& handle, uint64_t g
   const uint32_t goal_group = groups_.group_of_block(goal);
   const uint32_t goal_offset = static_cast<uint32_t>(goal - groups_.group_first_block(goal_group));
 
+  auto settle = [&](const BlockExtent& got) {
+    if (reservation) {
+      reservation->left_ -= got.count;
+      reserved_total_.fetch_sub(got.count, std::memory_order_relaxed);
+    } else {
+      groups_.unclaim_blocks(claimed - got.count);
+    }
+  };
+  auto fail = [&](Error e) -> Result<BlockExtent> {
+    if (!reservation) groups_.unclaim_blocks(claimed);
+    return e;
+  };
+
   BlockExtent out;
-  for (bool whole : {true, false}) {
-    for (uint32_t i = 0; i < n; ++i) {
-      uint32_t g = (goal_group + i) % n;
-      uint32_t hint = groups_.free_blocks(g);
-      if (hint == 0 || (whole && hint < want)) continue;
-      auto got = try_group(handle, g, i == 0 ? goal_offset : 0, want, whole, out);
-      if (!got.ok()) {
-        if (!reservation) groups_.unclaim_blocks(claimed);
-        return std::move(got).error();
-      }
-      if (*got) {
-        if (reservation) {
-          reservation->left_ -= out.count;
-          reserved_total_.fetch_sub(out.count, std::memory_order_relaxed);
-        } else {
-          groups_.unclaim_blocks(claimed - out.count);
+  // The owner's window continues where its last allocation ended.
+  std::optional<Window> own = options.owner ? windows_.get(options.owner) : std::nullopt;
+  if (own && own->contains(goal)) {
+    const uint32_t take = static_cast<uint32_t>(std::min<uint64_t>(want, own->end() - goal));
+    auto got = try_exact(handle, goal, take, out);
+    if (!got.ok()) return fail(std::move(got).error());
+    if (*got) {
+      windows_.consume(options.owner, out.first + out.count);
+      settle(out);
+      return out;
+    }
+    windows_.drop(options.owner);  // taken when space was short: it is stale
+    own.reset();
+  }
+
+  // Other inodes' windows (and the owner's own, when the goal is elsewhere)
+  // count as used; the search takes a snapshot of them.
+  std::vector<Window> avoid = windows_.overlapping(0, UINT64_MAX, 0);
+  const uint32_t bpg = sb.s_blocks_per_group;
+  const uint32_t with_window =
+      static_cast<uint32_t>(std::min<uint64_t>(uint64_t{want} + options.prealloc, bpg));
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    // The goal itself first (a file continues its last extent), then a run
+    // with room for the window, then the whole request, then what there is.
+    std::vector<Search> passes;
+    passes.push_back({0, want, want, true, &avoid, 0, true});
+    if (options.prealloc > 0 && with_window > want) passes.push_back({0, want, with_window, true, &avoid, 0});
+    passes.push_back({0, want, want, true, &avoid, 0});
+    passes.push_back({0, want, want, false, &avoid, 0});
+    for (Search q : passes) {
+      q.window_max = options.owner ? options.prealloc : 0;
+      for (uint32_t i = 0; i < (q.exact ? 1 : n); ++i) {
+        uint32_t g = (goal_group + i) % n;
+        uint32_t hint = groups_.free_blocks(g);
+        if (hint == 0 || (q.whole && hint < q.search)) continue;
+        q.from = i == 0 ? goal_offset : 0;
+        uint32_t window = 0;
+        auto got = try_group(handle, g, q, out, q.window_max ? &window : nullptr);
+        if (!got.ok()) return fail(std::move(got).error());
+        if (*got) {
+          if (options.owner && options.prealloc > 0) windows_.set(options.owner, out.first + out.count, window);
+          settle(out);
+          return out;
         }
-        return out;
       }
     }
+    // Space is short: windows are given back (as ext4 discards its
+    // preallocations before it fails an allocation) and the search repeats.
+    if (avoid.empty()) break;
+    windows_.drop_all();
+    avoid.clear();
   }
-  if (!reservation) groups_.unclaim_blocks(claimed);
   if (uint64_t busy = busy_blocks(); busy > 0) {
-    return Error(ENOSPC, fmt::format("no space left until the running transaction commits "
-                                     "({} freed blocks are busy until then)", busy));
+    return fail(Error(ENOSPC, fmt::format("no space left until the running transaction commits "
+                                          "({} freed blocks are busy until then)", busy)));
   }
-  return Error(ENOSPC, "no space left: no group has a free block");
+  return fail(Error(ENOSPC, "no space left: no group has a free block"));
 }
 
 Reservation& Reservation::operator=(Reservation&& other) noexcept {

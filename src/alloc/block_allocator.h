@@ -19,6 +19,7 @@
 #include <cstdint>
 
 #include "alloc/group_bitmaps.h"
+#include "alloc/prealloc_windows.h"
 #include "journal/journal.h"
 #include "uext/status.h"
 
@@ -33,6 +34,13 @@ struct BlockExtent {
 struct AllocOptions {
   // May dip into the blocks reserved for root (s_r_blocks_count).
   bool use_reserved = false;
+  // The inode the blocks are for (0: none). Allocations avoid other inodes'
+  // preallocation windows; a goal inside the owner's own window is served
+  // from it.
+  uint32_t owner = 0;
+  // Blocks to set aside for the owner after this allocation, as its new
+  // window (at most this many: what is free right after the blocks given).
+  uint32_t prealloc = 0;
 };
 
 class BlockAllocator;
@@ -80,14 +88,19 @@ class BlockAllocator {
   explicit BlockAllocator(GroupBitmaps& groups);
 
   // Allocates up to `count` (>= 1) contiguous blocks, as close to `goal` as
-  // possible: first a free run of the whole size, searched from the goal
+  // possible. A goal inside the owner's window (options.owner) takes the
+  // window's blocks from the goal on (fewer than `count` when the window
+  // ends first). Otherwise: the goal itself when the whole size is free
+  // there; with options.prealloc, a free run of count + prealloc blocks;
+  // then a free run of the whole size, searched from the goal
   // onward in the goal's group (then from the start of that group) and in
   // the groups after it, wrapping; when no group has such a run, the
   // longest run (at most `count`) of the first group with free blocks from
   // the goal's group on. A goal outside the filesystem (0 included) means
   // the first group. Without options.use_reserved the free count never
   // drops below s_r_blocks_count; the request shrinks to what is left above
-  // it. ENOSPC when nothing can be allocated.
+  // it. Other inodes' windows count as used, unless nothing else is free:
+  // then every window is dropped. ENOSPC when nothing can be allocated.
   Result<BlockExtent> allocate(journal::Handle& handle, uint64_t goal, uint32_t count,
                                const AllocOptions& options = {});
 
@@ -120,6 +133,10 @@ class BlockAllocator {
   // special files and the one after it for regular files.
   static uint64_t goal_for_inode(const disk::Superblock& sb, uint32_t ino, bool regular_file);
 
+  // Gives an inode's preallocation window back (close, truncate, delete).
+  void drop_window(uint32_t ino) { windows_.drop(ino); }
+  const PreallocWindows& windows() const { return windows_; }
+
   // Debug aid: compares every group's bitmap with its descriptor's free
   // count and the in-memory counters; EUCLEAN naming the first mismatch.
   Status check_counts();
@@ -128,8 +145,24 @@ class BlockAllocator {
   uint64_t busy_blocks() const { return busy_total_.load(std::memory_order_relaxed); }
 
  private:
-  Result<bool> try_group(journal::Handle& handle, uint32_t g, uint32_t from, uint32_t want, bool whole,
-                         BlockExtent& out);
+  // What a group search looks for: `want` blocks, from `from` on; with
+  // `whole`, only a free run of `search` (>= want) blocks will do. Blocks in
+  // `avoid` count as used; with `exact` only a run at `from` will do.
+  // `window` is set to the free blocks right after the run, up to
+  // `window_max`.
+  struct Search {
+    uint32_t from = 0;
+    uint32_t want = 0;
+    uint32_t search = 0;
+    bool whole = true;
+    const std::vector<Window>* avoid = nullptr;
+    uint32_t window_max = 0;
+    bool exact = false;  // the run must start at `from`
+  };
+  Result<bool> try_group(journal::Handle& handle, uint32_t g, const Search& s, BlockExtent& out,
+                         uint32_t* window);
+  // Takes exactly [first, first + n) when every block is free and not busy.
+  Result<bool> try_exact(journal::Handle& handle, uint64_t first, uint32_t n, BlockExtent& out);
 
   struct BusyRun {
     uint32_t start;  // in the group
@@ -145,6 +178,7 @@ class BlockAllocator {
   std::vector<std::vector<BusyRun>> busy_;  // per group, under its lock
   std::atomic<uint64_t> busy_total_{0};
   std::atomic<uint64_t> reserved_total_{0};
+  PreallocWindows windows_;
 };
 
 }  // namespace uext::alloc

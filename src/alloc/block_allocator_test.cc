@@ -679,5 +679,74 @@ TEST(BusyBlocks, FreedBlocksWaitForTheirTransactionToCommit) {
   }
 }
 
+
+// Preallocation windows: an owner's next allocation continues in its
+// window while another inode's allocations go around it; when nothing else
+// is free the window is given up. Windows never touch the bitmaps, so
+// e2fsck sees only the blocks actually handed out.
+TEST(BlockPreallocWindows, OwnersContinueOthersGoAroundSpaceShortDropsThem) {
+  testing::TempDir dir;
+  std::string img = dir / "fs.img";
+  make_image(img, {"-t", "ext4", "-b", "4096", "-m", "0"}, "64M");
+  Opened o = open_rw(img);
+  const uint64_t goal = o.volume->sb().s_blocks_count / 2;
+  std::vector<BlockExtent> taken;
+  auto alloc = [&](uint64_t g, uint32_t n, uint32_t owner, uint32_t prealloc) {
+    auto h = o.volume->start(8);
+    EXPECT_TRUE(h.ok());
+    AllocOptions ao;
+    ao.owner = owner;
+    ao.prealloc = prealloc;
+    auto got = o.blocks->allocate(*h, g, n, ao);
+    EXPECT_TRUE(h->stop().ok());
+    if (got.ok()) taken.push_back(*got);
+    return got;
+  };
+  auto a1 = alloc(goal, 64, 100, 512);
+  ASSERT_TRUE(a1.ok()) << a1.error().message();
+  auto w = o.blocks->windows().get(100);
+  ASSERT_TRUE(w);
+  EXPECT_EQ(w->first, a1->first + a1->count);
+  EXPECT_EQ(w->count, 512u);
+  // Another inode asking at the same goal lands outside the window.
+  auto b1 = alloc(a1->first + a1->count, 64, 200, 0);
+  ASSERT_TRUE(b1.ok());
+  EXPECT_TRUE(b1->first >= w->end() || b1->first + b1->count <= w->first) << b1->first;
+  // The owner continues right after its first run, even beyond the window's
+  // end: a request larger than the window gets the window (a partial run).
+  auto a2 = alloc(a1->first + a1->count, 600, 100, 512);
+  ASSERT_TRUE(a2.ok());
+  EXPECT_EQ(a2->first, a1->first + a1->count);
+  EXPECT_EQ(a2->count, 512u);
+  EXPECT_FALSE(o.blocks->windows().get(100)) << "the window is used up";
+
+  // A fresh window for the first inode, then a third fills the filesystem:
+  // once nothing but the window is free, space is short and it goes.
+  auto a3 = alloc(a2->first + a2->count, 8, 100, 4096);
+  ASSERT_TRUE(a3.ok());
+  ASSERT_TRUE(o.blocks->windows().get(100));
+  for (;;) {
+    auto c = alloc(goal, 4096, 300, 0);
+    if (!c.ok()) {
+      EXPECT_EQ(c.error().code(), ENOSPC);
+      break;
+    }
+  }
+  EXPECT_TRUE(o.blocks->windows().empty());
+  EXPECT_EQ(o.groups->unclaimed_free_blocks(), 0);
+
+  // Give everything back: the image is as mke2fs left it.
+  for (const BlockExtent& e : taken) {
+    auto h = o.volume->start(16);
+    ASSERT_TRUE(h.ok());
+    ASSERT_TRUE(o.blocks->free(*h, e.first, e.count, false).ok());
+    ASSERT_TRUE(h->stop().ok());
+  }
+  ASSERT_TRUE(o.blocks->check_counts().ok());
+  ASSERT_TRUE(o.close().ok());
+  auto fsck = testing::run({"e2fsck", "-fn", img});
+  EXPECT_EQ(fsck.exit_code, 0) << fsck.out;
+}
+
 }  // namespace
 }  // namespace uext::alloc

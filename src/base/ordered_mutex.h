@@ -25,6 +25,7 @@ enum class LockLevel : int {
   kBufferCacheShard = 60,
   kInodeTable = 65,
   kPageCacheMap = 66,
+  kPreallocWindows = 67,
 };
 
 namespace lock_order {

@@ -138,6 +138,8 @@ class FilesystemImpl final : public Filesystem {
   // ---- delayed allocation and writeback (writeback.cc) ----
   bool uses_delalloc(const InodeRecord& rec) const;
   uint64_t delalloc_meta(const InodeRecord& rec, uint64_t blocks) const;
+  // The preallocation window writeback asks for, for a file of this size.
+  uint32_t prealloc_window(uint64_t size_blocks) const;
   // write() of a delayed-allocation file: reserve, then copy into the
   // cache. May write less than asked (ENOSPC part-way). Inode lock held.
   Result<size_t> cached_write(InodeRecord& rec, uint64_t offset, std::span<const std::byte> buf);

@@ -180,6 +180,9 @@ void FilesystemImpl::retain(Ino ino) { itable_.retain(ino); }
 
 Status FilesystemImpl::release(Ino ino, uint64_t count) {
   if (itable_.release(ino, count) > 0 || !vol_->writable()) return {};
+  // The last close: the preallocation window goes, as ext4 discards its
+  // inode preallocations at release.
+  blocks_->drop_window(ino);
   auto lock = itable_.lock(ino);
   if (itable_.refs(ino) > 0) return {};  // retained again meanwhile
   auto rec = vol_->read_inode(ino, true);
@@ -198,6 +201,7 @@ Status FilesystemImpl::delete_inode(InodeRecord& rec) {
   const uint32_t ino = rec.ino;
   const bool is_dir = S_ISDIR(rec.inode.i_mode);
   if (cache_) cache_->forget(ino);  // its pages and reservation go with it
+  blocks_->drop_window(ino);
   if (has_block_map(rec)) {
     UEXT_TRY(truncate_blocks(*vol_, rec, 0, *blocks_));
   }
@@ -223,6 +227,7 @@ Status FilesystemImpl::delete_inode(InodeRecord& rec) {
 }
 
 Status FilesystemImpl::truncate_locked(InodeRecord& rec, uint64_t size) {
+  blocks_->drop_window(rec.ino);
   if (auto file = cache_ ? cache_->get(rec.ino, false) : nullptr) {
     // Cached pages past the new end go (their reservations with them), the
     // tail of a partial last page reads zeros; the cached size follows.

@@ -49,9 +49,12 @@ class MapEditor {
     return {};
   }
 
-  // Allocates data blocks and checks them.
-  Result<alloc::BlockExtent> allocate(uint64_t goal, uint32_t count) {
-    UEXT_ASSIGN_OR_RETURN(alloc::BlockExtent got, alloc_.allocate(h_, goal, count, ao_));
+  // Allocates blocks and checks them. Only data allocations move the
+  // owner's preallocation window (a tree block must not start a new one).
+  Result<alloc::BlockExtent> allocate(uint64_t goal, uint32_t count, bool data = false) {
+    alloc::AllocOptions ao = ao_;
+    if (!data) ao.prealloc = 0;
+    UEXT_ASSIGN_OR_RETURN(alloc::BlockExtent got, alloc_.allocate(h_, goal, count, ao));
     if (got.count == 0 || got.count > count) {
       return Error(EIO, fmt::format("{}: allocator returned {} blocks for {}", where(), got.count, count));
     }
@@ -172,7 +175,7 @@ class ExtentEditor : public MapEditor {
         }
         uint32_t max = opts.unwritten ? disk::kExtentUninitMaxLen : disk::kExtentInitMaxLen;
         uint32_t want = static_cast<uint32_t>(std::min<uint64_t>(left, max));
-        UEXT_ASSIGN_OR_RETURN(alloc::BlockExtent got, allocate(goal, want));
+        UEXT_ASSIGN_OR_RETURN(alloc::BlockExtent got, allocate(goal, want, true));
         disk::Extent e{static_cast<uint32_t>(cur), static_cast<uint16_t>(got.count), got.first, opts.unwritten};
         add_blocks(vol_, rec_.inode, got.count);
         Status ins = insert(e);
@@ -639,7 +642,7 @@ class IndirectEditor : public MapEditor {
           }
         }
         if (goal == 0) goal = holder ? holder + 1 : inode_goal();
-        UEXT_ASSIGN_OR_RETURN(alloc::BlockExtent got, allocate(goal, want));
+        UEXT_ASSIGN_OR_RETURN(alloc::BlockExtent got, allocate(goal, want, true));
         if (got.first + got.count > (uint64_t{1} << 32)) {
           (void)alloc_.free(h_, got.first, got.count, false);
           return Error(EFBIG, where() + ": block maps address only 32-bit block numbers");

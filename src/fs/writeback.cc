@@ -52,6 +52,21 @@ uint64_t FilesystemImpl::delalloc_meta(const InodeRecord& rec, uint64_t blocks) 
   return depth + 2 + 2 * ((blocks + 169) / 170);
 }
 
+// Blocks to set aside after a writeback of a file of `size_blocks` blocks
+// for its next one (alloc/prealloc_windows.h): none for small files, which
+// pack together; for larger ones eight times their size, at most 64 MiB, so
+// that a stream written back in pieces between other streams' pieces still
+// comes out in one extent per window. ext4 makes its (hard) preallocations
+// twice the size up to 8 MiB; a soft window costs nothing while unused, so
+// it may be bigger.
+uint32_t FilesystemImpl::prealloc_window(uint64_t size_blocks) const {
+  constexpr uint64_t kMinFileBytes = 1 << 20;
+  constexpr uint64_t kMaxWindowBytes = 64 << 20;
+  const uint64_t bs = vol_->block_size();
+  if (size_blocks * bs < kMinFileBytes) return 0;
+  return static_cast<uint32_t>(std::min(8 * size_blocks, kMaxWindowBytes / bs));
+}
+
 Result<size_t> FilesystemImpl::cached_write(InodeRecord& rec, uint64_t offset, std::span<const std::byte> buf) {
   const uint32_t ino = rec.ino;
   const uint64_t bs = vol_->block_size();
@@ -168,6 +183,7 @@ Status FilesystemImpl::writepages(InodeRecord& rec, CachedFile& file) {
   }
   const uint64_t size_blocks = (size + bs - 1) / bs;
   const uint32_t k = extents_per_handle(rec);
+  const uint32_t prealloc = prealloc_window(size_blocks);
   for (auto [first_page, end_page] : dirty_runs) {
     uint64_t pos = first_page * bpp;
     const uint64_t stop = std::min(end_page * bpp, size_blocks);
@@ -180,6 +196,8 @@ Status FilesystemImpl::writepages(InodeRecord& rec, CachedFile& file) {
         alloc::ReservationScope scope(&file.reservation);
         MapOptions options;
         options.max_new_extents = k;
+        options.alloc.owner = ino;
+        options.alloc.prealloc = prealloc;
         UEXT_ASSIGN_OR_RETURN(auto runs, map_or_allocate(*vol_, h, rec, pos, chunk, *blocks_, options));
         bool unwritten = false;
         for (const auto& r : runs) {
@@ -286,9 +304,11 @@ void FilesystemImpl::writeback_loop() {
 // operations that change the blocks underneath (punch, zero range).
 Status FilesystemImpl::flush_and_drop(InodeRecord& rec, uint64_t offset, uint64_t end) {
   if (!cache_) return {};
+  blocks_->drop_window(rec.ino);
   auto file = cache_->get(rec.ino, false);
   if (!file) return {};
   UEXT_TRY(writepages(rec, *file));
+  blocks_->drop_window(rec.ino);
   std::lock_guard lock(file->mu);
   file->drop(offset / kPageSize, end == UINT64_MAX ? UINT64_MAX : (end + kPageSize - 1) / kPageSize);
   return {};
