@@ -23,6 +23,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include "fs/filesystem_impl.h"
 #include "support/crash.h"
 #include "support/images.h"
 #include "support/process.h"
@@ -466,6 +467,87 @@ TEST(DelallocReservation, PunchAndTruncateGiveReservationsBack) {
   const uint64_t statfs_after = statfs_free(*fs);
   EXPECT_EQ(f0 - statfs_after, 257u);
   EXPECT_EQ(close_and_check(fs, image), statfs_after);
+}
+
+// ------------------------------------------------------------ accounting
+
+// The allocator's reserved counter must always equal what the outstanding
+// reservations hold, and with nothing running, what the cached files hold
+// (debug builds abort when writepages, sync or close find otherwise; this
+// checks the same sums in every build) through writers, truncates, punches
+// and writeback on a filesystem that runs full.
+TEST(DelallocReservation, ReservationsAddUpToTheCounter) {
+  TempDir tmp;
+  const std::string image = tmp / "audit.img";
+  mkfs(image, "64M");
+  auto fs = open_rw(image, true, 100);
+  ASSERT_TRUE(fs);
+  auto* impl = dynamic_cast<fs::FilesystemImpl*>(fs.get());
+  ASSERT_NE(impl, nullptr);
+  auto idle_audit = [&](const char* when) {
+    auto a = impl->audit_reservations();
+    EXPECT_EQ(a.counter, a.held) << when;
+    EXPECT_EQ(a.files, a.held) << when;
+    return a;
+  };
+  constexpr int kThreads = 4;
+  std::vector<Ino> inos;
+  for (int t = 0; t < kThreads; ++t) {
+    auto st = fs->create(kRootIno, fmt::format("a{}", t), 0100644, {});
+    ASSERT_TRUE(st.ok());
+    inos.push_back(st->ino);
+  }
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> mismatches{0};
+  // A watcher: the counter and the holders agree at every moment.
+  std::thread watcher([&] {
+    while (!stop.load()) {
+      auto a = impl->audit_reservations();
+      if (a.counter != a.held) ++mismatches;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  });
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      uint64_t x = 777 + t;
+      for (int i = 0; i < 300; ++i) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        const uint64_t off = (x >> 33) % (24 * kMiB);
+        const size_t n = 1 + (x >> 17) % (256 * 1024);
+        switch ((x >> 50) % 8) {
+          case 0:
+            (void)fs->truncate(inos[t], off);
+            break;
+          case 1:
+            (void)fs->fallocate(inos[t], kFallocPunchHole | kFallocKeepSize, off, n);
+            break;
+          case 2:
+            (void)fs->fsync(inos[t]);
+            break;
+          default: {
+            std::string data = pattern(t, off, n);
+            auto w = fs->write(inos[t], off, bytes_of(data));
+            if (!w.ok()) {
+              EXPECT_EQ(w.error().code(), ENOSPC) << w.error().message();
+            }
+          }
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  stop = true;
+  watcher.join();
+  EXPECT_EQ(mismatches.load(), 0u);
+  auto a = idle_audit("after the workload");
+  std::printf("[ audit    ] %llu blocks reserved by %llu holders before sync\n",
+              (unsigned long long)a.held, (unsigned long long)a.holders);
+  ASSERT_TRUE(fs->sync().ok());
+  a = idle_audit("after sync");
+  EXPECT_EQ(a.counter, 0u) << "everything is written back";
+  const uint64_t free_after = statfs_free(*fs);
+  EXPECT_EQ(close_and_check(fs, image), free_after);
 }
 
 // ------------------------------------------------------------ ENOSPC

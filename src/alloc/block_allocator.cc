@@ -198,8 +198,7 @@ Result<BlockExtent> BlockAllocator::allocate(journal::Handle& handle, uint64_t g
 
   auto settle = [&](const BlockExtent& got) {
     if (reservation) {
-      reservation->left_ -= got.count;
-      reserved_total_.fetch_sub(got.count, std::memory_order_relaxed);
+      adjust(*reservation, -static_cast<int64_t>(got.count));
     } else {
       groups_.unclaim_blocks(claimed - got.count);
     }
@@ -272,8 +271,11 @@ Result<BlockExtent> BlockAllocator::allocate(journal::Handle& handle, uint64_t g
 Reservation& Reservation::operator=(Reservation&& other) noexcept {
   if (this != &other) {
     release();
-    allocator_ = std::exchange(other.allocator_, nullptr);
-    left_ = std::exchange(other.left_, 0);
+    if (other.allocator_) {
+      other.allocator_->moved(other, *this);
+    } else {
+      left_ = std::exchange(other.left_, 0);
+    }
   }
   return *this;
 }
@@ -285,11 +287,41 @@ void Reservation::release() {
 
 void Reservation::give_back(uint64_t n) {
   n = std::min(n, left_);
-  if (allocator_ && n > 0) {
-    allocator_->groups_.unclaim_blocks(n);
-    allocator_->reserved_total_.fetch_sub(n, std::memory_order_relaxed);
+  if (n == 0) return;
+  if (!allocator_) {
+    left_ -= n;
+    return;
   }
-  left_ -= n;
+  allocator_->groups_.unclaim_blocks(n);
+  allocator_->adjust(*this, -static_cast<int64_t>(n));
+}
+
+void BlockAllocator::adjust(Reservation& r, int64_t delta) {
+  std::lock_guard lock(res_mu_);
+  r.left_ = static_cast<uint64_t>(static_cast<int64_t>(r.left_) + delta);
+  reserved_total_.fetch_add(static_cast<uint64_t>(delta), std::memory_order_relaxed);
+  if (r.left_ == 0) {
+    holders_.erase(&r);
+  } else {
+    holders_.insert(&r);
+  }
+}
+
+void BlockAllocator::moved(Reservation& from, Reservation& to) {
+  std::lock_guard lock(res_mu_);
+  to.allocator_ = std::exchange(from.allocator_, nullptr);
+  to.left_ = std::exchange(from.left_, 0);
+  holders_.erase(&from);
+  if (to.left_ > 0) holders_.insert(&to);
+}
+
+BlockAllocator::ReservedTally BlockAllocator::tally_reserved() const {
+  std::lock_guard lock(res_mu_);
+  ReservedTally t;
+  t.counter = reserved_total_.load(std::memory_order_relaxed);
+  for (const Reservation* r : holders_) t.sum += r->left_;
+  t.holders = holders_.size();
+  return t;
 }
 
 ReservationScope::ReservationScope(Reservation* r) : previous_(current_reservation) {
@@ -329,8 +361,7 @@ Status BlockAllocator::grow(Reservation& r, uint64_t blocks, const AllocOptions&
     return Error(ENOSPC, fmt::format("no space left until the running transaction commits "
                                      "({} freed blocks are busy until then)", busy));
   }
-  r.left_ += claimed;
-  reserved_total_.fetch_add(claimed, std::memory_order_relaxed);
+  adjust(r, static_cast<int64_t>(claimed));
   return {};
 }
 

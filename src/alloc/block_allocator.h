@@ -14,6 +14,7 @@
 #pragma once
 
 #include <atomic>
+#include <unordered_set>
 #include <vector>
 
 #include <cstdint>
@@ -126,6 +127,15 @@ class BlockAllocator {
   Status grow(Reservation& r, uint64_t blocks, const AllocOptions& options = {});
   // Blocks held by every outstanding reservation.
   uint64_t reserved_blocks() const { return reserved_total_.load(std::memory_order_relaxed); }
+  // The counter above and, taken at the same moment, what the outstanding
+  // reservations hold one by one (the two must always agree; debug builds
+  // and tests compare them with what each holder thinks it has).
+  struct ReservedTally {
+    uint64_t counter = 0;
+    uint64_t sum = 0;
+    uint64_t holders = 0;
+  };
+  ReservedTally tally_reserved() const;
 
   // The goal for an inode's first block, as the kernel's
   // ext4_inode_to_goal_block: the start of the inode's group; with flex
@@ -178,6 +188,12 @@ class BlockAllocator {
   std::vector<std::vector<BusyRun>> busy_;  // per group, under its lock
   std::atomic<uint64_t> busy_total_{0};
   std::atomic<uint64_t> reserved_total_{0};
+  // Every reservation holding blocks, so their sum can be checked against
+  // reserved_total_; both change together under res_mu_ (a leaf).
+  void adjust(Reservation& r, int64_t delta);
+  void moved(Reservation& from, Reservation& to);
+  mutable base::OrderedMutex res_mu_{base::LockLevel::kReservations};
+  std::unordered_set<const Reservation*> holders_;
   PreallocWindows windows_;
 };
 

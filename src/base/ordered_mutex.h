@@ -26,6 +26,7 @@ enum class LockLevel : int {
   kInodeTable = 65,
   kPageCacheMap = 66,
   kPreallocWindows = 67,
+  kReservations = 68,
 };
 
 namespace lock_order {

@@ -91,6 +91,19 @@ class FilesystemImpl final : public Filesystem {
   void retain(Ino ino) override;
   Status release(Ino ino, uint64_t count) override;
 
+  // Reservation accounting (writeback.cc): the allocator's counter of
+  // reserved blocks, what the outstanding reservations hold one by one, and
+  // the part of it the cached files hold. counter == held always; with no
+  // operation running, files == held too. Debug builds check this after
+  // writepages, at sync and at close; tests read it in every build.
+  struct ReservationAudit {
+    uint64_t counter = 0;
+    uint64_t held = 0;
+    uint64_t holders = 0;
+    uint64_t files = 0;
+  };
+  ReservationAudit audit_reservations();
+
  private:
   // ---- shared helpers ----
   // Reads an inode in use, or an orphan (unlinked but still referenced).
@@ -158,6 +171,9 @@ class FilesystemImpl final : public Filesystem {
   // Applies the cache's view (size, delayed blocks) to a stat of `rec`.
   void overlay_cached(Stat& st);
   uint32_t extents_per_handle(const InodeRecord& rec);
+  // Debug builds: aborts, naming both numbers, when the reservations do not
+  // add up to the counter (and, when `idle`, when the cached files' do not).
+  void check_reservations(const char* where, bool idle);
 
   // ---- namespace helpers (namespace_ops.cc) ----
   Result<Stat> make_node(Ino dir, std::string_view name, uint32_t mode, const Owner& owner,

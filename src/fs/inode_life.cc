@@ -68,6 +68,7 @@ Status FilesystemImpl::start_writing() {
 
 Status FilesystemImpl::sync() {
   Status written = writeback_all();
+  check_reservations("at sync", false);
   Status committed = vol_->sync();
   UEXT_TRY(written);
   return committed;
@@ -94,6 +95,8 @@ Status FilesystemImpl::close() {
       Status s = release(ino, refs);
       if (first.ok() && !s.ok()) first = s;
     }
+    // Nothing else runs now: every reserved block is a cached file's.
+    check_reservations("at close", true);
   }
   Status closed = vol_->close();
   if (first.ok() && !closed.ok()) first = closed;

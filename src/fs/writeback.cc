@@ -14,6 +14,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "disk/bytes.h"
@@ -247,6 +249,7 @@ Status FilesystemImpl::writepages(InodeRecord& rec, CachedFile& file) {
   const uint64_t keep = delayed_blocks + meta;
   if (file.reservation.left() > keep) file.reservation.give_back(file.reservation.left() - keep);
   file.reserved_meta = std::min(meta, file.reservation.left());
+  check_reservations("after writepages", false);
   return {};
 }
 
@@ -312,6 +315,39 @@ Status FilesystemImpl::flush_and_drop(InodeRecord& rec, uint64_t offset, uint64_
   std::lock_guard lock(file->mu);
   file->drop(offset / kPageSize, end == UINT64_MAX ? UINT64_MAX : (end + kPageSize - 1) / kPageSize);
   return {};
+}
+
+FilesystemImpl::ReservationAudit FilesystemImpl::audit_reservations() {
+  ReservationAudit a;
+  if (!blocks_) return a;
+  if (cache_) {
+    for (auto& file : cache_->all_files()) {
+      std::lock_guard lock(file->mu);
+      a.files += file->reservation.left();
+    }
+  }
+  const auto t = blocks_->tally_reserved();
+  a.counter = t.counter;
+  a.held = t.sum;
+  a.holders = t.holders;
+  return a;
+}
+
+void FilesystemImpl::check_reservations(const char* where, bool idle) {
+#ifdef UEXT_DEBUG_CHECKS
+  const ReservationAudit a = audit_reservations();
+  if (a.counter != a.held || (idle && a.files != a.held)) {
+    std::fprintf(stderr,
+                 "uext: reservation accounting broken %s: the allocator counts %llu reserved blocks, "
+                 "its %llu reservations hold %llu, the cached files %llu\n",
+                 where, static_cast<unsigned long long>(a.counter), static_cast<unsigned long long>(a.holders),
+                 static_cast<unsigned long long>(a.held), static_cast<unsigned long long>(a.files));
+    std::abort();
+  }
+#else
+  (void)where;
+  (void)idle;
+#endif
 }
 
 Status FilesystemImpl::report_wb_error(uint32_t ino) {
