@@ -277,6 +277,10 @@ class Filesystem {
   // Makes the inode's data and metadata durable. `datasync` may skip a
   // commit that only holds timestamps (fdatasync).
   virtual Status fsync(Ino ino, bool datasync = false) = 0;
+  // Writeback errors as each open file description sees them (Linux's errseq):
+  // sample at open; fsync with the sample reports an error that happened after it, once per description.
+  virtual uint64_t wb_err_sample(Ino ino) = 0;
+  virtual Status fsync(Ino ino, bool datasync, uint64_t& wb_err_seen) = 0;
   virtual Result<FsStats> statfs() = 0;
 
   // `name` is the full name ("user.x", "trusted.x", "security.x",

@@ -170,6 +170,7 @@ std::shared_ptr<CachedFile> PageCache::get(uint32_t ino, bool create) {
 }
 
 void PageCache::forget(uint32_t ino) {
+  wb_errors.forget(ino);
   std::shared_ptr<CachedFile> file;
   {
     std::lock_guard lock(mu_);
@@ -230,7 +231,7 @@ void PageCache::shrink() {
   std::lock_guard lock(mu_);
   for (auto it = files_.begin(); it != files_.end();) {
     CachedFile& f = *it->second;
-    if (it->second.use_count() == 1 && f.pages_.empty() && f.reservation.left() == 0 && f.wb_error == 0 &&
+    if (it->second.use_count() == 1 && f.pages_.empty() && f.reservation.left() == 0 &&
         !f.size_known) {
       it = files_.erase(it);
     } else {

@@ -23,6 +23,7 @@
 
 #include "alloc/block_allocator.h"
 #include "base/ordered_mutex.h"
+#include "cache/wb_errseq.h"
 #include "uext/status.h"
 
 namespace uext::cache {
@@ -91,9 +92,6 @@ class CachedFile {
   // of the tree blocks their extents may need.
   alloc::Reservation reservation;
   uint64_t reserved_meta = 0;
-  // The first writeback error not yet reported by fsync.
-  int wb_error = 0;
-  std::string wb_error_message;
   int64_t last_used_ms = 0;
   // mtime/ctime of writes not yet on disk (written with the data).
   bool times_pending = false;
@@ -123,8 +121,12 @@ class PageCache {
 
   // The file's cache (created when `create`), or null.
   std::shared_ptr<CachedFile> get(uint32_t ino, bool create);
-  // Forgets a file (deleted): its pages go, its reservation is released.
+  // Forgets a file (deleted): its pages go, its reservation is released,
+  // its writeback errors too.
   void forget(uint32_t ino);
+  // Writeback errors per inode (errseq), kept apart from the pages so that
+  // evicting them cannot lose an error.
+  WbErrors wb_errors;
   // Files with dirty pages.
   std::vector<std::shared_ptr<CachedFile>> dirty_files();
   std::vector<std::shared_ptr<CachedFile>> all_files();

@@ -348,14 +348,21 @@ Result<uint64_t> FilesystemImpl::seek(Ino ino, uint64_t offset, int whence) {
   return Error(ENXIO, fmt::format("inode {}: no data at or after offset {}", ino, offset));
 }
 
-Status FilesystemImpl::fsync(Ino ino, bool datasync) {
+Status FilesystemImpl::fsync(Ino ino, bool datasync) { return fsync_impl(ino, datasync, nullptr); }
+
+Status FilesystemImpl::fsync(Ino ino, bool datasync, uint64_t& wb_err_seen) {
+  return fsync_impl(ino, datasync, &wb_err_seen);
+}
+
+Status FilesystemImpl::fsync_impl(Ino ino, bool datasync, uint64_t* since) {
   if (!vol_->writable()) return {};
   {
     auto lock = itable_.lock(ino);
+    // A failure here is recorded before it is checked, so the caller hears
+    // of it through the sequence like every other description.
     Status written = writeback_inode(ino);
-    Status reported = report_wb_error(ino);
+    UEXT_TRY(check_wb_error(ino, since));
     UEXT_TRY(written);
-    UEXT_TRY(reported);
   }
   // The commit below makes every namespace change durable; writing the
   // other files' delayed data back first keeps each of them consistent with

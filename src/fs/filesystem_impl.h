@@ -83,6 +83,8 @@ class FilesystemImpl final : public Filesystem {
   Status fallocate(Ino ino, int mode, uint64_t offset, uint64_t length) override;
   Result<uint64_t> seek(Ino ino, uint64_t offset, int whence) override;
   Status fsync(Ino ino, bool datasync) override;
+  uint64_t wb_err_sample(Ino ino) override;
+  Status fsync(Ino ino, bool datasync, uint64_t& wb_err_seen) override;
   Result<FsStats> statfs() override;
   Status setxattr(Ino ino, std::string_view name, std::string_view value, int flags) override;
   Status removexattr(Ino ino, std::string_view name) override;
@@ -156,8 +158,10 @@ class FilesystemImpl final : public Filesystem {
   // write() of a delayed-allocation file: reserve, then copy into the
   // cache. May write less than asked (ENOSPC part-way). Inode lock held.
   Result<size_t> cached_write(InodeRecord& rec, uint64_t offset, std::span<const std::byte> buf);
-  // Writes back every dirty page of `file` (inode lock held).
+  // Writes back every dirty page of `file` (inode lock held); a failure is
+  // recorded for the file's descriptions.
   Status writepages(InodeRecord& rec, cache::CachedFile& file);
+  Status write_dirty_runs(InodeRecord& rec, cache::CachedFile& file);
   Status writeback_inode(uint32_t ino);
   // Writes back other files: with `except` set (a writer holding that
   // inode's lock) only files whose lock is free; with 0, all of them.
@@ -166,8 +170,10 @@ class FilesystemImpl final : public Filesystem {
   void writeback_loop();
   void stop_writeback();
   Status flush_and_drop(InodeRecord& rec, uint64_t offset, uint64_t end);
-  // The writeback error fsync has not reported yet.
-  Status report_wb_error(uint32_t ino);
+  // The latest writeback error of `ino` if one happened after `*since`
+  // (which moves on), or, with no sample, after the last fsync(ino).
+  Status check_wb_error(Ino ino, uint64_t* since);
+  Status fsync_impl(Ino ino, bool datasync, uint64_t* since);
   // Applies the cache's view (size, delayed blocks) to a stat of `rec`.
   void overlay_cached(Stat& st);
   uint32_t extents_per_handle(const InodeRecord& rec);

@@ -163,6 +163,14 @@ Result<size_t> FilesystemImpl::cached_write(InodeRecord& rec, uint64_t offset, s
 }
 
 Status FilesystemImpl::writepages(InodeRecord& rec, CachedFile& file) {
+  Status s = write_dirty_runs(rec, file);
+  // Every failure counts for the file's descriptions (errseq), whoever
+  // started the writeback; the pages that did not make it stay dirty.
+  if (!s.ok()) cache_->wb_errors.record(rec.ino, s.error().code(), s.error().message());
+  return s;
+}
+
+Status FilesystemImpl::write_dirty_runs(InodeRecord& rec, CachedFile& file) {
   const uint32_t ino = rec.ino;
   const uint64_t bs = vol_->block_size();
   const uint64_t bpp = kPageSize / bs;
@@ -225,14 +233,7 @@ Status FilesystemImpl::writepages(InodeRecord& rec, CachedFile& file) {
         }
         return {};
       });
-      if (!done.ok()) {
-        std::lock_guard lock(file.mu);
-        if (file.wb_error == 0) {
-          file.wb_error = done.error().code();
-          file.wb_error_message = done.error().message();
-        }
-        return done;
-      }
+      UEXT_TRY(done);  // the pages stay dirty; writepages records the error
       if (mapped == 0) return Error(EIO, fmt::format("inode {}: writeback made no progress at block {}", ino, pos));
       pos += mapped;
     }
@@ -350,15 +351,13 @@ void FilesystemImpl::check_reservations(const char* where, bool idle) {
 #endif
 }
 
-Status FilesystemImpl::report_wb_error(uint32_t ino) {
+Status FilesystemImpl::check_wb_error(Ino ino, uint64_t* since) {
   if (!cache_) return {};
-  auto file = cache_->get(ino, false);
-  if (!file) return {};
-  std::lock_guard lock(file->mu);
-  if (file->wb_error == 0) return {};
-  Error e(file->wb_error, fmt::format("inode {}: writeback failed: {}", ino, file->wb_error_message));
-  file->wb_error = 0;
-  return e;
+  auto e = since ? cache_->wb_errors.check(ino, *since) : cache_->wb_errors.check_unsampled(ino);
+  if (!e) return {};
+  return Error(e->code, fmt::format("inode {}: writeback failed: {}", ino, e->message));
 }
+
+uint64_t FilesystemImpl::wb_err_sample(Ino ino) { return cache_ ? cache_->wb_errors.sample(ino) : 0; }
 
 }  // namespace uext::fs

@@ -1,0 +1,157 @@
+// Writeback errors per open file description (Linux's errseq): an EIO
+// injected under delayed-allocation writeback with src/io/fault_device must
+// reach every description sampled before it through fsync, once each; a
+// description sampled after it was reported does not see it; one nobody
+// has reported yet reaches descriptions opened after it; the pages that
+// failed stay dirty, so the data still reaches the image. Each test closes
+// and checks the image with e2fsck -fn and dumpe2fs -h.
+#include <gtest/gtest.h>
+
+#include <cerrno>
+#include <string>
+
+#include "io/fault_device.h"
+#include "support/crash.h"
+#include "support/images.h"
+#include "support/process.h"
+#include "uext/filesystem.h"
+
+namespace uext::testing {
+namespace {
+
+struct Faulty {
+  std::unique_ptr<Filesystem> fs;
+  io::FaultDevice* dev = nullptr;  // owned by fs
+};
+
+Faulty open_faulty(const std::string& image, const Options& extra = {}) {
+  Faulty f;
+  auto inner = open_image_file(image, {.read_only = false});
+  EXPECT_TRUE(inner.ok()) << inner.error().message();
+  auto dev = std::make_unique<io::FaultDevice>(std::move(*inner));
+  f.dev = dev.get();
+  Options o = extra;
+  o.read_only = false;
+  o.delayed_allocation = true;
+  // Writeback only when the test asks for it, commits too.
+  o.dirty_expire_ms = 600000;
+  o.writeback_interval_ms = 600000;
+  o.commit_interval_ms = 0;
+  auto fs = Filesystem::open(std::move(dev), o);
+  EXPECT_TRUE(fs.ok()) << fs.error().message();
+  if (fs.ok()) f.fs = std::move(*fs);
+  return f;
+}
+
+std::string bytes(char c, size_t n) { return std::string(n, c); }
+std::span<const std::byte> as_bytes(const std::string& s) { return std::as_bytes(std::span(s)); }
+
+void close_and_check(Faulty& f, const std::string& image) {
+  f.dev->clear_rules();
+  Status st = f.fs->close();
+  EXPECT_TRUE(st.ok()) << st.error().message();
+  f.fs.reset();
+  FsckVerdict v = e2fsck_clean(image);
+  EXPECT_TRUE(v.clean) << v.report;
+  EXPECT_EQ(dumpe2fs_header(image)["Filesystem state"], "clean");
+}
+
+std::string read_back(const std::string& image, const std::string& path, size_t n) {
+  auto fs = Filesystem::open(image, {});
+  EXPECT_TRUE(fs.ok());
+  auto ino = (*fs)->resolve(path);
+  EXPECT_TRUE(ino.ok());
+  std::string out(n, '\0');
+  auto r = (*fs)->read(*ino, 0, std::as_writable_bytes(std::span(out)));
+  EXPECT_TRUE(r.ok());
+  out.resize(r.ok() ? *r : 0);
+  return out;
+}
+
+TEST(WbErrseq, EveryDescriptionHearsOnceLateOnesDoNot) {
+  TempDir tmp;
+  const std::string image = tmp / "errseq.img";
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-b", "4096", image, "32M"});
+  Faulty f = open_faulty(image);
+  ASSERT_TRUE(f.fs);
+  auto st = f.fs->create(kRootIno, "f", 0100644, {});
+  ASSERT_TRUE(st.ok());
+  const Ino ino = st->ino;
+  ASSERT_TRUE(f.fs->sync().ok());
+
+  uint64_t d1 = f.fs->wb_err_sample(ino), d2 = f.fs->wb_err_sample(ino);
+  const std::string data = bytes('a', 64 * 1024);
+  ASSERT_EQ(*f.fs->write(ino, 0, as_bytes(data)), data.size());
+  // The next device write is writeback's data: it fails once.
+  f.dev->fail_nth(io::IoOp::kWrite, 1, EIO);
+  Status s = f.fs->fsync(ino, false, d1);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code(), EIO) << s.error().message();
+  EXPECT_EQ(f.dev->counts().failed_writes, 1u);
+  // The other description opened before the error hears of it once too;
+  // its fsync writes the still-dirty pages back, this time successfully.
+  s = f.fs->fsync(ino, false, d2);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code(), EIO);
+  EXPECT_TRUE(f.fs->fsync(ino, false, d1).ok());
+  EXPECT_TRUE(f.fs->fsync(ino, false, d2).ok());
+  // Opened after the error was reported: nothing to hear.
+  uint64_t d3 = f.fs->wb_err_sample(ino);
+  EXPECT_TRUE(f.fs->fsync(ino, false, d3).ok());
+  // fsync without a sample is a description of its own, opened before.
+  s = f.fs->fsync(ino);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code(), EIO);
+  EXPECT_TRUE(f.fs->fsync(ino).ok());
+
+  close_and_check(f, image);
+  EXPECT_EQ(read_back(image, "/f", data.size() + 1), data) << "the failed pages stayed dirty";
+}
+
+TEST(WbErrseq, UnseenErrorReachesLaterDescriptionsAndSurvivesEviction) {
+  TempDir tmp;
+  const std::string image = tmp / "unseen.img";
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-b", "4096", image, "64M"});
+  Options o;
+  o.page_cache_bytes = 256 * 1024;  // clean pages go soon
+  Faulty f = open_faulty(image, o);
+  ASSERT_TRUE(f.fs);
+  auto a = f.fs->create(kRootIno, "a", 0100644, {});
+  auto b = f.fs->create(kRootIno, "b", 0100644, {});
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE(f.fs->sync().ok());
+
+  uint64_t before = f.fs->wb_err_sample(a->ino);
+  const std::string data = bytes('u', 128 * 1024);
+  ASSERT_EQ(*f.fs->write(a->ino, 0, as_bytes(data)), data.size());
+  // Writeback that nobody's fsync started (sync) fails.
+  f.dev->fail_nth(io::IoOp::kWrite, 1, EIO);
+  EXPECT_FALSE(f.fs->sync().ok());
+  // Nobody has reported it: a description opened now still hears of it.
+  uint64_t after_unseen = f.fs->wb_err_sample(a->ino);
+  // The pages are written back now, and clean ones are evicted while
+  // another file is written through the small cache.
+  ASSERT_TRUE(f.fs->sync().ok());
+  const std::string other = bytes('o', 1024 * 1024);
+  for (int i = 0; i < 4; ++i) ASSERT_EQ(*f.fs->write(b->ino, i * other.size(), as_bytes(other)), other.size());
+  ASSERT_TRUE(f.fs->sync().ok());
+  ASSERT_TRUE(f.fs->write(b->ino, 0, as_bytes(other)).ok());  // a write shrinks the cache
+  ASSERT_TRUE(f.fs->sync().ok());
+
+  Status s = f.fs->fsync(a->ino, false, after_unseen);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code(), EIO);
+  s = f.fs->fsync(a->ino, false, before);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code(), EIO);
+  uint64_t late = f.fs->wb_err_sample(a->ino);
+  EXPECT_TRUE(f.fs->fsync(a->ino, false, late).ok());
+  uint64_t b_desc = f.fs->wb_err_sample(b->ino);
+  EXPECT_TRUE(f.fs->fsync(b->ino, false, b_desc).ok()) << "b never failed";
+
+  close_and_check(f, image);
+  EXPECT_EQ(read_back(image, "/a", data.size() + 1), data);
+}
+
+}  // namespace
+}  // namespace uext::testing
