@@ -209,10 +209,8 @@ Result<size_t> FilesystemImpl::read(Ino ino, uint64_t offset, std::span<std::byt
   // pages over it, all under the file's page mutex so writeback cannot
   // move data between the two meanwhile.
   std::lock_guard page_lock(file->mu);
-  const uint64_t disk_size = rec.inode.i_size;
   if (file->size_known) rec.inode.i_size = file->size;
   UEXT_ASSIGN_OR_RETURN(size_t n, read_data(rec, offset, buf));
-  (void)disk_size;
   const uint64_t end = offset + n;
   for (auto it = file->pages().lower_bound(offset / cache::kPageSize);
        it != file->pages().end() && it->first * cache::kPageSize < end; ++it) {

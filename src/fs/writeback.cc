@@ -142,11 +142,9 @@ Result<size_t> FilesystemImpl::cached_write(InodeRecord& rec, uint64_t offset, s
       file->add(index);
       // A partly written page starts as the file has it.
       if ((from != page_start || to != page_start + kPageSize) && page_start < file->size) {
-        InodeRecord sized = rec;
-        sized.inode.i_size = std::max<uint64_t>(rec.inode.i_size, 0);
         const uint64_t disk_len = std::min<uint64_t>(kPageSize, rec.inode.i_size > page_start ? rec.inode.i_size - page_start : 0);
         if (disk_len > 0) {
-          UEXT_TRY(read_data(sized, page_start, std::span<std::byte>(file->data(index), disk_len)));
+          UEXT_TRY(read_data(rec, page_start, std::span<std::byte>(file->data(index), disk_len)));
         }
       }
     }
