@@ -75,13 +75,24 @@ Page* CachedFile::find(uint64_t index) {
   return it == pages_.end() ? nullptr : &it->second;
 }
 
-Page& CachedFile::add(uint64_t index) {
+Page& CachedFile::add(uint64_t index, bool zero) {
   auto [it, inserted] = pages_.try_emplace(index);
   if (inserted) {
     ++cache_.cached_pages_;
-    std::memset(data(index), 0, kPageSize);
+    if (zero) std::memset(data(index), 0, kPageSize);
   }
   return it->second;
+}
+
+void CachedFile::populate(uint64_t first, uint64_t end) {
+#ifdef MADV_POPULATE_WRITE
+  if (map_ && first < end && end <= map_pages_) {
+    (void)madvise(map_ + first * kPageSize, (end - first) * kPageSize, MADV_POPULATE_WRITE);
+  }
+#else
+  (void)first;
+  (void)end;
+#endif
 }
 
 void CachedFile::mark_dirty(Page& page, bool delayed) {

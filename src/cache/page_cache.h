@@ -68,9 +68,14 @@ class CachedFile {
   Status ensure(uint64_t end_index);
   bool present(uint64_t index) const { return pages_.count(index) != 0; }
   Page* find(uint64_t index);
-  // Adds page `index`, its bytes as `fill` leaves them (called with the
-  // new page's bytes, zeroed).
-  Page& add(uint64_t index);
+  // Adds page `index`, its bytes zeroed, unless the caller is about to
+  // overwrite all of them (`zero` false: a memset would only fault the
+  // page in early and be written over).
+  Page& add(uint64_t index, bool zero = true);
+  // Best effort: maps pages [first, end) of the memfd writable in one call
+  // (MADV_POPULATE_WRITE) instead of one page fault each as a copy first
+  // touches them. Needs ensure(end) first.
+  void populate(uint64_t first, uint64_t end);
   void mark_dirty(Page& page, bool delayed);
   void mark_clean(uint64_t index);
   // Removes pages [first, end) (dirty ones too: their data is gone).

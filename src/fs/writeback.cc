@@ -133,13 +133,16 @@ Result<size_t> FilesystemImpl::cached_write(InodeRecord& rec, uint64_t offset, s
     file->size_known = true;
   }
   UEXT_TRY(file->ensure(first_page + pages_ok));
+  if (pages_ok >= 16) file->populate(first_page, first_page + pages_ok);
   for (uint64_t i = 0; i < pages_ok; ++i) {
     const uint64_t index = first_page + i;
     const uint64_t page_start = index * kPageSize;
     const uint64_t from = std::max(offset, page_start);
     const uint64_t to = std::min(write_end, page_start + kPageSize);
-    if (!file->present(index)) {
-      file->add(index);
+    cache::Page* page = file->find(index);
+    if (!page) {
+      const bool whole = from == page_start && to == page_start + kPageSize;
+      page = &file->add(index, !whole);
       // A partly written page starts as the file has it.
       if ((from != page_start || to != page_start + kPageSize) && page_start < file->size) {
         const uint64_t disk_len = std::min<uint64_t>(kPageSize, rec.inode.i_size > page_start ? rec.inode.i_size - page_start : 0);
@@ -149,7 +152,7 @@ Result<size_t> FilesystemImpl::cached_write(InodeRecord& rec, uint64_t offset, s
       }
     }
     std::memcpy(file->data(index) + (from - page_start), buf.data() + (from - offset), to - from);
-    file->mark_dirty(*file->find(index), hole[i]);
+    file->mark_dirty(*page, hole[i]);
   }
   file->size = std::max(file->size, write_end);
   const disk::Timestamp t = now();
