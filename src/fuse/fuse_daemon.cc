@@ -20,11 +20,13 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include <fmt/core.h>
 
 #include "fuse/image_guard.h"
+#include "fuse/request_loop.h"
 #include "uext/filesystem.h"
 
 namespace uext::fuse {
@@ -131,6 +133,45 @@ class NameTable {
   };
   std::mutex mu_;
   std::unordered_map<Ino, Node> nodes_;
+};
+
+// ------------------------------------------------------------------ capabilities
+
+// The kernel asks for security.capability before every write() (to drop
+// file capabilities, as it does for ext4), and FUSE cannot cache the answer,
+// so it costs a request per write. Almost no file has one; this remembers
+// which inodes have none, so those requests are answered without the
+// library. Every change of the attribute comes through this daemon and
+// drops the inode first; the generation keeps a lookup that raced with such
+// a change from recording a stale "none".
+bool is_caps_name(const char* name) { return std::strcmp(name, "security.capability") == 0; }
+
+class NoCapsCache {
+ public:
+  // Whether `ino` is known to have no capability attribute; else `gen` is
+  // what add() needs.
+  bool known(Ino ino, uint64_t& gen) {
+    std::lock_guard lock(mu_);
+    gen = gen_;
+    return inodes_.count(ino) != 0;
+  }
+  void add(Ino ino, uint64_t gen) {
+    std::lock_guard lock(mu_);
+    if (gen != gen_) return;
+    if (inodes_.size() >= kMax) inodes_.clear();  // a bound, not an LRU: refilling is cheap
+    inodes_.insert(ino);
+  }
+  void drop(Ino ino) {
+    std::lock_guard lock(mu_);
+    ++gen_;
+    inodes_.erase(ino);
+  }
+
+ private:
+  static constexpr size_t kMax = 1u << 20;
+  std::mutex mu_;
+  uint64_t gen_ = 0;
+  std::unordered_set<Ino> inodes_;
 };
 
 // ------------------------------------------------------------------ the daemon
@@ -241,6 +282,11 @@ class Daemon {
     }
   }
 
+  // Without the writeback cache nothing waits in the kernel or the daemon
+  // for a close: write() already reached the library, and ext4's close()
+  // reports no writeback errors either. So the kernel need not send FLUSH.
+  bool flush_unneeded() const { return !opts_.writeback_cache; }
+
   // True (having replied EROFS) when changes are refused after an error.
   bool refuse_change(fuse_req_t req) {
     if (!forced_ro_.load() && !panicked_.load()) return false;
@@ -266,8 +312,14 @@ class Daemon {
     }
     if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
     if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO;
-    conn->max_write = 1u << 20;  // fewer, larger requests for big writes
+    // Symlinks change only through this mount, so the kernel may keep their targets.
+    if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+    conn->max_write = 1u << 20;  // fewer, larger requests for big writes (libfuse sets max_pages from it)
     conn->time_gran = 1;         // nanosecond timestamps, as ext4 with 256-byte inodes
+    // Readahead and writeback-cache flushes are background requests; the
+    // default of 12 in flight leaves request threads idle.
+    conn->max_background = 64;
+    conn->congestion_threshold = 48;
   }
 
   void lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -397,6 +449,7 @@ class Daemon {
     // Every change reaches the image through this mount, so the kernel's
     // cached pages stay true between opens.
     fi->keep_cache = 1;
+    fi->noflush = flush_unneeded();
     fi->fh = ino;
     fuse_reply_open(req, fi);
   }
@@ -423,6 +476,7 @@ class Daemon {
     if (!st) return fail_at(req, "create", dir, name, st.error());
     fuse_entry_param e = entry(*st);
     fi->keep_cache = 1;
+    fi->noflush = flush_unneeded();
     fi->fh = st->ino;
     fs_->retain(st->ino);
     names_.add(st->ino, dir, name);
@@ -521,6 +575,7 @@ class Daemon {
   void setxattr(fuse_req_t req, fuse_ino_t fino, const char* name, const char* value, size_t size, int flags) {
     const Ino ino = to_ext(fino);
     if (refuse_change(req)) return;
+    if (is_caps_name(name)) no_caps_.drop(ino);
     Status s = fs_->setxattr(ino, name, std::string_view(value, size), flags);
     if (!s.ok()) return fail(req, "setxattr", ino, s.error());
     fuse_reply_err(req, 0);
@@ -528,8 +583,14 @@ class Daemon {
 
   void getxattr(fuse_req_t req, fuse_ino_t fino, const char* name, size_t size) {
     const Ino ino = to_ext(fino);
+    const bool caps = is_caps_name(name);
+    uint64_t gen = 0;
+    if (caps && no_caps_.known(ino, gen)) return fuse_reply_err(req, ENODATA), void();
     auto v = fs_->getxattr(ino, name);
-    if (!v) return fail(req, "getxattr", ino, v.error());
+    if (!v) {
+      if (caps && v.error().code() == ENODATA) no_caps_.add(ino, gen);
+      return fail(req, "getxattr", ino, v.error());
+    }
     if (size == 0) return fuse_reply_xattr(req, v->size()), void();
     if (v->size() > size) return fuse_reply_err(req, ERANGE), void();
     fuse_reply_buf(req, v->data(), v->size());
@@ -552,6 +613,7 @@ class Daemon {
   void removexattr(fuse_req_t req, fuse_ino_t fino, const char* name) {
     const Ino ino = to_ext(fino);
     if (refuse_change(req)) return;
+    if (is_caps_name(name)) no_caps_.drop(ino);
     Status s = fs_->removexattr(ino, name);
     if (!s.ok()) return fail(req, "removexattr", ino, s.error());
     fuse_reply_err(req, 0);
@@ -609,6 +671,7 @@ class Daemon {
   Log& log_;
   uint32_t block_size_ = 4096;
   NameTable names_;
+  NoCapsCache no_caps_;
   fuse_session* se_ = nullptr;
   std::atomic<bool> forced_ro_{false};
   std::atomic<bool> panicked_{false};
@@ -650,7 +713,12 @@ const fuse_lowlevel_ops& Daemon::ops() {
       of(r).write(r, i, b, s, off);
     };
     // Nothing is buffered in the daemon: write() already reached the library.
-    o.flush = [](fuse_req_t r, fuse_ino_t, fuse_file_info*) { fuse_reply_err(r, 0); };
+    // With the writeback cache the kernel writes its dirty pages back at
+    // close() by itself and reports their errors; ENOSYS tells it to skip
+    // the FLUSH request that would follow.
+    o.flush = [](fuse_req_t r, fuse_ino_t, fuse_file_info*) {
+      fuse_reply_err(r, of(r).flush_unneeded() ? 0 : ENOSYS);
+    };
     o.release = [](fuse_req_t r, fuse_ino_t, fuse_file_info*) { fuse_reply_err(r, 0); };
     o.fsync = [](fuse_req_t r, fuse_ino_t i, int d, fuse_file_info*) { of(r).fsync(r, i, d, "fsync"); };
     o.fsyncdir = [](fuse_req_t r, fuse_ino_t i, int d, fuse_file_info*) { of(r).fsync(r, i, d, "fsyncdir"); };
@@ -836,12 +904,18 @@ int run_mount(MountOptions opts) {
   }
   bg.done(0);
 
-  fuse_loop_config* cfg = fuse_loop_cfg_create();
-  fuse_loop_cfg_set_max_threads(cfg, opts.max_threads);
-  fuse_loop_cfg_set_idle_threads(cfg, std::min(opts.max_threads, 4u));
-  fuse_loop_cfg_set_clone_fd(cfg, opts.clone_fd ? 1 : 0);
-  int loop = fuse_session_loop_mt(se, cfg);
-  fuse_loop_cfg_destroy(cfg);
+  int loop;
+  if (opts.clone_fd) {
+    // libfuse's own loop, the only one that can give each thread its own descriptor.
+    fuse_loop_config* cfg = fuse_loop_cfg_create();
+    fuse_loop_cfg_set_max_threads(cfg, opts.max_threads);
+    fuse_loop_cfg_set_idle_threads(cfg, std::min(opts.max_threads, 4u));
+    fuse_loop_cfg_set_clone_fd(cfg, 1);
+    loop = fuse_session_loop_mt(se, cfg);
+    fuse_loop_cfg_destroy(cfg);
+  } else {
+    loop = serve_requests(se, opts.max_threads);
+  }
 
   fuse_session_unmount(se);
   fuse_remove_signal_handlers(se);

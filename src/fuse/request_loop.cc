@@ -1,0 +1,256 @@
+#define FUSE_USE_VERSION FUSE_MAKE_VERSION(3, 12)
+#include "fuse/request_loop.h"
+
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <sys/timerfd.h>
+#include <time.h>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace uext::fuse {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// How long one request may keep the reading thread before another thread
+// starts reading beside it.
+constexpr auto kStall = std::chrono::milliseconds(1);
+
+// Sent to threads blocked in read() on /dev/fuse when the loop ends; the
+// handler does nothing, the point is the EINTR.
+int wake_signal() { return SIGRTMIN + 1; }
+void on_wake_signal(int) {}
+
+struct Loop {
+  fuse_session* se = nullptr;
+  unsigned max_threads = 1;
+
+  std::mutex mu;
+  std::condition_variable followers;  // threads with no role
+  int timer_fd = -1;                  // the watchdog's alarm: fires kStall after a request was taken
+  sem_t finish;                       // posted when the session ends
+
+  bool exiting = false;
+  int error = 0;
+  int readers = 0;                      // threads in (or entering) receive
+  bool watchdog = false;                // some follower watches for stalls
+  int waiting_followers = 0;
+  Clock::time_point taken = Clock::now();  // when a reader last took a request
+  pid_t taker = 0;                         // ... and which thread
+  std::vector<pthread_t> threads;
+  std::vector<pthread_t> reading;
+
+  void arm(std::chrono::nanoseconds after) {
+    itimerspec t{};
+    t.it_value.tv_sec = static_cast<time_t>(after.count() / 1000000000);
+    t.it_value.tv_nsec = static_cast<long>(after.count() % 1000000000);
+    timerfd_settime(timer_fd, 0, &t, nullptr);
+  }
+
+  void stop(int err) {  // mu held
+    if (err < 0 && error == 0) error = err;
+    if (!exiting) {
+      exiting = true;
+      followers.notify_all();
+      arm(std::chrono::nanoseconds(1));  // wakes the watchdog now
+      sem_post(&finish);
+    }
+  }
+};
+
+void* worker(void* arg);
+
+// Whether a thread is running or waiting for a CPU ('R' in its stat) rather
+// than blocked. A reader that is only waiting for a CPU gains nothing from
+// a second reader (there is no CPU for it either), and on a busy machine
+// that wait often passes kStall.
+bool runnable(pid_t tid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/self/task/%d/stat", static_cast<int>(tid));
+  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char buf[256];
+  ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return false;
+  buf[n] = '\0';
+  // "tid (comm) S ...": comm may hold spaces and parentheses; the state follows the last ')'.
+  const char* close_paren = std::strrchr(buf, ')');
+  return close_paren && close_paren[1] == ' ' && close_paren[2] == 'R';
+}
+
+bool spawn(Loop& l) {  // mu held
+  pthread_t t;
+  if (pthread_create(&t, nullptr, worker, &l) != 0) return false;
+  l.threads.push_back(t);
+  return true;
+}
+
+// Waits (mu held) until this thread may read /dev/fuse: at once when it
+// just served a request and nobody reads; as a follower only when the
+// reader has been stuck with one request for kStall. False when the loop ends.
+bool become_reader(Loop& l, std::unique_lock<std::mutex>& lock, bool just_served) {
+  bool is_watchdog = false;
+  for (;;) {
+    if (l.exiting) {
+      if (is_watchdog) l.watchdog = false;
+      return false;
+    }
+    if (just_served) {
+      if (l.readers == 0) break;
+      just_served = false;  // another thread took over meanwhile: follow
+      continue;
+    }
+    if (!is_watchdog && !l.watchdog) {
+      l.watchdog = true;
+      is_watchdog = true;
+    }
+    if (!is_watchdog) {
+      ++l.waiting_followers;
+      l.followers.wait(lock);
+      --l.waiting_followers;
+      continue;
+    }
+    // The watchdog sleeps on the timer, which every taken request re-arms:
+    // while requests flow it never fires; it fires once after the last one
+    // (then the reader is back in read() and the watchdog sleeps on), or
+    // when a request has kept the reader for kStall.
+    if (l.readers == 0) {
+      if (Clock::now() - l.taken >= kStall && !runnable(l.taker)) {
+        // The reader is stuck: read beside it, and hand the watch on.
+        l.watchdog = false;
+        if (l.waiting_followers > 0) l.followers.notify_one();
+        else if (l.threads.size() < l.max_threads) spawn(l);
+        break;
+      }
+      l.arm(kStall);  // still busy (or only waiting for a CPU): look again later
+    }
+    lock.unlock();
+    uint64_t fired = 0;
+    ssize_t ignored = ::read(l.timer_fd, &fired, sizeof fired);
+    (void)ignored;
+    lock.lock();
+  }
+  ++l.readers;
+  l.reading.push_back(pthread_self());
+  return true;
+}
+
+void* worker(void* arg) {
+  Loop& l = *static_cast<Loop*>(arg);
+  fuse_buf buf{};
+  std::unique_lock lock(l.mu);
+  bool just_served = true;  // a new thread reads at once if nobody does
+  while (become_reader(l, lock, just_served)) {
+    lock.unlock();
+    const int res = fuse_session_receive_buf(l.se, &buf);
+    lock.lock();
+    --l.readers;
+    for (size_t i = 0; i < l.reading.size(); ++i) {
+      if (pthread_equal(l.reading[i], pthread_self())) {
+        l.reading.erase(l.reading.begin() + static_cast<long>(i));
+        break;
+      }
+    }
+    just_served = true;
+    if (res == -EINTR || res == -EAGAIN) continue;
+    if (res <= 0 || fuse_session_exited(l.se)) {
+      l.stop(res == -ENODEV ? 0 : res);
+      break;
+    }
+    l.taken = Clock::now();
+    l.taker = static_cast<pid_t>(::gettid());
+    l.arm(kStall);
+    lock.unlock();
+    fuse_session_process_buf(l.se, &buf);
+    lock.lock();
+    if (fuse_session_exited(l.se)) {
+      l.stop(0);
+      break;
+    }
+  }
+  lock.unlock();
+  std::free(buf.mem);
+  return nullptr;
+}
+
+}  // namespace
+
+int serve_requests(fuse_session* se, unsigned max_threads) {
+  Loop l;
+  l.se = se;
+  l.max_threads = max_threads < 2 ? 2 : max_threads;  // a reader and a watchdog at least
+  sem_init(&l.finish, 0, 0);
+  l.timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
+  if (l.timer_fd < 0) return -errno;
+
+  struct sigaction sa {};
+  sa.sa_handler = on_wake_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // no SA_RESTART: read() must fail with EINTR
+  struct sigaction old_sa {};
+  sigaction(wake_signal(), &sa, &old_sa);
+
+  // Workers keep the stop signals blocked so that they reach this thread,
+  // whose sem_wait they interrupt.
+  sigset_t stop_signals, old_mask;
+  sigemptyset(&stop_signals);
+  for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&stop_signals, s);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, &old_mask);
+  {
+    std::lock_guard lock(l.mu);
+    // A reader and a watchdog from the start.
+    if (!spawn(l) || !spawn(l)) l.stop(-EAGAIN);
+  }
+  pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+
+  while (!fuse_session_exited(se)) {
+    {
+      std::lock_guard lock(l.mu);
+      if (l.exiting) break;
+    }
+    // EINTR after a stop signal's handler; the timeout covers a signal
+    // that some other thread of the process (the library's) handled.
+    timespec until {};
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 1;
+    sem_timedwait(&l.finish, &until);
+  }
+
+  std::vector<pthread_t> threads;
+  {
+    std::unique_lock lock(l.mu);
+    l.stop(0);
+    // Threads blocked in read() learn of the end from an EINTR; a signal
+    // that arrives just before a thread enters read() is lost, so repeat.
+    while (l.readers > 0) {
+      for (pthread_t t : l.reading) pthread_kill(t, wake_signal());
+      lock.unlock();
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      lock.lock();
+    }
+    threads = l.threads;
+  }
+  for (pthread_t t : threads) pthread_join(t, nullptr);
+
+  sigaction(wake_signal(), &old_sa, nullptr);
+  sem_destroy(&l.finish);
+  ::close(l.timer_fd);
+  return l.error;
+}
+
+}  // namespace uext::fuse
