@@ -230,9 +230,8 @@ do_umount() {
       wait "$fuse_pid" || echo "$me: fuse2fs exited with status $?" >&2
       fuse_pid= ;;
     uext)
-      fusermount3 -u "$mnt"
-      # The daemon holds a lock on the image until it has closed it.
-      flock -w 300 "$img" true || die "uext daemon still holds $img 300 s after fusermount3 -u" ;;
+      # Returns once the daemon has written everything back and closed the image.
+      timeout 300 "$uext" umount "$mnt" || die "uext umount $mnt failed or took over 300 s" ;;
   esac
 }
 

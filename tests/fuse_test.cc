@@ -87,6 +87,18 @@ bool is_mounted(const std::string& dir) {
   return false;
 }
 
+bool is_mounted_any(const std::string& dir) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string id, parent, dev, root, mp;
+    f >> id >> parent >> dev >> root >> mp;
+    if (mp == dir) return true;
+  }
+  return false;
+}
+
 // A `uext mount -f` child process and its mount.
 class FuseMount {
  public:
@@ -155,6 +167,11 @@ class FuseMount {
       EXPECT_EQ(r.exit_code, 0) << r.err;
       mounted_ = false;
     }
+    return wait();
+  }
+  // Waits for a daemon that something else unmounted; its exit status.
+  int reap() {
+    mounted_ = false;
     return wait();
   }
   // Sends a signal and waits for the daemon; its exit status.
@@ -227,7 +244,8 @@ TEST(FuseCommand, HelpListsEveryOption) {
   EXPECT_EQ(r.exit_code, 0);
   for (const char* o : {"ro", "rw", "debug", "errors=", "entry_timeout=", "attr_timeout=", "negative_timeout=",
                         "writeback_cache", "direct_io", "cache_size=", "commit=", "allow_other", "auto_unmount",
-                        "fsname=", "logfile=", "max_threads=", "default_permissions", "MOUNTPOINT", "--foreground"}) {
+                        "fsname=", "logfile=", "max_threads=", "default_permissions", "MOUNTPOINT", "--foreground",
+                        "uext umount"}) {
     EXPECT_NE(r.out.find(o), std::string::npos) << o << " missing from --help:\n" << r.out;
   }
   auto bad = run({uext_cli(), "mount", "x.img", "/tmp", "-o", "frobnicate"});
@@ -671,6 +689,46 @@ TEST_F(FuseLife, KilledDaemonLeavesAnImageThatReplays) {
   std::string seen = describe_tree(again.dir());
   ASSERT_EQ(again.unmount(), 0) << again.log();
   expect_kernel_agrees(img_, seen);
+}
+
+// fusermount3 -u returns before the daemon has closed the image;
+// `uext umount` returns after, so the image is clean at once.
+TEST_F(FuseLife, UmountWaitsUntilTheImageIsClosed) {
+  ::mkdir((t_ / "mnt").c_str(), 0755);
+  for (const char* mode : {"daemon", "foreground"}) {
+    SCOPED_TRACE(mode);
+    std::unique_ptr<FuseMount> fg;
+    if (std::string(mode) == "daemon") {
+      CommandResult r = run({uext_cli(), "mount", img_, t_ / "mnt"});
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+    } else {
+      fg = std::make_unique<FuseMount>(img_, t_ / "mnt");
+      ASSERT_TRUE(fg->ok()) << fg->log();
+    }
+    ASSERT_TRUE(is_mounted(t_ / "mnt"));
+    // Enough dirty data and metadata that closing takes a while.
+    sh_ok("cd " + (t_ / "mnt") + " && rm -rf w && mkdir w && head -c 24000000 /dev/urandom > w/big &&"
+          " for i in $(seq 1 300); do echo $i > w/f$i; done && cp -a " + std::string(UEXT_SOURCE_DIR) + "/src w/");
+    CommandResult u = run({uext_cli(), "umount", t_ / "mnt"});
+    ASSERT_EQ(u.exit_code, 0) << u.err;
+    EXPECT_FALSE(is_mounted(t_ / "mnt"));
+    // No sleep, no flock: the daemon is gone and the image closed.
+    EXPECT_EQ(run({"flock", "-n", img_, "true"}).exit_code, 0) << "the daemon still holds the image";
+    EXPECT_TRUE(image_is_clean(img_));
+    EXPECT_FALSE(has_needs_recovery(img_));
+    EXPECT_EQ(run({uext_cli(), "cat", img_, "/w/f300"}).out, "300\n");
+    if (fg) {
+      EXPECT_EQ(fg->reap(), 0) << fg->log();
+    }
+  }
+  // Not a uext mount: a clear message, status 1, nothing unmounted.
+  CommandResult plain = run({uext_cli(), "umount", t_ / "mnt"});
+  EXPECT_EQ(plain.exit_code, 1);
+  EXPECT_NE(plain.err.find("not a mount point"), std::string::npos) << plain.err;
+  CommandResult other = run({uext_cli(), "umount", "/proc"});
+  EXPECT_EQ(other.exit_code, 1);
+  EXPECT_NE(other.err.find("not a uext mount (proc"), std::string::npos) << other.err;
+  EXPECT_TRUE(is_mounted_any("/proc"));
 }
 
 TEST_F(FuseLife, ErrorsAreLoggedWithThePath) {

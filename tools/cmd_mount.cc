@@ -1,4 +1,5 @@
-// uext mount IMG MOUNTPOINT [-o OPTIONS]: the FUSE daemon (src/fuse).
+// uext mount IMG MOUNTPOINT [-o OPTIONS]: the FUSE daemon (src/fuse);
+// uext umount MOUNTPOINT: unmount and wait for the daemon to close the image.
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -59,9 +60,22 @@ Command add_mount_command(CLI::App& parent) {
               "\nPermissions are checked by the kernel (default_permissions), as for ext4; new files belong to\n"
               "the calling process's uid and gid (or the setgid directory's group).\n"
               "Unmount with 'fusermount3 -u MOUNTPOINT' (or umount as root); the daemon then flushes and\n"
-              "exits, and its lock on IMG goes: 'flock IMG true' waits for that. A second mount of the same\n"
-              "image is refused while one is running.\n");
+              "exits, and its lock on IMG goes: 'uext umount MOUNTPOINT' unmounts and waits for that. A second\n"
+              "mount of the same image is refused while one is running.\n");
   return {sub, [args] { return run_mount_command(*args); }};
+}
+
+Command add_umount_command(CLI::App& parent) {
+  auto mountpoint = std::make_shared<std::string>();
+  auto* sub = parent.add_subcommand(
+      "umount",
+      "Unmount a uext mount and wait until its daemon has written everything back and closed the image "
+      "(fusermount3 -u returns before that)");
+  sub->add_option("MOUNTPOINT", *mountpoint, "Where the image is mounted")->required();
+  sub->footer("When it returns 0 the image is clean and may be checked, copied or mounted again at once.\n"
+              "Fails (status 1) for a path that is not a uext mount, or when the mount is busy.\n"
+              "Run as root it unmounts with umount(2), else with fusermount3 -u.\n");
+  return {sub, [mountpoint] { return fuse::run_umount(*mountpoint); }};
 }
 
 }  // namespace uext::cli

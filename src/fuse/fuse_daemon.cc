@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -186,6 +187,9 @@ class Daemon {
   Daemon(std::unique_ptr<Filesystem> fs, const MountOptions& opts, Log& log)
       : fs_(std::move(fs)), opts_(opts), log_(log) {
     block_size_ = fs_->info().block_size;
+    std::error_code ec;
+    auto abs = std::filesystem::absolute(opts_.image, ec);
+    image_path_ = ec ? opts_.image : abs.lexically_normal().string();
   }
 
   Filesystem& fs() { return *fs_; }
@@ -619,6 +623,18 @@ class Daemon {
     fuse_reply_err(req, 0);
   }
 
+  // Only `uext umount`'s question, on the root directory.
+  void ioctl(fuse_req_t req, fuse_ino_t fino, unsigned int cmd, size_t out_size) {
+    if (fino != FUSE_ROOT_ID || cmd != kDaemonInfoIoctl || out_size < sizeof(DaemonInfo)) {
+      return fuse_reply_err(req, ENOTTY), void();
+    }
+    DaemonInfo info;
+    info.pid = static_cast<int32_t>(::getpid());
+    info.read_only = opts_.read_only ? 1 : 0;
+    std::snprintf(info.image, sizeof info.image, "%s", image_path_.c_str());
+    fuse_reply_ioctl(req, 0, &info, sizeof info);
+  }
+
   void fallocate(fuse_req_t req, fuse_ino_t fino, int mode, off_t off, off_t len) {
     const Ino ino = to_ext(fino);
     if (refuse_change(req)) return;
@@ -670,6 +686,7 @@ class Daemon {
   MountOptions opts_;
   Log& log_;
   uint32_t block_size_ = 4096;
+  std::string image_path_;
   NameTable names_;
   NoCapsCache no_caps_;
   fuse_session* se_ = nullptr;
@@ -739,6 +756,8 @@ const fuse_lowlevel_ops& Daemon::ops() {
       of(r).fallocate(r, i, m, off, len);
     };
     o.lseek = [](fuse_req_t r, fuse_ino_t i, off_t off, int w, fuse_file_info*) { of(r).lseek(r, i, off, w); };
+    o.ioctl = [](fuse_req_t r, fuse_ino_t i, unsigned int cmd, void*, fuse_file_info*, unsigned, const void*, size_t,
+                 size_t out_size) { of(r).ioctl(r, i, cmd, out_size); };
     o.copy_file_range = [](fuse_req_t r, fuse_ino_t in, off_t oi, fuse_file_info*, fuse_ino_t out, off_t oo,
                            fuse_file_info*, size_t len, int) { of(r).copy_file_range(r, in, oi, out, oo, len); };
     return o;

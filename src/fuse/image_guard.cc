@@ -17,9 +17,20 @@
 #include <fmt/core.h>
 
 namespace uext::fuse {
-namespace {
 
-// /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
+ImageGuard::~ImageGuard() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+ImageGuard& ImageGuard::operator=(ImageGuard&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = other.fd_;
+    other.fd_ = -1;
+  }
+  return *this;
+}
+
 std::string unescape_mount_field(const std::string& s) {
   std::string out;
   for (size_t i = 0; i < s.size(); ++i) {
@@ -39,21 +50,6 @@ std::string unescape_mount_field(const std::string& s) {
     out += s[i];
   }
   return out;
-}
-
-}  // namespace
-
-ImageGuard::~ImageGuard() {
-  if (fd_ >= 0) ::close(fd_);
-}
-
-ImageGuard& ImageGuard::operator=(ImageGuard&& other) noexcept {
-  if (this != &other) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = other.fd_;
-    other.fd_ = -1;
-  }
-  return *this;
 }
 
 int flock_holder_pid(const std::string& path) {
