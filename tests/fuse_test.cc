@@ -447,6 +447,75 @@ TEST_F(FuseProgram, WritebackCacheMode) {
   finish(m, /*times=*/false);
 }
 
+// Total leaf extents of the files /il/f0..f3 on the image (debugfs "ex").
+int interleaved_extents(const std::string& image) {
+  int total = 0;
+  for (int i = 0; i < 4; ++i) {
+    std::string out = debugfs(image, "ex /il/f" + std::to_string(i));
+    std::istringstream in(out);
+    std::string line;
+    std::getline(in, line);  // the header
+    while (std::getline(in, line)) {
+      // " 1/ 1   3/  5  ...": level / max depth; the leaves are at max depth.
+      int level = -1, depth = -2;
+      if (std::sscanf(line.c_str(), " %d/ %d", &level, &depth) == 2 && level == depth) ++total;
+    }
+  }
+  return total;
+}
+
+// Four processes appending 64 KiB writes to their own files at once, then
+// fsync (dd oflag=append conv=fsync).
+std::string interleaved_appenders(const std::string& dir, int mib) {
+  std::string cmd = "set -e; mkdir " + sh_quote(dir) + "; cd " + sh_quote(dir) + ";";
+  for (int i = 0; i < 4; ++i) {
+    cmd += " dd if=/dev/zero of=f" + std::to_string(i) + " bs=64k count=" + std::to_string(mib * 16) +
+           " oflag=append conv=notrunc,fsync status=none &";
+  }
+  return cmd + " wait";
+}
+
+// The interleaved-writers layout (issue 5) through the mount: no more
+// extents than the kernel's ext4 makes for the same writes on an image of
+// the same size. UEXT_FUSE_SCALE grows the files (32 MiB each by default;
+// bench/mount_bench.sh runs 256 MiB).
+// DISABLED_ while it does not hold (the allocator's preallocation is being
+// reworked): on 2026-11-26, uext 17-18 extents against the kernel's 13-17
+// for 4 x 32 MiB, 18 against 11 for 4 x 64 MiB, 30 against 15 for
+// 4 x 128 MiB, 59 against 38 for 4 x 256 MiB (one 256 MiB run held). Run it
+// with --gtest_also_run_disabled_tests.
+TEST_F(FuseProgram, DISABLED_InterleavedAppendersNoMoreExtentsThanTheKernel) {
+  if (!can_loop_mount()) GTEST_SKIP() << "needs loop devices for the kernel's side";
+  const int mib = 32 * scale();
+  // Room for twice the data, as in the bench (4 x 256 MiB on 3 GiB).
+  const std::string size = std::to_string(mib * 8 + 128) + "M";
+  int uext_extents = 0, kernel_extents = 0;
+  {
+    std::string img = make_image(t_ / "uimg", size);
+    FuseMount m(img, t_ / "mnt");
+    ASSERT_TRUE(m.ok()) << m.log();
+    sh_ok(interleaved_appenders(m.path("il"), mib));
+    EXPECT_EQ(sh_ok("stat -c %s " + m.path("il/f3")), std::to_string(mib << 20) + "\n");
+    ASSERT_EQ(m.unmount(), 0) << m.log();
+    EXPECT_TRUE(image_is_clean(img));
+    uext_extents = interleaved_extents(img);
+  }
+  {
+    std::string img = make_image(t_ / "kimg", size);
+    ::mkdir((t_ / "kmnt").c_str(), 0755);
+    LoopMount k(img, t_ / "kmnt", false);
+    ASSERT_TRUE(k.ok()) << k.error();
+    sh_ok(interleaved_appenders(t_ / "kmnt/il", mib));
+    ASSERT_TRUE(k.unmount()) << k.error();
+    kernel_extents = interleaved_extents(img);
+  }
+  RecordProperty("uext_extents", uext_extents);
+  RecordProperty("kernel_extents", kernel_extents);
+  EXPECT_GT(uext_extents, 0);
+  EXPECT_LE(uext_extents, kernel_extents) << "4 x " << mib << " MiB interleaved appends: uext " << uext_extents
+                                          << " extents, the kernel's ext4 " << kernel_extents;
+}
+
 // ------------------------------------------------------------------ POSIX
 
 class FusePosix : public FuseProgram {
