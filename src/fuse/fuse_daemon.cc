@@ -830,7 +830,9 @@ void detach_stdio() {
 }  // namespace
 
 int run_mount(MountOptions opts) {
-  finish_mount_options(opts, ::geteuid() == 0);
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page_size = ::sysconf(_SC_PAGESIZE);
+  finish_mount_options(opts, ::geteuid() == 0,
+                       pages > 0 && page_size > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size) : 0);
   auto usage_fail = [&](const std::string& msg) {
     std::fprintf(stderr, "uext: mount: %s\n", msg.c_str());
     return 1;
@@ -863,6 +865,8 @@ int run_mount(MountOptions opts) {
   fo.verify_checksums = opts.verify_checksums;
   fo.direct_io = opts.direct_io;
   fo.metadata_cache_bytes = opts.cache_bytes;
+  fo.page_cache_bytes = opts.page_cache_bytes;
+  fo.dirty_limit_bytes = opts.dirty_limit_bytes;
   fo.commit_interval_ms = opts.commit_seconds * 1000;
   fo.use_root_reserve = opts.use_root_reserve;
   auto opened = Filesystem::open(opts.image, fo);

@@ -1,5 +1,6 @@
 #include "fuse/mount_options.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
@@ -112,6 +113,10 @@ Status parse_mount_option_list(const std::string& list, MountOptions& opts) {
       uint64_t v = 0;
       if (!has_value || !parse_uint(value, v) || v < (1u << 20)) s = bad_value(key, value, "bytes, at least 1M (suffixes k, m, g)");
       else opts.cache_bytes = v;
+    } else if (key == "page_cache" || key == "dirty_limit") {
+      uint64_t v = 0;
+      if (!has_value || !parse_uint(value, v) || v < (1u << 20)) s = bad_value(key, value, "bytes, at least 1M (suffixes k, m, g)");
+      else (key == "page_cache" ? opts.page_cache_bytes : opts.dirty_limit_bytes) = v;
     } else if (key == "commit") {
       uint64_t v = 0;
       if (!has_value || !parse_uint(value, v) || v > 86400) s = bad_value(key, value, "seconds, 0 to 86400");
@@ -136,7 +141,20 @@ Status parse_mount_option_list(const std::string& list, MountOptions& opts) {
   return {};
 }
 
-void finish_mount_options(MountOptions& opts, bool running_as_root) {
+void finish_mount_options(MountOptions& opts, bool running_as_root, uint64_t memory_bytes) {
+  // A mount is a long-lived server of many programs, so its page cache is
+  // sized like the kernel's rather than like the library's defaults (256M,
+  // 64M dirty) for one-shot commands: dirty data up to a tenth of RAM (the
+  // kernel's dirty_ratio is 20%), so a program that rewrites a few hundred
+  // megabytes at random is not throttled into writing back page by page,
+  // and clean pages up to a quarter.
+  constexpr uint64_t kMiB = 1ull << 20;
+  const uint64_t mem = memory_bytes ? memory_bytes : 2048 * kMiB;
+  if (opts.dirty_limit_bytes == 0) opts.dirty_limit_bytes = std::clamp(mem / 10, 64 * kMiB, 4096 * kMiB);
+  if (opts.page_cache_bytes == 0) {
+    opts.page_cache_bytes = std::clamp(mem / 4, 256 * kMiB, 16384 * kMiB);
+  }
+  opts.page_cache_bytes = std::max(opts.page_cache_bytes, opts.dirty_limit_bytes);
   // As root the mount serves every user, as a kernel mount does; the
   // kernel's permission checks (default_permissions) keep them apart.
   if (!opts.allow_other_set && running_as_root) opts.allow_other = true;
@@ -189,6 +207,12 @@ std::string mount_options_help() {
   no_writeback_cache     write() goes to uext synchronously (default)
   direct_io | directio   read and write the image with O_DIRECT
   cache_size=BYTES       metadata cache size (default 64M; suffixes k, m, g)
+  page_cache=BYTES       file data cached in the daemon (default a quarter of
+                         RAM, at least 256M)
+  dirty_limit=BYTES      written data the daemon may hold before writers write
+                         it back themselves (default a tenth of RAM, at least
+                         64M); the rest is written back in the background
+                         after 3 s, and at fsync, sync and unmount
   commit=SECS            commit the journal every SECS seconds (default 5; 0:
                          only on fsync, sync and unmount)
   use_root_reserve       allocations may use the root-reserved blocks

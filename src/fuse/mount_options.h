@@ -41,6 +41,10 @@ struct MountOptions {
   double negative_timeout = 0.0;
 
   uint64_t cache_bytes = 64u << 20;
+  // The library's page cache for file data and its dirty limit (0: chosen
+  // from the machine's memory by finish_mount_options).
+  uint64_t page_cache_bytes = 0;
+  uint64_t dirty_limit_bytes = 0;
   uint32_t commit_seconds = 5;
   unsigned max_threads = 8;
   bool clone_fd = false;
@@ -57,8 +61,9 @@ struct MountOptions {
 // options fail with EINVAL naming the option.
 Status parse_mount_option_list(const std::string& list, MountOptions& opts);
 
-// Fills what depends on the environment: allow_other for root, fsname.
-void finish_mount_options(MountOptions& opts, bool running_as_root);
+// Fills what depends on the environment: allow_other for root, fsname, and
+// page cache sizes from `memory_bytes` (the machine's RAM; 0 if unknown).
+void finish_mount_options(MountOptions& opts, bool running_as_root, uint64_t memory_bytes = 0);
 
 // The libfuse argument vector for fuse_session_new (-o list, -d).
 std::vector<std::string> fuse_arguments(const MountOptions& opts);
