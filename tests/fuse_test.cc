@@ -800,6 +800,38 @@ TEST_F(FuseLife, UmountWaitsUntilTheImageIsClosed) {
   EXPECT_TRUE(is_mounted_any("/proc"));
 }
 
+// An ordinary user mounts an image of their own (fusermount3 does the
+// mount), uses it, and `uext umount` (through fusermount3 -u) waits for the
+// daemon. Without allow_other even root is kept out, as FUSE does.
+TEST_F(FuseLife, NonRootUserMountsUsesAndUnmounts) {
+  struct stat dev {};
+  if (::stat("/dev/fuse", &dev) != 0 || (dev.st_mode & 0006) != 0006) {
+    GTEST_SKIP() << "/dev/fuse is not open to other users here (mode " << std::oct << (dev.st_mode & 0777) << ")";
+  }
+  const std::string uid = "1000";
+  ASSERT_EQ(::chmod(t_.path().c_str(), 0755), 0);
+  std::string img = make_image(t_ / "user.img", "64M", {"-E", "root_owner=" + uid + ":" + uid});
+  ::mkdir((t_ / "umnt").c_str(), 0755);
+  ASSERT_EQ(::chown(img.c_str(), 1000, 1000), 0);
+  ASSERT_EQ(::chown((t_ / "umnt").c_str(), 1000, 1000), 0);
+  auto as_user = [&](const std::string& line) {
+    return run_shell("setpriv --reuid=" + uid + " --regid=" + uid + " --clear-groups sh -c " + sh_quote(line));
+  };
+  CommandResult m = as_user(sh_quote(uext_cli()) + " mount " + sh_quote(img) + " " + sh_quote(t_ / "umnt"));
+  ASSERT_EQ(m.exit_code, 0) << m.err;
+  ASSERT_TRUE(is_mounted(t_ / "umnt"));
+  CommandResult w = as_user("set -e; cd " + sh_quote(t_ / "umnt") +
+                            "; echo hello > f; mkdir d; cp f d/g; ln -s f s; stat -c %u:%g f");
+  EXPECT_EQ(w.exit_code, 0) << w.err;
+  EXPECT_EQ(w.out, uid + ":" + uid + "\n");
+  EXPECT_NE(run_shell("ls " + sh_quote(t_ / "umnt")).exit_code, 0) << "root got in without allow_other";
+  CommandResult u = as_user(sh_quote(uext_cli()) + " umount " + sh_quote(t_ / "umnt"));
+  EXPECT_EQ(u.exit_code, 0) << u.err;
+  EXPECT_FALSE(is_mounted(t_ / "umnt"));
+  EXPECT_TRUE(image_is_clean(img));
+  EXPECT_EQ(run({uext_cli(), "cat", img, "/d/g"}).out, "hello\n");
+}
+
 TEST_F(FuseLife, ErrorsAreLoggedWithThePath) {
   FuseMount m(img_, t_ / "mnt", "debug");
   ASSERT_TRUE(m.ok()) << m.log();
