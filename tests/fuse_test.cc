@@ -516,6 +516,61 @@ TEST_F(FuseProgram, DISABLED_InterleavedAppendersNoMoreExtentsThanTheKernel) {
                                           << " extents, the kernel's ext4 " << kernel_extents;
 }
 
+// Writeback errors reach every open file description through its own
+// fsync, once (Linux's errseq), through the mount. The error is real: the
+// image sits on a tmpfs that is then filled up, so writeback's data writes
+// into the image's holes fail with ENOSPC while the journal and metadata,
+// written at mkfs (lazy init off), are rewritten in place and succeed.
+TEST_F(FuseProgram, WritebackErrorReachesEveryDescriptionOnce) {
+  const std::string host = t_ / "tmpfs";
+  ::mkdir(host.c_str(), 0755);
+  CommandResult tm = run({"mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", host});
+  if (tm.exit_code != 0) GTEST_SKIP() << "cannot mount a tmpfs: " << tm.err;
+  struct Unmount {
+    std::string dir;
+    ~Unmount() { run({"umount", "-l", dir}); }
+  } unmount_host{host};
+  const std::string img = host + "/img";
+  make_image(img, "32M", {"-E", "lazy_itable_init=0,lazy_journal_init=0"});
+  int fd1 = -1, fd2 = -1;
+  {
+    FuseMount m(img, t_ / "mnt", "commit=0");
+    ASSERT_TRUE(m.ok()) << m.log();
+    const std::string f = m.path("f");
+    sh_ok("touch " + f + " && sync " + f);
+    fd1 = ::open(f.c_str(), O_WRONLY);
+    fd2 = ::open(f.c_str(), O_RDONLY);  // fsync works on any description
+    ASSERT_GE(fd1, 0);
+    ASSERT_GE(fd2, 0);
+    // No room left on the host for the image to grow.
+    run_shell("dd if=/dev/zero of=" + host + "/filler bs=64k status=none");
+    const std::string data(256 * 1024, 'x');
+    ASSERT_EQ(::write(fd1, data.data(), data.size()), static_cast<ssize_t>(data.size()));
+    errno = 0;
+    EXPECT_EQ(::fsync(fd1), -1);
+    const int err1 = errno;
+    EXPECT_TRUE(err1 == ENOSPC || err1 == EIO) << std::strerror(err1);
+    // Room again (else the next fsync's writeback would fail anew, an
+    // error every description would hear): the still-dirty pages go out,
+    // and the other description still hears of the first error, once.
+    ASSERT_EQ(::unlink((host + "/filler").c_str()), 0);
+    errno = 0;
+    EXPECT_EQ(::fsync(fd2), -1) << "a description open before the error must hear of it too";
+    EXPECT_EQ(errno, err1);
+    EXPECT_EQ(::fsync(fd1), 0) << std::strerror(errno);
+    EXPECT_EQ(::fsync(fd2), 0) << std::strerror(errno);
+    int fd3 = ::open(f.c_str(), O_RDONLY);
+    ASSERT_GE(fd3, 0);
+    EXPECT_EQ(::fsync(fd3), 0) << "opened after the error: nothing to hear";
+    ::close(fd3);
+    ::close(fd1);
+    ::close(fd2);
+    ASSERT_EQ(m.unmount(), 0) << m.log();
+  }
+  EXPECT_TRUE(image_is_clean(img));
+  EXPECT_EQ(run({uext_cli(), "cat", img, "/f"}).out, std::string(256 * 1024, 'x'));
+}
+
 // ------------------------------------------------------------------ POSIX
 
 class FusePosix : public FuseProgram {

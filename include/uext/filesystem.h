@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "uext/block_device.h"
+#include "uext/mapping.h"
 #include "uext/status.h"
 
 namespace uext {
@@ -52,6 +53,8 @@ struct Options {
   uint64_t dirty_limit_bytes = 64ull << 20;
   uint32_t dirty_expire_ms = 3000;
   uint32_t writeback_interval_ms = 500;
+  // How mappings (mmap) catch their faults.
+  FaultHandling fault_handling = FaultHandling::kAuto;
 };
 
 struct Time {
@@ -295,6 +298,17 @@ class Filesystem {
   // the orphan list keeps a crash from leaking it.
   virtual void retain(Ino ino) = 0;
   virtual Status release(Ino ino, uint64_t count = 1) = 0;
+
+  // ---- Mappings (uext/mapping.h) ----
+  // mmap(2) of a regular file: `length` bytes from `offset` (a multiple of
+  // 4096), kProtRead and/or kProtWrite, kMapShared or kMapPrivate. Shared
+  // mappings share the page cache's pages: stores are seen by read() and
+  // other mappings at once, write() is seen by the mapping. A shared
+  // writable mapping needs a read-write open (EACCES). The mapping holds a
+  // reference to the inode (retain) until it is destroyed.
+  Result<std::unique_ptr<Mapping>> mmap(Ino ino, uint64_t offset, size_t length, int prot, int flags);
+  // What mappings of this filesystem use (kUserfaultfd or kSignal).
+  FaultHandling fault_handling() const;
 };
 
 }  // namespace uext

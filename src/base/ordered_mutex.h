@@ -38,10 +38,15 @@ void acquire(LockLevel level, bool same_level_ok);
 // Records a lock taken by a try (which never waits, so needs no check).
 void note_held(LockLevel level);
 void release(LockLevel level);
+// How many uext locks thread `tid` holds now, and the innermost level:
+// a fault on a uext mapping taken by a thread that holds one could wait
+// for itself (docs/DESIGN.md, "Lock order").
+int held_by_thread(int tid, int* innermost_level);
 #else
 inline void acquire(LockLevel, bool) {}
 inline void note_held(LockLevel) {}
 inline void release(LockLevel) {}
+inline int held_by_thread(int, int*) { return 0; }
 #endif
 }  // namespace lock_order
 

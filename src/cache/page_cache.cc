@@ -119,8 +119,17 @@ void CachedFile::mark_clean(uint64_t index) {
   p->flags = 0;
 }
 
+void CachedFile::remove_mapper(PageMapper* m) { std::erase(mappers_, m); }
+
+Status CachedFile::write_protect(uint64_t first, uint64_t end) {
+  for (PageMapper* m : mappers_) UEXT_TRY(m->write_protect(first, end));
+  return {};
+}
+
 uint64_t CachedFile::drop(uint64_t first, uint64_t end) {
   uint64_t delayed = 0;
+  if (first >= end) return 0;
+  for (PageMapper* m : mappers_) m->unmap(first, end);
   auto it = pages_.lower_bound(first);
   while (it != pages_.end() && it->first < end) {
     if (it->second.flags & kDirty) {
@@ -236,7 +245,7 @@ void PageCache::shrink() {
     if (cached_bytes() <= options_.max_bytes * 3 / 4 && open_memfds_.load() <= max_memfds_ / 2) break;
     std::lock_guard lock(f->mu);
     f->evict_clean();
-    if (f->pages_.empty()) f->release_memory();
+    if (f->pages_.empty() && f->mappers_.empty()) f->release_memory();
   }
   // Files left with nothing to remember are dropped from the map.
   std::lock_guard lock(mu_);

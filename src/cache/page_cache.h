@@ -50,6 +50,21 @@ struct Page {
 
 class PageCache;
 
+// A memory mapping of a cached file (src/vm), told when the cache changes
+// pages under it. Called with the file's mutex held; must not take locks
+// of the filesystem.
+class PageMapper {
+ public:
+  virtual ~PageMapper() = default;
+  // page_mkclean: pages [first, end) are about to be written back; the
+  // next store to any of them must fault again. An error stops the
+  // writeback (the pages stay dirty).
+  virtual Status write_protect(uint64_t first, uint64_t end) = 0;
+  // Pages [first, end) are leaving the cache: the next access must fault
+  // (and find the page anew) rather than see a fresh zero page.
+  virtual void unmap(uint64_t first, uint64_t end) = 0;
+};
+
 // One inode's cached pages. Every member is guarded by `mu`.
 class CachedFile {
  public:
@@ -83,6 +98,15 @@ class CachedFile {
   uint64_t drop(uint64_t first, uint64_t end);
   // Zeroes bytes [from, to) of a present page.
   void zero(uint64_t index, uint32_t from, uint32_t to);
+  // The memfd behind the pages (ensure() makes it), for mappings to share.
+  int memfd() const { return memfd_; }
+  // Mappings of this file (src/vm): while there are any, the memfd stays
+  // and pages are write-protected in them before writeback.
+  void add_mapper(PageMapper* m) { mappers_.push_back(m); }
+  void remove_mapper(PageMapper* m);
+  bool mapped() const { return !mappers_.empty(); }
+  // page_mkclean over pages [first, end) in every mapping.
+  Status write_protect(uint64_t first, uint64_t end);
 
   const std::map<uint64_t, Page>& pages() const { return pages_; }
   uint64_t dirty_pages() const { return dirty_; }
@@ -115,6 +139,7 @@ class CachedFile {
   uint64_t map_pages_ = 0;   // pages the mapping covers
   uint64_t memfd_pages_ = 0; // pages the memfd is sized for
   std::map<uint64_t, Page> pages_;
+  std::vector<PageMapper*> mappers_;
   uint64_t dirty_ = 0;
   uint64_t delayed_ = 0;
 };

@@ -209,4 +209,16 @@ Result<std::vector<BlockRun>> all_mapped_runs(Volume& vol, const InodeRecord& re
   return out;
 }
 
+uint64_t max_file_bytes(const Volume& vol, const InodeRecord& rec) {
+  const disk::Superblock& sb = vol.sb();
+  const uint64_t bs = vol.block_size();
+  uint64_t blocks = max_logical_blocks(vol, rec);
+  if (rec.inode.has_flag(disk::inode_flag::kExtents)) blocks = std::min<uint64_t>(blocks, (uint64_t{1} << 32) - 1);
+  uint64_t bytes = blocks * bs;
+  // Without huge_file, i_blocks counts 512-byte sectors in 32 bits.
+  if (!sb.has_ro_compat(disk::ro_compat::kHugeFile)) bytes = std::min<uint64_t>(bytes, (uint64_t{1} << 41) - bs);
+  if (!sb.has_ro_compat(disk::ro_compat::kLargeFile)) bytes = std::min<uint64_t>(bytes, (uint64_t{1} << 31) - 1);
+  return bytes;
+}
+
 }  // namespace uext::fs

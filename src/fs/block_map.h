@@ -35,6 +35,8 @@ Result<std::vector<BlockRun>> all_mapped_runs(Volume& vol, const InodeRecord& re
 
 // Logical blocks a file of `rec`'s kind can address at most (2^32 for
 // extents; 12 + p + p^2 + p^3 for indirect maps with p pointers a block).
+// The largest size in bytes a file of `rec`'s kind may have (format limits).
+uint64_t max_file_bytes(const Volume& vol, const InodeRecord& rec);
 uint64_t max_logical_blocks(const Volume& vol, const InodeRecord& rec);
 
 }  // namespace uext::fs

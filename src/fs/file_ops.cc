@@ -21,6 +21,7 @@
 #include "fs/filesystem_impl.h"
 #include "fs/map_writer.h"
 #include "fs/xattr_writer.h"
+#include "vm/registry.h"
 
 namespace uext::fs {
 
@@ -31,19 +32,6 @@ namespace {
 constexpr uint64_t kWriteChunkBlocks = 8192;
 
 }  // namespace
-
-// The largest size a file of `rec`'s kind may have.
-static uint64_t max_file_bytes(const Volume& vol, const InodeRecord& rec) {
-  const disk::Superblock& sb = vol.sb();
-  const uint64_t bs = vol.block_size();
-  uint64_t blocks = max_logical_blocks(vol, rec);
-  if (rec.inode.has_flag(disk::inode_flag::kExtents)) blocks = std::min<uint64_t>(blocks, (uint64_t{1} << 32) - 1);
-  uint64_t bytes = blocks * bs;
-  // Without huge_file, i_blocks counts 512-byte sectors in 32 bits.
-  if (!sb.has_ro_compat(disk::ro_compat::kHugeFile)) bytes = std::min<uint64_t>(bytes, (uint64_t{1} << 41) - bs);
-  if (!sb.has_ro_compat(disk::ro_compat::kLargeFile)) bytes = std::min<uint64_t>(bytes, (uint64_t{1} << 31) - 1);
-  return bytes;
-}
 
 // How many new extents one handle may create, so its credits stay well
 // inside what one transaction can hold.
@@ -57,6 +45,7 @@ uint32_t FilesystemImpl::extents_per_handle(const InodeRecord& rec) {
 Result<size_t> FilesystemImpl::write(Ino ino, uint64_t offset, std::span<const std::byte> buf) {
   UEXT_TRY(check_writable());
   if (buf.empty()) return size_t{0};
+  if (vm::in_mapping(buf.data(), buf.size())) return bounce_write(ino, offset, buf);
   auto lock = itable_.lock(ino);
   UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
   if (S_ISDIR(rec.inode.i_mode)) return Error(EISDIR, fmt::format("inode {}: Is a directory", ino));
@@ -172,6 +161,19 @@ Result<size_t> FilesystemImpl::write(Ino ino, uint64_t offset, std::span<const s
     }));
     if (mapped == 0) return Error(EIO, fmt::format("inode {}: no progress mapping block {}", ino, pos));
     pos += mapped;
+  }
+  if (auto file = cache_ ? cache_->get(ino, false) : nullptr) {
+    // Pages cached for a mapping see the write too (and a dirty one
+    // written back later carries it).
+    std::lock_guard page_lock(file->mu);
+    for (auto it = file->pages().lower_bound(offset / cache::kPageSize);
+         it != file->pages().end() && it->first * cache::kPageSize < end; ++it) {
+      const uint64_t page_start = it->first * cache::kPageSize;
+      const uint64_t from = std::max(offset, page_start);
+      const uint64_t to = std::min(end, page_start + cache::kPageSize);
+      std::memcpy(file->data(it->first) + (from - page_start), buf.data() + (from - offset), to - from);
+    }
+    if (file->size_known) file->size = std::max(file->size, end);
   }
   return buf.size();
 }

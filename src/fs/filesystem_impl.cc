@@ -19,6 +19,7 @@
 #include "fs/volume.h"
 #include "journal/recovery.h"
 #include "uext/filesystem.h"
+#include "vm/registry.h"
 
 namespace uext::fs {
 namespace {
@@ -197,6 +198,7 @@ Stat FilesystemImpl::to_stat(const disk::Superblock& sb, const InodeRecord& rec)
 }
 
 Result<size_t> FilesystemImpl::read(Ino ino, uint64_t offset, std::span<std::byte> buf) {
+  if (vm::in_mapping(buf.data(), buf.size())) return bounce_read(ino, offset, buf);
   auto lock = itable_.lock_shared(ino);
   UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
   if (S_ISDIR(rec.inode.i_mode)) return Error(EISDIR, fmt::format("inode {}: Is a directory", ino));
@@ -455,6 +457,7 @@ Result<std::unique_ptr<Filesystem>> Filesystem::open(std::unique_ptr<BlockDevice
   auto fs = std::make_unique<FilesystemImpl>(std::move(volume));
   if (options.read_only) {
     fs->load_journal_info();
+    fs->make_page_cache();  // for mappings
   } else {
     UEXT_TRY(fs->start_writing());
   }

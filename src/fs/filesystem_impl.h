@@ -30,6 +30,11 @@
 #include "fs/orphan.h"
 #include "fs/volume.h"
 #include "uext/filesystem.h"
+#include "vm/pager.h"
+
+namespace uext::vm {
+class Mapper;
+}
 
 namespace uext::fs {
 
@@ -42,7 +47,7 @@ Status in_handle(journal::Handle& handle, Body&& body) {
   return stopped;
 }
 
-class FilesystemImpl final : public Filesystem {
+class FilesystemImpl final : public Filesystem, public vm::Pager {
  public:
   explicit FilesystemImpl(std::unique_ptr<Volume> volume);
   ~FilesystemImpl() override;
@@ -52,6 +57,8 @@ class FilesystemImpl final : public Filesystem {
   Status start_writing();
   // Read-only opens: reads the journal superblock and scans the log.
   void load_journal_info();
+  // The page cache (read-write opens, and read-only ones for mappings).
+  void make_page_cache();
 
   VolumeInfo info() const override;
   Status sync() override;
@@ -105,6 +112,12 @@ class FilesystemImpl final : public Filesystem {
     uint64_t files = 0;
   };
   ReservationAudit audit_reservations();
+
+  // page_fault.cc: mappings (Filesystem::mmap) and their faults.
+  Result<std::unique_ptr<Mapping>> map_file(Ino ino, uint64_t offset, size_t length, int prot, int flags);
+  Result<std::shared_ptr<vm::Mapper>> mapper() const;
+  Status fault(uint32_t ino, uint64_t index, uint64_t lo, uint64_t hi, bool store,
+               const vm::MapPages& map) override;
 
  private:
   // ---- shared helpers ----
@@ -181,6 +194,20 @@ class FilesystemImpl final : public Filesystem {
   // add up to the counter (and, when `idle`, when the cached files' do not).
   void check_reservations(const char* where, bool idle);
 
+  // ---- mappings (page_fault.cc) ----
+  Status fault_in(uint32_t ino, cache::CachedFile& file, uint64_t index, uint64_t lo, uint64_t hi,
+                  const vm::MapPages& map);
+  Status page_mkwrite(uint32_t ino, cache::CachedFile& file, uint64_t index, const vm::MapPages& map);
+  Status allocate_for_store(uint32_t ino, cache::CachedFile& file, uint64_t index, const vm::MapPages& map);
+  Status fill_page(const InodeRecord& rec, cache::CachedFile& file, uint64_t index);
+  // Reserves what `new_pages` more delayed pages need: their data blocks
+  // and the growth of the file's worst-case tree blocks. Page lock held.
+  Status reserve_delayed(const InodeRecord& rec, cache::CachedFile& file, uint64_t new_pages);
+  static void note_store(cache::CachedFile& file);
+  // read()/write() with a buffer inside a uext mapping: through a copy.
+  Result<size_t> bounce_write(Ino ino, uint64_t offset, std::span<const std::byte> buf);
+  Result<size_t> bounce_read(Ino ino, uint64_t offset, std::span<std::byte> buf);
+
   // ---- namespace helpers (namespace_ops.cc) ----
   Result<Stat> make_node(Ino dir, std::string_view name, uint32_t mode, const Owner& owner,
                          std::string_view symlink_target, uint32_t rdev_major, uint32_t rdev_minor);
@@ -199,6 +226,8 @@ class FilesystemImpl final : public Filesystem {
   base::OrderedMutex rename_mu_{base::LockLevel::kFilesystem};
   bool closed_ = false;
   std::unique_ptr<cache::PageCache> cache_;
+  mutable std::mutex mapper_mu_;
+  mutable std::shared_ptr<vm::Mapper> mapper_;
   std::thread writeback_thread_;
   std::mutex wb_mu_;
   std::condition_variable wb_cv_;

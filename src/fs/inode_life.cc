@@ -14,6 +14,7 @@
 #include "fs/filesystem_impl.h"
 #include "fs/map_writer.h"
 #include "fs/xattr_writer.h"
+#include "vm/mapper.h"
 
 namespace uext::fs {
 
@@ -52,6 +53,15 @@ Status FilesystemImpl::start_writing() {
   groups_ = std::make_unique<alloc::GroupBitmaps>(*vol_);
   blocks_ = std::make_unique<alloc::BlockAllocator>(*groups_);
   inodes_ = std::make_unique<alloc::InodeAllocator>(*groups_);
+  make_page_cache();
+  const Options& o = vol_->options();
+  if (o.writeback_interval_ms > 0) writeback_thread_ = std::thread([this] { writeback_loop(); });
+  std::string problem;
+  UEXT_TRY(orphans_.load(*vol_, &problem));
+  return recover_orphans();
+}
+
+void FilesystemImpl::make_page_cache() {
   const Options& o = vol_->options();
   cache::CacheOptions co;
   co.max_bytes = o.page_cache_bytes;
@@ -60,10 +70,6 @@ Status FilesystemImpl::start_writing() {
   co.dirty_expire_ms = o.dirty_expire_ms;
   co.writeback_interval_ms = o.writeback_interval_ms;
   cache_ = std::make_unique<cache::PageCache>(co);
-  if (o.writeback_interval_ms > 0) writeback_thread_ = std::thread([this] { writeback_loop(); });
-  std::string problem;
-  UEXT_TRY(orphans_.load(*vol_, &problem));
-  return recover_orphans();
 }
 
 Status FilesystemImpl::sync() {
@@ -87,6 +93,9 @@ Status FilesystemImpl::close() {
   if (closed_) return {};
   closed_ = true;
   Status first;
+  // Mappings left open stop being served (they turn read-only); what
+  // they stored is in the cache and is written back below.
+  if (mapper_) mapper_->detach_all();
   stop_writeback();
   if (vol_->writable()) {
     first = writeback_all();
@@ -232,6 +241,24 @@ Status FilesystemImpl::delete_inode(InodeRecord& rec) {
 Status FilesystemImpl::truncate_locked(InodeRecord& rec, uint64_t size) {
   blocks_->drop_window(rec.ino);
   if (auto file = cache_ ? cache_->get(rec.ino, false) : nullptr) {
+    // Growing: the old last page, partly past the old end, gains blocks
+    // inside the file. Write it back and write-protect it in mappings, so
+    // that the next store to it reserves or allocates them (page_mkwrite),
+    // as Linux's pagecache_isize_extended does.
+    uint64_t old_end = 0;
+    bool mapped = false;
+    {
+      std::lock_guard lock(file->mu);
+      old_end = file->size_known ? file->size : rec.inode.i_size;
+      mapped = file->mapped() && file->present(old_end / cache::kPageSize);
+    }
+    if (mapped && size > old_end && old_end % cache::kPageSize != 0) {
+      UEXT_TRY(writepages(rec, *file));
+      std::lock_guard lock(file->mu);
+      UEXT_TRY(file->write_protect(old_end / cache::kPageSize, old_end / cache::kPageSize + 1));
+    }
+  }
+  if (auto file = cache_ ? cache_->get(rec.ino, false) : nullptr) {
     // Cached pages past the new end go (their reservations with them), the
     // tail of a partial last page reads zeros; the cached size follows.
     std::lock_guard lock(file->mu);
@@ -253,6 +280,23 @@ Status FilesystemImpl::truncate_locked(InodeRecord& rec, uint64_t size) {
   }
   const uint64_t old_size = rec.inode.i_size;
   if (size >= old_size) {
+    // The old last page, partly past the old end, gains blocks inside the
+    // file: write it back and write-protect it in mappings, so that the
+    // next store to it reserves or allocates them (page_mkwrite), as
+    // Linux's pagecache_isize_extended does.
+    if (auto file = cache_ ? cache_->get(rec.ino, false) : nullptr; file && old_size % cache::kPageSize != 0) {
+      const uint64_t last = old_size / cache::kPageSize;
+      bool mapped = false;
+      {
+        std::lock_guard lock(file->mu);
+        mapped = file->mapped() && file->present(last);
+      }
+      if (mapped) {
+        UEXT_TRY(writepages(rec, *file));
+        std::lock_guard lock(file->mu);
+        UEXT_TRY(file->write_protect(last, last + 1));
+      }
+    }
     // Growing leaves a hole; blocks preallocated past the old size (KEEP_SIZE)
     // stay where they are.
     UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(2));

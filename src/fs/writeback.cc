@@ -63,7 +63,7 @@ uint64_t FilesystemImpl::delalloc_meta(const InodeRecord& rec, uint64_t blocks) 
 // it may be bigger.
 uint32_t FilesystemImpl::prealloc_window(uint64_t size_blocks) const {
   constexpr uint64_t kMinFileBytes = 1 << 20;
-  constexpr uint64_t kMaxWindowBytes = 64 << 20;
+  constexpr uint64_t kMaxWindowBytes = 128 << 20;
   const uint64_t bs = vol_->block_size();
   if (size_blocks * bs < kMinFileBytes) return 0;
   return static_cast<uint32_t>(std::min(8 * size_blocks, kMaxWindowBytes / bs));
@@ -190,6 +190,11 @@ Status FilesystemImpl::write_dirty_runs(InodeRecord& rec, CachedFile& file) {
       } else {
         dirty_runs.emplace_back(index, index + 1);
       }
+    }
+    // page_mkclean: a store from now on faults (and waits for the inode
+    // lock this writeback holds), so the pages are stable while written.
+    if (file.mapped()) {
+      for (auto [first, end] : dirty_runs) UEXT_TRY(file.write_protect(first, end));
     }
   }
   const uint64_t size_blocks = (size + bs - 1) / bs;

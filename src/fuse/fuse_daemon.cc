@@ -175,6 +175,20 @@ class NoCapsCache {
   std::unordered_set<Ino> inodes_;
 };
 
+// ------------------------------------------------------------------ open files
+
+// One open file description (fi->fh of a regular file). Linux keeps a
+// writeback-error sample in each struct file, so that every description
+// open when writeback failed hears of it from its next fsync, once; the
+// library keeps the errors (errseq), each description its sample, taken
+// at open. close() reports nothing, as on ext4 (no FLUSH is asked for).
+struct OpenFile {
+  OpenFile(Ino i, uint64_t sample) : ino(i), wb_err_seen(sample) {}
+  Ino ino;
+  std::mutex mu;  // one fsync of a description at a time updates the sample
+  uint64_t wb_err_seen;
+};
+
 // ------------------------------------------------------------------ the daemon
 
 Ino to_ext(fuse_ino_t ino) { return ino == FUSE_ROOT_ID ? kRootIno : static_cast<Ino>(ino); }
@@ -454,8 +468,9 @@ class Daemon {
     // cached pages stay true between opens.
     fi->keep_cache = 1;
     fi->noflush = flush_unneeded();
-    fi->fh = ino;
-    fuse_reply_open(req, fi);
+    auto* file = new OpenFile(ino, fs_->wb_err_sample(ino));
+    fi->fh = reinterpret_cast<uint64_t>(file);
+    if (fuse_reply_open(req, fi) != 0) delete file;  // the opener was interrupted: no release follows
   }
 
   void create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
@@ -481,10 +496,14 @@ class Daemon {
     fuse_entry_param e = entry(*st);
     fi->keep_cache = 1;
     fi->noflush = flush_unneeded();
-    fi->fh = st->ino;
+    auto* file = new OpenFile(st->ino, fs_->wb_err_sample(st->ino));
+    fi->fh = reinterpret_cast<uint64_t>(file);
     fs_->retain(st->ino);
     names_.add(st->ino, dir, name);
-    if (fuse_reply_create(req, &e, fi) != 0) forget(st->ino, 1);
+    if (fuse_reply_create(req, &e, fi) != 0) {
+      delete file;
+      forget(st->ino, 1);
+    }
   }
 
   void read(fuse_req_t req, fuse_ino_t fino, size_t size, off_t off) {
@@ -505,14 +524,23 @@ class Daemon {
     fuse_reply_write(req, *n);
   }
 
-  void fsync(fuse_req_t req, fuse_ino_t fino, int datasync, const char* op) {
+  // `file` is the description's OpenFile, null for a directory (no opendir:
+  // each fsyncdir stands for a description of its own).
+  void fsync(fuse_req_t req, fuse_ino_t fino, int datasync, OpenFile* file, const char* op) {
     const Ino ino = to_ext(fino);
     if (panicked()) return fuse_reply_err(req, EIO), void();
     if (opts_.read_only) return fuse_reply_err(req, 0), void();  // nothing to make durable
-    Status s = fs_->fsync(ino, datasync != 0);
+    Status s;
+    if (file) {
+      std::lock_guard lock(file->mu);
+      s = fs_->fsync(ino, datasync != 0, file->wb_err_seen);
+    } else {
+      s = fs_->fsync(ino, datasync != 0);
+    }
     if (!s.ok()) return fail(req, op, ino, s.error());
     fuse_reply_err(req, 0);
   }
+
 
   // Shared by readdir and readdirplus: fills one reply buffer from `off`.
   void readdir(fuse_req_t req, fuse_ino_t fino, size_t size, off_t off, bool plus) {
@@ -736,9 +764,14 @@ const fuse_lowlevel_ops& Daemon::ops() {
     o.flush = [](fuse_req_t r, fuse_ino_t, fuse_file_info*) {
       fuse_reply_err(r, of(r).flush_unneeded() ? 0 : ENOSYS);
     };
-    o.release = [](fuse_req_t r, fuse_ino_t, fuse_file_info*) { fuse_reply_err(r, 0); };
-    o.fsync = [](fuse_req_t r, fuse_ino_t i, int d, fuse_file_info*) { of(r).fsync(r, i, d, "fsync"); };
-    o.fsyncdir = [](fuse_req_t r, fuse_ino_t i, int d, fuse_file_info*) { of(r).fsync(r, i, d, "fsyncdir"); };
+    o.release = [](fuse_req_t r, fuse_ino_t, fuse_file_info* fi) {
+      delete reinterpret_cast<OpenFile*>(fi->fh);
+      fuse_reply_err(r, 0);
+    };
+    o.fsync = [](fuse_req_t r, fuse_ino_t i, int d, fuse_file_info* fi) {
+      of(r).fsync(r, i, d, fi ? reinterpret_cast<OpenFile*>(fi->fh) : nullptr, "fsync");
+    };
+    o.fsyncdir = [](fuse_req_t r, fuse_ino_t i, int d, fuse_file_info*) { of(r).fsync(r, i, d, nullptr, "fsyncdir"); };
     o.readdir = [](fuse_req_t r, fuse_ino_t i, size_t s, off_t off, fuse_file_info*) {
       of(r).readdir(r, i, s, off, false);
     };
