@@ -142,6 +142,9 @@ Result<size_t> FilesystemImpl::write(Ino ino, uint64_t offset, std::span<const s
     UEXT_TRY(in_handle(h, [&]() -> Status {
       MapOptions options;
       options.max_new_extents = k;
+      // Streams written through (no delayed allocation) get windows too.
+      options.alloc.owner = ino;
+      options.alloc.prealloc = prealloc_window((std::max<uint64_t>(rec.inode.i_size, end) + bs - 1) / bs);
       UEXT_ASSIGN_OR_RETURN(auto runs, map_or_allocate(*vol_, h, rec, pos, chunk, *blocks_, options));
       bool any_unwritten = false;
       for (const auto& r : runs) {

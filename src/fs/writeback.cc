@@ -56,17 +56,19 @@ uint64_t FilesystemImpl::delalloc_meta(const InodeRecord& rec, uint64_t blocks) 
 
 // Blocks to set aside after a writeback of a file of `size_blocks` blocks
 // for its next one (alloc/prealloc_windows.h): none for small files, which
-// pack together; for larger ones eight times their size, at most 64 MiB, so
+// pack together; for larger ones eight times their size, at most 128 MiB
+// (an extent's most at 4 KiB blocks) and an eighth of the free space, so
 // that a stream written back in pieces between other streams' pieces still
 // comes out in one extent per window. ext4 makes its (hard) preallocations
 // twice the size up to 8 MiB; a soft window costs nothing while unused, so
-// it may be bigger.
+// it may be bigger, but it does push other files' allocations aside.
 uint32_t FilesystemImpl::prealloc_window(uint64_t size_blocks) const {
   constexpr uint64_t kMinFileBytes = 1 << 20;
   constexpr uint64_t kMaxWindowBytes = 128 << 20;
   const uint64_t bs = vol_->block_size();
   if (size_blocks * bs < kMinFileBytes) return 0;
-  return static_cast<uint32_t>(std::min(8 * size_blocks, kMaxWindowBytes / bs));
+  const uint64_t free = static_cast<uint64_t>(std::max<int64_t>(groups_->unclaimed_free_blocks(), 0));
+  return static_cast<uint32_t>(std::min({8 * size_blocks, kMaxWindowBytes / bs, free / 8}));
 }
 
 Result<size_t> FilesystemImpl::cached_write(InodeRecord& rec, uint64_t offset, std::span<const std::byte> buf) {
