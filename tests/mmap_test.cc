@@ -6,9 +6,6 @@
 // buffer in a mapping of the very file passes through read() and write()
 // without deadlock. Every test runs with userfaultfd and with the signal
 // fallback, and ends with e2fsck -fn and dumpe2fs -h on the image.
-#include <setjmp.h>
-#include <signal.h>
-
 #include <atomic>
 #include <cstring>
 #include <future>
@@ -21,6 +18,7 @@
 
 #include "support/images.h"
 #include "support/process.h"
+#include "support/sigbus.h"
 #include "support/writable.h"
 #include "uext/filesystem.h"
 #include "uext/mapping.h"
@@ -29,57 +27,6 @@ namespace uext::testing {
 namespace {
 
 constexpr size_t kPage = 4096;
-
-// ---- catching SIGBUS in the storing thread ----
-
-thread_local sigjmp_buf* bus_jump = nullptr;
-thread_local uintptr_t bus_address = 0;
-
-void on_sigbus(int, siginfo_t* info, void*) {
-  bus_address = reinterpret_cast<uintptr_t>(info->si_addr);
-  if (bus_jump) siglongjmp(*bus_jump, 1);
-  std::abort();
-}
-
-void install_sigbus_handler() {
-  struct sigaction sa{};
-  sa.sa_sigaction = on_sigbus;
-  sa.sa_flags = SA_SIGINFO;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGBUS, &sa, nullptr);
-}
-
-// Fills [p, p + n) with `value`; false and the faulting address on SIGBUS.
-bool try_fill(std::byte* p, std::byte value, size_t n, uintptr_t* fault = nullptr) {
-  sigjmp_buf jump;
-  if (sigsetjmp(jump, 1) != 0) {
-    bus_jump = nullptr;
-    if (fault) *fault = bus_address;
-    return false;
-  }
-  bus_jump = &jump;
-  // The handler must see bus_jump set before the access faults.
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  std::memset(p, static_cast<int>(value), n);
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  bus_jump = nullptr;
-  return true;
-}
-
-// Reads one byte; false on SIGBUS.
-bool try_read(const std::byte* p, std::byte* out) {
-  sigjmp_buf jump;
-  if (sigsetjmp(jump, 1) != 0) {
-    bus_jump = nullptr;
-    return false;
-  }
-  bus_jump = &jump;
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  *out = *static_cast<const volatile std::byte*>(p);
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  bus_jump = nullptr;
-  return true;
-}
 
 std::byte pattern(uint64_t page) { return static_cast<std::byte>(page % 251 + 1); }
 
