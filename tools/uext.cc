@@ -13,6 +13,7 @@ namespace uext::cli {
 Command add_mkfs_command(CLI::App& parent);  // cmd_mkfs.cc
 Command add_mount_command(CLI::App& parent);  // cmd_mount.cc
 Command add_umount_command(CLI::App& parent);  // cmd_mount.cc
+Command add_demo_command(CLI::App& parent);   // cmd_demo.cc
 }  // namespace uext::cli
 
 namespace {
@@ -41,6 +42,7 @@ int run(int argc, char** argv) {
       uext::cli::add_get_command(app),  uext::cli::add_mkfs_command(app),
       uext::cli::add_put_command(app),  uext::cli::add_mount_command(app),
       uext::cli::add_umount_command(app),
+      uext::cli::add_demo_command(app),
   };
   for (auto& c : uext::cli::add_edit_commands(app)) commands.push_back(std::move(c));
 
