@@ -166,6 +166,9 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   // ---- delayed allocation and writeback (writeback.cc) ----
   bool uses_delalloc(const InodeRecord& rec) const;
   uint64_t delalloc_meta(const InodeRecord& rec, uint64_t blocks) const;
+  // Reserves what `new_pages` more delayed pages need: their data blocks
+  // and the growth of the file's worst-case tree blocks. Page lock held.
+  Status reserve_delayed(const InodeRecord& rec, cache::CachedFile& file, uint64_t new_pages);
   // The preallocation window writeback asks for, for a file of this size.
   uint32_t prealloc_window(uint64_t size_blocks) const;
   // write() of a delayed-allocation file: reserve, then copy into the
@@ -200,9 +203,6 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   Status page_mkwrite(uint32_t ino, cache::CachedFile& file, uint64_t index, const vm::MapPages& map);
   Status allocate_for_store(uint32_t ino, cache::CachedFile& file, uint64_t index, const vm::MapPages& map);
   Status fill_page(const InodeRecord& rec, cache::CachedFile& file, uint64_t index);
-  // Reserves what `new_pages` more delayed pages need: their data blocks
-  // and the growth of the file's worst-case tree blocks. Page lock held.
-  Status reserve_delayed(const InodeRecord& rec, cache::CachedFile& file, uint64_t new_pages);
   static void note_store(cache::CachedFile& file);
   // read()/write() with a buffer inside a uext mapping: through a copy.
   Result<size_t> bounce_write(Ino ino, uint64_t offset, std::span<const std::byte> buf);

@@ -102,18 +102,6 @@ Status FilesystemImpl::fill_page(const InodeRecord& rec, CachedFile& file, uint6
   return {};
 }
 
-Status FilesystemImpl::reserve_delayed(const InodeRecord& rec, CachedFile& file, uint64_t new_pages) {
-  const uint64_t bpp = kPageSize / vol_->block_size();
-  const uint64_t total = (file.delayed_pages() + new_pages) * bpp;
-  const uint64_t meta = delalloc_meta(rec, total);
-  const uint64_t extra_meta = meta > file.reserved_meta ? meta - file.reserved_meta : 0;
-  alloc::AllocOptions options;
-  options.use_reserved = vol_->options().use_root_reserve;
-  UEXT_TRY(blocks_->grow(file.reservation, new_pages * bpp + extra_meta, options));
-  file.reserved_meta += extra_meta;
-  return {};
-}
-
 void FilesystemImpl::note_store(CachedFile& file) {
   const disk::Timestamp t = now();
   file.times_pending = true;

@@ -71,6 +71,18 @@ uint32_t FilesystemImpl::prealloc_window(uint64_t size_blocks) const {
   return static_cast<uint32_t>(std::min({8 * size_blocks, kMaxWindowBytes / bs, free / 8}));
 }
 
+Status FilesystemImpl::reserve_delayed(const InodeRecord& rec, CachedFile& file, uint64_t new_pages) {
+  const uint64_t bpp = kPageSize / vol_->block_size();
+  const uint64_t total = (file.delayed_pages() + new_pages) * bpp;
+  const uint64_t meta = delalloc_meta(rec, total);
+  const uint64_t extra_meta = meta > file.reserved_meta ? meta - file.reserved_meta : 0;
+  alloc::AllocOptions options;
+  options.use_reserved = vol_->options().use_root_reserve;
+  UEXT_TRY(blocks_->grow(file.reservation, new_pages * bpp + extra_meta, options));
+  file.reserved_meta += extra_meta;
+  return {};
+}
+
 Result<size_t> FilesystemImpl::cached_write(InodeRecord& rec, uint64_t offset, std::span<const std::byte> buf) {
   const uint32_t ino = rec.ino;
   const uint64_t bs = vol_->block_size();
@@ -105,14 +117,7 @@ Result<size_t> FilesystemImpl::cached_write(InodeRecord& rec, uint64_t offset, s
         const cache::Page* p = file->find(first_page + i);
         if (hole[i] && !(p && (p->flags & cache::kDelayed))) ++new_delayed;
       }
-      const uint64_t total = (file->delayed_pages() + new_delayed) * bpp;
-      const uint64_t meta = delalloc_meta(rec, total);
-      const uint64_t extra_meta = meta > file->reserved_meta ? meta - file->reserved_meta : 0;
-      alloc::AllocOptions options;
-      options.use_reserved = vol_->options().use_root_reserve;
-      UEXT_TRY(blocks_->grow(file->reservation, new_delayed * bpp + extra_meta, options));
-      file->reserved_meta += extra_meta;
-      return {};
+      return reserve_delayed(rec, *file, new_delayed);
     };
     Status reserved = try_reserve(pages_ok);
     if (!reserved.ok() && reserved.error().code() == ENOSPC) {
