@@ -5,7 +5,6 @@
 #include <pthread.h>
 #include <semaphore.h>
 #include <signal.h>
-#include <sys/timerfd.h>
 #include <time.h>
 
 #include <fcntl.h>
@@ -26,9 +25,18 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// How long one request may keep the reading thread before another thread
-// starts reading beside it.
-constexpr auto kStall = std::chrono::milliseconds(1);
+// How long one request may keep the reading thread (blocked: an fsync, a
+// cold read) before another thread starts reading beside it; also how
+// often the watchdog looks while requests flow. Not shorter: each look is
+// a timer and a wakeup, and at 1 ms those cost a VM a third of its
+// requests per second.
+constexpr auto kStall = std::chrono::milliseconds(10);
+// A request that keeps a CPU busy this long (a long copy_file_range, a huge
+// directory) gets a reader beside it anyway, so other programs do not wait
+// for it on a machine with CPUs to spare.
+constexpr auto kBusy = std::chrono::milliseconds(50);
+// Without a request for this long the watchdog sleeps until the next one.
+constexpr auto kIdle = std::chrono::seconds(1);
 
 // Sent to threads blocked in read() on /dev/fuse when the loop ends; the
 // handler does nothing, the point is the EINTR.
@@ -41,32 +49,26 @@ struct Loop {
 
   std::mutex mu;
   std::condition_variable followers;  // threads with no role
-  int timer_fd = -1;                  // the watchdog's alarm: fires kStall after a request was taken
+  std::condition_variable watch;      // the watchdog's wait
   sem_t finish;                       // posted when the session ends
 
   bool exiting = false;
   int error = 0;
   int readers = 0;                      // threads in (or entering) receive
   bool watchdog = false;                // some follower watches for stalls
+  bool watchdog_idle = false;           // ... and sleeps until a request comes
   int waiting_followers = 0;
   Clock::time_point taken = Clock::now();  // when a reader last took a request
   pid_t taker = 0;                         // ... and which thread
   std::vector<pthread_t> threads;
   std::vector<pthread_t> reading;
 
-  void arm(std::chrono::nanoseconds after) {
-    itimerspec t{};
-    t.it_value.tv_sec = static_cast<time_t>(after.count() / 1000000000);
-    t.it_value.tv_nsec = static_cast<long>(after.count() % 1000000000);
-    timerfd_settime(timer_fd, 0, &t, nullptr);
-  }
-
   void stop(int err) {  // mu held
     if (err < 0 && error == 0) error = err;
     if (!exiting) {
       exiting = true;
       followers.notify_all();
-      arm(std::chrono::nanoseconds(1));  // wakes the watchdog now
+      watch.notify_all();
       sem_post(&finish);
     }
   }
@@ -125,25 +127,23 @@ bool become_reader(Loop& l, std::unique_lock<std::mutex>& lock, bool just_served
       --l.waiting_followers;
       continue;
     }
-    // The watchdog sleeps on the timer, which every taken request re-arms:
-    // while requests flow it never fires; it fires once after the last one
-    // (then the reader is back in read() and the watchdog sleeps on), or
-    // when a request has kept the reader for kStall.
-    if (l.readers == 0) {
-      if (Clock::now() - l.taken >= kStall && !runnable(l.taker)) {
-        // The reader is stuck: read beside it, and hand the watch on.
-        l.watchdog = false;
-        if (l.waiting_followers > 0) l.followers.notify_one();
-        else if (l.threads.size() < l.max_threads) spawn(l);
-        break;
-      }
-      l.arm(kStall);  // still busy (or only waiting for a CPU): look again later
+    // The watchdog looks every kStall while requests flow, and sleeps
+    // once the mount has been quiet for kIdle (the next request wakes it).
+    const auto held = Clock::now() - l.taken;
+    if (l.readers == 0 && (held >= kBusy || (held >= kStall && !runnable(l.taker)))) {
+      // The reader is stuck: read beside it, and hand the watch on.
+      l.watchdog = false;
+      if (l.waiting_followers > 0) l.followers.notify_one();
+      else if (l.threads.size() < l.max_threads) spawn(l);
+      break;
     }
-    lock.unlock();
-    uint64_t fired = 0;
-    ssize_t ignored = ::read(l.timer_fd, &fired, sizeof fired);
-    (void)ignored;
-    lock.lock();
+    if (l.readers > 0 && held >= kIdle) {
+      l.watchdog_idle = true;
+      l.watch.wait(lock);
+      l.watchdog_idle = false;
+    } else {
+      l.watch.wait_for(lock, kStall);
+    }
   }
   ++l.readers;
   l.reading.push_back(pthread_self());
@@ -174,7 +174,7 @@ void* worker(void* arg) {
     }
     l.taken = Clock::now();
     l.taker = static_cast<pid_t>(::gettid());
-    l.arm(kStall);
+    if (l.watchdog_idle) l.watch.notify_one();
     lock.unlock();
     fuse_session_process_buf(l.se, &buf);
     lock.lock();
@@ -195,8 +195,6 @@ int serve_requests(fuse_session* se, unsigned max_threads) {
   l.se = se;
   l.max_threads = max_threads < 2 ? 2 : max_threads;  // a reader and a watchdog at least
   sem_init(&l.finish, 0, 0);
-  l.timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
-  if (l.timer_fd < 0) return -errno;
 
   struct sigaction sa {};
   sa.sa_handler = on_wake_signal;
@@ -249,7 +247,6 @@ int serve_requests(fuse_session* se, unsigned max_threads) {
 
   sigaction(wake_signal(), &old_sa, nullptr);
   sem_destroy(&l.finish);
-  ::close(l.timer_fd);
   return l.error;
 }
 

@@ -10,11 +10,11 @@
 // two-CPU machine that cost 4-5 times the requests per second of a single
 // thread (fio psync 4 KiB: about 4,500 IOPS against 19,000). Here the
 // thread that answered a request reads the next one. A watchdog thread
-// sleeps on a timer that each request re-arms for a millisecond, so it
-// wakes only when the reading thread has been blocked that long in one
-// request (an fsync, a cold read, a write that throttles) or the mount has
-// gone quiet; in the first case it starts reading beside it, so slow
-// requests never hold up the others for long.
+// looks every 10 ms while requests flow (and sleeps when the mount is
+// quiet): when the reading thread has been blocked that long in one
+// request (an fsync, a cold read, a write that throttles), or busy for
+// 50 ms, it starts reading beside it, so slow requests do not hold up the
+// others for long.
 #pragma once
 
 struct fuse_session;
