@@ -30,6 +30,8 @@ using cache::kPageSize;
 
 namespace {
 
+constexpr uint64_t kDeviceWriteBytes = 1 << 20;
+
 // The extent root's depth and entry count (i_block holds the header).
 std::pair<uint16_t, uint16_t> extent_root(const disk::Inode& in) {
   auto raw = in.i_block_bytes();
@@ -226,7 +228,14 @@ Status FilesystemImpl::write_dirty_runs(InodeRecord& rec, CachedFile& file) {
         for (const auto& r : runs) {
           if (r.physical == 0) return Error(EIO, fmt::format("inode {}: block {} left unmapped", ino, r.logical));
           const std::byte* src = file.data(0) + r.logical * bs;
-          UEXT_TRY(vol_->device().write(r.physical * bs, std::span<const std::byte>(src, r.length * bs)));
+          // In pieces of at most 1 MiB: single pwrites of 2 MiB and more
+          // into the image's page cache were often several times slower
+          // per byte here (1 GiB: 1.3-3.7 s against 0.3 s).
+          for (uint64_t done = 0; done < r.length * bs;) {
+            const uint64_t n = std::min<uint64_t>(r.length * bs - done, kDeviceWriteBytes);
+            UEXT_TRY(vol_->device().write(r.physical * bs + done, std::span<const std::byte>(src + done, n)));
+            done += n;
+          }
           unwritten |= r.unwritten;
           mapped = r.logical + r.length - pos;
         }
