@@ -6,7 +6,10 @@
 // buffer in a mapping of the very file passes through read() and write()
 // without deadlock. Every test runs with userfaultfd and with the signal
 // fallback, and ends with e2fsck -fn and dumpe2fs -h on the image.
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
 #include <cstring>
 #include <future>
 #include <string>
@@ -188,6 +191,38 @@ TEST_P(MmapTest, PastTheEndOfFileRaisesSigbus) {
   EXPECT_FALSE(try_read(m->data() + 2 * kPage + 5, &b));
   EXPECT_FALSE(try_fill(m->data() + 3 * kPage, std::byte{1}, 1, &fault));
   EXPECT_EQ(fault, reinterpret_cast<uintptr_t>(m->data() + 3 * kPage));
+  m.reset();
+  ASSERT_TRUE(fs->close().ok());
+  expect_fsck_clean(image_);
+}
+
+TEST_P(MmapTest, SystemCallsIntoARefusedPageGetEfault) {
+  make_image(image_, {"-t", "ext4", "-b", "4096"}, "64M");
+  auto fs = open_writable(image_, options());
+  ASSERT_TRUE(fs);
+  Ino ino = create(*fs, "short", kPage);
+  auto m = map(*fs, ino, 3 * kPage);
+  ASSERT_TRUE(m);
+  // Stored into once, so that the kernel may store into it too (with the
+  // signal fallback the kernel's own accesses fault only with EFAULT).
+  ASSERT_TRUE(try_fill(m->data() + 10, std::byte{'a'}, 1));
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  auto call = std::async(std::launch::async, [&] {
+    // The kernel stores into page 2, past the end of the file.
+    EXPECT_EQ(::write(fds[1], "xy", 2), 2);
+    errno = 0;
+    const ssize_t n = ::read(fds[0], m->data() + 2 * kPage, 1);
+    EXPECT_EQ(n, -1);
+    EXPECT_EQ(errno, EFAULT);
+    // A page inside the file takes the byte the failed read left in the pipe.
+    EXPECT_EQ(::read(fds[0], m->data() + 10, 1), 1);
+  });
+  ASSERT_EQ(call.wait_for(std::chrono::seconds(20)), std::future_status::ready) << "the system call never returned";
+  call.get();
+  EXPECT_EQ(m->data()[10], std::byte{'x'});
+  ::close(fds[0]);
+  ::close(fds[1]);
   m.reset();
   ASSERT_TRUE(fs->close().ok());
   expect_fsck_clean(image_);

@@ -9,7 +9,11 @@
 // every clean page (page_mkwrite): a store that needs a block the
 // filesystem cannot give (ENOSPC) raises SIGBUS in the storing thread with
 // si_addr at the page, and the page stays as it was. Accesses past the end
-// of the file raise SIGBUS too. The handler may siglongjmp out.
+// of the file raise SIGBUS too. The handler may siglongjmp out. A system
+// call that touches such a page fails with EFAULT, as on Linux. With
+// FaultHandling::kSignal a system call also gets EFAULT from a page the
+// program has not touched yet (the kernel does not raise SIGSEGV for its
+// own accesses): touch pages before handing them to the kernel.
 //
 // Rules, as for mmap(2): unmap (destroy the Mapping) before closing the
 // Filesystem (close() writes mapped data back and detaches what is left);

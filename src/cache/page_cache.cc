@@ -126,6 +126,15 @@ Status CachedFile::write_protect(uint64_t first, uint64_t end) {
   return {};
 }
 
+void CachedFile::set_size(uint64_t new_size) {
+  const bool grew = !size_known || new_size > size;
+  size = new_size;
+  size_known = true;
+  if (grew) {
+    for (PageMapper* m : mappers_) m->grew();
+  }
+}
+
 uint64_t CachedFile::drop(uint64_t first, uint64_t end) {
   uint64_t delayed = 0;
   if (first >= end) return 0;

@@ -63,6 +63,8 @@ class PageMapper {
   // Pages [first, end) are leaving the cache: the next access must fault
   // (and find the page anew) rather than see a fresh zero page.
   virtual void unmap(uint64_t first, uint64_t end) = 0;
+  // The file grew: pages refused for lying past the old end may be used now.
+  virtual void grew() = 0;
 };
 
 // One inode's cached pages. Every member is guarded by `mu`.
@@ -107,6 +109,8 @@ class CachedFile {
   bool mapped() const { return !mappers_.empty(); }
   // page_mkclean over pages [first, end) in every mapping.
   Status write_protect(uint64_t first, uint64_t end);
+  // Sets the in-memory size; mappings hear when it grows.
+  void set_size(uint64_t new_size);
 
   const std::map<uint64_t, Page>& pages() const { return pages_; }
   uint64_t dirty_pages() const { return dirty_; }

@@ -176,7 +176,7 @@ Result<size_t> FilesystemImpl::write(Ino ino, uint64_t offset, std::span<const s
       const uint64_t to = std::min(end, page_start + cache::kPageSize);
       std::memcpy(file->data(it->first) + (from - page_start), buf.data() + (from - offset), to - from);
     }
-    if (file->size_known) file->size = std::max(file->size, end);
+    if (file->size_known) file->set_size(std::max(file->size, end));
   }
   return buf.size();
 }

@@ -267,8 +267,7 @@ Status FilesystemImpl::truncate_locked(InodeRecord& rec, uint64_t size) {
     if (size % cache::kPageSize != 0) {
       file->zero(size / cache::kPageSize, static_cast<uint32_t>(size % cache::kPageSize), cache::kPageSize);
     }
-    file->size = size;
-    file->size_known = true;
+    file->set_size(size);
     file->times_pending = false;  // the truncate sets them, later
     const uint64_t bpp = cache::kPageSize / vol_->block_size();
     const uint64_t delayed_blocks = file->delayed_pages() * bpp;

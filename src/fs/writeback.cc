@@ -163,7 +163,7 @@ Result<size_t> FilesystemImpl::cached_write(InodeRecord& rec, uint64_t offset, s
     std::memcpy(file->data(index) + (from - page_start), buf.data() + (from - offset), to - from);
     file->mark_dirty(*page, hole[i]);
   }
-  file->size = std::max(file->size, write_end);
+  file->set_size(std::max(file->size, write_end));
   const disk::Timestamp t = now();
   file->times_pending = true;
   file->mtime_sec = t.sec;

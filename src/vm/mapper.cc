@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -165,6 +166,12 @@ void MapState::unmap(uint64_t first, uint64_t end) {
   if (mprotect(reinterpret_cast<void*>(address_of(first)), (end - first) * kPage, PROT_NONE) != 0) {
     std::fprintf(stderr, "uext: hiding dropped pages of inode %u from a mapping failed: %s\n", request_.ino,
                  std::strerror(errno));
+  }
+}
+
+void MapState::grew() {
+  if (live_ && mapper_->mode() == FaultHandling::kUserfaultfd) {
+    mapper_->clear_poison(reinterpret_cast<uintptr_t>(base_), reinterpret_cast<uintptr_t>(base_) + length_);
   }
 }
 
@@ -340,18 +347,93 @@ bool Mapper::serve(MapState& m, uintptr_t address, bool store, bool wp_fault, pi
   Status done = m.live() ? pager_.fault(m.request().ino, index, m.first_page(), m.end_page(), page_store, map_pages)
                          : Status(Error(EIO, "the filesystem was closed"));
   if (uffd) {
-    // The signal is queued before the wake-up, so the thread takes it
-    // instead of retrying the store.
-    if (!done.ok()) send_sigbus(tid, page_addr);
-    (void)uffd_.wake(page_addr, kPage);
+    if (done.ok()) {
+      (void)uffd_.wake(page_addr, kPage);
+    } else {
+      refuse(page_addr, tid);
+    }
   }
   return done.ok();
+}
+
+namespace {
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// How long a refused page stays poisoned: long enough for the woken thread
+// to run into it; if it comes later, the next fault is refused again.
+constexpr int64_t kPoisonMs = 20;
+
+}  // namespace
+
+void Mapper::refuse(uintptr_t page, pid_t tid) {
+  if (uffd_.can_poison()) {
+    {
+      std::lock_guard lock(refusals_mu_);
+      poisoned_.emplace_back(page, now_ms() + kPoisonMs);
+    }
+    // Poison wakes the thread; the kernel raises SIGBUS (BUS_ADRERR, the
+    // exact address) for a store of the program's and fails a system
+    // call with EFAULT, as for a refused page_mkwrite.
+    if (uffd_.poison(page, kPage).ok()) return;
+  }
+  // Without poison: a queued SIGBUS, then the wake-up, so the thread takes
+  // the signal instead of retrying the store. (A system call touching the
+  // page would retry; kernels since 6.6 have poison.)
+  send_sigbus(tid, page);
+  (void)uffd_.wake(page, kPage);
+}
+
+void Mapper::clear_poison(uintptr_t start, uintptr_t end) {
+  std::vector<uintptr_t> pages;
+  {
+    std::lock_guard lock(refusals_mu_);
+    for (auto it = poisoned_.begin(); it != poisoned_.end();) {
+      if (it->first >= start && it->first < end) {
+        pages.push_back(it->first);
+        it = poisoned_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (uintptr_t page : pages) (void)uffd_.clear(page, kPage);
+}
+
+void Mapper::clear_expired_poison() {
+  std::vector<uintptr_t> expired;
+  {
+    std::lock_guard lock(refusals_mu_);
+    const int64_t now = now_ms();
+    for (auto it = poisoned_.begin(); it != poisoned_.end();) {
+      if (it->second <= now) {
+        expired.push_back(it->first);
+        it = poisoned_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (uintptr_t page : expired) {
+    // Only while the page still belongs to a live mapping of this mapper.
+    auto m = registry_find(page);
+    if (m && &m->mapper() == this && m->live()) (void)uffd_.clear(page, kPage);
+  }
 }
 
 void Mapper::handler_loop() {
   pollfd fds[2] = {{uffd_.fd(), POLLIN, 0}, {stop_fd_, POLLIN, 0}};
   for (;;) {
-    if (poll(fds, 2, -1) < 0) {
+    bool poison_pending = false;
+    {
+      std::lock_guard lock(refusals_mu_);
+      poison_pending = !poisoned_.empty();
+    }
+    if (poison_pending) clear_expired_poison();
+    if (poll(fds, 2, poison_pending ? static_cast<int>(kPoisonMs) : -1) < 0) {
       if (errno == EINTR) continue;
       return;
     }

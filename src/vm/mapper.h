@@ -47,6 +47,7 @@ class MapState final : public cache::PageMapper {
   MapState(std::shared_ptr<Mapper> mapper, MapRequest request, std::byte* base, size_t length);
   Status write_protect(uint64_t first, uint64_t end) override;
   void unmap(uint64_t first, uint64_t end) override;
+  void grew() override;
 
   // The user's handle is gone (munmap), or the filesystem is closing (detach).
   void destroy();
@@ -101,6 +102,16 @@ class Mapper : public std::enable_shared_from_this<Mapper> {
 
  private:
   void handler_loop();
+  // A refused fault: the page is poisoned for a moment (the kernel then
+  // gives the thread SIGBUS, or EFAULT to a system call), or, on kernels
+  // without poison, SIGBUS is queued to the thread.
+  void refuse(uintptr_t page, pid_t tid);
+  void clear_expired_poison();
+ public:
+  // Clears at once the poison of refused pages in [start, end).
+  void clear_poison(uintptr_t start, uintptr_t end);
+
+ private:
   Pager& pager_;
   FaultHandling mode_ = FaultHandling::kSignal;
   Userfaultfd uffd_;
@@ -109,6 +120,8 @@ class Mapper : public std::enable_shared_from_this<Mapper> {
   std::mutex mu_;  // guards maps_ and detached_ (a leaf lock)
   std::vector<MapState*> maps_;
   bool detached_ = false;
+  std::mutex refusals_mu_;  // guards poisoned_ (a leaf lock)
+  std::vector<std::pair<uintptr_t, int64_t>> poisoned_;  // page, clear after (ms)
 };
 
 // Sends SIGBUS (si_addr = `address`) to thread `tid` of this process.

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -18,6 +19,15 @@
 #ifndef UFFDIO_CONTINUE_MODE_WP
 #define UFFDIO_CONTINUE_MODE_WP ((__u64)1 << 1)
 #endif
+#ifndef UFFD_FEATURE_POISON
+#define UFFD_FEATURE_POISON (1 << 14)
+struct uffdio_poison {
+  struct uffdio_range range;
+  __u64 mode;
+  __s64 updated;
+};
+#define UFFDIO_POISON _IOWR(UFFDIO, 0x08, struct uffdio_poison)
+#endif
 
 namespace uext::vm {
 
@@ -31,6 +41,15 @@ Error ioctl_error(const char* what, uintptr_t addr, size_t len) {
 }  // namespace
 
 Result<Userfaultfd> Userfaultfd::open() {
+  // Poisoning is wanted but optional: a kernel without it refuses the
+  // whole feature set, so ask again without it (a fresh fd: the API
+  // handshake happens once).
+  auto u = open_with(true);
+  if (!u.ok() && u.error().code() == EINVAL) return open_with(false);
+  return u;
+}
+
+Result<Userfaultfd> Userfaultfd::open_with(bool poison) {
   Userfaultfd u;
   u.fd_ = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
   if (u.fd_ < 0 && errno == EPERM) {
@@ -46,11 +65,13 @@ Result<Userfaultfd> Userfaultfd::open() {
   api.api = UFFD_API;
   api.features = UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM |
                  UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_PAGEFAULT_FLAG_WP;
+  if (poison) api.features |= UFFD_FEATURE_POISON;
   if (ioctl(u.fd_, UFFDIO_API, &api) != 0) {
     const int e = errno;
     return Error(e, fmt::format("userfaultfd: the kernel lacks minor or write-protect faults on shared memory: {}",
                                 std::strerror(e)));
   }
+  u.can_poison_ = poison;
   return u;
 }
 
@@ -59,6 +80,7 @@ Userfaultfd& Userfaultfd::operator=(Userfaultfd&& o) noexcept {
     if (fd_ >= 0) ::close(fd_);
     fd_ = o.fd_;
     user_mode_only_ = o.user_mode_only_;
+    can_poison_ = o.can_poison_;
     o.fd_ = -1;
   }
   return *this;
@@ -121,6 +143,25 @@ Status Userfaultfd::write_protect(uintptr_t addr, size_t len, bool protect, bool
 Status Userfaultfd::wake(uintptr_t addr, size_t len) {
   uffdio_range range{addr, len};
   if (ioctl(fd_, UFFDIO_WAKE, &range) != 0) return ioctl_error("wake", addr, len);
+  return {};
+}
+
+Status Userfaultfd::poison(uintptr_t addr, size_t len) {
+  // A write-protected entry would leave a marker behind when dropped, and
+  // poison needs an empty slot: un-protect, drop, then poison.
+  (void)write_protect(addr, len, false, false);  // fails harmlessly where stores are not tracked
+  UEXT_TRY(clear(addr, len));
+  uffdio_poison p{};
+  p.range.start = addr;
+  p.range.len = len;
+  while (ioctl(fd_, UFFDIO_POISON, &p) != 0) {
+    if (errno != EAGAIN) return ioctl_error("poison", addr, len);
+  }
+  return {};
+}
+
+Status Userfaultfd::clear(uintptr_t addr, size_t len) {
+  if (madvise(reinterpret_cast<void*>(addr), len, MADV_DONTNEED) != 0) return ioctl_error("drop", addr, len);
   return {};
 }
 

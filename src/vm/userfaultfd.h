@@ -27,7 +27,10 @@ class Userfaultfd {
   // what the kernel refused (EPERM without privilege, EINVAL on old kernels).
   static Result<Userfaultfd> open();
   Userfaultfd() = default;
-  Userfaultfd(Userfaultfd&& o) noexcept : fd_(o.fd_), user_mode_only_(o.user_mode_only_) { o.fd_ = -1; }
+  Userfaultfd(Userfaultfd&& o) noexcept
+      : fd_(o.fd_), user_mode_only_(o.user_mode_only_), can_poison_(o.can_poison_) {
+    o.fd_ = -1;
+  }
   Userfaultfd& operator=(Userfaultfd&& o) noexcept;
   ~Userfaultfd();
 
@@ -45,12 +48,23 @@ class Userfaultfd {
   // Write-protects (or un-protects) mapped pages of the range.
   Status write_protect(uintptr_t addr, size_t len, bool protect, bool wake);
   Status wake(uintptr_t addr, size_t len);
+  // Whether the kernel can poison pages (UFFDIO_POISON, Linux 6.6).
+  bool can_poison() const { return can_poison_; }
+  // Refuses a page the way the kernel refuses one: later accesses get
+  // SIGBUS (BUS_ADRERR) in user code and EFAULT inside system calls. The
+  // page's mapping entry is dropped first; clear() undoes the poison.
+  Status poison(uintptr_t addr, size_t len);
+  // Drops the mapping's entries for the range (the memfd keeps the data):
+  // the next access faults again.
+  Status clear(uintptr_t addr, size_t len);
   // Reads one event; false when there is none (the fd is non-blocking).
   Result<bool> read_event(FaultEvent& event);
 
  private:
+  static Result<Userfaultfd> open_with(bool poison);
   int fd_ = -1;
   bool user_mode_only_ = false;
+  bool can_poison_ = false;
 };
 
 }  // namespace uext::vm
