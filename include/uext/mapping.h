@@ -8,7 +8,7 @@
 // uext learns of the first access to every page and of the first store to
 // every clean page (page_mkwrite): a store that needs a block the
 // filesystem cannot give (ENOSPC) raises SIGBUS in the storing thread with
-// si_addr at the page, and the page stays as it was. Accesses past the end
+// si_addr at the store, and the page stays as it was. Accesses past the end
 // of the file raise SIGBUS too. The handler may siglongjmp out. A system
 // call that touches such a page fails with EFAULT, as on Linux. With
 // FaultHandling::kSignal a system call also gets EFAULT from a page the
