@@ -41,6 +41,15 @@ if [ -d "$tree" ]; then
   diff -r "$tree" "$work/copy" --exclude=lost+found && echo "uext get reproduced the tree exactly"
 fi
 
+# Mappings: the seed scenario of page_mkwrite, on a small image of its own
+# (it fills the filesystem): stores into a mapped sparse file until the
+# first page that cannot get a block raises SIGBUS; nothing before it lost.
+mke2fs -F -q -t ext4 "$work/mmap.img" 32M
+set -x
+"$uext" demo mmap-enospc "$work/mmap.img"
+set +x
+e2fsck -fn "$work/mmap.img" >/dev/null && echo "e2fsck: mmap.img is clean"
+
 # uext mount: the image as a filesystem, through FUSE.
 if [ ! -w /dev/fuse ] || ! command -v fusermount3 >/dev/null; then
   echo "skipping the uext mount demo: /dev/fuse or fusermount3 is missing"
