@@ -6,6 +6,8 @@
 // buffer in a mapping of the very file passes through read() and write()
 // without deadlock. Every test runs with userfaultfd and with the signal
 // fallback, and ends with e2fsck -fn and dumpe2fs -h on the image.
+#include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -272,6 +274,38 @@ TEST_P(MmapTest, UnlinkedWhileMappedLivesUntilUnmapped) {
   m.reset();  // the last reference: the inode and its blocks go
   ASSERT_TRUE(fs->sync().ok());
   EXPECT_EQ(fs->statfs()->free_blocks, before->free_blocks);
+  ASSERT_TRUE(fs->close().ok());
+  expect_fsck_clean(image_);
+}
+
+TEST_P(MmapTest, ProtectAndForkFollowTheRules) {
+  make_image(image_, {"-t", "ext4", "-b", "4096"}, "64M");
+  auto fs = open_writable(image_, options());
+  ASSERT_TRUE(fs);
+  Ino ino = create(*fs, "f", 4 * kPage);
+  auto rw = map(*fs, ino, 4 * kPage);
+  auto ro = map(*fs, ino, 4 * kPage, kProtRead);
+  ASSERT_TRUE(rw && ro);
+  EXPECT_EQ(ro->protect(kProtRead | kProtWrite).error().code(), EACCES);
+  EXPECT_EQ(rw->protect(0x8).error().code(), EINVAL);
+  ASSERT_TRUE(rw->protect(kProtRead).ok());
+  ASSERT_TRUE(rw->protect(kProtRead | kProtWrite).ok());
+  ASSERT_TRUE(try_fill(rw->data() + kPage, std::byte{'w'}, kPage));
+  EXPECT_EQ(ro->data()[kPage + 1], std::byte{'w'});
+  EXPECT_EQ(rw->sync(kSyncNow | kSyncAsync).error().code(), EINVAL);
+  // A child does not inherit the mapping (it would store behind uext's back).
+  const uintptr_t address = reinterpret_cast<uintptr_t>(rw->data());
+  pid_t child = fork();
+  if (child == 0) {
+    // The range is no mapping in the child: mincore fails with ENOMEM.
+    unsigned char vec[4];
+    _exit(mincore(reinterpret_cast<void*>(address), 4 * kPage, vec) == -1 && errno == ENOMEM ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the child inherited the mapping";
+  rw.reset();
+  ro.reset();
   ASSERT_TRUE(fs->close().ok());
   expect_fsck_clean(image_);
 }
