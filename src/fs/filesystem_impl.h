@@ -202,7 +202,7 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
                   const vm::MapPages& map);
   Status page_mkwrite(uint32_t ino, cache::CachedFile& file, uint64_t index, const vm::MapPages& map);
   Status allocate_for_store(uint32_t ino, cache::CachedFile& file, uint64_t index, const vm::MapPages& map);
-  Status fill_page(const InodeRecord& rec, cache::CachedFile& file, uint64_t index);
+  Status fill_pages(const InodeRecord& rec, cache::CachedFile& file, uint64_t first, uint64_t end);
   static void note_store(cache::CachedFile& file);
   // read()/write() with a buffer inside a uext mapping: through a copy.
   Result<size_t> bounce_write(Ino ino, uint64_t offset, std::span<const std::byte> buf);

@@ -257,8 +257,6 @@ Status FilesystemImpl::truncate_locked(InodeRecord& rec, uint64_t size) {
       std::lock_guard lock(file->mu);
       UEXT_TRY(file->write_protect(old_end / cache::kPageSize, old_end / cache::kPageSize + 1));
     }
-  }
-  if (auto file = cache_ ? cache_->get(rec.ino, false) : nullptr) {
     // Cached pages past the new end go (their reservations with them), the
     // tail of a partial last page reads zeros; the cached size follows.
     std::lock_guard lock(file->mu);

@@ -85,19 +85,28 @@ Result<std::unique_ptr<Mapping>> FilesystemImpl::map_file(Ino ino, uint64_t offs
   return mapping;
 }
 
-// Puts page `index` in the cache as the disk has it (a hole or the part
-// past the disk's end of file reads as zeros). Page lock held.
-Status FilesystemImpl::fill_page(const InodeRecord& rec, CachedFile& file, uint64_t index) {
-  if (file.present(index)) return {};
-  UEXT_TRY(file.ensure(index + 1));
-  file.add(index);
-  const uint64_t start = index * kPageSize;
-  if (start < rec.inode.i_size) {
-    auto n = read_data(rec, start, std::span<std::byte>(file.data(index), kPageSize));
-    if (!n.ok()) {
-      file.drop(index, index + 1);
-      return std::move(n).error();
+// Puts pages [first, end) in the cache as the disk has them (holes and
+// the part past the disk's end of file read as zeros), each run of absent
+// pages with one read. Page lock held.
+Status FilesystemImpl::fill_pages(const InodeRecord& rec, CachedFile& file, uint64_t first, uint64_t end) {
+  UEXT_TRY(file.ensure(end));
+  uint64_t p = first;
+  while (p < end) {
+    if (file.present(p)) {
+      ++p;
+      continue;
     }
+    uint64_t q = p;
+    while (q < end && !file.present(q)) file.add(q++);
+    const uint64_t start = p * kPageSize;
+    if (start < rec.inode.i_size) {
+      auto n = read_data(rec, start, std::span<std::byte>(file.data(p), (q - p) * kPageSize));
+      if (!n.ok()) {
+        file.drop(p, q);
+        return std::move(n).error();
+      }
+    }
+    p = q;
   }
   return {};
 }
@@ -132,16 +141,13 @@ Status FilesystemImpl::fault_in(uint32_t ino, CachedFile& file, uint64_t index, 
   if (index >= eof_pages) {
     return Error(EFAULT, fmt::format("inode {}: page {} is past the end of the file ({} bytes)", ino, index, size));
   }
-  UEXT_TRY(fill_page(rec, file, index));
-  const uint64_t first = std::max(lo, index / kFaultAround * kFaultAround);
+  UEXT_TRY(fill_pages(rec, file, index, index + 1));
+  uint64_t first = std::max(lo, index / kFaultAround * kFaultAround);
   uint64_t end = std::min({hi, first + kFaultAround, eof_pages});
-  for (uint64_t p = first; p < end; ++p) {
-    // A neighbour that cannot be read is left for its own fault.
-    if (!fill_page(rec, file, p).ok()) {
-      if (p < index) return map(index, index + 1, false);
-      end = p;
-      break;
-    }
+  // Neighbours that cannot be read are left for their own faults.
+  if (!fill_pages(rec, file, first, end).ok()) {
+    first = index;
+    end = index + 1;
   }
   file.last_used_ms = cache::PageCache::now_ms();
   return map(first, end, false);
@@ -159,7 +165,7 @@ Status FilesystemImpl::page_mkwrite(uint32_t ino, CachedFile& file, uint64_t ind
     if (index >= pages_for(size)) {
       return Error(EFAULT, fmt::format("inode {}: page {} is past the end of the file ({} bytes)", ino, index, size));
     }
-    UEXT_TRY(fill_page(rec, file, index));
+    UEXT_TRY(fill_pages(rec, file, index, index + 1));
     cache::Page& page = *file.find(index);
     if (!(page.flags & cache::kDirty)) {
       // Blocks already there (written or unwritten) need nothing more.
@@ -218,7 +224,7 @@ Status FilesystemImpl::allocate_for_store(uint32_t ino, CachedFile& file, uint64
   return in_handle(h, [&]() -> Status {
     std::lock_guard page_lock(file.mu);
     // The inode lock keeps the size as it was read above.
-    UEXT_TRY(fill_page(rec, file, index));
+    UEXT_TRY(fill_pages(rec, file, index, index + 1));
     MapOptions options;
     options.max_new_extents = k;
     UEXT_ASSIGN_OR_RETURN(auto runs, map_or_allocate(*vol_, h, rec, first_block, count, *blocks_, options));

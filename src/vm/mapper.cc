@@ -190,6 +190,7 @@ Status MapState::protect(int prot) {
   if ((prot & kProtWrite) && (request_.flags & kMapShared) && !(request_.prot & kProtWrite)) {
     return Error(EACCES, "mprotect: the shared mapping was made without write access");
   }
+  if (!live_) return Error(EIO, "mprotect: the filesystem was closed under the mapping");
   if (mapper_->mode() == FaultHandling::kSignal) {
     // Every page faults again and is mapped within the new bounds.
     std::lock_guard lock(request_.file->mu);
