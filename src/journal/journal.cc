@@ -20,6 +20,7 @@ Handle& Handle::operator=(Handle&& other) noexcept {
     tid_ = other.tid_;
     credits_ = other.credits_;
     used_ = other.used_;
+    revokes_ = other.revokes_;
     touched_ = std::move(other.touched_);
   }
   return *this;
@@ -130,7 +131,11 @@ Result<Handle> Journal::start(uint32_t credits) {
       changed_.wait(lock);
       continue;
     }
-    if (running_ && running_->credits + credits > max_transaction_) {
+    // A transaction with nothing in it takes any handle start() accepts:
+    // a quarter of the log leaves room for its descriptors and revokes.
+    if (running_ && has_log_ &&
+        (running_->open_handles > 0 || !running_->blocks.empty() || !running_->revoked.empty()) &&
+        worst_case_blocks(*running_, credits) > max_transaction_) {
       UEXT_TRY(commit_locked(lock));
       continue;
     }
@@ -141,8 +146,31 @@ Result<Handle> Journal::start(uint32_t credits) {
     running_->tid = next_tid_++;
   }
   running_->open_handles++;
-  running_->credits += credits;
+  running_->reserved += credits;
+  running_->revoke_reserved += credits;
   return Handle(this, running_->tid, credits);
+}
+
+uint64_t Journal::log_blocks_for(uint64_t n, uint64_t r) const {
+  size_t tag = format_.tag_bytes();
+  size_t usable = format_.usable_bytes() - disk::kJbd2HeaderSize;
+  // The first tag of each descriptor carries the 16-byte UUID.
+  uint64_t per_descriptor = 1 + (usable - tag - 16) / tag;
+  uint64_t descriptors = (n + per_descriptor - 1) / per_descriptor;
+  uint64_t per_revoke = disk::revoke_records_per_block(format_);
+  uint64_t revokes = (r + per_revoke - 1) / per_revoke;
+  return n + descriptors + revokes + 1;
+}
+
+uint64_t Journal::worst_case_blocks(const Transaction& tx, uint32_t credits) const {
+  return log_blocks_for(tx.blocks.size() + tx.reserved + credits,
+                        tx.revoked.size() + tx.revoke_reserved + credits);
+}
+
+uint64_t Journal::running_worst_case() const {
+  std::lock_guard lock(mu_);
+  if (!running_ || !has_log_) return 0;
+  return worst_case_blocks(*running_, 0);
 }
 
 Journal::Transaction* Journal::transaction_of(uint32_t tid) {
@@ -160,13 +188,19 @@ Status Journal::record_change(Handle& h, uint64_t block, bool fresh, const buffe
       return Error(EINVAL, fmt::format("journal: handle ran out of its {} credits changing block {}",
                                        h.credits_, block));
     }
-    h.used_++;
-    h.touched_.insert(block);
   }
   UEXT_TRY(cache_.modify(block, fresh, edit));
   std::lock_guard lock(mu_);
   Transaction* tx = transaction_of(h.tid_);
   if (!tx) return Error(EINVAL, "journal: handle outlived its transaction");
+  if (h.touched_.insert(block).second) {
+    // One credit less that this handle may still use. A block the
+    // transaction already holds costs its log nothing more; a block
+    // revoked and changed again by the same handle is counted again by
+    // blocks.size() only after the revoke took it out.
+    h.used_++;
+    tx->reserved--;
+  }
   tx->blocks.insert(block);
   // A revoke hides every logged copy up to its own transaction, this one's
   // included: a block freed and reused as metadata within one transaction
@@ -184,7 +218,15 @@ Status Journal::record_revoke(Handle& h, uint64_t block) {
   tx->blocks.erase(block);
   checkpoint_.erase(block);
   cache_.forget(block);
-  if (has_log_) tx->revoked.insert(block);
+  if (has_log_ && tx->revoked.insert(block).second) {
+    // Revokes beyond the handle's credits are still recorded (a freed
+    // block must never be replayed over), and counted by revoked.size():
+    // the next start() sees them. Each record takes 4 or 8 bytes, so the
+    // three quarters of the log above max_transaction_blocks() hold
+    // hundreds of thousands of such excess records.
+    if (h.revokes_ < h.credits_) tx->revoke_reserved--;
+    h.revokes_++;
+  }
   return {};
 }
 
@@ -195,9 +237,10 @@ void Journal::stop_handle(Handle& h) {
     if (Transaction* tx = transaction_of(h.tid_)) {
       tx->open_handles--;
       // Credits the handle did not use go back, as jbd2 does: what stays
-      // counted is the blocks it changed, so worst-case estimates do not
-      // fill a transaction with a few operations.
-      tx->credits -= h.credits_ - std::min(h.used_, h.credits_);
+      // counted is the blocks in the transaction, so worst-case estimates
+      // do not fill a transaction with a few operations.
+      tx->reserved -= h.credits_ - h.used_;
+      tx->revoke_reserved -= h.credits_ - std::min(h.revokes_, h.credits_);
     }
     // Only a commit waits for handles to stop.
     wake = committing_;
@@ -238,7 +281,16 @@ Status Journal::commit_locked(std::unique_lock<base::OrderedMutex>& lock) {
     if (result.ok()) {
       lock.unlock();
       if (has_log_) {
-        if (log_blocks_needed(*tx) > log_free()) result = checkpoint_locked();
+        uint32_t needed = log_blocks_needed(*tx);
+        if (needed > jsb_.log_end() - jsb_.s_first) {
+          // start() keeps transactions far below this; writing it would
+          // wrap over its own beginning.
+          result = Error(kErrCorrupted, fmt::format("journal: transaction {} needs {} log blocks, "
+                                                    "more than the log's {}", tx->tid, needed,
+                                                    jsb_.log_end() - jsb_.s_first));
+        } else if (needed > log_free()) {
+          result = checkpoint_locked();
+        }
         if (result.ok()) result = write_transaction(*tx, versions);
       } else {
         std::map<uint64_t, buffer::BlockRef> home;
@@ -271,15 +323,7 @@ Status Journal::commit_locked(std::unique_lock<base::OrderedMutex>& lock) {
 }
 
 uint32_t Journal::log_blocks_needed(const Transaction& tx) const {
-  size_t tag = format_.tag_bytes();
-  size_t usable = format_.usable_bytes() - disk::kJbd2HeaderSize;
-  // The first tag of each descriptor carries the 16-byte UUID.
-  size_t per_descriptor = 1 + (usable - tag - 16) / tag;
-  size_t n = tx.blocks.size();
-  size_t descriptors = (n + per_descriptor - 1) / per_descriptor;
-  size_t per_revoke = disk::revoke_records_per_block(format_);
-  size_t revokes = (tx.revoked.size() + per_revoke - 1) / per_revoke;
-  return static_cast<uint32_t>(n + descriptors + revokes + 1);
+  return static_cast<uint32_t>(log_blocks_for(tx.blocks.size(), tx.revoked.size()));
 }
 
 uint32_t Journal::log_free() const {
@@ -378,6 +422,7 @@ Status Journal::write_transaction(const Transaction& tx, const std::vector<buffe
   std::lock_guard lock(mu_);
   stats_.blocks_logged += tx.blocks.size();
   stats_.revokes_logged += tx.revoked.size();
+  stats_.largest_commit_blocks = std::max<uint64_t>(stats_.largest_commit_blocks, log_blocks + 1);
   return {};
 }
 

@@ -85,7 +85,8 @@ class Handle {
   Journal* journal_ = nullptr;
   uint32_t tid_ = 0;
   uint32_t credits_ = 0;
-  uint32_t used_ = 0;
+  uint32_t used_ = 0;      // distinct blocks changed (at most credits_)
+  uint32_t revokes_ = 0;   // revoke records added to the transaction
   std::set<uint64_t> touched_;
 };
 
@@ -94,6 +95,9 @@ struct JournalStats {
   uint64_t checkpoints = 0;
   uint64_t blocks_logged = 0;
   uint64_t revokes_logged = 0;
+  // The most log blocks one commit wrote (descriptors, blocks, revoke
+  // blocks and the commit block).
+  uint64_t largest_commit_blocks = 0;
 };
 
 class Journal {
@@ -111,8 +115,13 @@ class Journal {
                                                    const JournalOptions& options);
   ~Journal();
 
-  // Starts a handle that may change up to `credits` blocks. Waits while
-  // the running transaction is full or committing.
+  // Starts a handle that may change up to `credits` blocks (and revoke as
+  // many). Waits while a commit runs; commits first when the running
+  // transaction, with every open handle using all its credits and this one
+  // joining, could need more than max_transaction_blocks() of log. A
+  // stopped handle's unused credits go back, so a transaction closes on
+  // the blocks its handles really changed (each counted once however many
+  // handles change it), not on their worst-case estimates.
   Result<Handle> start(uint32_t credits);
 
   // Commits the running transaction (if it holds changes) and waits until
@@ -130,12 +139,20 @@ class Journal {
   uint32_t last_committed_tid() const { return last_committed_.load(std::memory_order_acquire); }
   uint32_t max_transaction_blocks() const { return max_transaction_; }
   JournalStats stats() const;
+  // The running transaction's worst-case log blocks (0 without one or
+  // without a log): what a commit now could need at most. For tests.
+  uint64_t running_worst_case() const;
 
  private:
   struct Transaction {
     uint32_t tid = 0;
     uint32_t open_handles = 0;
-    uint32_t credits = 0;                          // reserved by its handles
+    // What its open handles may still add: blocks (credits not yet used)
+    // and revoke records (each handle may revoke as many blocks as it has
+    // credits). With blocks.size() and revoked.size() this bounds the log
+    // space the transaction can come to need (worst_case_blocks).
+    uint64_t reserved = 0;
+    uint64_t revoke_reserved = 0;
     // Blocks changed. Commit logs their current versions: no handle can
     // change them between the last handle's stop and the commit, because
     // new handles wait while a commit runs.
@@ -158,6 +175,12 @@ class Journal {
   Status write_journal_superblock(uint32_t start, uint32_t sequence);
   Status write_log_blocks(uint32_t first_log_block, const std::vector<std::byte>& bytes);
   uint32_t log_blocks_needed(const Transaction& tx) const;
+  // Log blocks for n logged blocks and r revoke records: descriptors, the
+  // blocks, revoke blocks and the commit block.
+  uint64_t log_blocks_for(uint64_t n, uint64_t r) const;
+  // The most log space `tx` can need once its open handles have used all
+  // their credits, plus `credits` for a handle about to join.
+  uint64_t worst_case_blocks(const Transaction& tx, uint32_t credits) const;
   uint32_t log_free() const;
   void commit_timer();
 

@@ -316,6 +316,97 @@ TEST_P(JournalWrite, ConcurrentHandlesWithTimedCommits) {
   expect_e2fsck_clean(image_);
 }
 
+// Operations reserve for the worst case and change a few blocks, mostly
+// the same ones (an inode table block, a bitmap, a directory block). A
+// transaction closes on what is really logged: 2,000 handles that reserve
+// 150 blocks each and change 2 of 50 blocks all fit into one commit, where
+// counting each handle's changes (4,000) would commit every few dozen.
+TEST_P(JournalWrite, ManySmallHandlesWithLargeReservationsShareOneCommit) {
+  Opened o = open_journal(image_);
+  uint32_t bs = o.sb.block_size();
+  uint64_t base = o.sb.s_blocks_count - 100;
+  const uint32_t cap = o.journal->max_transaction_blocks();
+  ASSERT_GT(cap, 200u);  // 50 blocks + 150 credits + descriptors and revokes
+  for (int i = 0; i < 2000; ++i) {
+    auto h = o.journal->start(150);
+    ASSERT_TRUE(h.ok()) << h.error().message();
+    ASSERT_TRUE(h->create(base + i % 50, fill_with(static_cast<uint8_t>(i % 250 + 1))).ok());
+    ASSERT_TRUE(h->create(base + (i * 7 + 3) % 50, fill_with(static_cast<uint8_t>(i % 250 + 1))).ok());
+    ASSERT_TRUE(h->stop().ok());
+    ASSERT_LE(o.journal->running_worst_case(), cap);
+  }
+  EXPECT_EQ(o.journal->stats().commits, 0u);
+  ASSERT_TRUE(o.journal->commit().ok());
+  EXPECT_EQ(o.journal->stats().commits, 1u);
+  EXPECT_EQ(o.journal->stats().blocks_logged, 50u);
+  // The last handle that wrote each block decides its content.
+  std::vector<uint8_t> expect(50, 0);
+  for (int i = 0; i < 2000; ++i) {
+    expect[i % 50] = static_cast<uint8_t>(i % 250 + 1);
+    expect[(i * 7 + 3) % 50] = static_cast<uint8_t>(i % 250 + 1);
+  }
+  o.journal.reset();  // crash after the commit
+  o.device.reset();
+  mark_needs_recovery(image_);
+  auto [by_e2fsck, by_uext] = replay();
+  for (int k = 0; k < 50; ++k) {
+    ASSERT_EQ(static_cast<uint8_t>(read_block(by_e2fsck, base + k, bs)[0]), expect[k]) << k;
+    ASSERT_EQ(static_cast<uint8_t>(read_block(by_uext, base + k, bs)[bs - 1]), expect[k]) << k;
+  }
+  expect_e2fsck_clean(by_e2fsck);
+  expect_e2fsck_clean(by_uext);
+}
+
+// Handles that change many distinct blocks and revoke others, from four
+// threads with random reservations: however credits come back, the running
+// transaction's worst case (blocks, descriptors, revoke blocks, commit
+// block) never passes the limit, no commit writes more than the limit, and
+// the limit leaves the log room to spare.
+TEST_P(JournalWrite, TransactionNeverOutgrowsTheLog) {
+  Opened o = open_journal(image_);
+  const uint32_t cap = o.journal->max_transaction_blocks();
+  uint64_t changed_base = o.sb.s_blocks_count - 3000;  // 2,000 blocks to change
+  uint64_t revoked_base = o.sb.s_blocks_count - 1000;  // 1,000 to revoke
+  std::atomic<int> failures{0};
+  std::atomic<uint64_t> worst_seen{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      uint64_t x = 0x9E3779B97F4A7C15ull * (t + 1);
+      auto next = [&x] { x ^= x << 13; x ^= x >> 7; x ^= x << 17; return x; };
+      for (int i = 0; i < 150; ++i) {
+        uint32_t credits = 1 + next() % 60;
+        auto h = o.journal->start(credits);
+        if (!h.ok()) { ++failures; continue; }
+        uint64_t w = o.journal->running_worst_case();
+        uint64_t seen = worst_seen.load();
+        while (w > seen && !worst_seen.compare_exchange_weak(seen, w)) {}
+        uint32_t changes = 1 + next() % credits;
+        for (uint32_t c = 0; c < changes; ++c) {
+          uint64_t b = changed_base + (t * 500 + next() % 500);
+          if (!h->create(b, fill_with(static_cast<uint8_t>(i + 1))).ok()) ++failures;
+        }
+        uint32_t revokes = next() % (credits + 1);
+        for (uint32_t r = 0; r < revokes; ++r) {
+          if (!h->revoke(revoked_base + (t * 250 + next() % 250)).ok()) ++failures;
+        }
+        if (!h->stop().ok()) ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_LE(worst_seen.load(), cap);
+  ASSERT_TRUE(o.journal->commit().ok());
+  JournalStats st = o.journal->stats();
+  EXPECT_GT(st.commits, 1u);  // 2,000 distinct blocks do not fit in one
+  EXPECT_LE(st.largest_commit_blocks, cap);
+  ASSERT_TRUE(o.journal->close().ok());
+  EXPECT_EQ(o.cache->pinned_count(), 0u);
+  o.journal.reset();
+  expect_e2fsck_clean(image_);
+}
+
 INSTANTIATE_TEST_SUITE_P(Images, JournalWrite,
                          ::testing::Values(std::vector<std::string>{"-t", "ext4", "-b", "4096"},
                                            std::vector<std::string>{"-t", "ext4", "-b", "1024"},
