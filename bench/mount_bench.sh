@@ -14,13 +14,20 @@
 #              time; then drop caches, remount, `ls -lR > /dev/null`
 #   fio        fio random 4 KiB writes, psync and mmap, --end_fsync=1
 #
+# A fourth contender, floor (not in the default set), is bench/fuse_floor.c
+# (built here with cc against libfuse3): a FUSE daemon that answers from a
+# table in memory and stores nothing. It runs the small workload only; its
+# times are what FUSE's round trips alone cost on this machine, the least any
+# FUSE filesystem (uext, fuse2fs) can take with the same mount options.
+#
 #   sudo bench/mount_bench.sh                       # uses build/uext
 #   sudo UEXT=/path/to/uext bench/mount_bench.sh
 #   sudo UEXT_BENCH_SEQ_MIB=16 UEXT_BENCH_IL_MIB=4 UEXT_BENCH_FILES=500 \
 #        UEXT_BENCH_FIO_MIB=8 bench/mount_bench.sh  # a quick smoke run
 #
-# Builds nothing but its C helper (with cc). Needs root (loop mounts,
-# fuse2fs and uext with allow_other, drop_caches).
+# Builds nothing but its C helper and, for floor, bench/fuse_floor.c (both
+# with cc). Needs root (loop mounts, fuse2fs and uext with allow_other,
+# drop_caches).
 # Environment:
 #   UEXT                 the uext binary (default: build/uext)
 #   BENCH_DIR            where the sparse images go (default: build-bench/)
@@ -33,7 +40,8 @@
 #   UEXT_BENCH_DIRS      directories they are spread over (default 200)
 #   UEXT_BENCH_FIO_MIB   fio file size (default 256)
 #   UEXT_BENCH_ONLY      workloads to run, e.g. "seq small" (default: all)
-#   UEXT_BENCH_CONTENDERS  e.g. "kernel uext" (default "kernel fuse2fs uext")
+#   UEXT_BENCH_CONTENDERS  e.g. "kernel uext" (default "kernel fuse2fs uext";
+#                        add floor for the in-memory FUSE daemon)
 #   UEXT_MOUNT_OPTS      extra -o options for uext mount (e.g. writeback_cache)
 #   FUSE2FS_OPTS         -o options for fuse2fs (default rw)
 #   UEXT_BENCH_TIMEOUT   seconds one workload command may take (default 1800)
@@ -184,6 +192,14 @@ int main(int argc, char **argv) {
 EOF
 cc -O2 -Wall -o "$work/helper" "$work/helper.c" || die "cannot compile the C helper"
 helper=$work/helper
+case " $contenders " in
+  *" floor "*)
+    command -v pkg-config >/dev/null 2>&1 && pkg-config --exists fuse3 ||
+      die "floor needs libfuse3's headers and pkg-config (scripts/install-deps.sh)"
+    # shellcheck disable=SC2046  # pkg-config's flags are words
+    cc -O2 -Wall -o "$work/fuse_floor" "$root/bench/fuse_floor.c" $(pkg-config --cflags --libs fuse3) ||
+      die "cannot compile bench/fuse_floor.c" ;;
+esac
 
 # ---------------------------------------------------------------- mounting
 
@@ -218,6 +234,10 @@ do_mount() {
         "$uext" mount "$img" "$mnt" > "$work/uext.log" 2>&1 || { cat "$work/uext.log" >&2; die "uext mount failed"; }
       fi
       wait_mounted || die "uext did not mount" ;;
+    floor)
+      "$work/fuse_floor" -f "$mnt" -o allow_other > "$work/floor.log" 2>&1 &
+      fuse_pid=$!
+      wait_mounted || { cat "$work/floor.log" >&2; die "fuse_floor did not mount"; } ;;
   esac
 }
 
@@ -225,9 +245,9 @@ do_mount() {
 do_umount() {
   case $1 in
     kernel) umount "$mnt" ;;
-    fuse2fs)
+    fuse2fs|floor)
       fusermount3 -u "$mnt"
-      wait "$fuse_pid" || echo "$me: fuse2fs exited with status $?" >&2
+      wait "$fuse_pid" || echo "$me: $1 exited with status $?" >&2
       fuse_pid= ;;
     uext)
       # Returns once the daemon has written everything back and closed the image.
@@ -325,6 +345,7 @@ wl_interleave() {
 
 wl_small() {
   local c=$1 s1 f1 s2 f2
+  if [ "$c" = floor ]; then wl_small_floor; return; fi
   fresh_image
   do_mount "$c"
   mkdir "$mnt/small"
@@ -342,6 +363,27 @@ wl_small() {
   f2=$(fsck_image)
   record "create ${nfiles} x 4 KiB+umount" s "$c" "$s1" "$f1"
   record "ls -lR cold ($nfiles files)" s "$c" "$s2" "$f2"
+}
+
+# The floor forgets everything at unmount: the create is timed as for the
+# others (unmount included), then a second mount creates the same tree
+# untimed, and ls -lR runs after drop_caches without an unmount between.
+wl_small_floor() {
+  local s1 s2
+  do_mount floor
+  mkdir "$mnt/small"
+  umount_after=floor timed "$helper" files "$mnt/small" "$ndirs" "$nfiles"
+  s1=$secs
+  do_mount floor
+  mkdir "$mnt/small"
+  "$helper" files "$mnt/small" "$ndirs" "$nfiles" || die "floor: the untimed create failed"
+  drop_caches
+  # shellcheck disable=SC2016  # $1 is expanded by the inner sh
+  timed sh -c 'ls -lR "$1" > /dev/null' sh "$mnt"
+  s2=$secs
+  do_umount floor
+  record "create ${nfiles} x 4 KiB+umount" s floor "$s1" -
+  record "ls -lR cold ($nfiles files)" s floor "$s2" -
 }
 
 fio_iops() {  # from fio's JSON output
@@ -381,7 +423,9 @@ for w in $only; do
   case $w in seq|interleave|small|fio) ;; *) die "unknown workload $w (seq interleave small fio)";; esac
   echo "== $w"
   for c in $contenders; do
-    case $c in kernel|fuse2fs|uext) ;; *) die "unknown contender $c";; esac
+    case $c in kernel|fuse2fs|uext|floor) ;; *) die "unknown contender $c";; esac
+    # The floor stores nothing: only the small files mean anything on it.
+    [ "$c" = floor ] && [ "$w" != small ] && continue
     "wl_$w" "$c"
   done
 done
@@ -399,12 +443,21 @@ echo
 echo "Results ($(date -u '+%Y-%m-%d %H:%M UTC'), ${total} s in all). Ratios: >1 means uext is better"
 echo "(for seconds: the other's time / uext's; for IOPS: uext's / the other's; for extents: the other's / uext's)."
 echo
-printf '%-32s %-7s %9s %9s %9s %12s %13s  %s\n' workload unit kernel fuse2fs uext uext/kernel uext/fuse2fs "e2fsck kernel/fuse2fs/uext"
+printf '%-32s %-7s %9s %9s %9s %9s %12s %13s %11s  %s\n' workload unit kernel fuse2fs floor uext \
+  uext/kernel uext/fuse2fs uext/floor "e2fsck kernel/fuse2fs/uext"
 for r in "${rows[@]}"; do
-  printf '%-32s %-7s %9s %9s %9s %12s %13s  %s/%s/%s\n' "$r" "${unit[$r]}" \
-    "${val[$r,kernel]:--}" "${val[$r,fuse2fs]:--}" "${val[$r,uext]:--}" \
-    "$(ratio "$r" kernel)" "$(ratio "$r" fuse2fs)" \
+  printf '%-32s %-7s %9s %9s %9s %9s %12s %13s %11s  %s/%s/%s\n' "$r" "${unit[$r]}" \
+    "${val[$r,kernel]:--}" "${val[$r,fuse2fs]:--}" "${val[$r,floor]:--}" "${val[$r,uext]:--}" \
+    "$(ratio "$r" kernel)" "$(ratio "$r" fuse2fs)" "$(ratio "$r" floor)" \
     "${fsck[$r,kernel]:--}" "${fsck[$r,fuse2fs]:--}" "${fsck[$r,uext]:--}"
+done
+# What the floor allows: fuse2fs's time over the floor's is the most any
+# FUSE filesystem could reach against fuse2fs on that row.
+for r in "${rows[@]}"; do
+  f=${val[$r,floor]:-} o=${val[$r,fuse2fs]:-}
+  case $f$o in *[!0-9.]*|"") continue ;; esac
+  awk -v f="$f" -v o="$o" -v n="$r" 'BEGIN { if (f + 0 > 0)
+    printf "   %-40s the floor is %.2fx fuse2fs: the most a FUSE filesystem can reach here\n", n, o / f }'
 done
 
 # The issue's goals.
@@ -424,6 +477,7 @@ for r in "${rows[@]}"; do
   esac
 done
 for c in $contenders; do
+  [ "$c" = floor ] && continue  # no image to check
   bad=()
   for r in "${rows[@]}"; do
     case ${fsck[$r,$c]:-clean} in clean) ;; *) bad+=("$r") ;; esac
