@@ -55,6 +55,12 @@ struct Options {
   uint32_t writeback_interval_ms = 500;
   // How mappings (mmap) catch their faults.
   FaultHandling fault_handling = FaultHandling::kAuto;
+  // POSIX ACLs as ext4 mounted with `acl` (its default) keeps them: new
+  // inodes inherit their directory's default ACL (instead of the umask),
+  // chmod rewrites the access ACL, setting the access ACL sets the mode.
+  // Off is ext4's `noacl`: the umask always applies, and the
+  // system.posix_acl_* attributes are EOPNOTSUPP and not listed.
+  bool posix_acl = true;
 };
 
 struct Time {
@@ -136,6 +142,10 @@ struct VolumeInfo {
 struct Owner {
   uint32_t uid = 0;
   uint32_t gid = 0;
+  // The creating process's umask (permission bits only). As on ext4, it
+  // applies only where the directory has no default ACL; there the
+  // default ACL masks the mode instead. 0 takes the mode as given.
+  uint32_t umask = 0;
 };
 
 // What setattr changes: the fields that hold a value.
@@ -171,6 +181,8 @@ inline constexpr unsigned kRenameExchange = 2;
 inline constexpr int kFallocKeepSize = 0x01;
 inline constexpr int kFallocPunchHole = 0x02;
 inline constexpr int kFallocZeroRange = 0x10;
+// setxattr flag of uext's own (beside XATTR_CREATE 1, XATTR_REPLACE 2).
+inline constexpr int kXattrAclKillSgid = 0x100;
 
 class Filesystem {
  public:
@@ -232,6 +244,10 @@ class Filesystem {
   // type and the permission bits; rdev the device numbers). Ownership as
   // the kernel gives it: `owner`, except that a directory with the setgid
   // bit passes its group on. EEXIST when the name is taken.
+  // Permission bits as ext4 gives them (posix_acl_create): in a directory
+  // with a default ACL, `mode` masked by that ACL, and an access ACL when
+  // the result says more than a mode (mkdir also copies the default ACL);
+  // elsewhere `mode` less owner.umask. Symlinks are always 0777.
   virtual Result<Stat> mknod(Ino dir, std::string_view name, uint32_t mode, const Owner& owner,
                              uint32_t rdev_major = 0, uint32_t rdev_minor = 0) = 0;
   Result<Stat> create(Ino dir, std::string_view name, uint32_t mode, const Owner& owner);
@@ -257,6 +273,8 @@ class Filesystem {
 
   // Changes what `attr` sets; a size change truncates or extends (a hole).
   // ctime is set to now whenever anything changes (unless keep_ctime).
+  // A mode change rewrites an access ACL's owner, group-or-mask and other
+  // entries to match, in the same transaction (posix_acl_chmod).
   virtual Result<Stat> setattr(Ino ino, const SetAttr& attr) = 0;
   Status truncate(Ino ino, uint64_t size);
 
@@ -290,6 +308,14 @@ class Filesystem {
   // "system.posix_acl_access"; ACLs in the VFS format getxattr returns).
   // flags: XATTR_CREATE (EEXIST when present) or XATTR_REPLACE (ENODATA
   // when absent). ENOSPC when it fits neither in the inode nor in a block.
+  // ACLs as ext4 sets them: the value must be a valid ACL (EINVAL naming
+  // the fault); the access ACL sets the mode's permission bits, and one
+  // equivalent to a mode is stored as that mode alone; a value of only the
+  // header removes the ACL; a default ACL on a non-directory is EACCES;
+  // XATTR_CREATE/REPLACE do not apply to them (as in the kernel), and
+  // kXattrAclKillSgid with an access ACL also clears the setgid bit
+  // (posix_acl_update_mode, for a caller neither in the file's group nor
+  // privileged). Removing an absent ACL succeeds, as on ext4.
   virtual Status setxattr(Ino ino, std::string_view name, std::string_view value, int flags = 0) = 0;
   virtual Status removexattr(Ino ino, std::string_view name) = 0;
 

@@ -20,6 +20,7 @@
 #include "fs/block_map.h"
 #include "fs/filesystem_impl.h"
 #include "fs/map_writer.h"
+#include "fs/posix_acl.h"
 #include "fs/xattr_writer.h"
 #include "vm/registry.h"
 
@@ -200,7 +201,31 @@ Result<Stat> FilesystemImpl::setattr(Ino ino, const SetAttr& attr) {
   }
   if (attr.mode || attr.uid || attr.gid || attr.atime || attr.mtime || attr.atime_now || attr.mtime_now ||
       !attr.size) {
-    UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(2));
+    // chmod of a file with an access ACL rewrites the ACL in the same
+    // transaction (ext4_setattr's posix_acl_chmod).
+    std::optional<std::string> chmod_acl;
+    alloc::Reservation acl_space;
+    if (attr.mode && vol_->options().posix_acl && !S_ISLNK(rec.inode.i_mode)) {
+      UEXT_ASSIGN_OR_RETURN(auto current, find_xattr(rec, kAclAccessName));
+      if (current) {
+        auto acl = acl_parse(*current);
+        if (!acl.ok()) {
+          return Error(kErrCorrupted, fmt::format("inode {}: stored {}: {}", ino, kAclAccessName,
+                                                  acl.error().message()));
+        }
+        if (!acl->empty()) {
+          acl_chmod(*acl, *attr.mode);
+          std::string value = acl_format(*acl);
+          if (value != *current) chmod_acl = std::move(value);
+        }
+      }
+      if (chmod_acl) {
+        UEXT_ASSIGN_OR_RETURN(acl_space, reserve(1));
+      }
+    }
+    std::optional<alloc::ReservationScope> acl_scope;
+    if (chmod_acl) acl_scope.emplace(&acl_space);
+    UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(2 + (chmod_acl ? xattr_set_credits(*vol_) : 0)));
     const disk::Timestamp t = now();
     auto to_disk = [](const Time& v) { return disk::Timestamp{v.sec, v.nsec}; };
     auto updated = vol_->update_inode(h, ino, false, [&](disk::Inode& in) {
@@ -213,8 +238,13 @@ Result<Stat> FilesystemImpl::setattr(Ino ino, const SetAttr& attr) {
       if (attr.mtime_now) in.i_mtime = t;
       if (!attr.keep_ctime) in.i_ctime = t;
     });
+    Status acl_set;
+    if (updated.ok() && chmod_acl) {
+      acl_set = xattr_set(*vol_, h, *updated, kAclAccessName, *chmod_acl, 0, *blocks_);
+    }
     Status stopped = h.stop();
     if (!updated.ok()) return std::move(updated).error();
+    UEXT_TRY(acl_set);
     UEXT_TRY(stopped);
     rec = std::move(*updated);
   }
@@ -412,7 +442,8 @@ Result<FsStats> FilesystemImpl::statfs() {
 }
 
 Status FilesystemImpl::setxattr(Ino ino, std::string_view name, std::string_view value, int flags) {
-  if (flags & ~(XATTR_CREATE | XATTR_REPLACE)) return Error(EINVAL, fmt::format("setxattr: bad flags {:#x}", flags));
+  if (flags & ~(XATTR_CREATE | XATTR_REPLACE | kXattrAclKillSgid))
+    return Error(EINVAL, fmt::format("setxattr: bad flags {:#x}", flags));
   return change_xattr(ino, name, value, flags);
 }
 
@@ -423,6 +454,8 @@ Status FilesystemImpl::removexattr(Ino ino, std::string_view name) {
 Status FilesystemImpl::change_xattr(Ino ino, std::string_view name, std::optional<std::string_view> value,
                                     int flags) {
   UEXT_TRY(check_writable());
+  if (name == kAclAccessName || name == kAclDefaultName) return change_acl(ino, name == kAclAccessName, value, flags);
+  flags &= ~kXattrAclKillSgid;
   auto lock = itable_.lock(ino);
   UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
   UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, reserve(1));
@@ -435,6 +468,69 @@ Status FilesystemImpl::change_xattr(Ino ino, std::string_view name, std::optiona
     if (!r.ok()) return std::move(r).error();
     return {};
   });
+}
+
+// As ext4_set_acl: the value is checked as the kernel's
+// posix_acl_from_xattr and posix_acl_valid would; an access ACL sets the
+// permission bits (posix_acl_update_mode) and is dropped when the mode
+// alone says as much; both changes share one transaction.
+Status FilesystemImpl::change_acl(Ino ino, bool access, std::optional<std::string_view> value, int flags) {
+  const std::string_view name = access ? kAclAccessName : kAclDefaultName;
+  if (!vol_->options().posix_acl) {
+    return Error(EOPNOTSUPP, fmt::format("inode {}: {}: POSIX ACLs are off (noacl)", ino, name));
+  }
+  std::optional<Acl> acl;
+  if (value) {
+    auto parsed = acl_parse(*value);
+    if (!parsed.ok()) return std::move(parsed).error().with_context(fmt::format("inode {}: {}", ino, name));
+    if (!parsed->empty()) acl = std::move(*parsed);  // only a header: removal, as posix_acl_from_xattr
+  }
+  auto lock = itable_.lock(ino);
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
+  if (S_ISLNK(rec.inode.i_mode)) {
+    return Error(EOPNOTSUPP, fmt::format("inode {}: {}: symbolic links have no ACLs", ino, name));
+  }
+  if (!access && !S_ISDIR(rec.inode.i_mode)) {
+    if (!acl) return {};
+    return Error(EACCES, fmt::format("inode {}: {}: only directories have a default ACL", ino, name));
+  }
+  uint32_t mode = rec.inode.i_mode;
+  if (access && acl) {
+    const AclModeBits bits = acl_mode_bits(*acl);
+    mode = (mode & ~0777u) | bits.bits;
+    if (flags & kXattrAclKillSgid) mode &= ~static_cast<uint32_t>(S_ISGID);
+    if (bits.equivalent) acl.reset();
+  }
+  std::optional<std::string> stored;
+  if (acl) stored = acl_format(*acl);
+  UEXT_ASSIGN_OR_RETURN(auto current, find_xattr(rec, name));
+  if (!stored && !current && mode == rec.inode.i_mode) return {};  // nothing to remove, as ext4
+
+  UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, reserve(1));
+  alloc::ReservationScope scope(&space);
+  UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(xattr_set_credits(*vol_) + 1));
+  return in_handle(h, [&]() -> Status {
+    if (stored || current) {
+      std::optional<std::string_view> v;
+      if (stored) v = *stored;
+      UEXT_TRY(xattr_set(*vol_, h, rec, name, v, 0, *blocks_));
+    }
+    const disk::Timestamp t = now();
+    auto r = vol_->update_inode(h, ino, false, [&](disk::Inode& in) {
+      in.i_mode = static_cast<uint16_t>(mode);
+      in.i_ctime = t;
+    });
+    if (!r.ok()) return std::move(r).error();
+    return {};
+  });
+}
+
+Result<std::optional<std::string>> FilesystemImpl::find_xattr(const InodeRecord& rec, std::string_view name) {
+  UEXT_ASSIGN_OR_RETURN(auto attrs, read_xattrs(rec));
+  for (auto& a : attrs) {
+    if (a.name == name) return std::optional<std::string>(std::move(a.value));
+  }
+  return std::optional<std::string>();
 }
 
 }  // namespace uext::fs

@@ -16,6 +16,7 @@
 #include "disk/xattr.h"
 #include "fs/block_map.h"
 #include "fs/directory.h"
+#include "fs/posix_acl.h"
 #include "fs/volume.h"
 #include "journal/recovery.h"
 #include "uext/filesystem.h"
@@ -288,11 +289,19 @@ Result<std::vector<std::string>> FilesystemImpl::listxattr(Ino ino) {
   UEXT_ASSIGN_OR_RETURN(auto attrs, read_xattrs(rec));
   std::vector<std::string> names;
   names.reserve(attrs.size());
-  for (auto& a : attrs) names.push_back(std::move(a.name));
+  const bool acls = vol_->options().posix_acl;
+  for (auto& a : attrs) {
+    // noacl hides ACLs, as ext4's handlers do without SB_POSIXACL.
+    if (!acls && (a.name == kAclAccessName || a.name == kAclDefaultName)) continue;
+    names.push_back(std::move(a.name));
+  }
   return names;
 }
 
 Result<std::string> FilesystemImpl::getxattr(Ino ino, std::string_view name) {
+  if (!vol_->options().posix_acl && (name == kAclAccessName || name == kAclDefaultName)) {
+    return Error(EOPNOTSUPP, fmt::format("inode {}: {}: POSIX ACLs are off (noacl)", ino, name));
+  }
   auto lock = itable_.lock_shared(ino);
   UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
   UEXT_ASSIGN_OR_RETURN(auto attrs, read_xattrs(rec));

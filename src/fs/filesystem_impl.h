@@ -162,6 +162,11 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
 
   // Sets (value) or removes (nullopt) one attribute.
   Status change_xattr(Ino ino, std::string_view name, std::optional<std::string_view> value, int flags);
+  // The same for system.posix_acl_access (`access`) or _default, with the
+  // kernel's ACL rules (posix_acl.h): validation, the mode kept in step.
+  Status change_acl(Ino ino, bool access, std::optional<std::string_view> value, int flags);
+  // One attribute's value (VFS form), nullopt when absent.
+  Result<std::optional<std::string>> find_xattr(const InodeRecord& rec, std::string_view name);
 
   // ---- delayed allocation and writeback (writeback.cc) ----
   bool uses_delalloc(const InodeRecord& rec) const;

@@ -17,6 +17,8 @@
 #include "fs/directory.h"
 #include "fs/filesystem_impl.h"
 #include "fs/map_writer.h"
+#include "fs/posix_acl.h"
+#include "fs/xattr_writer.h"
 
 namespace uext::fs {
 
@@ -113,18 +115,44 @@ Result<Stat> FilesystemImpl::make_node(Ino dir, std::string_view name, uint32_t 
   if (is_dir && parent.inode.i_links_count >= kMaxLinks && !vol_->sb().has_ro_compat(disk::ro_compat::kDirNlink)) {
     return Error(EMLINK, fmt::format("inode {}: Too many links (subdirectories)", dir));
   }
+  // Permission bits and ACLs as ext4_init_acl gives them: the parent's
+  // default ACL masks the mode (no umask) and becomes the new inode's
+  // access ACL (and a new directory's default ACL); without one the umask
+  // applies. Decided under the parent's lock, so a concurrent setfacl -d
+  // on it is either wholly seen or not at all.
+  NewInodeAcls acls;
+  acls.mode = mode;
+  if (!S_ISLNK(mode)) {
+    std::optional<std::string> parent_default;
+    if (vol_->options().posix_acl) {
+      UEXT_ASSIGN_OR_RETURN(parent_default, find_xattr(parent, kAclDefaultName));
+    }
+    auto inherited = acl_for_new_inode(parent_default, mode, owner.umask);
+    if (!inherited.ok()) {
+      return Error(kErrCorrupted, fmt::format("directory inode {}: stored {}: {}", dir, kAclDefaultName,
+                                              inherited.error().message()));
+    }
+    acls = std::move(*inherited);
+  }
+  mode = acls.mode;
+  const int acl_count = (acls.access ? 1 : 0) + (acls.default_acl ? 1 : 0);
+
   uint64_t need = kDirGrowthBlocks;
   if (is_dir || slow_symlink) need += 1 + map_overhead(1);
+  if (acl_count > 0) need += 1;  // an xattr block, when they do not fit in the inode
   UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, reserve(need));
   alloc::ReservationScope scope(&space);
 
   uint32_t credits = kNewInodeCredits + dir_add_credits(*vol_, parent) + 3;
   if (is_dir) credits += dir_init_credits(*vol_, parent);
   if (slow_symlink) credits += map_credits(*vol_, parent, 1);
+  credits += acl_count * xattr_set_credits(*vol_);
   UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(credits));
   InodeRecord child;
   Status done = in_handle(h, [&]() -> Status {
     UEXT_ASSIGN_OR_RETURN(child, new_inode(h, parent, mode, owner));
+    if (acls.access) UEXT_TRY(xattr_set(*vol_, h, child, kAclAccessName, *acls.access, 0, *blocks_));
+    if (acls.default_acl) UEXT_TRY(xattr_set(*vol_, h, child, kAclDefaultName, *acls.default_acl, 0, *blocks_));
     if (S_ISCHR(mode) || S_ISBLK(mode)) {
       UEXT_ASSIGN_OR_RETURN(child, vol_->update_inode(h, child.ino, false, [&](disk::Inode& in) {
         disk::set_inode_device(in, {rdev_major, rdev_minor});
