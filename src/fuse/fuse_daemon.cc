@@ -312,9 +312,33 @@ class Daemon {
     return true;
   }
 
+  // The creator, with its umask: with FUSE_CAP_DONT_MASK the kernel leaves
+  // the umask to us, and the library applies it only where the directory
+  // has no default ACL, as ext4 does. (Without it the kernel has already
+  // applied it; applying it again changes nothing.)
   Owner owner(fuse_req_t req) const {
     const fuse_ctx* ctx = fuse_req_ctx(req);
-    return Owner{static_cast<uint32_t>(ctx->uid), static_cast<uint32_t>(ctx->gid)};
+    return Owner{static_cast<uint32_t>(ctx->uid), static_cast<uint32_t>(ctx->gid),
+                 static_cast<uint32_t>(ctx->umask) & 0777u};
+  }
+
+  // Whether the caller of `req` is in group `gid` (its fsgid or a
+  // supplementary group) or is root: else setting an access ACL also
+  // clears the setgid bit, as posix_acl_update_mode does. (The kernel's
+  // FUSE_SETXATTR_ACL_KILL_SGID does not reach libfuse's setxattr.)
+  static bool in_group_or_root(fuse_req_t req, uint32_t gid) {
+    const fuse_ctx* ctx = fuse_req_ctx(req);
+    if (ctx->uid == 0 || static_cast<uint32_t>(ctx->gid) == gid) return true;
+    std::vector<gid_t> groups(64);
+    int n = fuse_req_getgroups(req, static_cast<int>(groups.size()), groups.data());
+    if (n > static_cast<int>(groups.size())) {
+      groups.resize(static_cast<size_t>(n));
+      n = fuse_req_getgroups(req, static_cast<int>(groups.size()), groups.data());
+    }
+    for (int i = 0; i < n && i < static_cast<int>(groups.size()); ++i) {
+      if (static_cast<uint32_t>(groups[static_cast<size_t>(i)]) == gid) return true;
+    }
+    return false;
   }
 
   // ---- operations
@@ -330,6 +354,22 @@ class Daemon {
     }
     if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
     if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO;
+    // POSIX ACLs as ext4 with `acl`: the kernel reads system.posix_acl_access
+    // through getxattr, caches it and checks it (default_permissions is on),
+    // and forgets its copy after every setattr and ACL change it sends us,
+    // which covers the ACL rewrites chmod makes here. DONT_MASK hands the
+    // umask to the library, which applies it only without a default ACL.
+    if (opts_.acl) {
+      if (conn->capable & FUSE_CAP_POSIX_ACL) {
+        conn->want |= FUSE_CAP_POSIX_ACL;
+        if (conn->capable & FUSE_CAP_DONT_MASK) conn->want |= FUSE_CAP_DONT_MASK;
+        else log_.error("acl: the kernel does not offer DONT_MASK; it applies the umask even under default ACLs");
+      } else {
+        log_.error("acl: the kernel does not offer POSIX ACLs to FUSE; they are stored but not enforced");
+      }
+    } else {
+      conn->want &= ~(FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK);
+    }
     // Symlinks change only through this mount, so the kernel may keep their targets.
     if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
     conn->max_write = 1u << 20;  // fewer, larger requests for big writes (libfuse sets max_pages from it)
@@ -608,6 +648,10 @@ class Daemon {
     const Ino ino = to_ext(fino);
     if (refuse_change(req)) return;
     if (is_caps_name(name)) no_caps_.drop(ino);
+    if (opts_.acl && size > 4 && std::strcmp(name, "system.posix_acl_access") == 0) {
+      auto st = fs_->stat(ino);
+      if (st && (st->mode & S_ISGID) && !in_group_or_root(req, st->gid)) flags |= kXattrAclKillSgid;
+    }
     Status s = fs_->setxattr(ino, name, std::string_view(value, size), flags);
     if (!s.ok()) return fail(req, "setxattr", ino, s.error());
     fuse_reply_err(req, 0);
@@ -902,6 +946,7 @@ int run_mount(MountOptions opts) {
   fo.dirty_limit_bytes = opts.dirty_limit_bytes;
   fo.commit_interval_ms = opts.commit_seconds * 1000;
   fo.use_root_reserve = opts.use_root_reserve;
+  fo.posix_acl = opts.acl;
   auto opened = Filesystem::open(opts.image, fo);
   if (!opened) {
     // The library's message usually names the image already.

@@ -90,6 +90,8 @@ Status parse_mount_option_list(const std::string& list, MountOptions& opts) {
     else if (key == "direct_io" || key == "directio") s = flag(opts.direct_io, true);
     else if (key == "writeback_cache") s = flag(opts.writeback_cache, true);
     else if (key == "no_writeback_cache") s = flag(opts.writeback_cache, false);
+    else if (key == "acl") s = flag(opts.acl, true);
+    else if (key == "noacl") s = flag(opts.acl, false);
     else if (key == "allow_other") {
       s = flag(opts.allow_other, true);
       opts.allow_other_set = true;
@@ -205,6 +207,12 @@ std::string mount_options_help() {
                          small writes, but ENOSPC and I/O errors surface at
                          fsync/close instead of at write() (default off)
   no_writeback_cache     write() goes to uext synchronously (default)
+  acl                    POSIX ACLs as ext4 has them (default): the kernel
+                         checks them, new files and directories inherit a
+                         directory's default ACL instead of the umask, chmod
+                         and the access ACL keep each other in step
+  noacl                  no ACLs: the umask always applies; getfacl shows the
+                         mode, setfacl fails (EOPNOTSUPP), as ext4's noacl
   direct_io | directio   read and write the image with O_DIRECT
   cache_size=BYTES       metadata cache size (default 64M; suffixes k, m, g)
   page_cache=BYTES       file data cached in the daemon (default a quarter of

@@ -34,6 +34,9 @@ struct MountOptions {
   bool allow_root = false;
   bool auto_unmount = false;
   bool use_root_reserve = false;
+  // POSIX ACLs enforced by the kernel and inherited at create (ext4's
+  // `acl`, its default); false is `noacl`.
+  bool acl = true;
   OnError on_error = OnError::kContinue;
 
   double entry_timeout = 1.0;
