@@ -34,15 +34,21 @@ int usage(const std::string& cmd, const std::string& message) {
   return kExitUsage;
 }
 
-// New inodes belong to whoever runs the command, as the kernel would make them.
-Owner caller() { return Owner{static_cast<uint32_t>(::geteuid()), static_cast<uint32_t>(::getegid())}; }
-
-// Permission bits for new files: `bits` less the process umask, as creat(2) does.
-uint32_t less_umask(uint32_t bits) {
+uint32_t process_umask() {
   mode_t m = ::umask(0);
   ::umask(m);
-  return bits & ~static_cast<uint32_t>(m);
+  return static_cast<uint32_t>(m) & 0777u;
 }
+
+// New inodes belong to whoever runs the command, as the kernel would make
+// them; `umask` applies where the directory has no default ACL (the
+// library decides, as ext4 does).
+Owner caller(uint32_t umask = 0) {
+  return Owner{static_cast<uint32_t>(::geteuid()), static_cast<uint32_t>(::getegid()), umask};
+}
+
+// Permission bits for new files: `bits` less the process umask, as creat(2) does.
+uint32_t less_umask(uint32_t bits) { return bits & ~process_umask(); }
 
 std::optional<uint32_t> parse_octal_mode(const std::string& text) {
   if (text.empty() || text.size() > 5) return std::nullopt;
@@ -119,7 +125,11 @@ struct MkdirOptions {
   std::string mode;
 };
 
-int mkdir_one(Filesystem& fs, const std::string& image, const std::string& path, uint32_t mode, bool parents) {
+// `mode` as -m gave it, or nullopt: 0777 less the umask (or as a default ACL masks it).
+int mkdir_one(Filesystem& fs, const std::string& image, const std::string& path, std::optional<uint32_t> explicit_mode,
+              bool parents) {
+  const uint32_t mode = explicit_mode.value_or(0777);
+  const Owner owner = caller(explicit_mode ? 0 : process_umask());
   std::string full = trim_trailing_slashes(absolute_image_path(path));
   if (parents) {
     // Each missing ancestor in turn; existing directories (or links to
@@ -141,12 +151,13 @@ int mkdir_one(Filesystem& fs, const std::string& image, const std::string& path,
       if (!pn) return fail(image, prefix, pn.error());
       if (pn->name == "." || pn->name == "..") continue;
       // Ancestors get u+wx whatever -m says, as mkdir -p gives them.
-      uint32_t m = pos == std::string::npos ? mode : (less_umask(0777) | 0300);
-      auto made = fs.mkdir(pn->dir, pn->name, m, caller());
+      const bool last = pos == std::string::npos;
+      uint32_t m = last ? mode : (less_umask(0777) | 0300);
+      auto made = fs.mkdir(pn->dir, pn->name, m, last ? owner : caller());
       if (!made) return fail(image, prefix, made.error());
       // The library takes the mode as given; apply exactly what was asked
       // (mkdir(2) would drop setuid/setgid bits of -m).
-      if ((made->mode & 07777) != m) {
+      if ((!last || explicit_mode) && (made->mode & 07777) != m) {
         SetAttr a;
         a.mode = m;
         if (auto r = fs.setattr(made->ino, a); !r) return fail(image, prefix, r.error());
@@ -157,13 +168,13 @@ int mkdir_one(Filesystem& fs, const std::string& image, const std::string& path,
   if (full == "/") return fail(image, full, Error(EEXIST, ""));
   auto pn = resolve_parent(fs, full);
   if (!pn) return fail(image, full, pn.error());
-  auto made = fs.mkdir(pn->dir, pn->name, mode, caller());
+  auto made = fs.mkdir(pn->dir, pn->name, mode, owner);
   if (!made) return fail(image, full, made.error());
   return kExitOk;
 }
 
 int run_mkdir(const MkdirOptions& o) {
-  uint32_t mode = less_umask(0777);
+  std::optional<uint32_t> mode;
   if (!o.mode.empty()) {
     auto m = parse_octal_mode(o.mode);
     if (!m) return usage("mkdir", fmt::format("invalid mode '{}' (give octal bits, e.g. 755)", o.mode));
@@ -433,7 +444,7 @@ int run_truncate(const TruncateOptions& o) {
         rc = fail(o.image, path, pn.error());
         continue;
       }
-      auto made = fs->create(pn->dir, pn->name, less_umask(0666), caller());
+      auto made = fs->create(pn->dir, pn->name, 0666, caller(process_umask()));
       if (!made) {
         rc = fail(o.image, path, made.error());
         continue;

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <set>
 #include <memory>
 #include <utility>
 
@@ -332,7 +333,18 @@ class Putter {
   // xattrs (ACLs included), then owner and mode, then the times: last,
   // because every change before it moves mtime or ctime.
   void finish(const std::string& src, const struct stat& st, Ino ino, const std::string& dst) {
-    copy_xattrs(src, ino, dst);
+    std::set<std::string> copied = copy_xattrs(src, ino, dst);
+    // ACLs the new inode inherited from a default ACL in the image that the
+    // source does not have go, as cp -a leaves only the source's.
+    if (!S_ISLNK(st.st_mode)) {
+      for (const char* acl : {"system.posix_acl_access", "system.posix_acl_default"}) {
+        if (copied.count(acl) || (!S_ISDIR(st.st_mode) && std::string_view(acl).ends_with("default"))) continue;
+        if (auto r = fs_.removexattr(ino, acl); !r && r.error().code() != ENODATA && r.error().code() != EOPNOTSUPP) {
+          report({o_.image, dst, fmt::format("cannot remove inherited {}", acl), describe(r.error())});
+          failed_ = true;
+        }
+      }
+    }
     SetAttr a;
     if (!S_ISLNK(st.st_mode)) a.mode = st.st_mode & 07777;
     a.uid = st.st_uid;
@@ -342,17 +354,22 @@ class Putter {
     if (auto r = fs_.setattr(ino, a); !r) fail_image(dst, r.error());
   }
 
-  void copy_xattrs(const std::string& src, Ino ino, const std::string& dst) {
+  // Returns the names it copied.
+  std::set<std::string> copy_xattrs(const std::string& src, Ino ino, const std::string& dst) {
+    std::set<std::string> copied;
     const char* p = src.c_str();
     ssize_t len = ::llistxattr(p, nullptr, 0);
     if (len < 0) {
       if (errno != ENOTSUP && errno != EOPNOTSUPP) fail_host(src, "cannot list extended attributes", errno);
-      return;
+      return copied;
     }
-    if (len == 0) return;
+    if (len == 0) return copied;
     std::string names(static_cast<size_t>(len), '\0');
     len = ::llistxattr(p, names.data(), names.size());
-    if (len < 0) return fail_host(src, "cannot list extended attributes", errno);
+    if (len < 0) {
+      fail_host(src, "cannot list extended attributes", errno);
+      return copied;
+    }
     names.resize(static_cast<size_t>(len));
     for (size_t i = 0; i < names.size();) {
       std::string name(names.c_str() + i);
@@ -374,8 +391,11 @@ class Putter {
         report({o_.image, dst, fmt::format("cannot set extended attribute {}", name), describe(r.error())});
         failed_ = true;
         if (fatal(r.error().code())) stop_ = true;
+      } else {
+        copied.insert(name);
       }
     }
+    return copied;
   }
 
   Filesystem& fs_;
