@@ -281,6 +281,47 @@ TEST_F(AclLibrary, InheritanceChmodAndSetting) {
   m.unmount();
 }
 
+// An ACL on disk that breaks the rules (written here with debugfs, which
+// converts but does not validate): creating under it and chmod of a file
+// carrying one fail with a corruption error naming the inode, and nothing
+// changes.
+TEST_F(AclLibrary, MalformedAclsOnDiskAreReportedNotUsed) {
+  Owner me{0, 0, 022};
+  auto d = fs_->mkdir(kRootIno, "d", 0755, me);
+  ASSERT_TRUE(d.ok());
+  auto f = fs_->create(kRootIno, "f", 0644, me);
+  ASSERT_TRUE(f.ok());
+  close();
+  // user::rwx alone: no owning-group and no other entry.
+  const std::string bad = dir_ / "bad.acl";
+  testing::write_file(bad, std::string("\x02\0\0\0\x01\0\x07\0\xff\xff\xff\xff", 12));
+  for (const char* cmd : {"ea_set -f {} /d system.posix_acl_default", "ea_set -f {} /f system.posix_acl_access"}) {
+    std::string c = cmd;
+    c.replace(c.find("{}"), 2, bad);
+    auto r = run({"debugfs", "-w", "-R", c, img_});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  open(true);
+  auto made = fs_->create(d->ino, "g", 0644, me);
+  ASSERT_FALSE(made.ok());
+  EXPECT_EQ(made.error().code(), kErrCorrupted);
+  EXPECT_NE(made.error().message().find("owning-group"), std::string::npos) << made.error().message();
+  EXPECT_FALSE(fs_->lookup(d->ino, "g").ok());
+  SetAttr a;
+  a.mode = 0600;
+  auto st = fs_->setattr(f->ino, a);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code(), kErrCorrupted);
+  EXPECT_NE(st.error().message().find(std::to_string(f->ino)), std::string::npos) << st.error().message();
+  EXPECT_EQ(mode(f->ino), 0644u);
+  // Replacing the bad ACL repairs it.
+  ASSERT_TRUE(fs_->setxattr(f->ino, kAclAccessName, acl_format(sample())).ok());
+  ASSERT_TRUE(fs_->setattr(f->ino, a).ok());
+  EXPECT_EQ(mode(f->ino), 0600u);
+  close();
+  EXPECT_TRUE(testing::image_is_clean(img_));
+}
+
 TEST_F(AclLibrary, NoaclAppliesTheUmaskAndHidesAcls) {
   Owner me{0, 0, 022};
   auto d = fs_->mkdir(kRootIno, "d", 0755, me);
