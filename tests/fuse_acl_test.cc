@@ -64,6 +64,9 @@ chmod 600 plain
 try plain-masked-by-chmod 'cat plain'
 chmod 660 plain
 try plain-unmasked 'echo y >> plain'
+chmod 640 plain
+try plain-mask-r-read 'cat plain'
+try plain-mask-r-write 'echo w >> plain'
 
 mkdir shared
 setfacl -m u:nobody:rwx shared
@@ -188,6 +191,10 @@ TEST_F(FuseAcl, SameAclsModesAndAccessAsTheKernel) {
   EXPECT_NE(kernel.second.find("user:65534:rwx"), std::string::npos);
   EXPECT_NE(kernel.second.find("default:user:65534:rwx"), std::string::npos);
   EXPECT_NE(kernel.first.find("plain-masked-by-chmod: denied"), std::string::npos) << kernel.first;
+  // chmod 640 after rw was allowed through the ACL: the kernel must not
+  // keep the ACL it cached before (mask rw-), or the write would pass.
+  EXPECT_NE(kernel.first.find("plain-mask-r-read: allowed\nplain-mask-r-write: denied"), std::string::npos)
+      << kernel.first;
 
   // The kernel reads what uext wrote: the same tree, the same ACLs.
   const std::string mnt = t_ / "check";
