@@ -1,0 +1,285 @@
+// fio's mmap engine with verification on uext's own mappings: fio runs
+// under libuext_preload.so (tools/preload), which serves every call on
+// paths under a prefix from an image through uext::Filesystem, so fio's
+// mmap() is Filesystem::mmap and its first store to each page is uext's
+// page_mkwrite (userfaultfd, or the SIGSEGV fallback). Each case:
+//
+//   1. fio writes the file(s) through its mmap engine and verifies them
+//      (crc32c headers in every block) in the same run; exit 0, no verify
+//      error, every byte written and read back;
+//   2. the file is in the image (debugfs stat, with fio's size) and the
+//      prefix never appeared on the host;
+//   3. e2fsck -fn and dumpe2fs -h: the image is clean;
+//   4. a second fio process repeats the job with --verify_only through the
+//      shim (the cache is gone: the bytes come from the image);
+//   5. the kernel's ext4 (a read-only loop mount) reads every block with
+//      fio's psync engine and checks each block's header and crc32c;
+//   6. the kernel again, read-write on a copy, runs the job's own
+//      --verify_only with the psync engine.
+//
+// Sparse cases first make the file with truncate(1) through the shim (fio
+// then skips laying it out), so every first store lands on a hole:
+// reservation under delayed allocation, allocation in page_mkwrite for
+// ext2 and nodelalloc. Laid-out cases let fio fallocate and write the file
+// first, so stores dirty pages over blocks.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "support/images.h"
+#include "support/process.h"
+
+namespace uext::testing {
+namespace {
+
+struct FioCase {
+  std::string name;
+  std::vector<std::string> mkfs;  // mke2fs arguments before the image
+  std::string options;            // UEXT_PRELOAD_OPTIONS
+  std::string fault_handling;     // what the shim must report using
+  std::string rw;                 // fio --rw
+  bool sparse = false;            // made sparse with truncate(1) first
+  int jobs = 1;                   // threads, each with a file of its own
+  int size_mb = 16;               // per job
+};
+
+std::ostream& operator<<(std::ostream& os, const FioCase& c) { return os << c.name; }
+
+std::vector<FioCase> cases() {
+  const std::vector<std::string> ext4 = {"-t", "ext4"};
+  const std::vector<std::string> ext2 = {"-t", "ext2"};
+  const std::vector<std::string> ext3 = {"-t", "ext3"};
+  return {
+      {"Ext4UserfaultfdRandwriteOverHoles", ext4, "fault_handling=userfaultfd", "userfaultfd", "randwrite", true, 1, 32},
+      {"Ext4SignalRandwriteOverHoles", ext4, "fault_handling=signal", "signal", "randwrite", true},
+      {"Ext4UserfaultfdSeqWriteLaidOut", ext4, "fault_handling=userfaultfd", "userfaultfd", "write", false},
+      {"Ext4SignalRandwriteLaidOut", ext4, "fault_handling=signal", "signal", "randwrite", false},
+      {"Ext4NodelallocUserfaultfdRandwriteOverHoles", ext4, "nodelalloc,fault_handling=userfaultfd", "userfaultfd",
+       "randwrite", true},
+      {"Ext4NodelallocSignalSeqWriteOverHoles", ext4, "nodelalloc,fault_handling=signal", "signal", "write", true},
+      {"Ext2UserfaultfdRandwriteOverHoles", ext2, "fault_handling=userfaultfd", "userfaultfd", "randwrite", true},
+      {"Ext2SignalRandwriteOverHoles", ext2, "fault_handling=signal", "signal", "randwrite", true},
+      {"Ext3SignalSeqWriteLaidOut", ext3, "fault_handling=signal", "signal", "write", false},
+      {"Ext4UserfaultfdTwoThreadsRandwrite", ext4, "fault_handling=userfaultfd", "userfaultfd", "randwrite", false, 2},
+  };
+}
+
+// The first number after `key` in fio's JSON output (--group_reporting
+// makes one job entry), or -1.
+long long json_number(const std::string& json, const std::string& key_regex) {
+  std::smatch m;
+  if (!std::regex_search(json, m, std::regex(key_regex + R"(\s*:\s*\{?\s*(?:"io_bytes"\s*:\s*)?(-?\d+))"))) return -1;
+  return std::stoll(m[1]);
+}
+
+// Problems fio or the shim reported on stderr (the shim's stats line aside).
+std::string complaints(const std::string& err) {
+  std::string out;
+  size_t start = 0;
+  while (start < err.size()) {
+    size_t end = err.find('\n', start);
+    if (end == std::string::npos) end = err.size();
+    const std::string line = err.substr(start, end - start);
+    start = end + 1;
+    if (line.rfind("uext_preload: stats:", 0) == 0) continue;
+    // ext2/ext3 files have no extents to preallocate: fio says so and
+    // writes the file instead, as it does on the kernel's ext2.
+    if (line.find("native_fallocate call failed: Operation not supported") != std::string::npos) continue;
+    if (line.empty()) continue;
+    out += line + "\n";
+  }
+  return out;
+}
+
+class FioMmap : public ::testing::TestWithParam<FioCase> {
+ protected:
+  void SetUp() override {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    GTEST_SKIP() << "libuext_preload.so is built with sanitizers here, and a sanitizer runtime cannot be "
+                    "preloaded into the uninstrumented fio: this test runs in the optimised build";
+#endif
+    if (run({"fio", "--version"}).exit_code != 0) GTEST_SKIP() << "fio is not installed (apt-get install fio)";
+    image_ = dir_ / "img";
+    // A prefix that exists nowhere on the host: anything that escaped the
+    // shim would fail or show up there.
+    prefix_ = fmt::format("/uext-fio-test-{}-{}", getpid(), GetParam().name);
+    ASSERT_FALSE(std::filesystem::exists(prefix_));
+  }
+
+  std::string env() const {
+    return fmt::format("LD_PRELOAD={} UEXT_PRELOAD_IMAGE={} UEXT_PRELOAD_PREFIX={} UEXT_PRELOAD_OPTIONS={},stats",
+                       UEXT_PRELOAD_PATH, image_, prefix_, GetParam().options);
+  }
+
+  // One fio run; `where` is --directory=..., `extra` more options.
+  std::string fio_command(const std::string& engine, const std::string& rw, const std::string& where,
+                          const std::string& extra) const {
+    const FioCase& c = GetParam();
+    return fmt::format(
+        "timeout -k 10 600 fio --thread --name=uext --ioengine={} --rw={} --bs=4k --size={}M --numjobs={} "
+        "--group_reporting --verify=crc32c --verify_fatal=1 --verify_state_save=0 --output-format=json {} {}",
+        engine, rw, c.size_mb, c.jobs, where, extra);
+  }
+
+  // Files fio names uext.<job>.0 in the directory.
+  std::vector<std::string> file_names() const {
+    std::vector<std::string> names;
+    for (int j = 0; j < GetParam().jobs; ++j) names.push_back(fmt::format("uext.{}.0", j));
+    return names;
+  }
+
+  // Checks one fio run: exit 0, no error, `read`/`write` bytes as given.
+  void expect_fio_ok(const CommandResult& r, const std::string& what, long long read_bytes, long long write_bytes) {
+    SCOPED_TRACE(what);
+    EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+    EXPECT_EQ(json_number(r.out, R"("error")"), 0) << r.out;
+    EXPECT_EQ(json_number(r.out, R"("read")"), read_bytes) << r.out;
+    EXPECT_EQ(json_number(r.out, R"("write")"), write_bytes) << r.out;
+    EXPECT_EQ(complaints(r.err), "") << r.err;
+    for (const char* bad : {"verify failed", "bad magic", "bad header", "verify: "}) {
+      EXPECT_EQ(r.err.find(bad), std::string::npos) << bad << " in\n" << r.err;
+    }
+  }
+
+  // The shim's stats line: the fault handling it used and how many mappings.
+  void expect_stats(const CommandResult& r, bool mapped) {
+    static const std::regex re(R"(uext_preload: stats: .* (\d+) opens, (\d+) mappings \((\w+)\), closed clean)");
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(r.err, m, re)) << r.err;
+    EXPECT_GT(std::stoi(m[1]), 0) << r.err;
+    if (mapped) {
+      EXPECT_GE(std::stoi(m[2]), GetParam().jobs) << r.err;
+      EXPECT_EQ(m[3].str(), GetParam().fault_handling) << r.err;
+    }
+  }
+
+  // The files' mtime lines, as debugfs shows them.
+  std::string mtimes() const {
+    std::string out;
+    for (const auto& name : file_names()) {
+      const std::string st = debugfs(image_, "stat /" + name);
+      const size_t at = st.find("mtime:");
+      out += name + " " + (at == std::string::npos ? "no mtime" : st.substr(at, st.find('\n', at) - at)) + "\n";
+    }
+    return out;
+  }
+
+  TempDir dir_;
+  std::string image_, prefix_;
+};
+
+TEST_P(FioMmap, VerifiesThroughUextMappingsAndTheKernelReadsTheSameBytes) {
+  const FioCase& c = GetParam();
+  std::vector<std::string> mkfs = {"mke2fs", "-F", "-q"};
+  mkfs.insert(mkfs.end(), c.mkfs.begin(), c.mkfs.end());
+  mkfs.push_back(image_);
+  mkfs.push_back(fmt::format("{}M", c.jobs * c.size_mb * 2 + 64));
+  run_ok(mkfs);
+  const long long bytes = static_cast<long long>(c.size_mb) << 20;
+  const long long total = bytes * c.jobs;
+
+  if (c.sparse) {
+    // truncate(1) through the shim: open(O_CREAT), fstat, ftruncate, close.
+    for (const auto& name : file_names()) {
+      CommandResult t = run_shell(fmt::format("{} truncate -s {}M {}/{}", env(), c.size_mb, prefix_, name));
+      ASSERT_EQ(t.exit_code, 0) << t.out << t.err;
+      expect_stats(t, false);
+    }
+  }
+
+  // 1. Write and verify through uext's mappings.
+  CommandResult w = run_shell(env() + " " + fio_command("mmap", c.rw, "--directory=" + prefix_, "--do_verify=1"));
+  expect_fio_ok(w, "fio mmap write + verify through the shim", total, total);
+  expect_stats(w, true);
+
+  // 2. Routed: in the image, with the size fio gave it; nothing on the host.
+  EXPECT_FALSE(std::filesystem::exists(prefix_)) << prefix_ << " appeared on the host";
+  for (const auto& name : file_names()) {
+    const std::string st = debugfs(image_, "stat /" + name);
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(st, m, std::regex(R"(Type: regular[\s\S]*?Size: (\d+))"))) << name << ":\n" << st;
+    EXPECT_EQ(std::stoll(m[1]), bytes) << name;
+  }
+
+  // 3. The image is clean.
+  ASSERT_TRUE(image_is_clean(image_));
+
+  // 4. A fresh process verifies what the image holds, through the shim.
+  // fio counts the writes it skips, so both directions show the total;
+  // that it stored nothing shows in the unchanged mtime.
+  const std::string before = mtimes();
+  CommandResult v = run_shell(env() + " " + fio_command("mmap", c.rw, "--directory=" + prefix_, "--verify_only"));
+  expect_fio_ok(v, "fio mmap --verify_only through the shim", total, total);
+  expect_stats(v, true);
+  EXPECT_EQ(mtimes(), before);
+  ASSERT_TRUE(image_is_clean(image_));
+
+  // 5. The kernel reads the same bytes. --verify_only would open the file
+  // for writing (EROFS on a read-only mount); a read job verifies every
+  // block by its header instead (magic, offset, length, crc32c).
+  if (!can_loop_mount()) GTEST_SKIP() << "the kernel's check needs root and loop devices";
+  std::filesystem::create_directories(dir_ / "mnt");
+  std::filesystem::create_directories(dir_ / "mnt-rw");
+  LoopMount mount(image_, dir_ / "mnt", /*read_only=*/true);
+  ASSERT_TRUE(mount.ok()) << mount.error();
+  CommandResult k = run_shell(fio_command("psync", "read", "--directory=" + mount.dir(), ""));
+  expect_fio_ok(k, "fio psync read-verify on the kernel's read-only loop mount", total, 0);
+  ASSERT_TRUE(mount.unmount()) << mount.error();
+  ASSERT_TRUE(image_is_clean(image_));
+
+  // 6. And fio's own --verify_only with the psync engine (same job, same
+  // seeds) through the kernel, read-write on a copy of the image.
+  const std::string copy = dir_ / "copy";
+  run_ok({"cp", "--sparse=always", image_, copy});
+  LoopMount rw(copy, dir_ / "mnt-rw", /*read_only=*/false);
+  ASSERT_TRUE(rw.ok()) << rw.error();
+  CommandResult kv = run_shell(fio_command("psync", c.rw, "--directory=" + rw.dir(), "--verify_only"));
+  expect_fio_ok(kv, "fio psync --verify_only on the kernel's loop mount of a copy", total, total);
+  ASSERT_TRUE(rw.unmount()) << rw.error();
+}
+
+// The shim's refusals: a forked child's routed call fails with EIO and a
+// message (uext's threads stay in the parent), a second process is kept
+// off the image by its lock, and the parent goes on unharmed; the image
+// stays clean. bash does the forking; dd and truncate are the programs.
+TEST(PreloadShim, ForkedChildAndSecondProcessAreRefused) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "libuext_preload.so is built with sanitizers here and cannot be preloaded into bash";
+#endif
+  TempDir dir;
+  const std::string image = dir / "img";
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", image, "32M"});
+  const std::string prefix = fmt::format("/uext-shim-test-{}", getpid());
+  const std::string env = fmt::format("LD_PRELOAD={} UEXT_PRELOAD_IMAGE={} UEXT_PRELOAD_PREFIX={}",
+                                      UEXT_PRELOAD_PATH, image, prefix);
+  const std::string script = fmt::format(
+      "echo hello | dd of={0}/f status=none; echo \"dd:$?\"\n"
+      "exec 3<{0}/f\n"
+      "( read -r x <&3; echo \"child:$?\" )\n"
+      "truncate -s 1 {0}/g; echo \"second:$?\"\n"
+      "read -r y <&3; echo \"parent:$?:$y\"\n",
+      prefix);
+  CommandResult r = run({"/bin/sh", "-c", env + " bash -c '" + script + "'"});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_EQ(r.out, "dd:0\nchild:1\nsecond:1\nparent:0:hello\n") << r.err;
+  EXPECT_NE(r.err.find("refused in a forked child"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("is in use"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(prefix));
+  ASSERT_TRUE(image_is_clean(image));
+  EXPECT_EQ(debugfs(image, "cat /f"), "hello\n");
+  CommandResult g = run({"debugfs", "-R", "stat /g", image});
+  EXPECT_NE(g.err.find("File not found"), std::string::npos) << g.out << g.err;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, FioMmap, ::testing::ValuesIn(cases()),
+                         [](const ::testing::TestParamInfo<FioCase>& info) { return info.param.name; });
+
+}  // namespace
+}  // namespace uext::testing
