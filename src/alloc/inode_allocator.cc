@@ -148,24 +148,36 @@ Result<std::optional<uint32_t>> InodeAllocator::try_group(journal::Handle& handl
   if (groups_.group_csum()) {
     disk::GroupDesc gd = groups_.volume().group_snapshot(g);
     const uint32_t used = (gd.bg_flags & disk::kBgInodeUninit) ? 0 : ipg - gd.bg_itable_unused;
-    if (idx >= used && !(gd.bg_flags & disk::kBgInodeZeroed)) {
-      // The table slots between the old end of the used part and the new
-      // inode were never written: zero them, as the new used part must
-      // hold nothing that looks like an inode.
+    if (idx >= used) {
       const uint32_t bs = sb.block_size();
       const uint32_t isz = sb.inode_size();
       const uint64_t off_first = static_cast<uint64_t>(used) * isz;
       const uint64_t off_end = static_cast<uint64_t>(idx + 1) * isz;
       const uint64_t b0 = off_first / bs, b1 = (off_end - 1) / bs;
-      if (b1 != b0) {
+      const bool zeroed = gd.bg_flags & disk::kBgInodeZeroed;
+      if (b1 != b0 && !zeroed) {
         return Error(kErrCorrupted, fmt::format("group {}: inode {} is the first free one, but inodes from {} on are "
                                                 "marked unused in the table (bg_itable_unused {})",
                                                 g, ino, group_base + used + 1, gd.bg_itable_unused));
       }
       const uint64_t table = groups_.volume().group(g).bg_inode_table;
-      UEXT_TRY(handle.modify(table + b0, [&](std::span<std::byte> b) {
-        std::memset(b.data() + (off_first - b0 * bs), 0, off_end - off_first);
-      }));
+      if (b1 == b0 && off_first % bs == 0) {
+        // The whole table block lies past the used part: no slot in it was
+        // ever an inode (the used part only grows, under this group's
+        // lock). Start it from zeros instead of reading it from the device,
+        // as the kernel does for a new inode whose block holds no other
+        // (__ext4_get_inode_loc's in_mem); the slots behind the new inode
+        // stay outside the used part. One read less per block of new
+        // inodes: 1,250 for 20,000 files.
+        UEXT_TRY(handle.create(table + b0, [](std::span<std::byte> b) { std::memset(b.data(), 0, b.size()); }));
+      } else if (!zeroed) {
+        // The table slots between the old end of the used part and the new
+        // inode were never written: zero them, as the new used part must
+        // hold nothing that looks like an inode.
+        UEXT_TRY(handle.modify(table + b0, [&](std::span<std::byte> b) {
+          std::memset(b.data() + (off_first - b0 * bs), 0, off_end - off_first);
+        }));
+      }
     }
     // The kernel initialises a BLOCK_UNINIT group's block bitmap before
     // handing out its inodes.

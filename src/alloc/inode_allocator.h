@@ -10,8 +10,9 @@
 //     before using the group's inodes), the descriptor block, the
 //     superblock, and the one inode-table block whose slot is zeroed when
 //     the group's table was never zeroed (not INODE_ZEROED) and the new
-//     inode extends its used part. The caller writing the new inode into
-//     that same table block needs no further credit for it.
+//     inode extends its used part, or which starts from zeros without a
+//     read when it lies wholly past the used part. The caller writing the
+//     new inode into that same table block needs no further credit for it.
 //   free(): kFreeCredits = 3 -- inode bitmap, descriptor block, superblock.
 #pragma once
 
