@@ -34,6 +34,7 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <sys/file.h>
 #include <sys/eventfd.h>
@@ -172,6 +173,28 @@ std::atomic<bool> g_fd_hint[kFdHints];
 std::atomic<int> g_high_fds{0};  // routed descriptors >= kFdHints
 std::atomic<int> g_map_count{0};
 
+// uext's threads (journal commit timer, writeback, userfaultfd handlers)
+// inherit the signal mask of the thread that makes them. Made with every
+// asynchronous signal blocked, they never take a signal meant for the
+// program -- a shell's SIGCHLD, whose handler and sigprocmask-guarded
+// waits assume the program's own threads. Faults (SIGSEGV, SIGBUS, ...)
+// stay deliverable: uext's signal fallback serves them.
+class AsyncSignalsBlocked {
+ public:
+  AsyncSignalsBlocked() {
+    sigset_t all;
+    sigfillset(&all);
+    for (int s : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS}) sigdelset(&all, s);
+    pthread_sigmask(SIG_BLOCK, &all, &old_);
+  }
+  ~AsyncSignalsBlocked() { pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+  AsyncSignalsBlocked(const AsyncSignalsBlocked&) = delete;
+  AsyncSignalsBlocked& operator=(const AsyncSignalsBlocked&) = delete;
+
+ private:
+  sigset_t old_;
+};
+
 // ---- messages and errors ----
 
 void say(const std::string& line) {
@@ -307,6 +330,7 @@ void open_filesystem() {
     }
   }
   if (problem.empty()) {
+    AsyncSignalsBlocked quiet;  // for the threads open starts
     auto fs = uext::Filesystem::open(g_state->image, o);
     if (!fs.ok()) {
       problem = fmt::format("cannot open image {}: {}", g_state->image, fs.error().message());
@@ -909,6 +933,7 @@ void* routed_mmap(OpenFile& f, void* addr, size_t length, int prot, int flags, o
   if (length == 0 || offset < 0 || offset % 4096 != 0) return map_fail(EINVAL);
   Inside in;
   const int uprot = (prot & PROT_READ ? uext::kProtRead : 0) | (prot & PROT_WRITE ? uext::kProtWrite : 0);
+  AsyncSignalsBlocked quiet;  // the first mapping starts the fault handler threads
   auto m = fs->mmap(f.ino, static_cast<uint64_t>(offset), length, uprot ? uprot : uext::kProtRead,
                     shared ? uext::kMapShared : uext::kMapPrivate);
   if (!m.ok()) {
