@@ -45,6 +45,9 @@
 #   UEXT_MOUNT_OPTS      extra -o options for uext mount (e.g. writeback_cache)
 #   FUSE2FS_OPTS         -o options for fuse2fs (default rw)
 #   UEXT_BENCH_TIMEOUT   seconds one workload command may take (default 1800)
+#   UEXT_BENCH_LATENCY   1: during the small files' create on FUSE contenders,
+#                        record the kernel's fuse tracepoints with perf and
+#                        print each request type's count and latency
 #
 # See bench/README.md for what is measured and the figures from our machine.
 set -euo pipefail
@@ -63,6 +66,7 @@ contenders=${UEXT_BENCH_CONTENDERS:-kernel fuse2fs uext}
 uext_opts=${UEXT_MOUNT_OPTS:-}
 fuse2fs_opts=${FUSE2FS_OPTS:-rw}
 tmo=${UEXT_BENCH_TIMEOUT:-1800}
+latency=${UEXT_BENCH_LATENCY:-}
 PATH=$PATH:/sbin:/usr/sbin
 
 me=mount_bench.sh
@@ -83,6 +87,12 @@ case " $only " in
   *" fio "*) command -v fio >/dev/null 2>&1 || die "fio not found (scripts/install-deps.sh installs it)";;
 esac
 [ -e /dev/fuse ] || die "/dev/fuse is missing (modprobe fuse)"
+if [ -n "$latency" ]; then
+  command -v perf >/dev/null 2>&1 || die "UEXT_BENCH_LATENCY needs perf (scripts/install-deps.sh installs it)"
+  [ -d /sys/kernel/tracing/events/fuse/fuse_request_send ] ||
+    [ -d /sys/kernel/debug/tracing/events/fuse/fuse_request_send ] ||
+    die "UEXT_BENCH_LATENCY needs the kernel's fuse:fuse_request_send/end tracepoints"
+fi
 [ $((nfiles % ndirs)) -eq 0 ] || die "UEXT_BENCH_FILES must be a multiple of UEXT_BENCH_DIRS"
 
 mkdir -p "$bench_dir"
@@ -97,6 +107,7 @@ mnt=$work/mnt
 mkdir -p "$mnt"
 fuse_pid=
 cleanup() {
+  if [ -n "${lat_pid:-}" ]; then kill -INT "$lat_pid" 2>/dev/null; wait "$lat_pid" 2>/dev/null; fi
   if mountpoint -q "$mnt" 2>/dev/null; then
     fusermount3 -u "$mnt" 2>/dev/null || umount "$mnt" 2>/dev/null || umount -l "$mnt" || true
   fi
@@ -351,8 +362,10 @@ wl_small() {
   mkdir "$mnt/small"
   # The unmount is timed too: until it returns (and for uext, until the
   # daemon has closed the image) the files need not be on the image.
+  [ "$c" = kernel ] || latency_start
   umount_after=$c timed "$helper" files "$mnt/small" "$ndirs" "$nfiles"
   s1=$secs
+  [ "$c" = kernel ] || latency_stop "$c"
   f1=$(fsck_image)
   drop_caches
   do_mount "$c"
@@ -372,8 +385,10 @@ wl_small_floor() {
   local s1 s2
   do_mount floor
   mkdir "$mnt/small"
+  latency_start
   umount_after=floor timed "$helper" files "$mnt/small" "$ndirs" "$nfiles"
   s1=$secs
+  latency_stop floor
   do_mount floor
   mkdir "$mnt/small"
   "$helper" files "$mnt/small" "$ndirs" "$nfiles" || die "floor: the untimed create failed"
@@ -384,6 +399,46 @@ wl_small_floor() {
   do_umount floor
   record "create ${nfiles} x 4 KiB+umount" s floor "$s1" -
   record "ls -lR cold ($nfiles files)" s floor "$s2" -
+}
+
+# latency_start / latency_stop CONTENDER: with UEXT_BENCH_LATENCY, record
+# every FUSE request's send and end in between (system-wide: nothing else
+# should use FUSE meanwhile) and print, per request type, how many, the
+# median and 90th percentile latency, and the sum of all latencies.
+lat_pid=
+latency_start() {
+  [ -n "$latency" ] || return 0
+  perf record -q -e fuse:fuse_request_send,fuse:fuse_request_end -a -o "$work/lat.data" > /dev/null 2>&1 &
+  lat_pid=$!
+  sleep 1  # perf needs a moment before it records
+}
+latency_stop() {
+  [ -n "$lat_pid" ] || return 0
+  kill -INT "$lat_pid"; wait "$lat_pid" || true
+  lat_pid=
+  echo "   FUSE requests during the create on $1 (send to end):"
+  perf script -i "$work/lat.data" -F time,event,trace 2>/dev/null | python3 -c '
+import collections, re, sys
+sent, lat = {}, collections.defaultdict(list)
+pat = re.compile(r"\s*([\d.]+):\s+fuse:fuse_request_(send|end):\s+connection \d+ req (\d+)(?: opcode \d+ \((\w+)\))?")
+for line in sys.stdin:
+    m = pat.match(line)
+    if not m:
+        continue
+    t, kind, req = float(m.group(1)), m.group(2), m.group(3)
+    if kind == "send":
+        sent[req] = (t, m.group(4))
+    elif req in sent:
+        t0, op = sent.pop(req)
+        lat[op].append((t - t0) * 1e6)
+total = 0.0
+for op, v in sorted(lat.items(), key=lambda kv: -sum(kv[1])):
+    v.sort()
+    total += sum(v)
+    print("     %-16s %7d  median %6.1f us  p90 %6.1f us  sum %7.3f s" % (op, len(v), v[len(v) // 2], v[int(len(v) * 0.9)], sum(v) / 1e6))
+print("     all requests: sum %.3f s" % (total / 1e6))
+'
+  rm -f "$work/lat.data"
 }
 
 fio_iops() {  # from fio's JSON output

@@ -10,6 +10,8 @@ packages=(
   e2fsprogs fuse2fs xfsprogs util-linux attr acl
   # what the FUSE tests drive a mounted image with
   coreutils tar rsync git sqlite3 fio stress-ng
+  # bench/mount_bench.sh with UEXT_BENCH_LATENCY (FUSE request latencies)
+  linux-perf
 )
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 missing=()
