@@ -63,6 +63,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -366,8 +367,7 @@ OpenFile::~OpenFile() {
 
 // At exit: unmap what the program left mapped, drop every description,
 // then close, so the image is left clean with nothing to replay.
-void close_filesystem() {
-  if (g_child.load()) return;
+void close_filesystem_here() {
   uext::Filesystem* fs = g_fs.load();
   if (!fs) return;
   Inside in;
@@ -408,6 +408,20 @@ void close_filesystem() {
   }
   if (g_lock_fd >= 0) REAL(close)(g_lock_fd);
   g_lock_fd = -1;
+}
+
+// From a thread of its own: at exit glibc has already destroyed the exiting
+// thread's thread_local objects (before atexit handlers run), and uext's
+// debug builds keep their lock-order records in one.
+void close_filesystem() {
+  if (g_child.load() || !g_fs.load()) return;
+  try {
+    AsyncSignalsBlocked quiet;
+    std::thread closer(close_filesystem_here);
+    closer.join();
+  } catch (const std::system_error&) {
+    close_filesystem_here();  // no thread to be had: close from here
+  }
 }
 
 __attribute__((constructor)) void preload_init() {
@@ -670,7 +684,7 @@ int routed_statfs(const char* call, const std::string& path, StatfsT* out) {
 int routed_open(const Routed& r, int flags, mode_t mode) {
   uext::Filesystem* fs = fs_for("open", r.path);
   if (!fs) return -1;
-  if (flags & __O_TMPFILE) {
+  if ((flags & __O_TMPFILE) == __O_TMPFILE) {  // (O_DIRECTORY alone is not it)
     say(fmt::format("open {}: O_TMPFILE is not supported in the image", r.path));
     return fail(EOPNOTSUPP);
   }
@@ -1144,7 +1158,7 @@ extern "C" {
 
 namespace {
 mode_t mode_arg(int flags, va_list ap) {
-  return (flags & (O_CREAT | __O_TMPFILE)) ? static_cast<mode_t>(va_arg(ap, int)) : 0;
+  return (flags & O_CREAT) || (flags & __O_TMPFILE) == __O_TMPFILE ? static_cast<mode_t>(va_arg(ap, int)) : 0;
 }
 }  // namespace
 
