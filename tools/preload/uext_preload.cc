@@ -439,7 +439,9 @@ __attribute__((constructor)) void preload_init() {
   g_state->prefix = prefix;
   rlimit nofile{};
   if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY) {
-    g_high_fd_base = static_cast<int>(std::max<rlim_t>(nofile.rlim_cur / 2, 64));
+    // High, but not so high that the kernel's descriptor table must grow
+    // to millions of slots for the first one.
+    g_high_fd_base = static_cast<int>(std::clamp<rlim_t>(nofile.rlim_cur / 2, 64, 4096));
   }
   // The child gets the table unlocked (no thread of the parent holds it
   // across fork) and refuses routed calls from then on.
