@@ -513,7 +513,7 @@ bool route_at(int dirfd, const char* path, Routed& out) {
   if (!path || t_inside) return false;
   if (path[0] == '/' || dirfd == AT_FDCWD) return route_path(path, out);
   auto dir = routed_fd(dirfd);
-  if (!dir) return false;
+  if (!dir || path[0] == '\0') return false;  // "" without AT_EMPTY_PATH: ENOENT from the kernel
   out.want_dir = path[0] != '\0' && path[std::strlen(path) - 1] == '/';
   out.path = normalize(dir->path + "/" + path);
   return true;
@@ -788,6 +788,7 @@ ssize_t routed_write(const char* call, OpenFile& f, const void* buf, size_t n, i
   if (!put.ok()) return fail_with(call, f.path, put.error());
   if (offset < 0) f.pos = at + *put;
   if (f.flags & (O_SYNC | O_DSYNC)) {
+    if (!lock.owns_lock()) lock.lock();  // wb_seen is the description's
     uext::Status s = fs->fsync(f.ino, !(f.flags & O_SYNC & ~O_DSYNC), f.wb_seen);
     if (!s.ok()) return fail_with(call, f.path, s.error());
   }
