@@ -5,6 +5,8 @@
 // has reported yet reaches descriptions opened after it; the pages that
 // failed stay dirty, so the data still reaches the image. Each test closes
 // and checks the image with e2fsck -fn and dumpe2fs -h.
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <cerrno>
@@ -104,6 +106,47 @@ TEST(WbErrseq, EveryDescriptionHearsOnceLateOnesDoNot) {
   EXPECT_EQ(s.error().code(), EIO);
   EXPECT_TRUE(f.fs->fsync(ino).ok());
 
+  close_and_check(f, image);
+  EXPECT_EQ(read_back(image, "/f", data.size() + 1), data) << "the failed pages stayed dirty";
+}
+
+// Background writeback writes with the file's locks let go; its failure
+// must still reach fsync, and the pages must stay dirty.
+TEST(WbErrseq, BackgroundWritebackFailureReachesFsync) {
+  TempDir tmp;
+  const std::string image = tmp / "background.img";
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-b", "4096", image, "32M"});
+  Faulty f = open_faulty(image);
+  ASSERT_TRUE(f.fs);
+  auto st = f.fs->create(kRootIno, "f", 0100644, {});
+  ASSERT_TRUE(st.ok());
+  const Ino ino = st->ino;
+  ASSERT_TRUE(f.fs->sync().ok());
+  f.fs.reset();  // closed clean; reopen with background writeback on
+  Options o;
+  o.dirty_expire_ms = 0;
+  o.writeback_interval_ms = 5;
+  auto inner = open_image_file(image, {.read_only = false});
+  ASSERT_TRUE(inner.ok());
+  auto dev = std::make_unique<io::FaultDevice>(std::move(*inner));
+  f.dev = dev.get();
+  o.read_only = false;
+  o.commit_interval_ms = 0;
+  auto fs = Filesystem::open(std::move(dev), o);
+  ASSERT_TRUE(fs.ok()) << fs.error().message();
+  f.fs = std::move(*fs);
+  uint64_t seen = f.fs->wb_err_sample(ino);
+  // The next device write is background writeback's data (no commit runs
+  // meanwhile: commit_interval_ms 0): it fails.
+  f.dev->fail_nth(io::IoOp::kWrite, 1, EIO);
+  const std::string data = bytes('b', 256 * 1024);
+  ASSERT_EQ(*f.fs->write(ino, 0, as_bytes(data)), data.size());
+  for (int i = 0; i < 500 && f.dev->counts().failed_writes == 0; ++i) usleep(10 * 1000);
+  ASSERT_EQ(f.dev->counts().failed_writes, 1u) << "background writeback never wrote";
+  Status s = f.fs->fsync(ino, false, seen);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code(), EIO) << s.error().message();
+  EXPECT_TRUE(f.fs->fsync(ino, false, seen).ok());
   close_and_check(f, image);
   EXPECT_EQ(read_back(image, "/f", data.size() + 1), data) << "the failed pages stayed dirty";
 }

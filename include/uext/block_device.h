@@ -23,6 +23,9 @@ class BlockDevice {
   // device is an error (EIO) naming the offset, never a short read.
   virtual Status read(uint64_t offset, std::span<std::byte> buf) = 0;
   virtual Status write(uint64_t offset, std::span<const std::byte> buf) = 0;
+  // Writes file data that the caller keeps in memory of its own (the page
+  // cache's writeback): a device may send it past any cache of its own.
+  virtual Status write_data(uint64_t offset, std::span<const std::byte> buf) { return write(offset, buf); }
   // Makes every completed write durable.
   virtual Status flush() = 0;
   virtual uint64_t size() const = 0;
@@ -35,6 +38,11 @@ struct ImageFileOptions {
   // be aligned to 4096; the device falls back to buffered I/O for requests
   // that are not.
   bool direct_io = false;
+  // O_DIRECT for large write_data() calls only (file data written back
+  // from uext's own page cache, which already holds it): one copy less,
+  // and the host's page cache is not filled with what uext caches anyway.
+  // Small ones, and hosts without O_DIRECT, keep buffered writes.
+  bool direct_data_writes = true;
 };
 
 // An image file (or a block device node) accessed with pread/pwrite.

@@ -58,6 +58,8 @@ Status CachedFile::ensure(uint64_t end_index) {
     memfd_pages_ = want;
   }
   if (end_index > map_pages_) {
+    // The mapping may move: not under a writeback reading from it.
+    wait_writeback();
     uint64_t want = memfd_pages_;
     void* p = map_ ? mremap(map_, map_pages_ * kPageSize, want * kPageSize, MREMAP_MAYMOVE)
                    : mmap(nullptr, want * kPageSize, PROT_READ | PROT_WRITE, MAP_SHARED, memfd_, 0);
@@ -119,6 +121,23 @@ void CachedFile::mark_clean(uint64_t index) {
   p->flags = 0;
 }
 
+void CachedFile::start_writeback(uint64_t first, uint64_t end) {
+  ++in_flight_;
+  for (auto it = pages_.lower_bound(first); it != pages_.end() && it->first < end; ++it) mark_clean(it->first);
+}
+
+void CachedFile::end_writeback(uint64_t first, uint64_t end, bool failed) {
+  if (failed) {
+    // The blocks are mapped by now: dirty again, but no longer delayed.
+    for (auto it = pages_.lower_bound(first); it != pages_.end() && it->first < end; ++it) mark_dirty(it->second, false);
+  }
+  if (--in_flight_ == 0) writeback_done_.notify_all();
+}
+
+void CachedFile::wait_writeback() {
+  writeback_done_.wait(mu, [this] { return in_flight_ == 0; });
+}
+
 void CachedFile::remove_mapper(PageMapper* m) { std::erase(mappers_, m); }
 
 Status CachedFile::write_protect(uint64_t first, uint64_t end) {
@@ -138,6 +157,7 @@ void CachedFile::set_size(uint64_t new_size) {
 uint64_t CachedFile::drop(uint64_t first, uint64_t end) {
   uint64_t delayed = 0;
   if (first >= end) return 0;
+  wait_writeback();
   for (PageMapper* m : mappers_) m->unmap(first, end);
   auto it = pages_.lower_bound(first);
   while (it != pages_.end() && it->first < end) {
@@ -253,6 +273,7 @@ void PageCache::shrink() {
   for (auto& [age, f] : by_age) {
     if (cached_bytes() <= options_.max_bytes * 3 / 4 && open_memfds_.load() <= max_memfds_ / 2) break;
     std::lock_guard lock(f->mu);
+    if (f->in_flight_) continue;  // its pages are being read for the disk
     f->evict_clean();
     if (f->pages_.empty() && f->mappers_.empty()) f->release_memory();
   }

@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -95,6 +96,17 @@ class CachedFile {
   void populate(uint64_t first, uint64_t end);
   void mark_dirty(Page& page, bool delayed);
   void mark_clean(uint64_t index);
+  // Background writeback copies pages to the disk without the file's
+  // locks (src/fs/writeback.cc). While such a writeback is in flight the
+  // pages it reads stay where they are: no eviction, no drop and no move
+  // of the mapping until it ends. start_writeback cleans pages [first,
+  // end) as it begins; end_writeback marks them dirty again if it failed.
+  void start_writeback(uint64_t first, uint64_t end);
+  void end_writeback(uint64_t first, uint64_t end, bool failed);
+  bool writeback_in_flight() const { return in_flight_ != 0; }
+  // Waits, with `mu` held by the caller (it is let go meanwhile), until no
+  // writeback of this file is in flight.
+  void wait_writeback();
   // Removes pages [first, end) (dirty ones too: their data is gone).
   // Returns how many delayed pages were among them.
   uint64_t drop(uint64_t first, uint64_t end);
@@ -146,6 +158,8 @@ class CachedFile {
   std::vector<PageMapper*> mappers_;
   uint64_t dirty_ = 0;
   uint64_t delayed_ = 0;
+  uint32_t in_flight_ = 0;
+  std::condition_variable_any writeback_done_;
 };
 
 class PageCache {

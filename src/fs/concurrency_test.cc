@@ -500,6 +500,136 @@ TEST_P(Concurrency, AppendersReadersAndFsyncOnOneFile) {
   expect_clean(image);
 }
 
+// Background writeback lets go of the file's lock while it writes a chunk
+// (src/fs/writeback.cc): writers past a tiny dirty limit, a thread that
+// truncates, rewrites and punches its own file, readers and fsync all run
+// against it. Every file must read back exactly, before and after reopening.
+class ConcurrentWriteback : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(ConcurrentWriteback, WritersPastTheDirtyLimitRaceTruncateAndFsync) {
+  TempDir tmp;
+  std::string image = make_image(tmp, {"-t", "ext4", "-b", GetParam()}, "160M");
+  Problems problems;
+  constexpr uint64_t kPiece = 48 * 1024;
+  const uint64_t file_bytes = kPiece * 96 * kScale;  // about 4.5 MiB a unit of scale
+  auto byte_at = [](int f, uint64_t off) { return static_cast<char>(1 + (off / 4096 + 7 * f) % 251); };
+  std::string model;  // the truncating thread's file
+  {
+    Options o;
+    o.read_only = false;
+    o.commit_interval_ms = 20;
+    // Background writeback past a quarter of the limit only, so that it
+    // finds long dirty runs (the ones it writes without the file's lock).
+    o.dirty_limit_bytes = 12 << 20;
+    o.dirty_expire_ms = 600000;
+    o.writeback_interval_ms = 1;
+    o.page_cache_bytes = 32 << 20;
+    auto opened = Filesystem::open(image, o);
+    ASSERT_TRUE(opened.ok()) << opened.error().message();
+    auto& fs = **opened;
+    std::vector<Ino> files;
+    for (int f = 0; f < 4; ++f) {
+      auto st = fs.create(kRootIno, fmt::format("w{}", f), 0100644, {});
+      ASSERT_TRUE(st.ok());
+      files.push_back(st->ino);
+    }
+    std::atomic<int> writers_done{0};
+    {
+      Watchdog dog("WritersPastTheDirtyLimitRaceTruncateAndFsync");
+      std::vector<std::thread> threads;
+      for (int f = 0; f < 3; ++f) {
+        threads.emplace_back([&, f] {
+          std::string piece(kPiece, '\0');
+          for (uint64_t off = 0; off < file_bytes && problems.empty(); off += kPiece) {
+            for (uint64_t i = 0; i < kPiece; ++i) piece[i] = byte_at(f, off + i);
+            auto w = fs.write(files[f], off, bytes_of(piece));
+            if (!w.ok() || *w != kPiece) problems.add(fmt::format("writer {}: write at {} failed", f, off));
+            if ((off / kPiece) % 64 == 63) {
+              Status s = fs.fsync(files[f]);
+              if (!s.ok()) problems.add("fsync: " + s.error().message());
+            }
+          }
+          ++writers_done;
+        });
+      }
+      threads.emplace_back([&] {
+        std::mt19937 rng(7);
+        while (writers_done.load() < 3 && problems.empty()) {
+          const uint64_t off = rng() % (512 * 1024);
+          const std::string data(1 + rng() % (96 * 1024), static_cast<char>('a' + rng() % 26));
+          auto w = fs.write(files[3], off, bytes_of(data));
+          if (!w.ok()) {
+            problems.add("truncator: write: " + w.error().message());
+            return;
+          }
+          if (model.size() < off + data.size()) model.resize(off + data.size(), '\0');
+          model.replace(off, data.size(), data);
+          switch (rng() % 3) {
+            case 0: {
+              const uint64_t size = rng() % (model.size() + 1);
+              if (!fs.truncate(files[3], size).ok()) problems.add("truncate failed");
+              model.resize(size);
+              break;
+            }
+            case 1: {
+              const uint64_t at = rng() % (model.size() + 1), len = rng() % (64 * 1024);
+              if (!fs.fallocate(files[3], kFallocPunchHole | kFallocKeepSize, at, len).ok()) {
+                problems.add("punch failed");
+              }
+              for (uint64_t i = at; i < std::min<uint64_t>(at + len, model.size()); ++i) model[i] = '\0';
+              break;
+            }
+            default:
+              break;
+          }
+          std::string err;
+          if (read_all(fs, files[3], &err) != model) problems.add("truncator: file differs from its model " + err);
+        }
+      });
+      threads.emplace_back([&] {
+        while (writers_done.load() < 3 && problems.empty()) {
+          for (int f = 0; f < 3; ++f) {
+            std::string err;
+            const std::string got = read_all(fs, files[f], &err);
+            for (uint64_t i = 0; i < got.size(); i += 509) {
+              if (got[i] != byte_at(f, i)) {
+                problems.add(fmt::format("reader: w{} byte {} of {} is wrong", f, i, got.size()));
+                return;
+              }
+            }
+          }
+        }
+      });
+      for (auto& th : threads) th.join();
+    }
+    EXPECT_TRUE(problems.empty()) << problems.text();
+    ASSERT_TRUE(fs.close().ok());
+  }
+  expect_clean(image);
+  auto fs = Filesystem::open(image, {});
+  ASSERT_TRUE(fs.ok());
+  for (int f = 0; f < 4; ++f) {
+    auto ino = (*fs)->resolve(fmt::format("/w{}", f));
+    ASSERT_TRUE(ino.ok());
+    std::string err;
+    const std::string got = read_all(**fs, *ino, &err);
+    if (f == 3) {
+      EXPECT_TRUE(got == model) << "w3 differs from its model after reopening";
+      continue;
+    }
+    ASSERT_EQ(got.size(), file_bytes) << err;
+    for (uint64_t i = 0; i < got.size(); ++i) {
+      if (got[i] != byte_at(f, i)) {
+        ADD_FAILURE() << fmt::format("w{}: byte {} is wrong after reopening", f, i);
+        break;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(BlockSizes, ConcurrentWriteback, ::testing::Values("4096", "1024"),
+                         [](const auto& info) { return std::string("b") + info.param; });
+
 INSTANTIATE_TEST_SUITE_P(Images, Concurrency,
                          ::testing::Values(std::vector<std::string>{"-t", "ext4", "-b", "4096"},
                                            std::vector<std::string>{"-t", "ext3", "-b", "1024"}),

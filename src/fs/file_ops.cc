@@ -60,14 +60,7 @@ Result<size_t> FilesystemImpl::write(Ino ino, uint64_t offset, std::span<const s
     // mtime and ctime, like the size, reach the disk with the data.
     UEXT_ASSIGN_OR_RETURN(size_t n, cached_write(rec, offset, buf));
     lock.unlock();
-    if (cache_->dirty_bytes() > vol_->options().dirty_limit_bytes) {
-      // Past the dirty limit the writer pays: write back until under it
-      // (balance_dirty_pages).
-      auto relock = itable_.lock(ino);
-      UEXT_TRY(writeback_inode(ino));
-      relock.unlock();
-      if (cache_->dirty_bytes() > vol_->options().dirty_limit_bytes) UEXT_TRY(writeback_all());
-    }
+    UEXT_TRY(balance_dirty(ino));
     if (cache_->too_many_files()) {
       UEXT_TRY(writeback_all());
       cache_->shrink();

@@ -26,6 +26,7 @@
 #include "base/ordered_mutex.h"
 #include "cache/page_cache.h"
 #include "disk/xattr.h"
+#include "fs/block_map.h"
 #include "fs/inode_table.h"
 #include "fs/orphan.h"
 #include "fs/volume.h"
@@ -183,6 +184,24 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   // recorded for the file's descriptions.
   Status writepages(InodeRecord& rec, cache::CachedFile& file);
   Status write_dirty_runs(InodeRecord& rec, cache::CachedFile& file);
+  // One writeback step: blocks [pos, pos + blocks) of a dirty run, in a
+  // file of `size` bytes.
+  struct WritebackChunk {
+    uint64_t pos = 0;
+    uint64_t blocks = 0;
+    uint64_t size = 0;
+    uint32_t max_new_extents = 1;
+    uint32_t prealloc = 0;
+  };
+  uint32_t writeback_credits(const InodeRecord& rec, const WritebackChunk& c);
+  Result<std::vector<BlockRun>> map_for_writeback(journal::Handle& h, InodeRecord& rec, cache::CachedFile& file,
+                                                  const WritebackChunk& c);
+  Status write_mapped_runs(const std::byte* file_bytes, const std::vector<BlockRun>& runs);
+  void settle_reservation(const InodeRecord& rec, cache::CachedFile& file);
+  Result<bool> writeback_chunk_async(cache::CachedFile& file);
+  Status balance_dirty(Ino ino);
+  void notify_writeback_progress();
+  bool wb_stopping();
   Status writeback_inode(uint32_t ino);
   // Writes back other files: with `except` set (a writer holding that
   // inode's lock) only files whose lock is free; with 0, all of them.
@@ -237,6 +256,10 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   std::mutex wb_mu_;
   std::condition_variable wb_cv_;
   bool wb_stop_ = false;
+  // Writers past the dirty limit wake the writeback thread (wb_kick_) and
+  // wait on wb_progress_cv_ (all under wb_mu_).
+  bool wb_kick_ = false;
+  std::condition_variable wb_progress_cv_;
 };
 
 }  // namespace uext::fs

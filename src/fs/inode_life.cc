@@ -86,6 +86,7 @@ void FilesystemImpl::stop_writeback() {
     wb_stop_ = true;
   }
   wb_cv_.notify_all();
+  wb_progress_cv_.notify_all();
   if (writeback_thread_.joinable()) writeback_thread_.join();
 }
 

@@ -31,6 +31,11 @@ using cache::kPageSize;
 namespace {
 
 constexpr uint64_t kDeviceWriteBytes = 1 << 20;
+// Blocks one writeback handle maps at most (32 MiB with 4 KiB blocks).
+constexpr uint64_t kWritebackChunkBlocks = 8192;
+// Background writeback lets go of the file's lock for dirty runs of at
+// least this many pages (1 MiB); shorter ones are written under it.
+constexpr uint64_t kAsyncMinPages = 256;
 
 // The extent root's depth and entry count (i_block holds the header).
 std::pair<uint16_t, uint16_t> extent_root(const disk::Inode& in) {
@@ -180,99 +185,286 @@ Status FilesystemImpl::writepages(InodeRecord& rec, CachedFile& file) {
   return s;
 }
 
-Status FilesystemImpl::write_dirty_runs(InodeRecord& rec, CachedFile& file) {
+// The dirty runs of a file, as page ranges [first, end), with page_mkclean
+// done on them for mapped files: a store from now on faults (and waits for
+// the inode lock the caller holds), so the pages are stable while written.
+// Caller holds the inode lock and file.mu.
+static Result<std::vector<std::pair<uint64_t, uint64_t>>> collect_dirty_runs(CachedFile& file) {
+  std::vector<std::pair<uint64_t, uint64_t>> dirty_runs;
+  for (const auto& [index, page] : file.pages()) {
+    if (!(page.flags & cache::kDirty)) continue;
+    if (!dirty_runs.empty() && dirty_runs.back().second == index) {
+      ++dirty_runs.back().second;
+    } else {
+      dirty_runs.emplace_back(index, index + 1);
+    }
+  }
+  if (file.mapped()) {
+    for (auto [first, end] : dirty_runs) UEXT_TRY(file.write_protect(first, end));
+  }
+  return dirty_runs;
+}
+
+Result<std::vector<BlockRun>> FilesystemImpl::map_for_writeback(journal::Handle& h, InodeRecord& rec, CachedFile& file,
+                                                                const WritebackChunk& c) {
   const uint32_t ino = rec.ino;
   const uint64_t bs = vol_->block_size();
-  const uint64_t bpp = kPageSize / bs;
-  // The dirty runs, as page ranges. The inode lock (held by the caller)
-  // keeps anyone from dirtying or dropping pages meanwhile.
-  std::vector<std::pair<uint64_t, uint64_t>> dirty_runs;
-  uint64_t size = 0;
-  {
-    std::lock_guard lock(file.mu);
-    if (file.dirty_pages() == 0) return {};
-    size = file.size_known ? file.size : rec.inode.i_size;
-    for (const auto& [index, page] : file.pages()) {
-      if (!(page.flags & cache::kDirty)) continue;
-      if (!dirty_runs.empty() && dirty_runs.back().second == index) {
-        ++dirty_runs.back().second;
-      } else {
-        dirty_runs.emplace_back(index, index + 1);
+  alloc::ReservationScope scope(&file.reservation);
+  MapOptions options;
+  options.max_new_extents = c.max_new_extents;
+  options.alloc.owner = ino;
+  options.alloc.prealloc = c.prealloc;
+  UEXT_ASSIGN_OR_RETURN(auto runs, map_or_allocate(*vol_, h, rec, c.pos, c.blocks, *blocks_, options));
+  bool unwritten = false;
+  uint64_t mapped = 0;
+  for (const auto& r : runs) {
+    if (r.physical == 0) return Error(EIO, fmt::format("inode {}: block {} left unmapped", ino, r.logical));
+    unwritten |= r.unwritten;
+    mapped = r.logical + r.length - c.pos;
+  }
+  // The conversion and the new i_size commit with the allocation, after
+  // the data: the handle stays open until the data is written.
+  if (unwritten) UEXT_TRY(convert_unwritten(*vol_, h, rec, c.pos, mapped, *blocks_));
+  const uint64_t disk_size = std::min(c.size, (c.pos + mapped) * bs);
+  if (disk_size > rec.inode.i_size || file.times_pending) {
+    UEXT_ASSIGN_OR_RETURN(rec, vol_->update_inode(h, ino, false, [&](disk::Inode& in) {
+      in.i_size = std::max<uint64_t>(in.i_size, disk_size);
+      if (file.times_pending) {
+        const disk::Timestamp w{file.mtime_sec, file.mtime_nsec};
+        in.i_mtime = w;
+        // A later change (chmod, link) keeps its newer ctime.
+        if (w.sec > in.i_ctime.sec || (w.sec == in.i_ctime.sec && w.nsec > in.i_ctime.nsec)) in.i_ctime = w;
       }
-    }
-    // page_mkclean: a store from now on faults (and waits for the inode
-    // lock this writeback holds), so the pages are stable while written.
-    if (file.mapped()) {
-      for (auto [first, end] : dirty_runs) UEXT_TRY(file.write_protect(first, end));
+    }));
+    file.times_pending = false;
+  }
+  return runs;
+}
+
+Status FilesystemImpl::write_mapped_runs(const std::byte* file_bytes, const std::vector<BlockRun>& runs) {
+  const uint64_t bs = vol_->block_size();
+  for (const auto& r : runs) {
+    const std::byte* src = file_bytes + r.logical * bs;
+    // In pieces of at most 1 MiB: single pwrites of 2 MiB and more into
+    // the image's page cache were often several times slower per byte
+    // here (1 GiB: 1.3-3.7 s against 0.3 s).
+    for (uint64_t done = 0; done < r.length * bs;) {
+      const uint64_t n = std::min<uint64_t>(r.length * bs - done, kDeviceWriteBytes);
+      UEXT_TRY(vol_->device().write_data(r.physical * bs + done, std::span<const std::byte>(src + done, n)));
+      done += n;
     }
   }
-  const uint64_t size_blocks = (size + bs - 1) / bs;
-  const uint32_t k = extents_per_handle(rec);
-  const uint32_t prealloc = prealloc_window(size_blocks);
-  for (auto [first_page, end_page] : dirty_runs) {
-    uint64_t pos = first_page * bpp;
-    const uint64_t stop = std::min(end_page * bpp, size_blocks);
-    while (pos < stop) {
-      const uint64_t chunk = std::min<uint64_t>(stop - pos, 8192);
-      UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(map_credits(*vol_, rec, k) + convert_credits(*vol_, rec, k) + 2));
-      uint64_t mapped = 0;
-      Status done = in_handle(h, [&]() -> Status {
-        std::lock_guard lock(file.mu);
-        alloc::ReservationScope scope(&file.reservation);
-        MapOptions options;
-        options.max_new_extents = k;
-        options.alloc.owner = ino;
-        options.alloc.prealloc = prealloc;
-        UEXT_ASSIGN_OR_RETURN(auto runs, map_or_allocate(*vol_, h, rec, pos, chunk, *blocks_, options));
-        bool unwritten = false;
-        for (const auto& r : runs) {
-          if (r.physical == 0) return Error(EIO, fmt::format("inode {}: block {} left unmapped", ino, r.logical));
-          const std::byte* src = file.data(0) + r.logical * bs;
-          // In pieces of at most 1 MiB: single pwrites of 2 MiB and more
-          // into the image's page cache were often several times slower
-          // per byte here (1 GiB: 1.3-3.7 s against 0.3 s).
-          for (uint64_t done = 0; done < r.length * bs;) {
-            const uint64_t n = std::min<uint64_t>(r.length * bs - done, kDeviceWriteBytes);
-            UEXT_TRY(vol_->device().write(r.physical * bs + done, std::span<const std::byte>(src + done, n)));
-            done += n;
-          }
-          unwritten |= r.unwritten;
-          mapped = r.logical + r.length - pos;
-        }
-        if (unwritten) UEXT_TRY(convert_unwritten(*vol_, h, rec, pos, mapped, *blocks_));
-        const uint64_t disk_size = std::min(size, (pos + mapped) * bs);
-        if (disk_size > rec.inode.i_size || file.times_pending) {
-          UEXT_ASSIGN_OR_RETURN(rec, vol_->update_inode(h, ino, false, [&](disk::Inode& in) {
-            in.i_size = std::max<uint64_t>(in.i_size, disk_size);
-            if (file.times_pending) {
-              const disk::Timestamp w{file.mtime_sec, file.mtime_nsec};
-              in.i_mtime = w;
-              // A later change (chmod, link) keeps its newer ctime.
-              if (w.sec > in.i_ctime.sec || (w.sec == in.i_ctime.sec && w.nsec > in.i_ctime.nsec)) in.i_ctime = w;
-            }
-          }));
-          file.times_pending = false;
-        }
-        return {};
-      });
-      UEXT_TRY(done);  // the pages stay dirty; writepages records the error
-      if (mapped == 0) return Error(EIO, fmt::format("inode {}: writeback made no progress at block {}", ino, pos));
-      pos += mapped;
-    }
-    std::lock_guard lock(file.mu);
-    for (uint64_t index = first_page; index < end_page; ++index) file.mark_clean(index);
-  }
-  // What stays reserved: the data and worst-case tree blocks of the pages
-  // still delayed (none, unless pages past the end of the file were dirty).
-  std::lock_guard lock(file.mu);
+  return {};
+}
+
+// What stays reserved after a writeback: the data and worst-case tree
+// blocks of the pages still delayed. Caller holds file.mu.
+void FilesystemImpl::settle_reservation(const InodeRecord& rec, CachedFile& file) {
+  const uint64_t bpp = kPageSize / vol_->block_size();
   // Everything is on disk, i_size included: the disk is the truth again.
-  if (file.dirty_pages() == 0) file.size_known = false;
+  if (file.dirty_pages() == 0 && !file.writeback_in_flight()) file.size_known = false;
   const uint64_t delayed_blocks = file.delayed_pages() * bpp;
   const uint64_t meta = delalloc_meta(rec, delayed_blocks);
   const uint64_t keep = delayed_blocks + meta;
   if (file.reservation.left() > keep) file.reservation.give_back(file.reservation.left() - keep);
   file.reserved_meta = std::min(meta, file.reservation.left());
+}
+
+Status FilesystemImpl::write_dirty_runs(InodeRecord& rec, CachedFile& file) {
+  const uint32_t ino = rec.ino;
+  const uint64_t bs = vol_->block_size();
+  const uint64_t bpp = kPageSize / bs;
+  // The inode lock (held by the caller) keeps anyone from dirtying or
+  // dropping pages meanwhile; a background writeback of this file still in
+  // flight ends first, so no two writes of one block are ever in flight.
+  std::vector<std::pair<uint64_t, uint64_t>> dirty_runs;
+  uint64_t size = 0;
+  {
+    std::lock_guard lock(file.mu);
+    file.wait_writeback();
+    if (file.dirty_pages() == 0) return {};
+    size = file.size_known ? file.size : rec.inode.i_size;
+    UEXT_ASSIGN_OR_RETURN(dirty_runs, collect_dirty_runs(file));
+  }
+  const uint64_t size_blocks = (size + bs - 1) / bs;
+  WritebackChunk c;
+  c.size = size;
+  c.max_new_extents = extents_per_handle(rec);
+  c.prealloc = prealloc_window(size_blocks);
+  bool committed_for_space = false;
+  for (auto [first_page, end_page] : dirty_runs) {
+    c.pos = first_page * bpp;
+    const uint64_t stop = std::min(end_page * bpp, size_blocks);
+    while (c.pos < stop) {
+      c.blocks = std::min<uint64_t>(stop - c.pos, kWritebackChunkBlocks);
+      UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(writeback_credits(rec, c)));
+      uint64_t mapped = 0;
+      bool allocation_failed = false;
+      Status done = in_handle(h, [&]() -> Status {
+        std::lock_guard lock(file.mu);
+        auto runs = map_for_writeback(h, rec, file, c);
+        if (!runs.ok()) {
+          allocation_failed = true;
+          return std::move(runs).error();
+        }
+        UEXT_TRY(write_mapped_runs(file.data(0), *runs));
+        if (!runs->empty()) mapped = runs->back().logical + runs->back().length - c.pos;
+        return {};
+      });
+      if (!done.ok() && allocation_failed && done.error().code() == ENOSPC && !committed_for_space) {
+        // The space was reserved, so what the allocator misses can only be
+        // blocks freed in the running transaction, free once it commits (as
+        // ext4's writepages forces a commit and retries). A device out of
+        // space (an image on a full host) is an error like any other.
+        committed_for_space = true;
+        UEXT_TRY(vol_->sync());
+        continue;
+      }
+      UEXT_TRY(done);  // the pages stay dirty; writepages records the error
+      if (mapped == 0) return Error(EIO, fmt::format("inode {}: writeback made no progress at block {}", ino, c.pos));
+      c.pos += mapped;
+    }
+    std::lock_guard lock(file.mu);
+    for (uint64_t index = first_page; index < end_page; ++index) file.mark_clean(index);
+  }
+  std::lock_guard lock(file.mu);
+  settle_reservation(rec, file);
   check_reservations("after writepages", false);
+  return {};
+}
+
+uint32_t FilesystemImpl::writeback_credits(const InodeRecord& rec, const WritebackChunk& c) {
+  return map_credits(*vol_, rec, c.max_new_extents) + convert_credits(*vol_, rec, c.max_new_extents) + 2;
+}
+
+// Background writeback of one chunk of `file` (the first of its dirty
+// runs, up to kWritebackChunkBlocks): the blocks are mapped and the pages
+// cleaned under the inode lock, which is then let go, so that writers go
+// on filling the cache while the bytes go to the disk. The handle stays
+// open until they are written: no commit can make the new mapping durable
+// before its data (ordered mode). Returns whether there is more to do.
+Result<bool> FilesystemImpl::writeback_chunk_async(CachedFile& file) {
+  const uint32_t ino = file.ino();
+  auto ilock = itable_.try_lock(ino);
+  if (!ilock.held()) return false;  // busy: its owner or a later pass writes it back
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
+  const uint64_t bs = vol_->block_size();
+  const uint64_t bpp = kPageSize / bs;
+  WritebackChunk c;
+  uint64_t first_page = 0, end_page = 0;
+  bool sync_instead = false;
+  {
+    std::lock_guard lock(file.mu);
+    file.wait_writeback();
+    if (file.dirty_pages() == 0) return false;
+    c.size = file.size_known ? file.size : rec.inode.i_size;
+    // The first dirty run only (the pages are in order).
+    for (const auto& [index, page] : file.pages()) {
+      if (!(page.flags & cache::kDirty)) {
+        if (end_page != 0) break;
+        continue;
+      }
+      if (end_page != 0 && index != end_page) break;
+      if (end_page == 0) first_page = index;
+      end_page = index + 1;
+    }
+    // Scattered pages (random writes) cost less written by one writepages
+    // of the whole file under the lock than by a pass of this per run.
+    sync_instead = end_page - first_page < kAsyncMinPages;
+    if (!sync_instead) {
+      const uint64_t size_blocks = (c.size + bs - 1) / bs;
+      c.pos = first_page * bpp;
+      const uint64_t stop = std::min(end_page * bpp, size_blocks);
+      if (c.pos >= stop) {
+        // Dirty pages wholly past the end of the file (a truncate raced a
+        // store): nothing of them goes to the disk.
+        for (uint64_t index = first_page; index < end_page; ++index) file.mark_clean(index);
+        settle_reservation(rec, file);
+        return file.dirty_pages() != 0;
+      }
+      c.blocks = std::min<uint64_t>(stop - c.pos, kWritebackChunkBlocks);
+      c.max_new_extents = extents_per_handle(rec);
+      c.prealloc = prealloc_window(size_blocks);
+      if (file.mapped()) UEXT_TRY(file.write_protect(first_page, std::min(end_page, first_page + c.blocks / bpp + 1)));
+    }
+  }
+  if (sync_instead) {
+    UEXT_TRY(writepages(rec, file));
+    return false;
+  }
+  UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(writeback_credits(rec, c)));
+  std::vector<BlockRun> runs;
+  const std::byte* file_bytes = nullptr;
+  {
+    std::lock_guard lock(file.mu);
+    auto mapped = map_for_writeback(h, rec, file, c);
+    if (!mapped.ok()) {
+      (void)h.stop();
+      return std::move(mapped).error();
+    }
+    runs = std::move(*mapped);
+    const uint64_t mapped_end = runs.empty() ? c.pos : runs.back().logical + runs.back().length;
+    if (mapped_end <= c.pos) {
+      (void)h.stop();
+      return Error(EIO, fmt::format("inode {}: writeback made no progress at block {}", ino, c.pos));
+    }
+    // The pages wholly mapped now; a page cut by the chunk's end stays
+    // dirty for the next pass. The end of the run takes the pages past
+    // the end of the file with it.
+    const uint64_t run_stop = std::min(end_page * bpp, (c.size + bs - 1) / bs);
+    const uint64_t clean_end = mapped_end >= run_stop ? end_page : mapped_end / bpp;
+    end_page = std::max(first_page, clean_end);
+    file.start_writeback(first_page, end_page);
+    settle_reservation(rec, file);
+    check_reservations("after writepages", false);
+    file_bytes = file.data(0);
+  }
+  ilock.unlock();
+  notify_writeback_progress();
+  Status io = write_mapped_runs(file_bytes, runs);
+  {
+    std::lock_guard lock(file.mu);
+    // Recorded before the writeback ends, so an fsync waiting for it sees it.
+    if (!io.ok()) cache_->wb_errors.record(ino, io.error().code(), io.error().message());
+    file.end_writeback(first_page, end_page, !io.ok());
+  }
+  Status stopped = h.stop();
+  if (!io.ok()) return std::move(io).error();
+  UEXT_TRY(stopped);
+  notify_writeback_progress();
+  std::lock_guard lock(file.mu);
+  return file.dirty_pages() != 0;
+}
+
+void FilesystemImpl::notify_writeback_progress() {
+  // Taking the mutex orders this after a waiter's check of the dirty
+  // bytes (made under it), so the wakeup cannot fall between.
+  { std::lock_guard lock(wb_mu_); }
+  wb_progress_cv_.notify_all();
+}
+
+// balance_dirty_pages: a writer past the dirty limit wakes background
+// writeback and waits for it to bring the dirty bytes under the limit,
+// holding no lock, so that its next copy overlaps the disk writes. When
+// background writeback cannot help in time (the file's lock is busy, or an
+// error), the writer writes back itself.
+Status FilesystemImpl::balance_dirty(Ino ino) {
+  const uint64_t limit = vol_->options().dirty_limit_bytes;
+  if (cache_->dirty_bytes() <= limit) return {};
+  if (writeback_thread_.joinable()) {
+    std::unique_lock lock(wb_mu_);
+    wb_kick_ = true;
+    wb_cv_.notify_all();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+    while (cache_->dirty_bytes() > limit && !wb_stop_) {
+      if (wb_progress_cv_.wait_until(lock, deadline) == std::cv_status::timeout) break;
+    }
+  }
+  if (cache_->dirty_bytes() <= limit) return {};
+  auto relock = itable_.lock(ino);
+  UEXT_TRY(writeback_inode(ino));
+  relock.unlock();
+  if (cache_->dirty_bytes() > limit) UEXT_TRY(writeback_all());
   return {};
 }
 
@@ -305,25 +497,35 @@ void FilesystemImpl::writeback_loop() {
   const auto& o = vol_->options();
   std::unique_lock lock(wb_mu_);
   while (!wb_stop_) {
-    wb_cv_.wait_for(lock, std::chrono::milliseconds(o.writeback_interval_ms));
+    if (!wb_kick_) wb_cv_.wait_for(lock, std::chrono::milliseconds(o.writeback_interval_ms));
+    wb_kick_ = false;
     if (wb_stop_) break;
     lock.unlock();
     const int64_t now = cache::PageCache::now_ms();
-    const bool over = cache_->dirty_bytes() > o.dirty_limit_bytes / 4;
     for (auto& file : cache_->dirty_files()) {
-      int64_t oldest;
-      {
+      // Past the background threshold every dirty file goes; below it only
+      // those with data older than the expiry age (a walk of their pages).
+      if (cache_->dirty_bytes() <= o.dirty_limit_bytes / 4) {
         std::lock_guard flock(file->mu);
-        oldest = file->oldest_dirty_ms();
+        if (now - file->oldest_dirty_ms() < static_cast<int64_t>(o.dirty_expire_ms)) continue;
       }
-      if (!over && now - oldest < static_cast<int64_t>(o.dirty_expire_ms)) continue;
-      auto ilock = itable_.try_lock(file->ino());
-      if (!ilock.held()) continue;
-      (void)writeback_inode(file->ino());  // errors stay with the file for fsync
+      // A chunk at a time, the file's lock let go during each write, until
+      // the file is clean or has had its share of this pass (a writer
+      // that never stops must not starve the other files).
+      for (int chunks = 0; chunks < 8; ++chunks) {
+        auto more = writeback_chunk_async(*file);  // errors stay with the file for fsync
+        if (!more.ok() || !*more || wb_stopping()) break;
+      }
     }
     cache_->shrink();
+    notify_writeback_progress();
     lock.lock();
   }
+}
+
+bool FilesystemImpl::wb_stopping() {
+  std::lock_guard lock(wb_mu_);
+  return wb_stop_;
 }
 
 // Drops cached pages [offset, end) of a file (after writing them back), for

@@ -12,13 +12,14 @@ namespace uext {
 namespace {
 
 constexpr uint64_t kDirectAlign = 4096;
+constexpr uint64_t kDirectDataMin = 256 * 1024;
 
 std::string errno_text(int err) { return std::strerror(err); }
 
 class ImageFile final : public BlockDevice {
  public:
-  ImageFile(std::string path, int fd, int direct_fd, uint64_t size, bool read_only)
-      : path_(std::move(path)), fd_(fd), direct_fd_(direct_fd), size_(size), read_only_(read_only) {}
+  ImageFile(std::string path, int fd, int direct_fd, bool direct_io, uint64_t size, bool read_only)
+      : path_(std::move(path)), fd_(fd), direct_fd_(direct_fd), direct_io_(direct_io), size_(size), read_only_(read_only) {}
 
   ~ImageFile() override {
     if (direct_fd_ >= 0) ::close(direct_fd_);
@@ -51,25 +52,19 @@ class ImageFile final : public BlockDevice {
   }
 
   Status write(uint64_t offset, std::span<const std::byte> buf) override {
-    if (read_only_) return Error(EROFS, path_ + ": image is open read-only");
-    if (offset > size_ || buf.size() > size_ - offset) {
-      return Error(ENOSPC, path_ + ": write of " + std::to_string(buf.size()) +
-                               " bytes at offset " + std::to_string(offset) +
-                               " is beyond the end of the image");
+    return write_via(pick_fd(offset, buf.data(), buf.size()), offset, buf);
+  }
+
+  Status write_data(uint64_t offset, std::span<const std::byte> buf) override {
+    // Small writes stay buffered: an O_DIRECT write waits for the disk,
+    // so scattered pages would each pay a device round trip.
+    if (direct_fd_ >= 0 && buf.size() >= kDirectDataMin && aligned(offset, buf.data(), buf.size())) {
+      Status s = write_via(direct_fd_, offset, buf);
+      // EINVAL: the host refuses this O_DIRECT write (alignment it wants
+      // beyond 4096); the buffered path always serves.
+      if (s.ok() || s.error().code() != EINVAL) return s;
     }
-    int fd = pick_fd(offset, buf.data(), buf.size());
-    size_t done = 0;
-    while (done < buf.size()) {
-      ssize_t n = ::pwrite(fd, buf.data() + done, buf.size() - done, offset + done);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        int err = errno;
-        return Error(err, path_ + ": write at offset " + std::to_string(offset + done) + ": " +
-                              errno_text(err));
-      }
-      done += static_cast<size_t>(n);
-    }
-    return {};
+    return write_via(fd_, offset, buf);
   }
 
   Status flush() override {
@@ -86,16 +81,39 @@ class ImageFile final : public BlockDevice {
 
  private:
   // O_DIRECT only for requests it can serve; the rest go through the cache.
+  Status write_via(int fd, uint64_t offset, std::span<const std::byte> buf) {
+    if (read_only_) return Error(EROFS, path_ + ": image is open read-only");
+    if (offset > size_ || buf.size() > size_ - offset) {
+      return Error(ENOSPC, path_ + ": write of " + std::to_string(buf.size()) +
+                               " bytes at offset " + std::to_string(offset) +
+                               " is beyond the end of the image");
+    }
+    size_t done = 0;
+    while (done < buf.size()) {
+      ssize_t n = ::pwrite(fd, buf.data() + done, buf.size() - done, offset + done);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        int err = errno;
+        return Error(err, path_ + ": write at offset " + std::to_string(offset + done) + ": " +
+                              errno_text(err));
+      }
+      done += static_cast<size_t>(n);
+    }
+    return {};
+  }
+  static bool aligned(uint64_t offset, const void* buf, size_t len) {
+    return offset % kDirectAlign == 0 && len % kDirectAlign == 0 &&
+           reinterpret_cast<uintptr_t>(buf) % kDirectAlign == 0;
+  }
   int pick_fd(uint64_t offset, const void* buf, size_t len) const {
-    if (direct_fd_ < 0) return fd_;
-    bool aligned = offset % kDirectAlign == 0 && len % kDirectAlign == 0 &&
-                   reinterpret_cast<uintptr_t>(buf) % kDirectAlign == 0;
-    return aligned ? direct_fd_ : fd_;
+    if (direct_fd_ < 0 || !direct_io_) return fd_;
+    return aligned(offset, buf, len) ? direct_fd_ : fd_;
   }
 
   std::string path_;
   int fd_;
-  int direct_fd_;
+  int direct_fd_;   // O_DIRECT, or -1
+  bool direct_io_;  // every aligned request goes through direct_fd_, not only write_data
   uint64_t size_;
   bool read_only_;
 };
@@ -138,9 +156,12 @@ Result<std::unique_ptr<BlockDevice>> open_image_file(const std::string& path,
       ::close(fd);
       return Error(err, path + ": cannot open with O_DIRECT: " + errno_text(err));
     }
+  } else if (options.direct_data_writes && !options.read_only && S_ISREG(st.st_mode)) {
+    // Best effort: a host filesystem without O_DIRECT keeps buffered writes.
+    direct_fd = ::open(path.c_str(), flags | O_DIRECT);
   }
   return std::unique_ptr<BlockDevice>(
-      std::make_unique<ImageFile>(path, fd, direct_fd, size, options.read_only));
+      std::make_unique<ImageFile>(path, fd, direct_fd, options.direct_io, size, options.read_only));
 }
 
 }  // namespace uext
