@@ -8,6 +8,7 @@
 
 #include <random>
 
+#include "base/quiet_thread.h"
 #include "disk/features.h"
 #include "fs/block_map.h"
 #include "fs/dir_writer.h"
@@ -55,7 +56,7 @@ Status FilesystemImpl::start_writing() {
   inodes_ = std::make_unique<alloc::InodeAllocator>(*groups_);
   make_page_cache();
   const Options& o = vol_->options();
-  if (o.writeback_interval_ms > 0) writeback_thread_ = std::thread([this] { writeback_loop(); });
+  if (o.writeback_interval_ms > 0) writeback_thread_ = base::start_quiet_thread([this] { writeback_loop(); });
   std::string problem;
   UEXT_TRY(orphans_.load(*vol_, &problem));
   return recover_orphans();

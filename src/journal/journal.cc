@@ -7,6 +7,8 @@
 #include <cstring>
 #include <ctime>
 
+#include "base/quiet_thread.h"
+
 namespace uext::journal {
 
 // ---- Handle ---------------------------------------------------------------
@@ -70,7 +72,7 @@ std::unique_ptr<Journal> Journal::open_without_log(BlockDevice& device, buffer::
   std::unique_ptr<Journal> j(new Journal(device, cache, options));
   j->max_transaction_ = UINT32_MAX;
   j->last_committed_ = j->next_tid_ - 1;  // nothing committed yet
-  if (options.commit_interval_ms > 0) j->timer_ = std::thread([p = j.get()] { p->commit_timer(); });
+  if (options.commit_interval_ms > 0) j->timer_ = base::start_quiet_thread([p = j.get()] { p->commit_timer(); });
   return j;
 }
 
@@ -111,7 +113,7 @@ Result<std::unique_ptr<Journal>> Journal::open(BlockDevice& device, buffer::Buff
   j->last_committed_ = jsb.s_sequence - 1;
   UEXT_TRY(j->write_journal_superblock(0, jsb.s_sequence));
   UEXT_TRY(device.flush());
-  if (options.commit_interval_ms > 0) j->timer_ = std::thread([p = j.get()] { p->commit_timer(); });
+  if (options.commit_interval_ms > 0) j->timer_ = base::start_quiet_thread([p = j.get()] { p->commit_timer(); });
   return j;
 }
 

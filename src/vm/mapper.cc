@@ -17,6 +17,7 @@
 #include <cstring>
 
 #include "base/ordered_mutex.h"
+#include "base/quiet_thread.h"
 #include "vm/registry.h"
 
 namespace uext::vm {
@@ -243,7 +244,7 @@ Result<std::shared_ptr<Mapper>> Mapper::create(Pager& pager, FaultHandling wante
       mapper->mode_ = FaultHandling::kUserfaultfd;
       mapper->stop_fd_ = eventfd(0, EFD_CLOEXEC);
       if (mapper->stop_fd_ < 0) return errno_error("eventfd");
-      for (int i = 0; i < kHandlerThreads; ++i) mapper->handlers_.emplace_back([m = mapper.get()] { m->handler_loop(); });
+      for (int i = 0; i < kHandlerThreads; ++i) mapper->handlers_.push_back(base::start_quiet_thread([m = mapper.get()] { m->handler_loop(); }));
       return mapper;
     }
     if (wanted == FaultHandling::kUserfaultfd) return std::move(uffd).error().with_context("mmap");
