@@ -46,9 +46,9 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktra
 # The two bulk directory workloads (20,000+ names) run in the optimised
 # build only; their code paths are covered here by the smaller DirWriter tests.
 run_ctest build-asan -L unit -E 'DirWriter\.(LargedirThreeLevels|IndexFullWithoutLargedir)'
-# The random bit-flip test runs a quarter of its cases here (each is a CLI
+# The random bit-flip test runs a tenth of its cases here (each is a CLI
 # process, several times slower under the sanitizers).
-UEXT_BITFLIP_PERCENT=25 run_ctest build-asan -R '^(Corruption|Crash)'
+UEXT_BITFLIP_PERCENT=10 run_ctest build-asan -R '^(Corruption|Crash)'
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
 echo "== TSan build (threaded tests)"
@@ -60,7 +60,7 @@ UEXT_TARGETS=uext_unit_tests bash scripts/build.sh build-tsan -DCMAKE_BUILD_TYPE
 # reported.
 TSAN_OPTIONS=halt_on_error=1:report_signal_unsafe=0 run_ctest build-tsan -L unit -R 'Concurren|Thread|Parallel|MmapFsx'
 
-fuzz_seconds=${UEXT_FUZZ_SECONDS:-30}
+fuzz_seconds=${UEXT_FUZZ_SECONDS:-20}
 if [ "$fuzz_seconds" -gt 0 ] && [ -x scripts/fuzz.sh ]; then
   echo "== fuzzing (${fuzz_seconds}s a target)"
   if bash scripts/fuzz.sh "$fuzz_seconds"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
