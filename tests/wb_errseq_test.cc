@@ -26,7 +26,9 @@ struct Faulty {
   io::FaultDevice* dev = nullptr;  // owned by fs
 };
 
-Faulty open_faulty(const std::string& image, const Options& extra = {}) {
+// With `background`, background writeback runs at once (every 5 ms, no
+// expiry age); without, writeback happens only when the test asks for it.
+Faulty open_faulty(const std::string& image, const Options& extra = {}, bool background = false) {
   Faulty f;
   auto inner = open_image_file(image, {.read_only = false});
   EXPECT_TRUE(inner.ok()) << inner.error().message();
@@ -35,10 +37,9 @@ Faulty open_faulty(const std::string& image, const Options& extra = {}) {
   Options o = extra;
   o.read_only = false;
   o.delayed_allocation = true;
-  // Writeback only when the test asks for it, commits too.
-  o.dirty_expire_ms = 600000;
-  o.writeback_interval_ms = 600000;
-  o.commit_interval_ms = 0;
+  o.dirty_expire_ms = background ? 0 : 600000;
+  o.writeback_interval_ms = background ? 5 : 600000;
+  o.commit_interval_ms = 0;  // commits only when the test asks too
   auto fs = Filesystem::open(std::move(dev), o);
   EXPECT_TRUE(fs.ok()) << fs.error().message();
   if (fs.ok()) f.fs = std::move(*fs);
@@ -116,30 +117,18 @@ TEST(WbErrseq, BackgroundWritebackFailureReachesFsync) {
   TempDir tmp;
   const std::string image = tmp / "background.img";
   run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-b", "4096", image, "32M"});
-  Faulty f = open_faulty(image);
+  Faulty f = open_faulty(image, {}, /*background=*/true);
   ASSERT_TRUE(f.fs);
   auto st = f.fs->create(kRootIno, "f", 0100644, {});
   ASSERT_TRUE(st.ok());
   const Ino ino = st->ino;
   ASSERT_TRUE(f.fs->sync().ok());
-  f.fs.reset();  // closed clean; reopen with background writeback on
-  Options o;
-  o.dirty_expire_ms = 0;
-  o.writeback_interval_ms = 5;
-  auto inner = open_image_file(image, {.read_only = false});
-  ASSERT_TRUE(inner.ok());
-  auto dev = std::make_unique<io::FaultDevice>(std::move(*inner));
-  f.dev = dev.get();
-  o.read_only = false;
-  o.commit_interval_ms = 0;
-  auto fs = Filesystem::open(std::move(dev), o);
-  ASSERT_TRUE(fs.ok()) << fs.error().message();
-  f.fs = std::move(*fs);
   uint64_t seen = f.fs->wb_err_sample(ino);
   // The next device write is background writeback's data (no commit runs
   // meanwhile: commit_interval_ms 0): it fails.
   f.dev->fail_nth(io::IoOp::kWrite, 1, EIO);
-  const std::string data = bytes('b', 256 * 1024);
+  // 2 MiB: a run long enough for writeback without the file's locks.
+  const std::string data = bytes('b', 2 << 20);
   ASSERT_EQ(*f.fs->write(ino, 0, as_bytes(data)), data.size());
   for (int i = 0; i < 500 && f.dev->counts().failed_writes == 0; ++i) usleep(10 * 1000);
   ASSERT_EQ(f.dev->counts().failed_writes, 1u) << "background writeback never wrote";
