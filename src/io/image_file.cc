@@ -64,7 +64,7 @@ class ImageFile final : public BlockDevice {
       // beyond 4096); the buffered path always serves.
       if (s.ok() || s.error().code() != EINVAL) return s;
     }
-    return write_via(fd_, offset, buf);
+    return write(offset, buf);  // as any other write (all direct with direct_io)
   }
 
   Status flush() override {
