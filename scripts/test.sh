@@ -13,6 +13,7 @@ bash scripts/install-deps.sh
 
 passed=0
 failed=0
+failures=""
 run_ctest() {
   local dir=$1
   shift
@@ -34,6 +35,9 @@ run_ctest() {
   elif [ "$rc" -ne 0 ]; then
     failed=$((failed + 1))
   fi
+  # ctest lists what failed right after its count; keep the names for the
+  # summary at the very end, where a truncated CI log still shows them.
+  failures+=$(sed -n '/The following tests FAILED:/,/^[^ \t]/{/^[ \t]/p}' "$log" | sed "s|^|  [$dir] |")$'\n'
   rm -f "$log"
   return 0
 }
@@ -65,9 +69,18 @@ TSAN_OPTIONS=halt_on_error=1:report_signal_unsafe=0 run_ctest build-tsan -L unit
 fuzz_seconds=${UEXT_FUZZ_SECONDS:-20}
 if [ "$fuzz_seconds" -gt 0 ] && [ -x scripts/fuzz.sh ]; then
   echo "== fuzzing (${fuzz_seconds}s a target)"
-  if bash scripts/fuzz.sh "$fuzz_seconds"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+  if bash scripts/fuzz.sh "$fuzz_seconds"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    failures+="  [fuzz] scripts/fuzz.sh"$'\n'
+  fi
 fi
 
 echo
+if [ -n "${failures//[[:space:]]/}" ]; then
+  echo "failed tests:"
+  grep -v '^$' <<<"$failures"
+fi
 echo "uext: ${passed} passed, ${failed} failed"
 [ "$failed" -eq 0 ]
