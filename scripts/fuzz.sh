@@ -50,7 +50,7 @@ if [ -f "$build/CMakeCache.txt" ] && ! grep -q '^CMAKE_CXX_COMPILER:.*clang' "$b
 fi
 if [ ! -f "$build/CMakeCache.txt" ]; then
   CC=clang CXX=clang++ cmake -S "$root" -B "$build" "${generator[@]}" \
-    -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only -DNDEBUG" \
     -DUEXT_BUILD_FUZZERS=ON -DUEXT_BUILD_TESTS=OFF \
     -DUEXT_SANITIZE=address,undefined >"$build.configure.log" 2>&1 ||
     { cat "$build.configure.log" >&2; die "cmake configure failed"; }
