@@ -297,6 +297,16 @@ Status FilesystemImpl::fallocate(Ino ino, int mode, uint64_t offset, uint64_t le
     Status stopped = h.stop();
     if (!updated.ok()) return std::move(updated).error();
     rec = std::move(*updated);
+    // A cached size outranks the disk's in stat, write and faults, and it
+    // outlives the writeback above when no page was dirty (a truncate sets
+    // it): it must grow with the file, or stat keeps the old end and
+    // mappings refuse the new pages.
+    if (new_size) {
+      if (auto file = cache_ ? cache_->get(ino, false) : nullptr) {
+        std::lock_guard page_lock(file->mu);
+        if (file->size_known && rec.inode.i_size > file->size) file->set_size(rec.inode.i_size);
+      }
+    }
     return stopped;
   };
   // Maps [first, first + count) as unwritten extents, in handle-sized steps,
