@@ -67,6 +67,14 @@ void BlockAllocator::expire_busy(uint32_t g) {
   });
 }
 
+uint64_t BlockAllocator::expire_all_busy() {
+  for (uint32_t g = 0; g < groups_.group_count(); ++g) {
+    std::lock_guard lock(groups_.lock(g));
+    expire_busy(g);
+  }
+  return busy_blocks();
+}
+
 uint32_t BlockAllocator::free_credits(const disk::Superblock& sb, uint64_t first, uint32_t count) {
   if (count == 0) return 0;
   uint64_t g0 = (first - sb.s_first_data_block) / sb.s_blocks_per_group;
@@ -355,7 +363,11 @@ Status BlockAllocator::grow(Reservation& r, uint64_t blocks, const AllocOptions&
   // Busy blocks are free but cannot be handed out before their commit:
   // every reservation together must fit in the blocks that are not busy,
   // i.e. what stays unclaimed must cover the busy ones.
-  const int64_t busy = static_cast<int64_t>(busy_blocks());
+  int64_t busy = static_cast<int64_t>(busy_blocks());
+  // The count forgets committed runs only as their groups are searched, and
+  // a reservation searches none: count again before refusing, or frees
+  // committed long ago (a commit is how callers retry) would refuse it.
+  if (busy > 0 && groups_.unclaimed_free_blocks() < busy) busy = static_cast<int64_t>(expire_all_busy());
   if (busy > 0 && groups_.unclaimed_free_blocks() < busy) {
     groups_.unclaim_blocks(claimed);
     return Error(ENOSPC, fmt::format("no space left until the running transaction commits "

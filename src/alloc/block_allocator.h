@@ -182,6 +182,9 @@ class BlockAllocator {
   // Drops group g's busy runs whose transaction has committed; the caller
   // holds the group's lock.
   void expire_busy(uint32_t g);
+  // expire_busy over every group, one lock at a time (the caller holds no
+  // group's lock); returns what is still busy.
+  uint64_t expire_all_busy();
 
   friend class Reservation;
   GroupBitmaps& groups_;
