@@ -1,13 +1,11 @@
 #include "base/ordered_mutex.h"
 
 #ifdef UEXT_DEBUG_CHECKS
-#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <atomic>
 #include <mutex>
 #include <unordered_map>
-#include <vector>
 
 #include <unistd.h>
 
@@ -26,24 +24,45 @@ std::unordered_map<int, Published*>& table() {
   return *t;
 }
 
+// A thread's held levels. Trivially destructible on purpose: the main
+// thread's thread_local objects are destroyed at exit() before the exit
+// handlers run, and a handler may still close a filesystem (the preload
+// shim does) and so take locks. The table entry goes with the thread
+// (Unregister); the record itself stays usable to the end.
+constexpr int kMaxHeld = 64;
 struct ThreadLocks {
-  std::vector<LockLevel> levels;
+  LockLevel levels[kMaxHeld];
+  int count = 0;
+  bool registered = false;
   Published published;
-  int tid = static_cast<int>(gettid());
-  ThreadLocks() {
-    std::lock_guard lock(table_mu);
-    table()[tid] = &published;
-  }
-  ~ThreadLocks() {
-    std::lock_guard lock(table_mu);
-    table().erase(tid);
-  }
   void publish() {
-    published.innermost.store(levels.empty() ? 0 : static_cast<int>(levels.back()));
-    published.count.store(static_cast<int>(levels.size()));
+    published.innermost.store(count == 0 ? 0 : static_cast<int>(levels[count - 1]));
+    published.count.store(count);
   }
 };
 thread_local ThreadLocks thread_locks;
+
+struct Unregister {
+  int tid;
+  ~Unregister() {
+    std::lock_guard lock(table_mu);
+    table().erase(tid);
+  }
+};
+
+ThreadLocks& mine() {
+  ThreadLocks& t = thread_locks;
+  if (!t.registered) {
+    t.registered = true;
+    const int tid = static_cast<int>(gettid());
+    {
+      std::lock_guard lock(table_mu);
+      table()[tid] = &t.published;
+    }
+    thread_local Unregister unregister{tid};
+  }
+  return t;
+}
 
 }  // namespace
 
@@ -56,8 +75,9 @@ int held_by_thread(int tid, int* innermost_level) {
 }
 
 void acquire(LockLevel level, bool same_level_ok) {
-  auto& held = thread_locks.levels;
-  for (LockLevel h : held) {
+  ThreadLocks& t = mine();
+  for (int i = 0; i < t.count; ++i) {
+    const LockLevel h = t.levels[i];
     if (h > level || (h == level && !same_level_ok)) {
       std::fprintf(stderr,
                    "uext: lock order violation: taking a level-%d lock while holding level %d "
@@ -66,26 +86,31 @@ void acquire(LockLevel level, bool same_level_ok) {
       std::abort();
     }
   }
-  held.push_back(level);
-  thread_locks.publish();
+  note_held(level);
 }
 
 void note_held(LockLevel level) {
-  auto& held = thread_locks.levels;
-  held.push_back(level);
-  thread_locks.publish();
+  ThreadLocks& t = mine();
+  if (t.count == kMaxHeld) {
+    std::fprintf(stderr, "uext: a thread holds more than %d uext locks at once\n", kMaxHeld);
+    std::abort();
+  }
+  t.levels[t.count++] = level;
+  t.publish();
 }
 
 void release(LockLevel level) {
-  auto& held = thread_locks.levels;
-  auto it = std::find(held.rbegin(), held.rend(), level);
-  if (it == held.rend()) {
+  ThreadLocks& t = mine();
+  int i = t.count - 1;
+  while (i >= 0 && t.levels[i] != level) --i;
+  if (i < 0) {
     std::fprintf(stderr, "uext: releasing a level-%d lock this thread does not hold\n",
                  static_cast<int>(level));
     std::abort();
   }
-  held.erase(std::next(it).base());
-  thread_locks.publish();
+  for (; i + 1 < t.count; ++i) t.levels[i] = t.levels[i + 1];
+  --t.count;
+  t.publish();
 }
 
 }  // namespace uext::base::lock_order
