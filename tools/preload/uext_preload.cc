@@ -1792,7 +1792,9 @@ UEXT_EXPORT int munmap(void* addr, size_t length) noexcept {
   if (!find_overlap(addr, length, o)) return REAL(munmap)(addr, length);
   const uintptr_t start = reinterpret_cast<uintptr_t>(addr);
   if (start % 4096 != 0) return fail(EINVAL);
-  const uintptr_t end = start + length;
+  // As Linux, the length counts in whole pages: a mapping of 0xefd6 bytes
+  // is unmapped with the same 0xefd6 (fsx does), though it covers 0xf000.
+  const uintptr_t end = start + (length + 4095) / 4096 * 4096;
   for (const auto& e : o.maps) {
     if (e->start < start || e->start + e->length > end) {
       say(fmt::format("munmap of part of a mapping of {} ({} bytes at {:#x}) is not supported; unmap all of it",
