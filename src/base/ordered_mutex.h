@@ -27,6 +27,7 @@ enum class LockLevel : int {
   kPageCacheMap = 66,
   kPreallocWindows = 67,
   kReservations = 68,
+  kMemfdPool = 69,
 };
 
 namespace lock_order {

@@ -26,6 +26,39 @@ PageCache::PageCache(const CacheOptions& options) : options_(options) {
   }
 }
 
+PageCache::~PageCache() {
+  // The files first: each gives its memfd back to the pool, which must
+  // still be there.
+  files_.clear();
+  for (const SpareMemfd& s : spares_) {
+    munmap(s.map, s.map_pages * kPageSize);
+    ::close(s.fd);
+  }
+}
+
+bool PageCache::take_spare(SpareMemfd& out) {
+  std::lock_guard lock(spare_mu_);
+  if (spares_.empty()) return false;
+  out = spares_.back();
+  spares_.pop_back();
+  return true;
+}
+
+bool PageCache::give_spare(const SpareMemfd& spare) {
+  if (spare.map_pages > kMaxSpareMapPages) return false;
+  {
+    std::lock_guard lock(spare_mu_);
+    if (spares_.size() >= kMaxSpareMemfds) return false;
+  }
+  // Empty, so that the next file starts from zeros and the memory goes
+  // back now (outside the lock: it frees every page left).
+  if (ftruncate(spare.fd, 0) != 0) return false;
+  std::lock_guard lock(spare_mu_);
+  if (spares_.size() >= kMaxSpareMemfds) return false;
+  spares_.push_back(spare);
+  return true;
+}
+
 CachedFile::~CachedFile() {
   cache_.dirty_pages_ -= static_cast<int64_t>(dirty_);
   cache_.cached_pages_ -= static_cast<int64_t>(pages_.size());
@@ -33,11 +66,14 @@ CachedFile::~CachedFile() {
 }
 
 void CachedFile::release_memory() {
-  if (map_) munmap(map_, map_pages_ * kPageSize);
-  if (memfd_ >= 0) {
-    ::close(memfd_);
-    --cache_.open_memfds_;
+  if (memfd_ >= 0) --cache_.open_memfds_;
+  const bool pooled = memfd_ >= 0 && map_ && !ever_mapped_ && mappers_.empty() &&
+                      cache_.give_spare({memfd_, map_, map_pages_});
+  if (!pooled) {
+    if (map_) munmap(map_, map_pages_ * kPageSize);
+    if (memfd_ >= 0) ::close(memfd_);
   }
+  ever_mapped_ = false;
   map_ = nullptr;
   memfd_ = -1;
   map_pages_ = memfd_pages_ = 0;
@@ -45,8 +81,15 @@ void CachedFile::release_memory() {
 
 Status CachedFile::ensure(uint64_t end_index) {
   if (memfd_ < 0) {
-    memfd_ = memfd_create(fmt::format("uext-ino-{}", ino_).c_str(), MFD_CLOEXEC);
-    if (memfd_ < 0) return Error(errno, fmt::format("page cache: memfd_create: {}", std::strerror(errno)));
+    PageCache::SpareMemfd spare{};
+    if (cache_.take_spare(spare)) {
+      memfd_ = spare.fd;
+      map_ = spare.map;
+      map_pages_ = spare.map_pages;  // the memfd itself is empty (size 0)
+    } else {
+      memfd_ = memfd_create("uext-page-cache", MFD_CLOEXEC);
+      if (memfd_ < 0) return Error(errno, fmt::format("page cache: memfd_create: {}", std::strerror(errno)));
+    }
     ++cache_.open_memfds_;
   }
   if (end_index > memfd_pages_) {
@@ -86,18 +129,24 @@ Page& CachedFile::add(uint64_t index, bool zero) {
   return it->second;
 }
 
-void CachedFile::populate(uint64_t first, uint64_t end) {
-#ifdef MADV_POPULATE_WRITE
-  if (map_ && first < end && end <= map_pages_) {
-    (void)madvise(map_ + first * kPageSize, (end - first) * kPageSize, MADV_POPULATE_WRITE);
+Result<size_t> CachedFile::copy_in(uint64_t offset, std::span<const std::byte> bytes) {
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::pwrite(memfd_, bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      if (done > 0) break;  // a short write: what was copied stands
+      const int err = n < 0 ? errno : EIO;
+      return Error(err, fmt::format("page cache: copying into inode {}'s pages at byte {}: {}", ino_, offset,
+                                    std::strerror(err)));
+    }
+    done += static_cast<size_t>(n);
   }
-#else
-  (void)first;
-  (void)end;
-#endif
+  return done;
 }
 
-void CachedFile::mark_dirty(Page& page, bool delayed) {
+void CachedFile::mark_dirty(uint64_t index, Page& page, bool delayed) {
+  dirty_floor_ = std::min(dirty_floor_, index);
   if (!(page.flags & kDirty)) {
     page.flags |= kDirty;
     page.dirtied_ms = PageCache::now_ms();
@@ -129,7 +178,9 @@ void CachedFile::start_writeback(uint64_t first, uint64_t end) {
 void CachedFile::end_writeback(uint64_t first, uint64_t end, bool failed) {
   if (failed) {
     // The blocks are mapped by now: dirty again, but no longer delayed.
-    for (auto it = pages_.lower_bound(first); it != pages_.end() && it->first < end; ++it) mark_dirty(it->second, false);
+    for (auto it = pages_.lower_bound(first); it != pages_.end() && it->first < end; ++it) {
+      mark_dirty(it->first, it->second, false);
+    }
   }
   if (--in_flight_ == 0) writeback_done_.notify_all();
 }
@@ -191,6 +242,12 @@ int64_t CachedFile::oldest_dirty_ms() const {
     if (page.flags & kDirty) oldest = std::min(oldest, page.dirtied_ms);
   }
   return oldest;
+}
+
+void CachedFile::discard_clean() {
+  cache_.cached_pages_ -= static_cast<int64_t>(pages_.size());
+  pages_.clear();
+  release_memory();
 }
 
 void CachedFile::evict_clean() {
@@ -274,6 +331,10 @@ void PageCache::shrink() {
     if (cached_bytes() <= options_.max_bytes * 3 / 4 && open_memfds_.load() <= max_memfds_ / 2) break;
     std::lock_guard lock(f->mu);
     if (f->in_flight_) continue;  // its pages are being read for the disk
+    if (f->dirty_ == 0 && f->mappers_.empty()) {
+      f->discard_clean();
+      continue;
+    }
     f->evict_clean();
     if (f->pages_.empty() && f->mappers_.empty()) f->release_memory();
   }

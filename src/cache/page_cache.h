@@ -10,6 +10,7 @@
 // reservation; the cache's own map mutex is a leaf.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -18,6 +19,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -90,11 +92,21 @@ class CachedFile {
   // overwrite all of them (`zero` false: a memset would only fault the
   // page in early and be written over).
   Page& add(uint64_t index, bool zero = true);
-  // Best effort: maps pages [first, end) of the memfd writable in one call
-  // (MADV_POPULATE_WRITE) instead of one page fault each as a copy first
-  // touches them. Needs ensure(end) first.
-  void populate(uint64_t first, uint64_t end);
-  void mark_dirty(Page& page, bool delayed);
+  // Visits pages [first, end) in order in one walk of the page map, adding
+  // the absent ones with their bytes untouched (the caller fills them):
+  // fn(index, Page&, bool added) -> Status; the first error stops the walk.
+  template <typename Fn>
+  Status for_each_page(uint64_t first, uint64_t end, Fn&& fn);
+  // Copies `bytes` into the file's pages at byte `offset` through the
+  // memfd (pwrite) rather than the mapping: a page the copy covers whole is
+  // allocated without being zeroed first and without a page fault, as the
+  // kernel's own write path fills its page cache. The pages must have been
+  // added (and a partly covered new page prepared) first; ensure() covers
+  // them. Returns how many bytes were copied: fewer than asked only when
+  // the source faulted (EFAULT for none).
+  Result<size_t> copy_in(uint64_t offset, std::span<const std::byte> bytes);
+  // `page` is page `index`'s entry.
+  void mark_dirty(uint64_t index, Page& page, bool delayed);
   void mark_clean(uint64_t index);
   // Background writeback copies pages to the disk without the file's
   // locks (src/fs/writeback.cc). While such a writeback is in flight the
@@ -116,7 +128,10 @@ class CachedFile {
   int memfd() const { return memfd_; }
   // Mappings of this file (src/vm): while there are any, the memfd stays
   // and pages are write-protected in them before writeback.
-  void add_mapper(PageMapper* m) { mappers_.push_back(m); }
+  void add_mapper(PageMapper* m) {
+    mappers_.push_back(m);
+    ever_mapped_ = true;
+  }
   void remove_mapper(PageMapper* m);
   bool mapped() const { return !mappers_.empty(); }
   // page_mkclean over pages [first, end) in every mapping.
@@ -125,6 +140,11 @@ class CachedFile {
   void set_size(uint64_t new_size);
 
   const std::map<uint64_t, Page>& pages() const { return pages_; }
+  // No page below this index is dirty: mark_dirty lowers it, a search that
+  // found the first dirty page raises it, so the next search skips the
+  // clean pages before (a streaming file keeps thousands).
+  uint64_t dirty_floor() const { return dirty_floor_; }
+  void raise_dirty_floor(uint64_t index) { dirty_floor_ = std::max(dirty_floor_, index); }
   uint64_t dirty_pages() const { return dirty_; }
   uint64_t delayed_pages() const { return delayed_; }
   int64_t oldest_dirty_ms() const;
@@ -146,8 +166,12 @@ class CachedFile {
  private:
   friend class PageCache;
   void evict_clean();
-  // Lets the memfd and mapping go (no pages left).
+  // Lets the memfd and mapping go (no pages left): back to the cache's
+  // pool when nothing else may still see them, else closed.
   void release_memory();
+  // Forgets every page of a file with nothing dirty, in flight or mapped,
+  // and lets its memory go; cheaper than dropping the pages run by run.
+  void discard_clean();
   PageCache& cache_;
   uint32_t ino_;
   int memfd_ = -1;
@@ -159,12 +183,19 @@ class CachedFile {
   uint64_t dirty_ = 0;
   uint64_t delayed_ = 0;
   uint32_t in_flight_ = 0;
+  uint64_t dirty_floor_ = 0;
+  // A memfd a program has mapped (even once) is never handed to another
+  // file: a detached mapping may still show its pages.
+  bool ever_mapped_ = false;
   std::condition_variable_any writeback_done_;
 };
 
 class PageCache {
  public:
   explicit PageCache(const CacheOptions& options);
+  ~PageCache();
+  PageCache(const PageCache&) = delete;
+  PageCache& operator=(const PageCache&) = delete;
   const CacheOptions& options() const { return options_; }
 
   // The file's cache (created when `create`), or null.
@@ -202,6 +233,39 @@ class PageCache {
   std::atomic<int64_t> cached_pages_{0};
   std::atomic<int64_t> open_memfds_{0};
   int64_t max_memfds_ = 256;
+
+  // Spare memfds, emptied, with their mappings: a file that needs pages
+  // takes one instead of creating, sizing and mapping a new one and later
+  // unmapping and closing it. Small files (a create, a 4 KiB write, a
+  // close, eviction) would otherwise pay six system calls for their pages'
+  // home, and every munmap interrupts the process's other CPUs to flush
+  // their TLBs.
+  struct SpareMemfd {
+    int fd;
+    std::byte* map;
+    uint64_t map_pages;
+  };
+  static constexpr size_t kMaxSpareMemfds = 64;
+  static constexpr uint64_t kMaxSpareMapPages = 256;  // 1 MiB of address space each
+  bool take_spare(SpareMemfd& out);
+  bool give_spare(const SpareMemfd& spare);
+  base::OrderedMutex spare_mu_{base::LockLevel::kMemfdPool};
+  std::vector<SpareMemfd> spares_;
 };
+
+template <typename Fn>
+Status CachedFile::for_each_page(uint64_t first, uint64_t end, Fn&& fn) {
+  auto it = pages_.lower_bound(first);
+  for (uint64_t index = first; index < end; ++index, ++it) {
+    bool added = false;
+    if (it == pages_.end() || it->first != index) {
+      it = pages_.emplace_hint(it, index, Page{});
+      ++cache_.cached_pages_;
+      added = true;
+    }
+    UEXT_TRY(fn(index, it->second, added));
+  }
+  return {};
+}
 
 }  // namespace uext::cache

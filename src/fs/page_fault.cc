@@ -178,7 +178,7 @@ Status FilesystemImpl::page_mkwrite(uint32_t ino, CachedFile& file, uint64_t ind
       const bool hole = std::any_of(runs.begin(), runs.end(), [](const BlockRun& r) { return r.physical == 0; });
       if (hole && !uses_delalloc(rec)) allocate = true;
       if (hole && !allocate) UEXT_TRY(reserve_delayed(rec, file, 1));
-      if (!allocate) file.mark_dirty(page, hole);
+      if (!allocate) file.mark_dirty(index, page, hole);
     }
     if (!allocate) {
       note_store(file);
@@ -234,7 +234,7 @@ Status FilesystemImpl::allocate_for_store(uint32_t ino, CachedFile& file, uint64
       const std::byte* src = file.data(index) + (r.logical - first_block) * bs;
       UEXT_TRY(vol_->device().write(r.physical * bs, std::span<const std::byte>(src, r.length * bs)));
     }
-    file.mark_dirty(*file.find(index), false);
+    file.mark_dirty(index, *file.find(index), false);
     note_store(file);
     return map(index, index + 1, true);
   });

@@ -120,9 +120,12 @@ Result<size_t> FilesystemImpl::cached_write(InodeRecord& rec, uint64_t offset, s
     auto try_reserve = [&](uint64_t pages) -> Status {
       std::lock_guard lock(file->mu);
       uint64_t new_delayed = 0;
+      auto it = file->pages().lower_bound(first_page);
       for (uint64_t i = 0; i < pages; ++i) {
-        const cache::Page* p = file->find(first_page + i);
-        if (hole[i] && !(p && (p->flags & cache::kDelayed))) ++new_delayed;
+        while (it != file->pages().end() && it->first < first_page + i) ++it;
+        const bool delayed = it != file->pages().end() && it->first == first_page + i &&
+                             (it->second.flags & cache::kDelayed);
+        if (hole[i] && !delayed) ++new_delayed;
       }
       return reserve_delayed(rec, *file, new_delayed);
     };
@@ -147,34 +150,35 @@ Result<size_t> FilesystemImpl::cached_write(InodeRecord& rec, uint64_t offset, s
     file->size_known = true;
   }
   UEXT_TRY(file->ensure(first_page + pages_ok));
-  if (pages_ok >= 16) file->populate(first_page, first_page + pages_ok);
-  for (uint64_t i = 0; i < pages_ok; ++i) {
-    const uint64_t index = first_page + i;
+  UEXT_TRY(file->for_each_page(first_page, first_page + pages_ok, [&](uint64_t index, cache::Page& page,
+                                                                      bool added) -> Status {
     const uint64_t page_start = index * kPageSize;
     const uint64_t from = std::max(offset, page_start);
     const uint64_t to = std::min(write_end, page_start + kPageSize);
-    cache::Page* page = file->find(index);
-    if (!page) {
-      const bool whole = from == page_start && to == page_start + kPageSize;
-      page = &file->add(index, !whole);
-      // A partly written page starts as the file has it.
-      if ((from != page_start || to != page_start + kPageSize) && page_start < file->size) {
+    // A new page the write covers only in part starts as the file has it
+    // (zeros past its end); one it covers whole is left to the copy.
+    if (added && (from != page_start || to != page_start + kPageSize)) {
+      std::memset(file->data(index), 0, kPageSize);
+      if (page_start < file->size) {
         const uint64_t disk_len = std::min<uint64_t>(kPageSize, rec.inode.i_size > page_start ? rec.inode.i_size - page_start : 0);
         if (disk_len > 0) {
           UEXT_TRY(read_data(rec, page_start, std::span<std::byte>(file->data(index), disk_len)));
         }
       }
     }
-    std::memcpy(file->data(index) + (from - page_start), buf.data() + (from - offset), to - from);
-    file->mark_dirty(*page, hole[i]);
-  }
-  file->set_size(std::max(file->size, write_end));
+    file->mark_dirty(index, page, hole[index - first_page]);
+    return {};
+  }));
+  // The pages are in place (and dirty, under the lock): now the bytes.
+  UEXT_ASSIGN_OR_RETURN(const size_t copied, file->copy_in(offset, buf.first(write_end - offset)));
+  const uint64_t copied_end = offset + copied;
+  file->set_size(std::max(file->size, copied_end));
   const disk::Timestamp t = now();
   file->times_pending = true;
   file->mtime_sec = t.sec;
   file->mtime_nsec = t.nsec;
   file->last_used_ms = cache::PageCache::now_ms();
-  return static_cast<size_t>(write_end - offset);
+  return copied;
 }
 
 Status FilesystemImpl::writepages(InodeRecord& rec, CachedFile& file) {
@@ -358,14 +362,20 @@ Result<bool> FilesystemImpl::writeback_chunk_async(CachedFile& file) {
     file.wait_writeback();
     if (file.dirty_pages() == 0) return false;
     c.size = file.size_known ? file.size : rec.inode.i_size;
-    // The first dirty run only (the pages are in order).
-    for (const auto& [index, page] : file.pages()) {
+    // The first dirty run only (the pages are in order), from the dirty
+    // floor, and no further than one chunk.
+    const uint64_t chunk_pages = kWritebackChunkBlocks / bpp;
+    for (auto it = file.pages().lower_bound(file.dirty_floor()); it != file.pages().end(); ++it) {
+      const auto& [index, page] = *it;
       if (!(page.flags & cache::kDirty)) {
         if (end_page != 0) break;
         continue;
       }
-      if (end_page != 0 && index != end_page) break;
-      if (end_page == 0) first_page = index;
+      if (end_page != 0 && (index != end_page || end_page - first_page == chunk_pages)) break;
+      if (end_page == 0) {
+        first_page = index;
+        file.raise_dirty_floor(index);
+      }
       end_page = index + 1;
     }
     // Scattered pages (random writes) cost less written by one writepages
