@@ -6,6 +6,9 @@
 #      input (corrupt images, crash states), where sanitizers earn their keep;
 #   3. TSan build: the tests that run threads;
 #   4. the fuzz targets for a short while, plus their regression inputs.
+# A test that fails is run once more on its own; one that passes then is
+# named as flaky at the end (and counted as passed), one that fails again
+# fails the run. The last lines name every failed and flaky test.
 # Set UEXT_FUZZ_SECONDS to change the fuzzing time (0 skips fuzzing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +20,13 @@ bash scripts/install-deps.sh
 passed=0
 failed=0
 failures=""
+flaky=""
+# ctest's count line ("100% tests passed, 0 tests failed out of 57") and
+# its list of failed tests, from a log.
+count_of() { grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$1" | tail -n 1 || true; }
+failed_of() { sed -n '/The following tests FAILED:/,/^[^ \t]/{/^[ \t]/p}' "$1"; }
+# Just the names ("Suite.Test/param") of the failed tests.
+failed_names_of() { failed_of "$1" | sed -E 's/^[[:space:]]*[0-9]+ - (.*) \([^)]*\)$/\1/'; }
 run_ctest() {
   local dir=$1
   shift
@@ -26,21 +36,37 @@ run_ctest() {
   # Three at a time on two CPUs: many tests wait on mke2fs, e2fsck, mounts
   # and the disk rather than compute.
   ctest --test-dir "$dir" --output-on-failure --no-tests=error -j3 "$@" 2>&1 | tee "$log" || rc=$?
-  # "100% tests passed, 0 tests failed out of 57"
-  local line
-  line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n 1 || true)
-  if [ -n "$line" ]; then
-    local total bad
-    total=$(sed -E 's/.*out of ([0-9]+).*/\1/' <<<"$line")
-    bad=$(sed -E 's/.*passed, ([0-9]+) tests? failed.*/\1/' <<<"$line")
-    passed=$((passed + total - bad))
-    failed=$((failed + bad))
-  elif [ "$rc" -ne 0 ]; then
-    failed=$((failed + 1))
+  local line total bad
+  line=$(count_of "$log")
+  if [ -z "$line" ]; then
+    [ "$rc" -ne 0 ] && failed=$((failed + 1))
+    rm -f "$log"
+    return 0
   fi
-  # ctest lists what failed right after its count; keep the names for the
-  # summary at the very end, where a truncated CI log still shows them.
-  failures+=$(sed -n '/The following tests FAILED:/,/^[^ \t]/{/^[ \t]/p}' "$log" | sed "s|^|  [$dir] |")$'\n'
+  total=$(sed -E 's/.*out of ([0-9]+).*/\1/' <<<"$line")
+  bad=$(sed -E 's/.*passed, ([0-9]+) tests? failed.*/\1/' <<<"$line")
+  if [ "$bad" -gt 0 ]; then
+    # Once more, alone, what failed: many tests drive the kernel, FUSE and
+    # e2fsprogs on a loaded machine. A test that passes then still counts
+    # as passed but is named below as flaky, to be looked at; one that
+    # fails again is a failure.
+    local first=$log
+    log=$(mktemp)
+    echo "== running the ${bad} failed test(s) of $dir again"
+    ctest --test-dir "$dir" --output-on-failure --rerun-failed -j1 2>&1 | tee "$log" || true
+    line=$(count_of "$log")
+    local again=$bad
+    [ -n "$line" ] && again=$(sed -E 's/.*passed, ([0-9]+) tests? failed.*/\1/' <<<"$line")
+    flaky+=$(failed_names_of "$first" | grep -vxF -f <(failed_names_of "$log"; echo '(none)') |
+      sed "s|^|  [$dir] |")$'\n'
+    rm -f "$first"
+    bad=$again
+  fi
+  passed=$((passed + total - bad))
+  failed=$((failed + bad))
+  # The names of what failed, for the summary at the very end, where a
+  # truncated CI log still shows them.
+  [ "$bad" -gt 0 ] && failures+=$(failed_of "$log" | sed "s|^|  [$dir] |")$'\n'
   rm -f "$log"
   return 0
 }
@@ -86,6 +112,10 @@ if [ "$fuzz_seconds" -gt 0 ] && [ -x scripts/fuzz.sh ]; then
 fi
 
 echo
+if [ -n "${flaky//[[:space:]]/}" ]; then
+  echo "tests that failed once and passed when run again (flaky: look at them):"
+  grep -v '^$' <<<"$flaky"
+fi
 if [ -n "${failures//[[:space:]]/}" ]; then
   echo "failed tests:"
   grep -v '^$' <<<"$failures"
