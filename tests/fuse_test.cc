@@ -723,9 +723,30 @@ TEST_F(FusePosix, Timestamps) {
   sh_ok("ln " + d + "/dir/f " + d + "/dir/f2");  // link: the inode's ctime
   struct stat f4 = st("dir/f");
   EXPECT_GT(ns(f4.st_ctim), ns(f3.st_ctim));
+  // chown with neither owner nor group still changes ctime on ext4 (the
+  // request reaches the daemon with no attribute in it); nothing else moves.
+  sh_ok("ln -s f " + d + "/dir/sym");
+  struct stat d4 = st("dir"), s4 = st("dir/sym");
+  pause();
+  EXPECT_EQ(::chown((d + "/dir/f").c_str(), static_cast<uid_t>(-1), static_cast<gid_t>(-1)), 0);
+  EXPECT_EQ(::chown((d + "/dir").c_str(), static_cast<uid_t>(-1), static_cast<gid_t>(-1)), 0);
+  EXPECT_EQ(::lchown((d + "/dir/sym").c_str(), static_cast<uid_t>(-1), static_cast<gid_t>(-1)), 0);
+  struct stat f5 = st("dir/f"), d5 = st("dir"), s5 = st("dir/sym");
+  EXPECT_GT(ns(f5.st_ctim), ns(f4.st_ctim));
+  EXPECT_EQ(ns(f5.st_mtim), ns(f4.st_mtim));
+  EXPECT_GT(ns(d5.st_ctim), ns(d4.st_ctim));
+  EXPECT_EQ(ns(d5.st_mtim), ns(d4.st_mtim));
+  EXPECT_GT(ns(s5.st_ctim), ns(s4.st_ctim));
+  pause();
+  int fd = ::open((d + "/dir/f").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(::fchown(fd, static_cast<uid_t>(-1), static_cast<gid_t>(-1)), 0);
+  ::close(fd);
+  EXPECT_GT(ns(st("dir/f").st_ctim), ns(f5.st_ctim));
+  EXPECT_EQ(st("dir/f").st_uid, 0u);
   sh_ok("touch -d '2000-01-02 03:04:05.123456789' " + d + "/dir/f");
-  struct stat f5 = st("dir/f");
-  EXPECT_EQ(f5.st_mtim.tv_nsec, 123456789);
+  struct stat f6 = st("dir/f");
+  EXPECT_EQ(f6.st_mtim.tv_nsec, 123456789);
 }
 
 // ------------------------------------------------------------------ the daemon's life
