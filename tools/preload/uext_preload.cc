@@ -1699,11 +1699,48 @@ UEXT_EXPORT int fremovexattr(int fd, const char* name) noexcept {
   return REAL(fremovexattr)(fd, name);
 }
 
-// Copies between descriptors in the kernel cannot see the image: callers
-// fall back to read and write.
+// A copy between two files of the image is a read and a write through
+// uext, in 1 MiB steps (a partial copy returns what was done, as the
+// kernel's does). A copy between the image and a host file would be the
+// kernel's, which cannot see the image: EXDEV, and callers fall back to
+// read and write.
+ssize_t routed_copy(OpenFile& in, off64_t* in_off, OpenFile& out, off64_t* out_off, size_t len, unsigned flags) {
+  if (flags != 0 || (in_off && *in_off < 0) || (out_off && *out_off < 0)) return fail(EINVAL);
+  if (out.flags & O_APPEND) return fail(EBADF);
+  len = std::min<size_t>(len, 0x7ffff000);
+  if (in.ino == out.ino && in_off && out_off) {
+    const uint64_t a = static_cast<uint64_t>(*in_off), b = static_cast<uint64_t>(*out_off);
+    if (a < b + len && b < a + len) return fail(EINVAL);  // overlapping ranges of one file, as Linux
+  }
+  std::vector<std::byte> buf(std::min<size_t>(len, size_t{1} << 20));
+  size_t done = 0;
+  while (done < len) {
+    const size_t n = std::min(buf.size(), len - done);
+    const ssize_t got = routed_read("copy_file_range", in, buf.data(), n, in_off ? *in_off + done : -1);
+    if (got <= 0) {
+      if (got < 0 && done == 0) return -1;
+      break;
+    }
+    const ssize_t put =
+        routed_write("copy_file_range", out, buf.data(), static_cast<size_t>(got), out_off ? *out_off + done : -1, false);
+    if (put <= 0) {
+      if (put < 0 && done == 0) return -1;
+      break;
+    }
+    done += static_cast<size_t>(put);
+    if (put < got || static_cast<size_t>(got) < n) break;
+  }
+  if (in_off) *in_off += static_cast<off64_t>(done);
+  if (out_off) *out_off += static_cast<off64_t>(done);
+  return static_cast<ssize_t>(done);
+}
+
 UEXT_EXPORT ssize_t copy_file_range(int in_fd, off64_t* in_off, int out_fd, off64_t* out_off, size_t len,
                                     unsigned int flags) {
-  if (routed_fd(in_fd) || routed_fd(out_fd)) return fail(EXDEV);
+  auto in = routed_fd(in_fd);
+  auto out = routed_fd(out_fd);
+  if (in && out) return routed_copy(*in, in_off, *out, out_off, len, flags);
+  if (in || out) return fail(EXDEV);
   return REAL(copy_file_range)(in_fd, in_off, out_fd, out_off, len, flags);
 }
 
@@ -1959,6 +1996,13 @@ UEXT_EXPORT long syscall(long number, ...) noexcept {
   long a[6];
   for (long& x : a) x = va_arg(ap, long);
   va_end(ap);
+  // Programs that call copy_file_range through syscall(2) (xfs_io, fsx)
+  // would otherwise hand the kernel a routed number (an O_PATH /dev/null):
+  // EBADF.
+  if (number == SYS_copy_file_range) {
+    return copy_file_range(static_cast<int>(a[0]), reinterpret_cast<off64_t*>(a[1]), static_cast<int>(a[2]),
+                           reinterpret_cast<off64_t*>(a[3]), static_cast<size_t>(a[4]), static_cast<unsigned>(a[5]));
+  }
   const long r = REAL(syscall)(number, a[0], a[1], a[2], a[3], a[4], a[5]);
   return number == SYS_userfaultfd && r >= 0 ? relocate(static_cast<int>(r)) : r;
 }
