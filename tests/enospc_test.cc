@@ -477,15 +477,19 @@ TEST(Enospc, InodeExhaustionFromManyThreads) {
   EXPECT_TRUE(v.clean) << v.report;
 }
 
-// A minimal reproduction of a library bug the ENOSPC suite found
-// (single-threaded, plenty of space): fallocate(mode 0) past the end of a
-// file returns success but leaves i_size where it was; without KEEP_SIZE
-// fallocate(2) must extend the file to offset + length. Enable when fixed.
+// A fresh 16 MiB ext4 image with blocks of `block_size` bytes, open read-write.
+std::unique_ptr<Filesystem> fresh_image(const std::string& image, const char* block_size) {
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-b", block_size, image, "16M"});
+  return open_rw(image);
+}
+
+// Found by the ENOSPC suite (single-threaded, plenty of space):
+// fallocate(mode 0) past the end of a file returned success but left i_size
+// where it was; without KEEP_SIZE fallocate(2) extends the file to
+// offset + length.
 TEST(FallocateBugs, ModeZeroPastTheEndExtendsTheSize) {
   TempDir tmp;
-  std::string image = tmp / "img";
-  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-b", "4096", image, "16M"});
-  auto fs = open_rw(image);
+  auto fs = fresh_image(tmp / "img", "4096");
   ASSERT_TRUE(fs);
   auto f = fs->create(kRootIno, "f", 0644, {});
   ASSERT_TRUE(f.ok());
@@ -501,9 +505,8 @@ TEST(FallocateBugs, ModeZeroPastTheEndExtendsTheSize) {
 // end while the inode had the new one.
 TEST(FallocateBugs, ModeZeroAfterTruncateDownGrowsTheCachedSize) {
   TempDir tmp;
-  std::string image = tmp / "img";
-  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-b", "4096", image, "16M"});
-  auto fs = open_rw(image);
+  const std::string image = tmp / "img";
+  auto fs = fresh_image(image, "4096");
   ASSERT_TRUE(fs);
   auto f = fs->create(kRootIno, "f", 0644, {});
   ASSERT_TRUE(f.ok());
@@ -530,9 +533,8 @@ TEST(FallocateBugs, ModeZeroAfterTruncateDownGrowsTheCachedSize) {
 // the commit meant to clear them changed nothing.
 TEST(FallocateBugs, CommittedFreesDoNotStopAReservation) {
   TempDir tmp;
-  std::string image = tmp / "img";
-  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-b", "1024", image, "16M"});
-  auto fs = open_rw(image);
+  const std::string image = tmp / "img";
+  auto fs = fresh_image(image, "1024");
   ASSERT_TRUE(fs);
   auto a = fs->create(kRootIno, "a", 0644, {});
   auto b = fs->create(kRootIno, "b", 0644, {});

@@ -267,6 +267,19 @@ TEST_P(FioMmap, VerifiesThroughUextMappingsAndTheKernelReadsTheSameBytes) {
   ASSERT_TRUE(rw.unmount()) << rw.error();
 }
 
+// A fresh 32 MiB ext4 image and the environment that routes `prefix`
+// to it through the shim.
+struct ShimImage {
+  TempDir dir;
+  std::string image = dir / "img";
+  std::string prefix = fmt::format("/uext-shim-test-{}", getpid());
+  std::string env;
+  ShimImage() {
+    run_ok({"mke2fs", "-F", "-q", "-t", "ext4", image, "32M"});
+    env = fmt::format("{} UEXT_PRELOAD_IMAGE={} UEXT_PRELOAD_PREFIX={}", preload_env(), image, prefix);
+  }
+};
+
 // The shim's refusals: a forked child's routed call fails with EIO and a
 // message (uext's threads stay in the parent), a second process is kept
 // off the image by its lock, and the parent goes on unharmed; the image
@@ -276,20 +289,16 @@ TEST(PreloadShim, ForkedChildAndSecondProcessAreRefused) {
 #if defined(__SANITIZE_THREAD__)
   GTEST_SKIP() << "libuext_preload.so is built with TSan here, whose runtime cannot serve the uninstrumented bash";
 #endif
-  TempDir dir;
-  const std::string image = dir / "img";
-  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", image, "32M"});
-  const std::string prefix = fmt::format("/uext-shim-test-{}", getpid());
-  const std::string env =
-      fmt::format("{} UEXT_PRELOAD_IMAGE={} UEXT_PRELOAD_PREFIX={}", preload_env(), image, prefix);
+  ShimImage shim;
+  const std::string &image = shim.image, &prefix = shim.prefix, &env = shim.env;
   const std::string script = fmt::format(
       "cp {1} {0}/f; echo \"cp:$?\"\n"
       "exec 3<{0}/f\n"
       "( read -r x <&3; echo \"child:$?\" )\n"
       "truncate -s 1 {0}/g; echo \"second:$?\"\n"
       "read -r y <&3; echo \"parent:$?:$y\"\n",
-      prefix, dir / "hello");
-  write_file(dir / "hello", "hello\n");
+      prefix, shim.dir / "hello");
+  write_file(shim.dir / "hello", "hello\n");
   CommandResult r = run({"/bin/sh", "-c", env + " bash -c '" + script + "'"});
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
   EXPECT_EQ(r.out, "cp:0\nchild:1\nsecond:1\nparent:0:hello\n") << r.err;
@@ -316,12 +325,8 @@ TEST(PreloadShim, MunmapOfTheLengthMappedUnmapsTheWholeLastPage) {
 #if defined(__SANITIZE_THREAD__)
   GTEST_SKIP() << "libuext_preload.so is built with TSan here, whose runtime cannot serve the uninstrumented xfs_io";
 #endif
-  TempDir dir;
-  const std::string image = dir / "img";
-  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", image, "32M"});
-  const std::string prefix = fmt::format("/uext-shim-test-{}", getpid());
-  const std::string env =
-      fmt::format("{} UEXT_PRELOAD_IMAGE={} UEXT_PRELOAD_PREFIX={}", preload_env(), image, prefix);
+  ShimImage shim;
+  const std::string &image = shim.image, &prefix = shim.prefix, &env = shim.env;
   CommandResult r = run_shell(env + " xfs_io -f -c 'truncate 5000' -c 'mmap -rw 0 5000' -c 'mwrite -S 0x61 0 5000' " +
                               "-c munmap -c 'mmap -r 0 5000' -c munmap " + prefix + "/f");
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
@@ -339,13 +344,9 @@ TEST(PreloadShim, CopyFileRangeWithinTheImage) {
 #if defined(__SANITIZE_THREAD__)
   GTEST_SKIP() << "libuext_preload.so is built with TSan here, whose runtime cannot serve the uninstrumented xfs_io";
 #endif
-  TempDir dir;
-  const std::string image = dir / "img";
-  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", image, "32M"});
-  const std::string prefix = fmt::format("/uext-shim-test-{}", getpid());
-  const std::string env =
-      fmt::format("{} UEXT_PRELOAD_IMAGE={} UEXT_PRELOAD_PREFIX={}", preload_env(), image, prefix);
-  const std::string host = dir / "host";
+  ShimImage shim;
+  const std::string &image = shim.image, &prefix = shim.prefix, &env = shim.env;
+  const std::string host = shim.dir / "host";
   write_file(host, "");
   CommandResult r = run_shell(env + " xfs_io -f -c 'pwrite -S 0x62 0 3000' -c 'pwrite -S 0x63 3000 3000' " +
                               "-c 'copy_range -s 3000 -d 10000 -l 2000 " + prefix + "/a' " + prefix + "/a && " +
