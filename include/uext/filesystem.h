@@ -287,12 +287,6 @@ class Filesystem {
   // from this call, never later. Ordered data: the bytes reach the image
   // before the metadata that points at them.
   virtual Result<size_t> write(Ino ino, uint64_t offset, std::span<const std::byte> buf) = 0;
-  // write() of the `size` bytes waiting in the pipe `pipe_fd` (a FUSE
-  // daemon's spliced WRITE request). With delayed allocation they are
-  // spliced from the pipe into the page cache, one copy fewer than through
-  // a buffer; otherwise they are read into one. The same results as
-  // write(); bytes not written (a short write, an error) stay in the pipe.
-  virtual Result<size_t> write_from_pipe(Ino ino, uint64_t offset, int pipe_fd, size_t size) = 0;
   // fallocate(2): mode 0 or kFallocKeepSize allocates (as unwritten extents
   // on extent-mapped files, else EOPNOTSUPP), kFallocPunchHole (with
   // kFallocKeepSize) frees, kFallocZeroRange zeroes.

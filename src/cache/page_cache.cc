@@ -129,19 +129,10 @@ Page& CachedFile::add(uint64_t index, bool zero) {
   return it->second;
 }
 
-Result<size_t> CachedFile::copy_in(uint64_t offset, const CopySource& src) {
+Result<size_t> CachedFile::copy_in(uint64_t offset, std::span<const std::byte> bytes) {
   size_t done = 0;
-  while (done < src.size()) {
-    ssize_t n;
-    if (src.is_pipe()) {
-      // The data is in the pipe already (the whole request was spliced
-      // in): never wait for more, a dry pipe is an error.
-      loff_t at = static_cast<loff_t>(offset + done);
-      n = ::splice(src.pipe_fd, nullptr, memfd_, &at, src.size() - done, SPLICE_F_NONBLOCK);
-      if (n < 0 && errno == EAGAIN) n = 0;
-    } else {
-      n = ::pwrite(memfd_, src.bytes.data() + done, src.size() - done, static_cast<off_t>(offset + done));
-    }
+  while (done < bytes.size()) {
+    ssize_t n = ::pwrite(memfd_, bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       if (done > 0) break;  // a short write: what was copied stands

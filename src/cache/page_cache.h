@@ -70,31 +70,6 @@ class PageMapper {
   virtual void grew() = 0;
 };
 
-// The bytes of a write: in memory, or `pipe_size` bytes waiting in a pipe
-// (FUSE's spliced WRITE requests), which copy_in splices into the pages
-// without a copy through user space.
-struct CopySource {
-  std::span<const std::byte> bytes;
-  int pipe_fd = -1;
-  size_t pipe_size = 0;
-
-  CopySource(std::span<const std::byte> b) : bytes(b) {}  // NOLINT(google-explicit-constructor)
-  static CopySource pipe(int fd, size_t n) {
-    CopySource s{std::span<const std::byte>{}};
-    s.pipe_fd = fd;
-    s.pipe_size = n;
-    return s;
-  }
-  bool is_pipe() const { return pipe_fd >= 0; }
-  size_t size() const { return is_pipe() ? pipe_size : bytes.size(); }
-  CopySource first(size_t n) const {
-    CopySource s = *this;
-    if (is_pipe()) s.pipe_size = n;
-    else s.bytes = bytes.first(n);
-    return s;
-  }
-};
-
 // One inode's cached pages. Every member is guarded by `mu`.
 class CachedFile {
  public:
@@ -122,15 +97,14 @@ class CachedFile {
   // fn(index, Page&, bool added) -> Status; the first error stops the walk.
   template <typename Fn>
   Status for_each_page(uint64_t first, uint64_t end, Fn&& fn);
-  // Copies the source's bytes into the file's pages at byte `offset`
-  // through the memfd (pwrite, or splice from a pipe) rather than the
-  // mapping: a page the copy covers whole is allocated without being zeroed
-  // first and without a page fault, as the kernel's own write path fills
-  // its page cache. The pages must have been added (and a partly covered
-  // new page prepared) first; ensure() covers them. Returns how many bytes
-  // were copied: fewer than asked only when the source faulted or the pipe
-  // ran dry (EFAULT or EIO for none).
-  Result<size_t> copy_in(uint64_t offset, const CopySource& src);
+  // Copies `bytes` into the file's pages at byte `offset` through the
+  // memfd (pwrite) rather than the mapping: a page the copy covers whole is
+  // allocated without being zeroed first and without a page fault, as the
+  // kernel's own write path fills its page cache. The pages must have been
+  // added (and a partly covered new page prepared) first; ensure() covers
+  // them. Returns how many bytes were copied: fewer than asked only when
+  // the source faulted (EFAULT for none).
+  Result<size_t> copy_in(uint64_t offset, std::span<const std::byte> bytes);
   // `page` is page `index`'s entry.
   void mark_dirty(uint64_t index, Page& page, bool delayed);
   void mark_clean(uint64_t index);

@@ -12,10 +12,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
 #include <optional>
-#include <vector>
 
 #include "disk/dirent.h"
 #include "disk/features.h"
@@ -46,29 +44,21 @@ uint32_t FilesystemImpl::extents_per_handle(const InodeRecord& rec) {
 }
 
 Result<size_t> FilesystemImpl::write(Ino ino, uint64_t offset, std::span<const std::byte> buf) {
-  return write_source(ino, offset, cache::CopySource(buf));
-}
-
-Result<size_t> FilesystemImpl::write_from_pipe(Ino ino, uint64_t offset, int pipe_fd, size_t size) {
-  return write_source(ino, offset, cache::CopySource::pipe(pipe_fd, size));
-}
-
-Result<size_t> FilesystemImpl::write_source(Ino ino, uint64_t offset, const cache::CopySource& src) {
   UEXT_TRY(check_writable());
-  if (src.size() == 0) return size_t{0};
-  if (!src.is_pipe() && vm::in_mapping(src.bytes.data(), src.bytes.size())) return bounce_write(ino, offset, src.bytes);
+  if (buf.empty()) return size_t{0};
+  if (vm::in_mapping(buf.data(), buf.size())) return bounce_write(ino, offset, buf);
   auto lock = itable_.lock(ino);
   UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
   if (S_ISDIR(rec.inode.i_mode)) return Error(EISDIR, fmt::format("inode {}: Is a directory", ino));
   if (!S_ISREG(rec.inode.i_mode)) return Error(EINVAL, fmt::format("inode {}: not a regular file", ino));
-  const uint64_t end = offset + src.size();
+  const uint64_t end = offset + buf.size();
   if (end < offset || end > max_file_bytes(*vol_, rec)) {
     return Error(EFBIG, fmt::format("inode {}: File too large (a write ending at byte {} passes the limit of {})",
                                     ino, end, max_file_bytes(*vol_, rec)));
   }
   if (uses_delalloc(rec)) {
     // mtime and ctime, like the size, reach the disk with the data.
-    UEXT_ASSIGN_OR_RETURN(size_t n, cached_write(rec, offset, src));
+    UEXT_ASSIGN_OR_RETURN(size_t n, cached_write(rec, offset, buf));
     lock.unlock();
     UEXT_TRY(balance_dirty(ino));
     if (cache_->too_many_files()) {
@@ -77,23 +67,6 @@ Result<size_t> FilesystemImpl::write_source(Ino ino, uint64_t offset, const cach
     }
     return n;
   }
-  // Without delayed allocation the data is written from a buffer: a pipe's
-  // is read into one first (a pipe is no user memory: fine under the lock).
-  std::vector<std::byte> piped;
-  if (src.is_pipe()) {
-    piped.resize(src.size());
-    size_t got = 0;
-    while (got < piped.size()) {
-      const ssize_t n = ::read(src.pipe_fd, piped.data() + got, piped.size() - got);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        const int err = n < 0 && errno != EAGAIN ? errno : EIO;
-        return Error(err, fmt::format("inode {}: write: reading the data from a pipe: {}", ino, std::strerror(err)));
-      }
-      got += static_cast<size_t>(n);
-    }
-  }
-  const std::span<const std::byte> buf = src.is_pipe() ? std::span<const std::byte>(piped) : src.bytes;
   const uint64_t bs = vol_->block_size();
   const uint64_t first = offset / bs;
   const uint64_t last = (end - 1) / bs;

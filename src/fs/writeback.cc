@@ -90,7 +90,7 @@ Status FilesystemImpl::reserve_delayed(const InodeRecord& rec, CachedFile& file,
   return {};
 }
 
-Result<size_t> FilesystemImpl::cached_write(InodeRecord& rec, uint64_t offset, const cache::CopySource& buf) {
+Result<size_t> FilesystemImpl::cached_write(InodeRecord& rec, uint64_t offset, std::span<const std::byte> buf) {
   const uint32_t ino = rec.ino;
   const uint64_t bs = vol_->block_size();
   const uint64_t bpp = kPageSize / bs;

@@ -343,47 +343,6 @@ class Daemon {
     return false;
   }
 
-  // Large writes turn splicing on; eight small ones in a row, or a
-  // namespace change (a file created, linked, renamed or removed), off.
-  void splice_on(size_t write_size) {
-    if (!conn_) return;
-    if (write_size >= kSpliceWrite) {
-      small_writes_.store(0, std::memory_order_relaxed);
-      set_splice(true);
-    } else if (write_size < kSmallWrite && small_writes_.fetch_add(1, std::memory_order_relaxed) + 1 >= 8) {
-      set_splice(false);
-    }
-  }
-  void splice_off() {
-    if (conn_) set_splice(false);
-  }
-  void set_splice(bool on) {
-    std::atomic_ref<unsigned> want(conn_->want);
-    const bool is_on = want.load(std::memory_order_relaxed) & FUSE_CAP_SPLICE_READ;
-    if (on && !is_on) want.fetch_or(FUSE_CAP_SPLICE_READ, std::memory_order_relaxed);
-    if (!on && is_on) want.fetch_and(~static_cast<unsigned>(FUSE_CAP_SPLICE_READ), std::memory_order_relaxed);
-  }
-
-  // The largest max_write up to `wanted` whose requests fit a pipe this
-  // process can have, 0 if none of at least 256 KiB does.
-  static uint32_t splice_max_write(uint32_t wanted) {
-    int p[2];
-    if (::pipe2(p, O_CLOEXEC) != 0) return 0;
-    const uint32_t page = static_cast<uint32_t>(::sysconf(_SC_PAGESIZE));
-    uint32_t w = wanted;
-    for (; w >= (256u << 10); w = w / 2) {
-      if (::fcntl(p[0], F_SETPIPE_SZ, static_cast<int>(w + page)) >= 0) break;
-      // A pipe of w bytes (w a power of two) holds w - page of data and the header.
-      if (::fcntl(p[0], F_SETPIPE_SZ, static_cast<int>(w)) >= 0) {
-        w -= page;
-        break;
-      }
-    }
-    ::close(p[0]);
-    ::close(p[1]);
-    return w >= (256u << 10) - page ? w : 0;
-  }
-
   // ---- operations
 
   void init(fuse_conn_info* conn) {
@@ -415,24 +374,7 @@ class Daemon {
     }
     // Symlinks change only through this mount, so the kernel may keep their targets.
     if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
-    conn->max_write = 1u << 20;
-    // Large WRITEs come as a pipe (write_buf): one copy of the data fewer.
-    // libfuse splices a request only when its per-thread pipe holds the
-    // largest one (max_write and a page for the header); a pipe grows past
-    // pipe-max-size (1 MiB by default) only with CAP_SYS_RESOURCE, which
-    // root in a container may lack: then a page less per request.
-    // Splicing costs small requests a second system call (the request is
-    // spliced into the pipe, then read out of it): the daemon turns it on
-    // while large writes come and off for small writes and namespace
-    // changes (see splice_on). SPLICE_READ is libfuse's alone (the kernel
-    // never hears of it), and libfuse looks at it before every read.
-    conn->want &= ~FUSE_CAP_SPLICE_READ;
-    if (conn->capable & FUSE_CAP_SPLICE_READ) {
-      if (const uint32_t w = splice_max_write(conn->max_write)) {
-        conn->max_write = w;
-        conn_ = conn;
-      }
-    }  // fewer, larger requests for big writes (libfuse sets max_pages from it)
+    conn->max_write = 1u << 20;  // fewer, larger requests for big writes (libfuse sets max_pages from it)
     conn->time_gran = 1;         // nanosecond timestamps, as ext4 with 256-byte inodes
     // Readahead and writeback-cache flushes are background requests; the
     // default of 12 in flight leaves request threads idle.
@@ -495,7 +437,6 @@ class Daemon {
   }
 
   void mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
-    splice_off();
     const Ino dir = to_ext(parent);
     if (refuse_change(req)) return;
     if ((mode & S_IFMT) == 0) mode |= S_IFREG;
@@ -505,7 +446,6 @@ class Daemon {
   }
 
   void mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
-    splice_off();
     const Ino dir = to_ext(parent);
     if (refuse_change(req)) return;
     auto st = fs_->mkdir(dir, name, mode & 07777, owner(req));
@@ -514,7 +454,6 @@ class Daemon {
   }
 
   void symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
-    splice_off();
     const Ino dir = to_ext(parent);
     if (refuse_change(req)) return;
     auto st = fs_->symlink(dir, name, target, owner(req));
@@ -523,7 +462,6 @@ class Daemon {
   }
 
   void link(fuse_req_t req, fuse_ino_t fino, fuse_ino_t new_parent, const char* new_name) {
-    splice_off();
     const Ino ino = to_ext(fino), dir = to_ext(new_parent);
     if (refuse_change(req)) return;
     auto st = fs_->link(ino, dir, new_name);
@@ -532,7 +470,6 @@ class Daemon {
   }
 
   void unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
-    splice_off();
     const Ino dir = to_ext(parent);
     if (refuse_change(req)) return;
     Status s = fs_->unlink(dir, name);
@@ -541,7 +478,6 @@ class Daemon {
   }
 
   void rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
-    splice_off();
     const Ino dir = to_ext(parent);
     if (refuse_change(req)) return;
     Status s = fs_->rmdir(dir, name);
@@ -551,7 +487,6 @@ class Daemon {
 
   void rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent, const char* new_name,
               unsigned flags) {
-    splice_off();
     const Ino dir = to_ext(parent), new_dir = to_ext(new_parent);
     if (refuse_change(req)) return;
     Status s = fs_->rename(dir, name, new_dir, new_name, flags);
@@ -577,7 +512,6 @@ class Daemon {
   }
 
   void create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
-    splice_off();
     const Ino dir = to_ext(parent);
     if (refuse_change(req)) return;
     auto st = fs_->create(dir, name, mode, owner(req));
@@ -626,32 +560,6 @@ class Daemon {
                         std::span(reinterpret_cast<const std::byte*>(data), size));
     if (!n) return fail(req, "write", ino, n.error());
     fuse_reply_write(req, *n);
-  }
-
-  void write_buf(fuse_req_t req, fuse_ino_t fino, fuse_bufvec* bufv, off_t off) {
-    const size_t size = fuse_buf_size(bufv);
-    splice_on(size);
-    if (bufv->count == 1 && bufv->idx == 0 && bufv->off == 0) {
-      const fuse_buf& b = bufv->buf[0];
-      if (!(b.flags & FUSE_BUF_IS_FD)) return write(req, fino, static_cast<const char*>(b.mem), b.size, off);
-      if (!(b.flags & FUSE_BUF_FD_SEEK)) {
-        const Ino ino = to_ext(fino);
-        if (refuse_change(req)) return;
-        auto n = fs_->write_from_pipe(ino, static_cast<uint64_t>(off), b.fd, b.size);
-        if (!n) return fail(req, "write", ino, n.error());
-        // All of it taken: libfuse may keep the pipe (else it makes a new one).
-        if (*n == b.size) bufv->idx = bufv->count;
-        fuse_reply_write(req, *n);
-        return;
-      }
-    }
-    // Anything else: into memory first.
-    std::vector<char> mem(size);
-    fuse_bufvec dst = FUSE_BUFVEC_INIT(size);
-    dst.buf[0].mem = mem.data();
-    const ssize_t got = fuse_buf_copy(&dst, bufv, static_cast<fuse_buf_copy_flags>(0));
-    if (got < 0) return fuse_reply_err(req, static_cast<int>(-got)), void();
-    write(req, fino, mem.data(), static_cast<size_t>(got), off);
   }
 
   // `file` is the description's OpenFile, null for a directory (no opendir:
@@ -855,11 +763,6 @@ class Daemon {
   std::atomic<bool> forced_ro_{false};
   std::atomic<bool> panicked_{false};
   std::atomic<int64_t> last_enospc_log_{0};
-  // The connection, while splicing is possible; see splice_on.
-  fuse_conn_info* conn_ = nullptr;
-  static constexpr size_t kSpliceWrite = 128u << 10;
-  static constexpr size_t kSmallWrite = 32u << 10;
-  std::atomic<unsigned> small_writes_{0};
 };
 
 // libfuse calls plain functions; each forwards to the Daemon in userdata.
@@ -895,12 +798,6 @@ const fuse_lowlevel_ops& Daemon::ops() {
     o.read = [](fuse_req_t r, fuse_ino_t i, size_t s, off_t off, fuse_file_info*) { of(r).read(r, i, s, off); };
     o.write = [](fuse_req_t r, fuse_ino_t i, const char* b, size_t s, off_t off, fuse_file_info*) {
       of(r).write(r, i, b, s, off);
-    };
-    // With SPLICE_READ a large WRITE arrives as a pipe holding its data
-    // (the kernel's pages referenced, not copied), which the library
-    // splices into the page cache; a small one arrives in memory.
-    o.write_buf = [](fuse_req_t r, fuse_ino_t i, fuse_bufvec* bufv, off_t off, fuse_file_info*) {
-      of(r).write_buf(r, i, bufv, off);
     };
     // Nothing is buffered in the daemon: write() already reached the library.
     // With the writeback cache the kernel writes its dirty pages back at
