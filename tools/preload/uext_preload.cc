@@ -1712,11 +1712,20 @@ ssize_t routed_copy(OpenFile& in, off64_t* in_off, OpenFile& out, off64_t* out_o
     const uint64_t a = static_cast<uint64_t>(*in_off), b = static_cast<uint64_t>(*out_off);
     if (a < b + len && b < a + len) return fail(EINVAL);  // overlapping ranges of one file, as Linux
   }
+  // Without in_off the copy reads at the file position and then moves it
+  // by the bytes copied, not by those read: after a short write the rest
+  // has not been copied and must be read again by the next call.
+  off64_t in_pos = 0;
+  if (!in_off) {
+    std::lock_guard lock(in.mu);
+    in_pos = static_cast<off64_t>(in.pos);
+  }
+  const off64_t in_from = in_off ? *in_off : in_pos;
   std::vector<std::byte> buf(std::min<size_t>(len, size_t{1} << 20));
   size_t done = 0;
   while (done < len) {
     const size_t n = std::min(buf.size(), len - done);
-    const ssize_t got = routed_read("copy_file_range", in, buf.data(), n, in_off ? *in_off + done : -1);
+    const ssize_t got = routed_read("copy_file_range", in, buf.data(), n, in_from + static_cast<off64_t>(done));
     if (got <= 0) {
       if (got < 0 && done == 0) return -1;
       break;
@@ -1730,7 +1739,12 @@ ssize_t routed_copy(OpenFile& in, off64_t* in_off, OpenFile& out, off64_t* out_o
     done += static_cast<size_t>(put);
     if (put < got || static_cast<size_t>(got) < n) break;
   }
-  if (in_off) *in_off += static_cast<off64_t>(done);
+  if (in_off) {
+    *in_off += static_cast<off64_t>(done);
+  } else {
+    std::lock_guard lock(in.mu);
+    in.pos = static_cast<uint64_t>(in_from) + done;
+  }
   if (out_off) *out_off += static_cast<off64_t>(done);
   return static_cast<ssize_t>(done);
 }
