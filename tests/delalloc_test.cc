@@ -6,6 +6,7 @@
 // test closes the filesystem and checks the image with e2fsck -fn and
 // dumpe2fs -h.
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -467,6 +468,62 @@ TEST(DelallocReservation, PunchAndTruncateGiveReservationsBack) {
   const uint64_t statfs_after = statfs_free(*fs);
   EXPECT_EQ(f0 - statfs_after, 257u);
   EXPECT_EQ(close_and_check(fs, image), statfs_after);
+}
+
+// A write whose source buffer faults part-way (its second half PROT_NONE)
+// is short. The pages it covers were marked dirty and delayed before the
+// copy, and those it never filled stayed behind past the new end of file,
+// zeroed, holding their reservation until writeback or a truncate. They
+// go with the write: what stays reserved is what the bytes copied need,
+// and a write that copies nothing (EFAULT) keeps nothing.
+TEST(DelallocReservation, SourceFaultingPartWayKeepsNoPagesPastTheEnd) {
+  TempDir tmp;
+  const std::string image = tmp / "efault.img";
+  mkfs(image, "64M");
+  auto fs = open_rw(image, true, 600000);  // no background writeback
+  ASSERT_TRUE(fs);
+  auto* impl = dynamic_cast<fs::FilesystemImpl*>(fs.get());
+  ASSERT_NE(impl, nullptr);
+  auto f = fs->create(kRootIno, "f", 0100644, {});
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE(fs->sync().ok());
+  const uint64_t f0 = statfs_free(*fs);
+  ASSERT_EQ(impl->audit_reservations().counter, 0u);
+
+  constexpr size_t kHalf = 64 * 1024;
+  void* mem = mmap(nullptr, 2 * kHalf, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(mem, MAP_FAILED);
+  auto* buf = static_cast<std::byte*>(mem);
+  const std::string data = pattern(5, 0, kHalf);
+  std::memcpy(buf, data.data(), kHalf);
+  ASSERT_EQ(mprotect(buf + kHalf, kHalf, PROT_NONE), 0);
+
+  auto none = fs->write(f->ino, 0, std::span<const std::byte>(buf + kHalf, kHalf));
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.error().code(), EFAULT) << none.error().message();
+  EXPECT_EQ(impl->audit_reservations().counter, 0u) << "a write that copied nothing holds a reservation";
+  EXPECT_EQ(statfs_free(*fs), f0);
+  EXPECT_EQ(fs->stat(f->ino)->size, 0u);
+
+  auto half = fs->write(f->ino, 0, std::span<const std::byte>(buf, 2 * kHalf));
+  ASSERT_TRUE(half.ok()) << half.error().message();
+  EXPECT_EQ(*half, kHalf);
+  EXPECT_EQ(fs->stat(f->ino)->size, kHalf);
+  const uint64_t held = impl->audit_reservations().counter;
+  // The same bytes written from a good buffer reserve as much.
+  ASSERT_TRUE(fs->truncate(f->ino, 0).ok());
+  ASSERT_EQ(impl->audit_reservations().counter, 0u);
+  auto whole = fs->write(f->ino, 0, bytes_of(data));
+  ASSERT_TRUE(whole.ok() && *whole == kHalf);
+  EXPECT_EQ(held, impl->audit_reservations().counter) << "the short write held more than its bytes need";
+  ASSERT_EQ(munmap(mem, 2 * kHalf), 0);
+
+  ASSERT_TRUE(fs->sync().ok());
+  EXPECT_EQ(impl->audit_reservations().counter, 0u);
+  const uint64_t free_after = statfs_free(*fs);
+  EXPECT_EQ(f0 - free_after, kHalf / 4096);
+  EXPECT_TRUE(same(read_range(*fs, f->ino, 0, 2 * kHalf), data));
+  EXPECT_EQ(close_and_check(fs, image), free_after);
 }
 
 // ------------------------------------------------------------ accounting

@@ -175,6 +175,10 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   // Reserves what `new_pages` more delayed pages need: their data blocks
   // and the growth of the file's worst-case tree blocks. Page lock held.
   Status reserve_delayed(const InodeRecord& rec, cache::CachedFile& file, uint64_t new_pages);
+  // Gives back what the file's reservation holds beyond the data and
+  // worst-case tree blocks of its delayed pages (after some went). Page
+  // lock held.
+  void trim_reservation(const InodeRecord& rec, cache::CachedFile& file);
   // The preallocation window writeback asks for, for a file of this size.
   uint32_t prealloc_window(uint64_t size_blocks) const;
   // write() of a delayed-allocation file: reserve, then copy into the

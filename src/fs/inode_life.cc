@@ -269,13 +269,7 @@ Status FilesystemImpl::truncate_locked(InodeRecord& rec, uint64_t size) {
     }
     file->set_size(size);
     file->times_pending = false;  // the truncate sets them, later
-    const uint64_t bpp = cache::kPageSize / vol_->block_size();
-    const uint64_t delayed_blocks = file->delayed_pages() * bpp;
-    const uint64_t meta = delalloc_meta(rec, delayed_blocks);
-    if (file->reservation.left() > delayed_blocks + meta) {
-      file->reservation.give_back(file->reservation.left() - delayed_blocks - meta);
-    }
-    file->reserved_meta = std::min(meta, file->reservation.left());
+    trim_reservation(rec, *file);
   }
   const uint64_t old_size = rec.inode.i_size;
   if (size >= old_size) {

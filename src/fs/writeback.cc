@@ -170,8 +170,18 @@ Result<size_t> FilesystemImpl::cached_write(InodeRecord& rec, uint64_t offset, s
     return {};
   }));
   // The pages are in place (and dirty, under the lock): now the bytes.
-  UEXT_ASSIGN_OR_RETURN(const size_t copied, file->copy_in(offset, buf.first(write_end - offset)));
+  auto copy = file->copy_in(offset, buf.first(write_end - offset));
+  const size_t copied = copy.ok() ? *copy : 0;
   const uint64_t copied_end = offset + copied;
+  if (copied < write_end - offset) {
+    // The source faulted part-way (EFAULT when nothing came). Pages this
+    // write marked that now lie wholly past the end of the file hold only
+    // zeros: they go, with their reservation, rather than wait dirty for
+    // writeback or a truncate. Those inside the file stay, as written.
+    const uint64_t keep = (std::max(file->size, copied_end) + kPageSize - 1) / kPageSize;
+    if (file->drop(std::max(keep, first_page), first_page + pages_ok) != 0) trim_reservation(rec, *file);
+  }
+  if (!copy.ok()) return std::move(copy).error();
   file->set_size(std::max(file->size, copied_end));
   const disk::Timestamp t = now();
   file->times_pending = true;
@@ -264,9 +274,13 @@ Status FilesystemImpl::write_mapped_runs(const std::byte* file_bytes, const std:
 // What stays reserved after a writeback: the data and worst-case tree
 // blocks of the pages still delayed. Caller holds file.mu.
 void FilesystemImpl::settle_reservation(const InodeRecord& rec, CachedFile& file) {
-  const uint64_t bpp = kPageSize / vol_->block_size();
   // Everything is on disk, i_size included: the disk is the truth again.
   if (file.dirty_pages() == 0 && !file.writeback_in_flight()) file.size_known = false;
+  trim_reservation(rec, file);
+}
+
+void FilesystemImpl::trim_reservation(const InodeRecord& rec, CachedFile& file) {
+  const uint64_t bpp = kPageSize / vol_->block_size();
   const uint64_t delayed_blocks = file.delayed_pages() * bpp;
   const uint64_t meta = delalloc_meta(rec, delayed_blocks);
   const uint64_t keep = delayed_blocks + meta;
