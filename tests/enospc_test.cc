@@ -483,6 +483,31 @@ std::unique_ptr<Filesystem> fresh_image(const std::string& image, const char* bl
   return open_rw(image);
 }
 
+// The set-up of the FallocateBugs tests below: fresh_image's filesystem with
+// file `name` holding `bytes` bytes of `fill` at `offset`. close_and_check()
+// ends the test with the filesystem closed and e2fsck -fn on the image.
+struct WrittenImage {
+  TempDir tmp;
+  std::string image = tmp / "img";
+  std::unique_ptr<Filesystem> fs;
+  Ino ino = 0;  // stays 0 when the set-up failed
+  WrittenImage(const char* block_size, const char* name, uint64_t offset, uint64_t bytes, char fill)
+      : fs(fresh_image(image, block_size)) {
+    if (!fs) return;
+    auto f = fs->create(kRootIno, name, 0644, {});
+    EXPECT_TRUE(f.ok()) << f.error().message();
+    if (!f.ok()) return;
+    auto w = fs->write(f->ino, offset, bytes_of(std::string(bytes, fill)));
+    EXPECT_TRUE(w.ok() && *w == bytes) << (w.ok() ? std::to_string(*w) : w.error().message());
+    if (w.ok() && *w == bytes) ino = f->ino;
+  }
+  void close_and_check() {
+    ASSERT_TRUE(fs->close().ok());
+    FsckVerdict v = e2fsck_clean(image);
+    EXPECT_TRUE(v.clean) << v.report;
+  }
+};
+
 // Found by the ENOSPC suite (single-threaded, plenty of space):
 // fallocate(mode 0) past the end of a file returned success but left i_size
 // where it was; without KEEP_SIZE fallocate(2) extends the file to
@@ -504,25 +529,19 @@ TEST(FallocateBugs, ModeZeroPastTheEndExtendsTheSize) {
 // forget it, and stat (which prefers the cached size) kept the truncated
 // end while the inode had the new one.
 TEST(FallocateBugs, ModeZeroAfterTruncateDownGrowsTheCachedSize) {
-  TempDir tmp;
-  const std::string image = tmp / "img";
-  auto fs = fresh_image(image, "4096");
-  ASSERT_TRUE(fs);
-  auto f = fs->create(kRootIno, "f", 0644, {});
-  ASSERT_TRUE(f.ok());
-  ASSERT_TRUE(fs->write(f->ino, 7 << 20, bytes_of(std::string(4096, 'w'))).ok());
-  ASSERT_TRUE(fs->truncate(f->ino, 3 << 20).ok());
-  ASSERT_TRUE(fs->fallocate(f->ino, 0, 6 << 20, 65536).ok());
-  EXPECT_EQ(fs->stat(f->ino)->size, (6u << 20) + 65536);
+  WrittenImage w("4096", "f", 7 << 20, 4096, 'w');
+  ASSERT_NE(w.ino, 0u);
+  Filesystem& fs = *w.fs;
+  ASSERT_TRUE(fs.truncate(w.ino, 3 << 20).ok());
+  ASSERT_TRUE(fs.fallocate(w.ino, 0, 6 << 20, 65536).ok());
+  EXPECT_EQ(fs.stat(w.ino)->size, (6u << 20) + 65536);
   // The preallocated range reads as zeros, to its end.
   std::vector<std::byte> buf(65536, std::byte{1});
-  auto n = fs->read(f->ino, 6 << 20, buf);
+  auto n = fs.read(w.ino, 6 << 20, buf);
   ASSERT_TRUE(n.ok());
   EXPECT_EQ(*n, buf.size());
   EXPECT_EQ(std::count(buf.begin(), buf.end(), std::byte{0}), 65536);
-  ASSERT_TRUE(fs->close().ok());
-  FsckVerdict v = e2fsck_clean(image);
-  EXPECT_TRUE(v.clean) << v.report;
+  w.close_and_check();
 }
 
 // fsx through `uext mount` (an 8 MiB file truncated and punched many times
@@ -532,28 +551,23 @@ TEST(FallocateBugs, ModeZeroAfterTruncateDownGrowsTheCachedSize) {
 // reservation weighed the free space against frees long committed, and
 // the commit meant to clear them changed nothing.
 TEST(FallocateBugs, CommittedFreesDoNotStopAReservation) {
-  TempDir tmp;
-  const std::string image = tmp / "img";
-  auto fs = fresh_image(image, "1024");
-  ASSERT_TRUE(fs);
-  auto a = fs->create(kRootIno, "a", 0644, {});
-  auto b = fs->create(kRootIno, "b", 0644, {});
-  ASSERT_TRUE(a.ok() && b.ok());
   const uint64_t size = 10 << 20;
-  ASSERT_TRUE(fs->write(a->ino, 0, bytes_of(std::string(size, 'a'))).ok());
-  ASSERT_TRUE(fs->fsync(a->ino).ok());
-  ASSERT_TRUE(fs->truncate(a->ino, 0).ok());
-  ASSERT_TRUE(fs->sync().ok());
-  Status s = fs->fallocate(b->ino, 0, 0, size);
+  WrittenImage w("1024", "a", 0, size, 'a');
+  ASSERT_NE(w.ino, 0u);
+  Filesystem& fs = *w.fs;
+  auto b = fs.create(kRootIno, "b", 0644, {});
+  ASSERT_TRUE(b.ok());
+  ASSERT_TRUE(fs.fsync(w.ino).ok());
+  ASSERT_TRUE(fs.truncate(w.ino, 0).ok());
+  ASSERT_TRUE(fs.sync().ok());
+  Status s = fs.fallocate(b->ino, 0, 0, size);
   EXPECT_TRUE(s.ok()) << s.error().message();
   // The same holds for delayed writes, which reserve their blocks too.
-  ASSERT_TRUE(fs->truncate(b->ino, 0).ok());
-  ASSERT_TRUE(fs->sync().ok());
-  auto n = fs->write(a->ino, 0, bytes_of(std::string(size, 'c')));
+  ASSERT_TRUE(fs.truncate(b->ino, 0).ok());
+  ASSERT_TRUE(fs.sync().ok());
+  auto n = fs.write(w.ino, 0, bytes_of(std::string(size, 'c')));
   EXPECT_TRUE(n.ok() && *n == size) << (n.ok() ? std::to_string(*n) : n.error().message());
-  ASSERT_TRUE(fs->close().ok());
-  FsckVerdict v = e2fsck_clean(image);
-  EXPECT_TRUE(v.clean) << v.report;
+  w.close_and_check();
 }
 
 }  // namespace
