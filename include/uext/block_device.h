@@ -26,6 +26,14 @@ class BlockDevice {
   // Writes file data that the caller keeps in memory of its own (the page
   // cache's writeback): a device may send it past any cache of its own.
   virtual Status write_data(uint64_t offset, std::span<const std::byte> buf) { return write(offset, buf); }
+  // The same data, which also lies in the file `fd` at `fd_offset` (the
+  // page cache's memfd): a device may move it from there (splice) rather
+  // than from `buf`, so the kernel need not map and pin the pages.
+  virtual Status write_data_from_file(uint64_t offset, std::span<const std::byte> buf, int fd, uint64_t fd_offset) {
+    (void)fd;
+    (void)fd_offset;
+    return write_data(offset, buf);
+  }
   // Makes every completed write durable.
   virtual Status flush() = 0;
   virtual uint64_t size() const = 0;

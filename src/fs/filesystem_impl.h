@@ -200,7 +200,7 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   uint32_t writeback_credits(const InodeRecord& rec, const WritebackChunk& c);
   Result<std::vector<BlockRun>> map_for_writeback(journal::Handle& h, InodeRecord& rec, cache::CachedFile& file,
                                                   const WritebackChunk& c);
-  Status write_mapped_runs(const std::byte* file_bytes, const std::vector<BlockRun>& runs);
+  Status write_mapped_runs(const std::byte* file_bytes, int memfd, const std::vector<BlockRun>& runs);
   void settle_reservation(const InodeRecord& rec, cache::CachedFile& file);
   Result<bool> writeback_chunk_async(cache::CachedFile& file);
   Status balance_dirty(Ino ino);

@@ -255,7 +255,8 @@ Result<std::vector<BlockRun>> FilesystemImpl::map_for_writeback(journal::Handle&
   return runs;
 }
 
-Status FilesystemImpl::write_mapped_runs(const std::byte* file_bytes, const std::vector<BlockRun>& runs) {
+Status FilesystemImpl::write_mapped_runs(const std::byte* file_bytes, int memfd,
+                                         const std::vector<BlockRun>& runs) {
   const uint64_t bs = vol_->block_size();
   for (const auto& r : runs) {
     const std::byte* src = file_bytes + r.logical * bs;
@@ -264,7 +265,9 @@ Status FilesystemImpl::write_mapped_runs(const std::byte* file_bytes, const std:
     // here (1 GiB: 1.3-3.7 s against 0.3 s).
     for (uint64_t done = 0; done < r.length * bs;) {
       const uint64_t n = std::min<uint64_t>(r.length * bs - done, kDeviceWriteBytes);
-      UEXT_TRY(vol_->device().write_data(r.physical * bs + done, std::span<const std::byte>(src + done, n)));
+      // The memfd holds the pages at their file offsets (data(i) maps page i).
+      UEXT_TRY(vol_->device().write_data_from_file(r.physical * bs + done, std::span<const std::byte>(src + done, n),
+                                                   memfd, r.logical * bs + done));
       done += n;
     }
   }
@@ -325,7 +328,7 @@ Status FilesystemImpl::write_dirty_runs(InodeRecord& rec, CachedFile& file) {
           allocation_failed = true;
           return std::move(runs).error();
         }
-        UEXT_TRY(write_mapped_runs(file.data(0), *runs));
+        UEXT_TRY(write_mapped_runs(file.data(0), file.memfd(), *runs));
         if (!runs->empty()) mapped = runs->back().logical + runs->back().length - c.pos;
         return {};
       });
@@ -419,6 +422,7 @@ Result<bool> FilesystemImpl::writeback_chunk_async(CachedFile& file) {
   UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(writeback_credits(rec, c)));
   std::vector<BlockRun> runs;
   const std::byte* file_bytes = nullptr;
+  int memfd = -1;
   {
     std::lock_guard lock(file.mu);
     auto mapped = map_for_writeback(h, rec, file, c);
@@ -442,10 +446,11 @@ Result<bool> FilesystemImpl::writeback_chunk_async(CachedFile& file) {
     settle_reservation(rec, file);
     check_reservations("after writepages", false);
     file_bytes = file.data(0);
+    memfd = file.memfd();
   }
   ilock.unlock();
   notify_writeback_progress();
-  Status io = write_mapped_runs(file_bytes, runs);
+  Status io = write_mapped_runs(file_bytes, memfd, runs);
   {
     std::lock_guard lock(file.mu);
     // Recorded before the writeback ends, so an fsync waiting for it sees it.

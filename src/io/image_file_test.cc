@@ -1,0 +1,146 @@
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "uext/block_device.h"
+
+namespace uext {
+namespace {
+
+constexpr size_t kImageBytes = 16u << 20;
+
+class ImageFileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/uext-image-file-XXXXXX";
+    int fd = ::mkstemp(tmpl);
+    ASSERT_GE(fd, 0);
+    path_ = tmpl;
+    ASSERT_EQ(::ftruncate(fd, kImageBytes), 0);
+    ::close(fd);
+    memfd_ = ::memfd_create("image-file-test", MFD_CLOEXEC);
+    ASSERT_GE(memfd_, 0);
+    ASSERT_EQ(::ftruncate(memfd_, kImageBytes), 0);
+  }
+  void TearDown() override {
+    if (memfd_ >= 0) ::close(memfd_);
+    ::unlink(path_.c_str());
+  }
+
+  // Bytes numbered by position and a seed, so misplaced data shows.
+  static std::vector<std::byte> pattern(size_t len, uint32_t seed) {
+    std::vector<std::byte> v(len);
+    for (size_t i = 0; i < len; ++i) v[i] = std::byte((i * 131 + seed * 7 + i / 4096) & 0xff);
+    return v;
+  }
+  void put_in_memfd(uint64_t offset, const std::vector<std::byte>& bytes) {
+    ASSERT_EQ(::pwrite(memfd_, bytes.data(), bytes.size(), static_cast<off_t>(offset)),
+              static_cast<ssize_t>(bytes.size()));
+  }
+  std::vector<std::byte> read_image(uint64_t offset, size_t len) {
+    std::vector<std::byte> got(len);
+    int fd = ::open(path_.c_str(), O_RDONLY);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(::pread(fd, got.data(), len, static_cast<off_t>(offset)), static_cast<ssize_t>(len));
+    ::close(fd);
+    return got;
+  }
+
+  std::string path_;
+  int memfd_ = -1;
+};
+
+// The spliced path: large, aligned, from the memfd; the image must hold the
+// memfd's bytes (a hole in the memfd reads as zeros), in the right place.
+TEST_F(ImageFileTest, WriteDataFromFileCopiesTheMemfdBytes) {
+  auto dev = open_image_file(path_, {.read_only = false});
+  ASSERT_TRUE(dev.ok()) << dev.error().message();
+  const size_t len = 1u << 20;
+  auto bytes = pattern(len, 1);
+  std::memset(bytes.data() + 8192, 0, 4096);  // punched out of the memfd below
+  put_in_memfd(3u << 20, bytes);
+  ASSERT_EQ(::fallocate(memfd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (3 << 20) + 8192, 4096), 0);
+  ASSERT_TRUE((*dev)->write_data_from_file(5u << 20, bytes, memfd_, 3u << 20).ok());
+  EXPECT_EQ(read_image(5u << 20, len), bytes);
+  EXPECT_EQ(read_image((5u << 20) - 4096, 4096), std::vector<std::byte>(4096));
+  EXPECT_EQ(read_image(6u << 20, 4096), std::vector<std::byte>(4096));
+}
+
+// Writes the splice cannot take (small, unaligned) go from the buffer.
+TEST_F(ImageFileTest, WriteDataFromFileFallsBackToTheBuffer) {
+  auto dev = open_image_file(path_, {.read_only = false});
+  ASSERT_TRUE(dev.ok()) << dev.error().message();
+  auto small = pattern(8192, 2);
+  ASSERT_TRUE((*dev)->write_data_from_file(1u << 20, small, memfd_, 0).ok());
+  EXPECT_EQ(read_image(1u << 20, small.size()), small);
+  auto odd = pattern(300 * 1024 + 512, 3);
+  ASSERT_TRUE((*dev)->write_data_from_file((2u << 20) + 512, odd, memfd_, 0).ok());
+  EXPECT_EQ(read_image((2u << 20) + 512, odd.size()), odd);
+}
+
+TEST_F(ImageFileTest, WriteDataFromFilePastTheEndNamesTheOffset) {
+  auto dev = open_image_file(path_, {.read_only = false});
+  ASSERT_TRUE(dev.ok()) << dev.error().message();
+  auto bytes = pattern(1u << 20, 4);
+  put_in_memfd(0, bytes);
+  Status s = (*dev)->write_data_from_file(kImageBytes - 4096, bytes, memfd_, 0);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code(), ENOSPC);
+  EXPECT_NE(s.error().message().find(std::to_string(kImageBytes - 4096)), std::string::npos) << s.error().message();
+}
+
+// A source that splice refuses (no descriptor) fails the write with an
+// error naming the offset; the next write on the thread, with a fresh
+// pipe, is whole.
+TEST_F(ImageFileTest, WriteDataFromFileAfterAFailedSpliceIsWhole) {
+  auto dev = open_image_file(path_, {.read_only = false});
+  ASSERT_TRUE(dev.ok()) << dev.error().message();
+  auto bytes = pattern(1u << 20, 5);
+  Status s = (*dev)->write_data_from_file(0, bytes, -1, 0);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code(), EBADF) << s.error().message();
+  put_in_memfd(1u << 20, bytes);
+  ASSERT_TRUE((*dev)->write_data_from_file(2u << 20, bytes, memfd_, 1u << 20).ok());
+  EXPECT_EQ(read_image(2u << 20, bytes.size()), bytes);
+}
+
+// Threads splicing at once each use a pipe of their own.
+TEST_F(ImageFileTest, WriteDataFromFileFromManyThreads) {
+  auto dev = open_image_file(path_, {.read_only = false});
+  ASSERT_TRUE(dev.ok()) << dev.error().message();
+  constexpr int kThreads = 4;
+  constexpr size_t kPiece = 512 * 1024;
+  std::vector<std::vector<std::byte>> pieces;
+  for (int t = 0; t < kThreads; ++t) {
+    pieces.push_back(pattern(kPiece, 10 + t));
+    put_in_memfd(t * kPiece, pieces.back());
+  }
+  std::vector<std::thread> threads;
+  std::vector<int> failures(kThreads);
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 8; ++round) {
+        const uint64_t at = (static_cast<uint64_t>(t) * 8 + round) * kPiece;
+        if (!(*dev)->write_data_from_file(at, pieces[t], memfd_, t * kPiece).ok()) ++failures[t];
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < kThreads; ++t) {
+    EXPECT_EQ(failures[t], 0);
+    for (int round = 0; round < 8; ++round) {
+      EXPECT_EQ(read_image((static_cast<uint64_t>(t) * 8 + round) * kPiece, kPiece), pieces[t]) << t << " " << round;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace uext
