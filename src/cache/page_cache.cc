@@ -172,6 +172,8 @@ void CachedFile::mark_clean(uint64_t index) {
 
 void CachedFile::start_writeback(uint64_t first, uint64_t end) {
   ++in_flight_;
+  flight_first_ = std::min(flight_first_, first);
+  flight_end_ = std::max(flight_end_, end);
   for (auto it = pages_.lower_bound(first); it != pages_.end() && it->first < end; ++it) mark_clean(it->first);
 }
 
@@ -182,7 +184,11 @@ void CachedFile::end_writeback(uint64_t first, uint64_t end, bool failed) {
       mark_dirty(it->first, it->second, false);
     }
   }
-  if (--in_flight_ == 0) writeback_done_.notify_all();
+  if (--in_flight_ == 0) {
+    flight_first_ = UINT64_MAX;
+    flight_end_ = 0;
+    writeback_done_.notify_all();
+  }
 }
 
 void CachedFile::wait_writeback() {
@@ -206,9 +212,13 @@ void CachedFile::set_size(uint64_t new_size) {
 }
 
 uint64_t CachedFile::drop(uint64_t first, uint64_t end) {
-  uint64_t delayed = 0;
   if (first >= end) return 0;
   wait_writeback();
+  return drop_now(first, end);
+}
+
+uint64_t CachedFile::drop_now(uint64_t first, uint64_t end) {
+  uint64_t delayed = 0;
   for (PageMapper* m : mappers_) m->unmap(first, end);
   auto it = pages_.lower_bound(first);
   while (it != pages_.end() && it->first < end) {
@@ -250,19 +260,28 @@ void CachedFile::discard_clean() {
   release_memory();
 }
 
-void CachedFile::evict_clean() {
-  std::vector<uint64_t> clean;
-  for (const auto& [index, page] : pages_) {
-    if (!(page.flags & kDirty)) clean.push_back(index);
+uint64_t CachedFile::evict_clean(uint64_t max_pages) {
+  // The clean pages outside what a writeback in flight reads: runs of them,
+  // each gone with one hole punch, lowest first.
+  std::vector<std::pair<uint64_t, uint64_t>> runs;
+  uint64_t taken = 0;
+  for (auto it = pages_.begin(); it != pages_.end() && taken < max_pages;) {
+    if (it->first >= flight_first_ && it->first < flight_end_) {
+      it = pages_.lower_bound(flight_end_);
+      continue;
+    }
+    if (!(it->second.flags & kDirty)) {
+      if (!runs.empty() && runs.back().second == it->first) {
+        ++runs.back().second;
+      } else {
+        runs.emplace_back(it->first, it->first + 1);
+      }
+      ++taken;
+    }
+    ++it;
   }
-  // Runs of clean pages go with one hole punch each.
-  size_t i = 0;
-  while (i < clean.size()) {
-    size_t j = i + 1;
-    while (j < clean.size() && clean[j] == clean[j - 1] + 1) ++j;
-    drop(clean[i], clean[j - 1] + 1);
-    i = j;
-  }
+  for (auto [first, end] : runs) drop_now(first, end);
+  return taken;
 }
 
 std::shared_ptr<CachedFile> PageCache::get(uint32_t ino, bool create) {
@@ -327,16 +346,24 @@ void PageCache::shrink() {
     by_age.emplace_back(f->last_used_ms, f);
   }
   std::sort(by_age.begin(), by_age.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  auto enough = [&] {
+    return cached_bytes() <= options_.max_bytes * 3 / 4 && open_memfds_.load() <= max_memfds_ / 2;
+  };
   for (auto& [age, f] : by_age) {
-    if (cached_bytes() <= options_.max_bytes * 3 / 4 && open_memfds_.load() <= max_memfds_ / 2) break;
-    std::lock_guard lock(f->mu);
-    if (f->in_flight_) continue;  // its pages are being read for the disk
-    if (f->dirty_ == 0 && f->mappers_.empty()) {
-      f->discard_clean();
-      continue;
+    if (enough()) break;
+    // A slice at a time, the file's mutex let go in between: a hole punch
+    // frees about a megabyte a millisecond here, and the file's writeback
+    // (or its writer) must not wait for a quarter of the cache to go.
+    while (!enough()) {
+      std::lock_guard lock(f->mu);
+      if (f->dirty_ == 0 && f->mappers_.empty() && f->in_flight_ == 0) {
+        f->discard_clean();
+        break;
+      }
+      if (f->evict_clean(kEvictSlicePages) == 0) break;
     }
-    f->evict_clean();
-    if (f->pages_.empty() && f->mappers_.empty()) f->release_memory();
+    std::lock_guard lock(f->mu);
+    if (f->pages_.empty() && f->mappers_.empty() && f->in_flight_ == 0) f->release_memory();
   }
   // Files left with nothing to remember are dropped from the map.
   std::lock_guard lock(mu_);

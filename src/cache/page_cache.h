@@ -165,7 +165,12 @@ class CachedFile {
 
  private:
   friend class PageCache;
-  void evict_clean();
+  // Drops up to `max_pages` clean pages that no writeback in flight reads;
+  // returns how many.
+  uint64_t evict_clean(uint64_t max_pages);
+  // drop() without waiting for writeback: the caller keeps out of the
+  // pages in flight.
+  uint64_t drop_now(uint64_t first, uint64_t end);
   // Lets the memfd and mapping go (no pages left): back to the cache's
   // pool when nothing else may still see them, else closed.
   void release_memory();
@@ -183,6 +188,9 @@ class CachedFile {
   uint64_t dirty_ = 0;
   uint64_t delayed_ = 0;
   uint32_t in_flight_ = 0;
+  // Pages [flight_first_, flight_end_) cover every writeback in flight.
+  uint64_t flight_first_ = UINT64_MAX;
+  uint64_t flight_end_ = 0;
   uint64_t dirty_floor_ = 0;
   // A memfd a program has mapped (even once) is never handed to another
   // file: a detached mapping may still show its pages.
@@ -246,6 +254,7 @@ class PageCache {
     uint64_t map_pages;
   };
   static constexpr size_t kMaxSpareMemfds = 64;
+  static constexpr uint64_t kEvictSlicePages = 512;  // 2 MiB
   static constexpr uint64_t kMaxSpareMapPages = 256;  // 1 MiB of address space each
   bool take_spare(SpareMemfd& out);
   bool give_spare(const SpareMemfd& spare);

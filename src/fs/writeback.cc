@@ -481,6 +481,10 @@ Status FilesystemImpl::balance_dirty(Ino ino) {
   const uint64_t limit = vol_->options().dirty_limit_bytes;
   if (cache_->dirty_bytes() <= limit) return {};
   if (writeback_thread_.joinable()) {
+    // Instead of only waiting, the writer frees clean pages itself, so
+    // that the writeback thread's time goes to the disk (a streaming
+    // writer's hole punches were a sixth of that thread's time).
+    cache_->shrink();
     std::unique_lock lock(wb_mu_);
     wb_kick_ = true;
     wb_cv_.notify_all();
