@@ -13,6 +13,8 @@
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -648,6 +650,21 @@ TEST_F(FusePosix, LinksRenameUnlinkOpen) {
   EXPECT_EQ(errno, EEXIST);
   EXPECT_EQ(::renameat2(AT_FDCWD, (d + "/ra").c_str(), AT_FDCWD, (d + "/rb").c_str(), RENAME_EXCHANGE), 0);
   EXPECT_EQ(read_file(d + "/ra"), "b\n");
+  // RENAME_WHITEOUT (through syscall(2), as fsstress calls it) leaves a
+  // character device 0:0 at the old name; the daemon answered EINVAL. With
+  // RENAME_EXCHANGE the kernel refuses it before the daemon sees it.
+  EXPECT_EQ(syscall(SYS_renameat2, AT_FDCWD, (d + "/ra").c_str(), AT_FDCWD, (d + "/rw").c_str(),
+                    RENAME_WHITEOUT | RENAME_EXCHANGE), -1);
+  EXPECT_EQ(errno, EINVAL);
+  ASSERT_EQ(syscall(SYS_renameat2, AT_FDCWD, (d + "/ra").c_str(), AT_FDCWD, (d + "/rw").c_str(), RENAME_WHITEOUT), 0)
+      << std::strerror(errno);
+  EXPECT_EQ(read_file(d + "/rw"), "b\n");
+  struct stat wh = st("ra");
+  EXPECT_TRUE(S_ISCHR(wh.st_mode)) << std::oct << wh.st_mode;
+  EXPECT_EQ(wh.st_mode & 07777, 0u);
+  EXPECT_EQ(wh.st_rdev, makedev(0, 0));
+  EXPECT_EQ(wh.st_nlink, 1u);
+  EXPECT_EQ(wh.st_uid, 0u);
   // An unlinked open file stays readable and writable until closed.
   int fd = ::open((d + "/g").c_str(), O_RDWR);
   ASSERT_GE(fd, 0);

@@ -92,6 +92,66 @@ TEST_F(NamespaceErrors, CreateAndNames) {
   close_and_check();
 }
 
+// renameat2's RENAME_WHITEOUT, as on ext4 (overlayfs asks for it, fsstress
+// tries it): the old name is left holding a whiteout, a character device
+// 0:0 with mode 0 and one link, and the new name holds the file. With
+// RENAME_EXCHANGE it is EINVAL, as on Linux; uext refused every use of it
+// with EINVAL.
+TEST_F(NamespaceErrors, RenameWhiteoutLeavesACharacterDevice) {
+  Ino d = mk(kRootIno, "d");
+  Ino e = mk(kRootIno, "e");
+  Ino f = file(d, "f", "data");
+  const Ino replaced = file(e, "old", "replaced");
+  EXPECT_EQ(err(fs_->rename(d, "f", e, "old", kRenameWhiteout | kRenameExchange)), EINVAL);
+  EXPECT_EQ(err(fs_->rename(d, "f", e, "old", kRenameWhiteout | kRenameNoReplace)), EEXIST);
+  const uint64_t free_inodes = fs_->statfs()->free_files;
+  ASSERT_TRUE(fs_->rename(d, "f", e, "old", kRenameWhiteout, Owner{1234, 5678, 022}).ok());
+  // The replaced file's inode went; the whiteout took one.
+  EXPECT_EQ(fs_->statfs()->free_files, free_inodes);
+  EXPECT_NE(err(fs_->stat(replaced)), 0);
+  auto moved = fs_->lookup(e, "old");
+  ASSERT_TRUE(moved.ok());
+  EXPECT_EQ(*moved, f);
+  EXPECT_EQ(fs_->stat(f)->nlink, 1u);
+  auto wh = fs_->lookup(d, "f");
+  ASSERT_TRUE(wh.ok()) << wh.error().message();
+  ASSERT_NE(*wh, f);
+  auto ws = fs_->stat(*wh);
+  ASSERT_TRUE(ws.ok());
+  EXPECT_EQ(ws->mode, static_cast<uint32_t>(S_IFCHR));
+  EXPECT_EQ(ws->nlink, 1u);
+  EXPECT_EQ(ws->rdev_major, 0u);
+  EXPECT_EQ(ws->rdev_minor, 0u);
+  EXPECT_EQ(ws->uid, 1234u);
+  EXPECT_EQ(ws->gid, 5678u);
+  auto entries = fs_->list_directory(d);
+  ASSERT_TRUE(entries.ok());
+  bool listed_as_chr = false;
+  for (const auto& ent : *entries) listed_as_chr |= ent.name == "f" && ent.type == S_IFCHR;
+  EXPECT_TRUE(listed_as_chr) << "the directory entry's type is a character device";
+  // A directory moved away with a whiteout: its old parent loses the link
+  // of its "..", the new one gains it; the whiteout is no directory.
+  Ino sub = mk(d, "sub");
+  ASSERT_EQ(fs_->stat(d)->nlink, 3u);
+  ASSERT_TRUE(fs_->rename(d, "sub", e, "sub", kRenameWhiteout).ok());
+  EXPECT_EQ(fs_->stat(d)->nlink, 2u);
+  EXPECT_EQ(fs_->stat(e)->nlink, 3u);
+  EXPECT_EQ(*fs_->lookup(sub, ".."), e);
+  EXPECT_EQ(fs_->stat(*fs_->lookup(d, "sub"))->mode, static_cast<uint32_t>(S_IFCHR));
+  // Within one directory, to a new name (overlayfs's NOREPLACE|WHITEOUT).
+  ASSERT_TRUE(fs_->rename(e, "old", e, "new", kRenameWhiteout | kRenameNoReplace).ok());
+  EXPECT_EQ(*fs_->lookup(e, "new"), f);
+  EXPECT_EQ(fs_->stat(*fs_->lookup(e, "old"))->mode, static_cast<uint32_t>(S_IFCHR));
+  close_and_check();
+  for (const char* path : {"/d/f", "/d/sub", "/e/old"}) {
+    const std::string st = debugfs(image_, std::string("stat ") + path);
+    EXPECT_NE(st.find("Type: character special"), std::string::npos) << path << ":\n" << st;
+    EXPECT_NE(st.find("Mode:  0000"), std::string::npos) << path << ":\n" << st;
+    EXPECT_NE(st.find("Device major/minor number: 00:00"), std::string::npos) << path << ":\n" << st;
+  }
+  EXPECT_EQ(debugfs(image_, "cat /e/new"), "data");
+}
+
 TEST_F(NamespaceErrors, RemoveAndLink) {
   Ino d = mk(kRootIno, "d");
   Ino sub = mk(d, "sub");

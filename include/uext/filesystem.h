@@ -177,6 +177,7 @@ struct FsStats {
 // renameat2(2) flags (the same values as Linux's).
 inline constexpr unsigned kRenameNoReplace = 1;
 inline constexpr unsigned kRenameExchange = 2;
+inline constexpr unsigned kRenameWhiteout = 4;
 // fallocate(2) modes (the same values as Linux's FALLOC_FL_*).
 inline constexpr int kFallocKeepSize = 0x01;
 inline constexpr int kFallocPunchHole = 0x02;
@@ -268,8 +269,12 @@ class Filesystem {
   // new name exists; kRenameExchange swaps two existing names. Without
   // flags an existing target is replaced (a directory only by an empty
   // directory). EINVAL when a directory would move into itself.
+  // kRenameWhiteout leaves at the old name a whiteout (overlayfs's mark of
+  // a removed name): a character device 0:0 with no permission bits, owned
+  // by `whiteout_owner`, made in the rename's transaction. It does not go
+  // with kRenameExchange (EINVAL). Callers check CAP_MKNOD, as Linux does.
   virtual Status rename(Ino old_dir, std::string_view old_name, Ino new_dir, std::string_view new_name,
-                        unsigned flags = 0) = 0;
+                        unsigned flags = 0, const Owner& whiteout_owner = {}) = 0;
 
   // Changes what `attr` sets; a size change truncates or extends (a hole).
   // ctime is set to now whenever anything changes (unless keep_ctime).

@@ -83,7 +83,7 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   Status unlink(Ino dir, std::string_view name) override;
   Status rmdir(Ino dir, std::string_view name) override;
   Status rename(Ino old_dir, std::string_view old_name, Ino new_dir, std::string_view new_name,
-                unsigned flags) override;
+                unsigned flags, const Owner& whiteout_owner) override;
 
   // file_ops.cc
   Result<Stat> setattr(Ino ino, const SetAttr& attr) override;

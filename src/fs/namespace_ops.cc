@@ -274,15 +274,17 @@ static Result<std::vector<Ino>> ancestors(Filesystem& fs, Ino dir) {
 }
 
 Status FilesystemImpl::rename(Ino old_dir, std::string_view old_name, Ino new_dir, std::string_view new_name,
-                              unsigned flags) {
+                              unsigned flags, const Owner& whiteout_owner) {
   UEXT_TRY(check_writable());
-  if ((flags & ~(kRenameNoReplace | kRenameExchange)) != 0 ||
-      (flags == (kRenameNoReplace | kRenameExchange))) {
+  // An exchange keeps both names, so it goes with neither of the others.
+  if ((flags & ~(kRenameNoReplace | kRenameExchange | kRenameWhiteout)) != 0 ||
+      ((flags & kRenameExchange) && (flags & (kRenameNoReplace | kRenameWhiteout)))) {
     return Error(EINVAL, fmt::format("rename: unsupported flags {:#x}", flags));
   }
   UEXT_TRY(check_name(old_name));
   UEXT_TRY(check_name(new_name));
   const bool exchange = flags & kRenameExchange;
+  const bool whiteout = flags & kRenameWhiteout;
   const bool same_dir = old_dir == new_dir;
   if (same_dir && old_name == new_name) {
     UEXT_TRY(lookup(old_dir, old_name));
@@ -376,7 +378,7 @@ Status FilesystemImpl::rename(Ino old_dir, std::string_view old_name, Ino new_di
   alloc::ReservationScope scope(&space);
   const uint32_t credits = dir_add_credits(*vol_, new_parent) + dir_change_credits(*vol_, old_parent) +
                            dir_change_credits(*vol_, new_parent) + 2 * dir_change_credits(*vol_, src) + 6 +
-                           OrphanList::kAddCredits;
+                           OrphanList::kAddCredits + (whiteout ? kNewInodeCredits + 1 : 0);
   UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(credits));
   const disk::Timestamp t = now();
   bool dst_unlinked = false;
@@ -405,6 +407,16 @@ Status FilesystemImpl::rename(Ino old_dir, std::string_view old_name, Ino new_di
       UEXT_TRY(set_ctime(src.ino));
       UEXT_TRY(set_ctime(dst.ino));
     } else {
+      // The whiteout's inode first: with no inode free (ENOSPC) nothing
+      // has changed yet.
+      std::optional<InodeRecord> wh;
+      if (whiteout) {
+        UEXT_ASSIGN_OR_RETURN(InodeRecord made, new_inode(h, old_parent, S_IFCHR, whiteout_owner));
+        UEXT_ASSIGN_OR_RETURN(made, vol_->update_inode(h, made.ino, false, [](disk::Inode& in) {
+          disk::set_inode_device(in, {0, 0});
+        }));
+        wh = made;
+      }
       if (dst_ino) {
         UEXT_TRY(dir_set_entry(*vol_, h, new_parent, new_name, src.ino, ftype_of(src.inode.i_mode)));
         UEXT_ASSIGN_OR_RETURN(dst, vol_->update_inode(h, dst.ino, false, [&](disk::Inode& in) {
@@ -419,7 +431,11 @@ Status FilesystemImpl::rename(Ino old_dir, std::string_view old_name, Ino new_di
       } else {
         UEXT_TRY(dir_add_entry(*vol_, h, new_parent, new_name, src.ino, ftype_of(src.inode.i_mode), *blocks_));
       }
-      UEXT_TRY(dir_remove_entry(*vol_, h, old_parent, old_name));
+      if (wh) {
+        UEXT_TRY(dir_set_entry(*vol_, h, old_parent, old_name, wh->ino, disk::ftype::kCharDev));
+      } else {
+        UEXT_TRY(dir_remove_entry(*vol_, h, old_parent, old_name));
+      }
       if (src_dir && !same_dir) {
         UEXT_TRY(dir_set_entry(*vol_, h, src, "..", new_dir, disk::ftype::kDirectory));
         --old_delta;

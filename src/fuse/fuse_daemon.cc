@@ -489,7 +489,8 @@ class Daemon {
               unsigned flags) {
     const Ino dir = to_ext(parent), new_dir = to_ext(new_parent);
     if (refuse_change(req)) return;
-    Status s = fs_->rename(dir, name, new_dir, new_name, flags);
+    // The kernel checked CAP_MKNOD for RENAME_WHITEOUT; the whiteout is the caller's.
+    Status s = fs_->rename(dir, name, new_dir, new_name, flags, owner(req));
     if (!s.ok()) return fail_at(req, "rename", dir, name, s.error());
     fuse_reply_err(req, 0);
     // Keep the names for messages right (a lookup in the directory just changed, so cached).
