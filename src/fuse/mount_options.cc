@@ -123,6 +123,10 @@ Status parse_mount_option_list(const std::string& list, MountOptions& opts) {
       uint64_t v = 0;
       if (!has_value || !parse_uint(value, v) || v > 86400) s = bad_value(key, value, "seconds, 0 to 86400");
       else opts.commit_seconds = static_cast<uint32_t>(v);
+    } else if (key == "read_ahead_kb") {
+      uint64_t v = 0;
+      if (!has_value || !parse_uint(value, v) || v > 65536) s = bad_value(key, value, "KiB, 0 to 65536");
+      else opts.read_ahead_kb = static_cast<uint32_t>(v);
     } else if (key == "max_threads") {
       uint64_t v = 0;
       if (!has_value || !parse_uint(value, v) || v < 1 || v > 1024) s = bad_value(key, value, "a count from 1 to 1024");
@@ -225,6 +229,9 @@ std::string mount_options_help() {
                          only on fsync, sync and unmount)
   use_root_reserve       allocations may use the root-reserved blocks
   nochecksums            accept wrong metadata checksums (only with ro)
+  read_ahead_kb=KIB      the kernel's readahead for the mount (default 1024,
+                         the largest READ; 0: the kernel's 128); set only
+                         when the daemon runs as root
   max_threads=N          request threads (default 8)
   clone_fd               one /dev/fuse descriptor per thread
   allow_other            let every user access the mount (default when run
