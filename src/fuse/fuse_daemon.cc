@@ -23,6 +23,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -31,6 +32,7 @@
 
 #include "fuse/image_guard.h"
 #include "fuse/request_loop.h"
+#include "fuse/uring_transport.h"
 #include "uext/filesystem.h"
 
 namespace uext::fuse {
@@ -852,12 +854,17 @@ const fuse_lowlevel_ops& Daemon::ops() {
 // names it). The parent waits on a pipe for "mounted" or "failed" and
 // exits with that status; until then the child's errors reach the
 // terminal.
+// A failure reported after stdio is detached (io_uring=on refused after
+// INIT) travels as text after the status byte, for the parent to print.
 struct Background {
   int notify_fd = -1;
-  void done(int status) {
+  std::mutex mu;
+  void done(int status, const std::string& message = {}) {
+    std::lock_guard lock(mu);
     if (notify_fd < 0) return;
-    unsigned char b = static_cast<unsigned char>(status);
-    ssize_t ignored = ::write(notify_fd, &b, 1);
+    std::string msg(1, static_cast<char>(static_cast<unsigned char>(status)));
+    msg += message;
+    ssize_t ignored = ::write(notify_fd, msg.data(), msg.size());
     (void)ignored;
     ::close(notify_fd);
     notify_fd = -1;
@@ -956,6 +963,12 @@ int fork_into_background(Background& bg) {
       ::waitpid(pid, &st, 0);
       return 1;
     }
+    std::string message;
+    char more[512];
+    while ((n = ::read(fds[0], more, sizeof more)) > 0 || (n < 0 && errno == EINTR)) {
+      if (n > 0) message.append(more, static_cast<size_t>(n));
+    }
+    if (!message.empty()) std::fprintf(stderr, "uext: mount: %s\n", message.c_str());
     return b;
   }
   ::close(fds[0]);
@@ -1068,6 +1081,46 @@ int run_mount(MountOptions opts) {
   }
 
   if (::geteuid() == 0 && !path_error) set_read_ahead(mount_path, opts.read_ahead_kb, opts.debug, log);
+
+  // FUSE over io_uring: set up before INIT, which the request loop answers.
+  std::unique_ptr<UringTransport> uring;
+  const bool uring_required = opts.io_uring == IoUringMode::kOn;
+  if (opts.io_uring != IoUringMode::kOff) {
+    UringTransport::Config uc;
+    uc.mode = opts.io_uring;
+    const unsigned cpus = std::max(1u, static_cast<unsigned>(std::thread::hardware_concurrency()));
+    uc.threads_per_queue = std::clamp(opts.max_threads / cpus, 2u, 8u);
+    uc.info = [&log, debug = opts.debug](const std::string& m) {
+      if (debug) log.info(m);
+    };
+    uc.error = [&log](const std::string& m) { log.error(m); };
+    uc.ready = [&log, &bg, se, uring_required, debug = opts.debug](bool ok, const std::string& m) {
+      if (ok) {
+        if (debug) log.info(m);
+        bg.done(0);
+        return;
+      }
+      if (!uring_required) {
+        if (debug) log.info(m + "; serving through /dev/fuse");
+        return;
+      }
+      log.error(fmt::format("io_uring=on: {}", m));
+      bg.done(1, fmt::format("io_uring=on: {}", m));
+      fuse_session_exit(se);
+    };
+    std::string why;
+    uring = UringTransport::install(se, std::move(uc), why);
+    if (!uring) {
+      if (uring_required) {
+        fuse_session_unmount(se);
+        fuse_remove_signal_handlers(se);
+        fuse_session_destroy(se);
+        return failed(fmt::format("io_uring=on: {}", why));
+      }
+      if (opts.debug) log.info(fmt::format("io_uring not used: {}; serving through /dev/fuse", why));
+    }
+  }
+
   if (!opts.foreground) {
     if (opts.logfile.empty()) log.to_syslog();
     detach_stdio();
@@ -1078,7 +1131,9 @@ int run_mount(MountOptions opts) {
                          opts.read_only ? "read-only" : "read-write", info.free_blocks, info.blocks_count,
                          opts.max_threads, opts.writeback_cache ? ", writeback cache" : ""));
   }
-  bg.done(0);
+  // With io_uring=on the parent learns the outcome once the rings are
+  // registered (after INIT), from the transport's ready callback.
+  if (!(uring && uring_required)) bg.done(0);
 
   int loop;
   if (opts.clone_fd) {
@@ -1093,6 +1148,10 @@ int run_mount(MountOptions opts) {
     loop = serve_requests(se, opts.max_threads);
   }
 
+  // The ring threads stop before the unmount; closing their rings gives the
+  // kernel back their entries.
+  if (uring) uring->stop();
+  bg.done(1, "the FUSE session ended before INIT");  // unless said already
   fuse_session_unmount(se);
   fuse_remove_signal_handlers(se);
   int rc = 0;
@@ -1115,6 +1174,7 @@ int run_mount(MountOptions opts) {
     }
   }
   fuse_session_destroy(se);
+  uring.reset();  // after the session: libfuse calls its custom I/O until then
   return rc;
 }
 

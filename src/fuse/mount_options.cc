@@ -111,6 +111,11 @@ Status parse_mount_option_list(const std::string& list, MountOptions& opts) {
       else if (value == "remount-ro") opts.on_error = OnError::kRemountRo;
       else if (value == "panic") opts.on_error = OnError::kPanic;
       else s = bad_value(key, value, "continue, remount-ro or panic");
+    } else if (key == "io_uring") {
+      if (value == "auto") opts.io_uring = IoUringMode::kAuto;
+      else if (value == "on") opts.io_uring = IoUringMode::kOn;
+      else if (value == "off") opts.io_uring = IoUringMode::kOff;
+      else s = bad_value(key, value, "auto, on or off");
     } else if (key == "cache_size") {
       uint64_t v = 0;
       if (!has_value || !parse_uint(value, v) || v < (1u << 20)) s = bad_value(key, value, "bytes, at least 1M (suffixes k, m, g)");
@@ -234,6 +239,13 @@ std::string mount_options_help() {
                          when the daemon runs as root
   max_threads=N          request threads (default 8)
   clone_fd               one /dev/fuse descriptor per thread
+  io_uring=auto|on|off   FUSE over io_uring (Linux 6.14+): requests are queued
+                         per CPU and served by threads pinned to that CPU,
+                         saving the cross-CPU wakeup of /dev/fuse. auto
+                         (default): use it when the kernel offers it
+                         (/sys/module/fuse/parameters/enable_uring is Y) and
+                         registration works, else /dev/fuse; on: fail the
+                         mount if it cannot be used; off: /dev/fuse only
   allow_other            let every user access the mount (default when run
                          as root; other users need user_allow_other in
                          /etc/fuse.conf)

@@ -15,6 +15,12 @@ namespace uext::fuse {
 // corrupt (EUCLEAN, EBADMSG) or the device fails (EIO).
 enum class OnError { kContinue, kRemountRo, kPanic };
 
+// FUSE over io_uring (Linux 6.14+, fuse.enable_uring=Y): requests are queued
+// per CPU and answered by daemon threads pinned to that CPU. kAuto uses it
+// when the kernel offers it and falls back to /dev/fuse otherwise; kOn
+// fails the mount instead; kOff never tries.
+enum class IoUringMode { kAuto, kOn, kOff };
+
 // How reads change atime. The library's setattr also sets ctime, which a
 // read must never do (tar and rsync take a ctime change for a file changed
 // under them), so only noatime is offered until the library can update
@@ -55,6 +61,7 @@ struct MountOptions {
   uint32_t read_ahead_kb = 1024;
   unsigned max_threads = 8;
   bool clone_fd = false;
+  IoUringMode io_uring = IoUringMode::kAuto;
 
   std::string fsname;   // default: the image's absolute path
   std::string logfile;  // default: stderr in the foreground, syslog as a daemon
