@@ -11,6 +11,7 @@
 // heavy workloads (fio, stress-ng, concurrent writers).
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
@@ -22,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -127,6 +129,13 @@ class FuseMount {
     ::mkdir(dir_.c_str(), 0755);
     log_ = dir_ + ".log";
     std::vector<std::string> args = {uext_cli(), "mount", "-f", image_, dir_};
+    // UEXT_FUSE_MOUNT_OPTIONS (e.g. io_uring=on) applies to every mount of
+    // these tests, to run them all over another transport.
+    // (Not where the test chose io_uring= itself.)
+    if (const char* extra = std::getenv("UEXT_FUSE_MOUNT_OPTIONS");
+        extra && *extra && options.find("io_uring=") == std::string::npos) {
+      options = options.empty() ? std::string(extra) : options + "," + extra;
+    }
     if (!options.empty()) {
       args.push_back("-o");
       args.push_back(options);
@@ -264,7 +273,8 @@ TEST(FuseCommand, HelpListsEveryOption) {
   EXPECT_EQ(r.exit_code, 0);
   for (const char* o : {"ro", "rw", "debug", "errors=", "entry_timeout=", "attr_timeout=", "negative_timeout=",
                         "writeback_cache", "direct_io", "cache_size=", "commit=", "allow_other", "auto_unmount",
-                        "fsname=", "logfile=", "max_threads=", "read_ahead_kb=", "default_permissions", "MOUNTPOINT",
+                        "fsname=", "logfile=", "max_threads=", "read_ahead_kb=", "io_uring=auto|on|off",
+                        "default_permissions", "MOUNTPOINT",
                         "--foreground",
                         "uext umount"}) {
     EXPECT_NE(r.out.find(o), std::string::npos) << o << " missing from --help:\n" << r.out;
@@ -274,6 +284,9 @@ TEST(FuseCommand, HelpListsEveryOption) {
   EXPECT_NE(bad.err.find("unknown mount option 'frobnicate'"), std::string::npos) << bad.err;
   auto bad_value = run({uext_cli(), "mount", "x.img", "/tmp", "-o", "attr_timeout=soon"});
   EXPECT_EQ(bad_value.exit_code, 2);
+  auto bad_uring = run({uext_cli(), "mount", "x.img", "/tmp", "-o", "io_uring=maybe"});
+  EXPECT_EQ(bad_uring.exit_code, 2);
+  EXPECT_NE(bad_uring.err.find("auto, on or off"), std::string::npos) << bad_uring.err;
   auto missing = run({uext_cli(), "mount", "/nonexistent.img", "/tmp", "-f"});
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_NE(missing.err.find("/nonexistent.img"), std::string::npos) << missing.err;
@@ -442,16 +455,21 @@ TEST_F(FuseProgram, Sqlite) {
   finish(m);
 }
 
-TEST_F(FuseProgram, FioVerifyPsyncAndMmap) {
-  FuseMount m(img_, t_ / "mnt");
-  ASSERT_TRUE(m.ok()) << m.log();
-  const std::string size = std::to_string(24 * scale()) + "M";
+// fio writes `mib` MiB per job with psync, then with mmap, and verifies it (crc32c).
+void fio_verify_psync_and_mmap(const FuseMount& m, int mib) {
+  const std::string size = std::to_string(mib) + "M";
   for (const char* engine : {"psync", "mmap"}) {
     sh_ok(std::string("fio --name=v --directory=") + m.dir() + " --ioengine=" + engine +
           " --rw=randwrite --bs=4k,64k --size=" + size +
           " --numjobs=2 --verify=crc32c --verify_fatal=1 --do_verify=1 --fsync_on_close=1 --verify_state_save=0 --output=/dev/null"
           " --filename_format=" + engine + ".\\$jobnum");
   }
+}
+
+TEST_F(FuseProgram, FioVerifyPsyncAndMmap) {
+  FuseMount m(img_, t_ / "mnt");
+  ASSERT_TRUE(m.ok()) << m.log();
+  fio_verify_psync_and_mmap(m, 24 * scale());
   finish(m);
 }
 
@@ -470,9 +488,9 @@ TEST_F(FuseProgram, StressNgFilesystemStressors) {
   finish(m);
 }
 
-TEST_F(FuseProgram, ConcurrentWritersFromSeveralProcesses) {
-  FuseMount m(img_, t_ / "mnt");
-  ASSERT_TRUE(m.ok()) << m.log();
+// Six processes: each its own files and directory churn, and O_APPEND lines
+// into one shared log, which must hold every line once.
+void concurrent_writers(const FuseMount& m) {
   const int procs = 6, lines = 2000 * scale();
   std::string cmd = "set -e; cd " + m.dir() + "; mkdir shared;";
   for (int p = 0; p < procs; ++p) {
@@ -489,6 +507,12 @@ TEST_F(FuseProgram, ConcurrentWritersFromSeveralProcesses) {
   for (int p = 0; p < procs; ++p) {
     EXPECT_EQ(sh_ok("grep -c '^w" + std::to_string(p) + " ' " + m.path("shared/log")), std::to_string(lines) + "\n");
   }
+}
+
+TEST_F(FuseProgram, ConcurrentWritersFromSeveralProcesses) {
+  FuseMount m(img_, t_ / "mnt");
+  ASSERT_TRUE(m.ok()) << m.log();
+  concurrent_writers(m);
   finish(m);
 }
 
@@ -1018,6 +1042,227 @@ TEST(FuseLibraryBugs, ReleasedOrphanAfterFallocateAndTruncateIsFreed) {
   ASSERT_TRUE((*fs)->release(f->ino).ok());
   ASSERT_TRUE((*fs)->close().ok());
   EXPECT_TRUE(image_is_clean(img));
+}
+
+
+// ------------------------------------------------------------------ FUSE over io_uring
+
+constexpr const char* kEnableUring = "/sys/module/fuse/parameters/enable_uring";
+
+// The fuse module's enable_uring switch, set for one test and put back
+// after. Tests that change it hold an exclusive lock for their whole run,
+// so that ctest -j does not let one turn it off under another.
+class UringSwitch {
+ public:
+  explicit UringSwitch(const std::string& value) {
+    lock_fd_ = ::open("/run/uext-test-enable-uring.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lock_fd_ >= 0) ::flock(lock_fd_, LOCK_EX);
+    std::ifstream in(kEnableUring);
+    in >> old_;
+    ok_ = !old_.empty() && write(value);
+  }
+  ~UringSwitch() {
+    if (!old_.empty()) write(old_);
+    if (lock_fd_ >= 0) ::close(lock_fd_);
+  }
+  UringSwitch(const UringSwitch&) = delete;
+  UringSwitch& operator=(const UringSwitch&) = delete;
+  bool ok() const { return ok_; }
+
+ private:
+  static bool write(const std::string& v) {
+    std::ofstream out(kEnableUring);
+    out << v << "\n";
+    out.flush();
+    return out.good();
+  }
+  int lock_fd_ = -1;
+  std::string old_;
+  bool ok_ = false;
+};
+
+// How many times the daemon's ring threads (named uext-qCPU-N) went to
+// sleep waiting for a request: more than a few means requests reached them.
+long ring_thread_wakeups(pid_t daemon) {
+  long total = 0;
+  const std::string tasks = "/proc/" + std::to_string(daemon) + "/task";
+  std::string out = sh_ok("for t in " + tasks + "/*; do if grep -q '^uext-q' $t/comm; then "
+                          "awk '/^voluntary_ctxt_switches/ {print $2}' $t/status; fi; done");
+  std::istringstream in(out);
+  long v = 0;
+  while (in >> v) total += v;
+  return total;
+}
+
+int ring_threads(pid_t daemon) {
+  return std::stoi(sh_ok("cat /proc/" + std::to_string(daemon) + "/task/*/comm | grep -c '^uext-q' || true"));
+}
+
+class FuseUring : public FuseProgram {
+ protected:
+  void SetUp() override {
+    if (!fuse_available()) GTEST_SKIP() << "needs root and /dev/fuse to mount images";
+    if (::access(kEnableUring, F_OK) != 0) GTEST_SKIP() << kEnableUring << " is missing: no FUSE over io_uring in this kernel";
+    switch_ = std::make_unique<UringSwitch>("Y");
+    if (!switch_->ok()) GTEST_SKIP() << "cannot set " << kEnableUring << " to Y";
+    FuseProgram::SetUp();
+  }
+  void TearDown() override { switch_.reset(); }
+  std::unique_ptr<UringSwitch> switch_;
+};
+
+// Many small files, ls, links, renames and unlinks, and a tar round trip,
+// with every request after INIT served through the rings.
+TEST_F(FuseUring, FilesTarLinksRename) {
+  make_sample_tree(t_ / "src");
+  sh_ok("cp -a " + std::string(UEXT_SOURCE_DIR) + "/src " + (t_ / "src/code") + " && tar -C " + (t_ / "src") +
+        " --xattrs -cf " + (t_ / "a.tar") + " .");
+  FuseMount m(img_, t_ / "mnt", "io_uring=on");
+  ASSERT_TRUE(m.ok()) << m.log();
+  EXPECT_GE(ring_threads(m.pid()), 2 * static_cast<int>(std::thread::hardware_concurrency()));
+  const long before = ring_thread_wakeups(m.pid());
+  const int files = 3000 * scale();
+  sh_ok("set -e; cd " + m.dir() + "; mkdir many; for i in $(seq 1 " + std::to_string(files) +
+        "); do echo \"file $i\" > many/f$i; done; test $(ls many | wc -l) = " + std::to_string(files) +
+        "; for i in 1 17 " + std::to_string(files) + "; do grep -qx \"file $i\" many/f$i; done;"
+        " cat many/* | wc -l | grep -qx " + std::to_string(files) + "; ls -lR . > /dev/null;"
+        " for i in $(seq 1 500); do ln many/f$i many/l$i; mv many/f$((i+500)) many/r$i; done; rm many/f1*;"
+        " test $(stat -c %h many/l2) = 2; test $(stat -c %h many/l10) = 1");
+  EXPECT_GT(ring_thread_wakeups(m.pid()) - before, files / 2) << "the requests did not go through the rings";
+  sh_ok("set -e; mkdir " + m.path("x") + "; tar -C " + m.path("x") + " --xattrs -xpf " + (t_ / "a.tar") +
+        "; tar -C " + m.path("x") + " --xattrs -cf " + (t_ / "b.tar") + " .; mkdir " + (t_ / "back") + "; tar -C " +
+        (t_ / "back") + " --xattrs -xpf " + (t_ / "b.tar") + "; diff -r -x fifo " + (t_ / "src") + " " + (t_ / "back"));
+  EXPECT_EQ(describe_tree(m.path("x"), false), describe_tree(t_ / "back", false));
+  EXPECT_EQ(m.log().find("error"), std::string::npos) << m.log();
+  finish(m);
+}
+
+// fio verifies 64 MiB with psync and with mmap while FORGETs (the kernel
+// drops its inodes) and INTERRUPTs (programs killed mid-request) arrive
+// through /dev/fuse beside the ring traffic.
+TEST_F(FuseUring, FioVerifyWithForgetsAndInterrupts) {
+  if (run({"fio", "--version"}).exit_code != 0) GTEST_SKIP() << "fio is not installed";
+  FuseMount m(img_, t_ / "mnt", "io_uring=on");
+  ASSERT_TRUE(m.ok()) << m.log();
+  sh_ok("set -e; mkdir " + m.path("noise") + "; for i in $(seq 1 300); do head -c 20000 /dev/urandom > " +
+        m.path("noise") + "/n$i; done");
+  const std::string stop = t_ / "stop";
+  // Noise: drop the kernel's dentries and inodes (FORGETs), walk and read the
+  // tree again, and interrupt readers with signals.
+  const std::string noise = "while [ ! -e " + stop + " ]; do echo 2 > /proc/sys/vm/drop_caches; ls -lR " + m.dir() +
+                            " > /dev/null 2>&1; timeout -s INT 0.02 cat " + m.path("noise") +
+                            "/* > /dev/null 2>&1; timeout -s KILL 0.03 md5sum " + m.path("noise") +
+                            "/* > /dev/null 2>&1; done";
+  pid_t noise_pid = ::fork();
+  if (noise_pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", noise.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  fio_verify_psync_and_mmap(m, 32 * scale());  // two jobs each: 64 MiB per engine
+  sh_ok("touch " + stop);
+  ::waitpid(noise_pid, nullptr, 0);
+  sh_ok("cd " + m.path("noise") + " && cat * | wc -c | grep -qx 6000000");
+  finish(m);
+}
+
+TEST_F(FuseUring, ConcurrentWritersFromSeveralProcesses) {
+  FuseMount m(img_, t_ / "mnt", "io_uring=on");
+  ASSERT_TRUE(m.ok()) << m.log();
+  concurrent_writers(m);
+  finish(m);
+}
+
+TEST_F(FuseUring, SignalsUnmountClean) {
+  for (int sig : {SIGTERM, SIGINT}) {
+    FuseMount m(img_, t_ / "mnt", "io_uring=on");
+    ASSERT_TRUE(m.ok()) << m.log();
+    sh_ok("cp -a " + std::string(UEXT_SOURCE_DIR) + "/tools " + m.path("tools" + std::to_string(sig)));
+    EXPECT_EQ(m.stop_with(sig), 0) << m.log();
+    EXPECT_FALSE(is_mounted(m.dir()));
+    EXPECT_TRUE(image_is_clean(img_));
+    EXPECT_EQ(run({uext_cli(), "cat", img_, "/tools" + std::to_string(sig) + "/uext.cc"}).out,
+              read_file(std::string(UEXT_SOURCE_DIR) + "/tools/uext.cc"));
+  }
+}
+
+// A daemon killed while programs wait on its rings: the kernel aborts the
+// connection and every program returns (with an error) instead of hanging.
+TEST_F(FuseUring, KilledDaemonLeavesNoProgramHanging) {
+  FuseMount m(img_, t_ / "mnt", "io_uring=on");
+  ASSERT_TRUE(m.ok()) << m.log();
+  std::string workers;
+  for (int p = 0; p < 4; ++p) {
+    // Until the mount fails under them: rewrite 200 small files and 1 MiB.
+    workers += "( i=0; while echo $i > " + m.path("w" + std::to_string(p)) + "_$((i % 200)) 2>/dev/null; do i=$((i+1)); done ) & "
+               "( while dd if=/dev/zero of=" + m.path("big" + std::to_string(p)) +
+               " bs=64k count=16 conv=notrunc 2>/dev/null; do :; done ) & ";
+  }
+  const auto started = std::chrono::steady_clock::now();
+  pid_t load = ::fork();
+  if (load == 0) {
+    ::setpgid(0, 0);
+    const std::string cmd = workers + "wait";
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  EXPECT_EQ(m.stop_with(SIGKILL), 128 + SIGKILL);
+  int st = 0;
+  pid_t done = 0;
+  for (int i = 0; i < 300 && done == 0; ++i) {  // 30 s at most
+    done = ::waitpid(load, &st, WNOHANG);
+    if (done == 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (done == 0) {
+    ::kill(-load, SIGKILL);
+    ::kill(load, SIGKILL);
+    ::waitpid(load, &st, 0);
+  }
+  EXPECT_NE(done, 0) << "programs still hang 30 s after the daemon was killed";
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(35));
+  FsckOptions fsck;
+  fsck.replay = Replay::kE2fsck;
+  FsckVerdict v = e2fsck_clean(img_, fsck);
+  EXPECT_TRUE(v.clean) << v.report;
+}
+
+// io_uring=on refuses to mount when the kernel's switch is off, saying so;
+// auto (the default) mounts over /dev/fuse without a word.
+TEST(FuseUringSwitch, OnFailsClearlyAndAutoFallsBackWhenSwitchedOff) {
+  REQUIRE_FUSE();
+  if (::access(kEnableUring, F_OK) != 0) GTEST_SKIP() << kEnableUring << " is missing: no FUSE over io_uring in this kernel";
+  UringSwitch off("N");
+  if (!off.ok()) GTEST_SKIP() << "cannot set " << kEnableUring << " to N";
+  TempDir t;
+  std::string img = make_image(t / "img", "64M");
+  ::mkdir((t / "mnt").c_str(), 0755);
+  for (bool foreground : {false, true}) {
+    std::vector<std::string> argv = {uext_cli(), "mount", img, t / "mnt", "-o", "io_uring=on"};
+    if (foreground) argv.push_back("-f");
+    CommandResult r = run(argv);
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_NE(r.err.find("io_uring=on"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("enable_uring is N"), std::string::npos) << r.err;
+    EXPECT_FALSE(is_mounted_any(t / "mnt"));
+  }
+  {
+    FuseMount m(img, t / "mnt", "io_uring=auto");
+    ASSERT_TRUE(m.ok()) << m.log();
+    EXPECT_EQ(ring_threads(m.pid()), 0);
+    sh_ok("echo plain > " + m.path("f") + " && grep -qx plain " + m.path("f"));
+    EXPECT_EQ(m.unmount(), 0) << m.log();
+    EXPECT_EQ(m.log(), "");
+  }
+  EXPECT_TRUE(image_is_clean(img));
+}
+
+// io_uring=off never starts the rings, even with the switch on.
+TEST_F(FuseUring, OffKeepsDevFuse) {
+  FuseMount m(img_, t_ / "mnt", "io_uring=off");
+  ASSERT_TRUE(m.ok()) << m.log();
+  EXPECT_EQ(ring_threads(m.pid()), 0);
+  sh_ok("echo plain > " + m.path("f"));
+  finish(m);
 }
 
 }  // namespace
