@@ -1256,6 +1256,40 @@ TEST(FuseUringSwitch, OnFailsClearlyAndAutoFallsBackWhenSwitchedOff) {
   EXPECT_TRUE(image_is_clean(img));
 }
 
+// A registration the kernel refuses (made malformed on purpose through
+// UEXT_TEST_URING_BAD_REGISTER, for every queue or for queue 0 alone): with
+// io_uring=on the mount fails naming the step, in the daemon's parent as in
+// the foreground; with auto it goes on over /dev/fuse, and nothing waits
+// for a ring that never becomes ready.
+TEST_F(FuseUring, RefusedRegistrationFailsOnAndFallsBackInAuto) {
+  ::mkdir((t_ / "mnt").c_str(), 0755);
+  for (const char* bad : {"all", "0"}) {
+    ::setenv("UEXT_TEST_URING_BAD_REGISTER", bad, 1);
+    for (bool foreground : {false, true}) {
+      std::vector<std::string> argv = {uext_cli(), "mount", img_, t_ / "mnt", "-o", "io_uring=on"};
+      if (foreground) argv.push_back("-f");
+      CommandResult r = run(argv);
+      EXPECT_EQ(r.exit_code, 1) << bad << " " << r.err;
+      EXPECT_NE(r.err.find("io_uring=on: FUSE over io_uring failed: FUSE_IO_URING_CMD_REGISTER for queue"),
+                std::string::npos)
+          << bad << " " << r.err;
+      EXPECT_FALSE(is_mounted_any(t_ / "mnt")) << bad;
+    }
+    {
+      FuseMount m(img_, t_ / "mnt", "io_uring=auto");
+      ASSERT_TRUE(m.ok()) << m.log();
+      CommandResult w = run({"timeout", "20", "sh", "-c",
+                             "set -e; cd " + m.dir() + "; mkdir -p d" + bad + "; for i in $(seq 1 200); do echo $i > d" +
+                                 bad + "/f$i; done; cat d" + bad + "/f200"});
+      EXPECT_EQ(w.exit_code, 0) << bad << " " << w.err;
+      EXPECT_EQ(w.out, "200\n");
+      EXPECT_EQ(m.unmount(), 0) << m.log();
+    }
+    ::unsetenv("UEXT_TEST_URING_BAD_REGISTER");
+  }
+  EXPECT_TRUE(image_is_clean(img_));
+}
+
 // io_uring=off never starts the rings, even with the switch on.
 TEST_F(FuseUring, OffKeepsDevFuse) {
   FuseMount m(img_, t_ / "mnt", "io_uring=off");

@@ -1085,6 +1085,10 @@ int run_mount(MountOptions opts) {
   // FUSE over io_uring: set up before INIT, which the request loop answers.
   std::unique_ptr<UringTransport> uring;
   const bool uring_required = opts.io_uring == IoUringMode::kOn;
+  // io_uring=on, and registration failed after INIT: why, for the parent
+  // once the mount is gone.
+  std::atomic<bool> uring_refused{false};
+  std::string uring_refusal;
   if (opts.io_uring != IoUringMode::kOff) {
     UringTransport::Config uc;
     uc.mode = opts.io_uring;
@@ -1094,7 +1098,8 @@ int run_mount(MountOptions opts) {
       if (debug) log.info(m);
     };
     uc.error = [&log](const std::string& m) { log.error(m); };
-    uc.ready = [&log, &bg, se, uring_required, debug = opts.debug](bool ok, const std::string& m) {
+    uc.ready = [&log, &bg, &uring_refused, &uring_refusal, se, uring_required, debug = opts.debug](
+                   bool ok, const std::string& m) {
       if (ok) {
         if (debug) log.info(m);
         bg.done(0);
@@ -1104,8 +1109,9 @@ int run_mount(MountOptions opts) {
         if (debug) log.info(m + "; serving through /dev/fuse");
         return;
       }
-      log.error(fmt::format("io_uring=on: {}", m));
-      bg.done(1, fmt::format("io_uring=on: {}", m));
+      uring_refusal = fmt::format("io_uring=on: {}", m);
+      if (bg.notify_fd < 0) log.error(uring_refusal);  // else the parent prints it
+      uring_refused = true;
       fuse_session_exit(se);
     };
     std::string why;
@@ -1151,8 +1157,9 @@ int run_mount(MountOptions opts) {
   // The ring threads stop before the unmount; closing their rings gives the
   // kernel back their entries.
   if (uring) uring->stop();
-  bg.done(1, "the FUSE session ended before INIT");  // unless said already
   fuse_session_unmount(se);
+  // With io_uring=on the parent is still waiting (unless the rings came up).
+  bg.done(1, uring_refused ? uring_refusal : "the FUSE session ended before the kernel's INIT");
   fuse_remove_signal_handlers(se);
   int rc = 0;
   if (loop != 0 && loop != -EINTR && !daemon.panicked()) {
@@ -1175,7 +1182,7 @@ int run_mount(MountOptions opts) {
   }
   fuse_session_destroy(se);
   uring.reset();  // after the session: libfuse calls its custom I/O until then
-  return rc;
+  return uring_refused ? 1 : rc;
 }
 
 }  // namespace uext::fuse

@@ -18,6 +18,7 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <mutex>
@@ -238,6 +239,13 @@ bool UringTransport::Impl::register_entry(Thread& th, std::string& why) {
   io_uring_sqe* sqe = fuse_cmd_sqe(&th.ring, dev_fd, abi::kCmdRegister, static_cast<uint16_t>(th.qid), 0);
   sqe->addr = reinterpret_cast<uint64_t>(e.iov);
   sqe->len = 2;
+  // For the tests of the fallback: UEXT_TEST_URING_BAD_REGISTER=all (or a
+  // queue number) sends that registration malformed, which the kernel
+  // refuses as it would a real failure.
+  if (const char* bad = std::getenv("UEXT_TEST_URING_BAD_REGISTER");
+      bad && (std::strcmp(bad, "all") == 0 || std::to_string(th.qid) == bad)) {
+    sqe->len = 1;
+  }
   io_uring_sqe_set_data(sqe, &e);
   int rc = io_uring_submit(&th.ring);
   if (rc < 0) {
