@@ -130,11 +130,15 @@ class FuseMount {
     log_ = dir_ + ".log";
     std::vector<std::string> args = {uext_cli(), "mount", "-f", image_, dir_};
     // UEXT_FUSE_MOUNT_OPTIONS (e.g. io_uring=on) applies to every mount of
-    // these tests, to run them all over another transport.
-    // (Not where the test chose io_uring= itself.)
-    if (const char* extra = std::getenv("UEXT_FUSE_MOUNT_OPTIONS");
-        extra && *extra && options.find("io_uring=") == std::string::npos) {
-      options = options.empty() ? std::string(extra) : options + "," + extra;
+    // these tests, to run them all over another transport. Without it they
+    // use /dev/fuse (io_uring=off), whatever the kernel's switch says: the
+    // FuseUring tests turn it on for a while, and under ctest -j that must
+    // not change the transport of the tests running beside them. (Neither
+    // applies where a test chose io_uring= itself.)
+    if (options.find("io_uring=") == std::string::npos) {
+      const char* extra = std::getenv("UEXT_FUSE_MOUNT_OPTIONS");
+      const std::string add = extra && *extra ? extra : "io_uring=off";
+      options = options.empty() ? add : options + "," + add;
     }
     if (!options.empty()) {
       args.push_back("-o");
