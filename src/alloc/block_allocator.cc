@@ -417,7 +417,20 @@ Status BlockAllocator::free(journal::Handle& handle, uint64_t first, uint32_t co
     const uint32_t e = static_cast<uint32_t>(std::min(end, base + groups_.blocks_in_group(g)) - base);
     for (uint32_t i = s; i < e; ++i) bits::clear(map.bytes, i);
     UEXT_TRY(groups_.store_block_bitmap(handle, g, map, e - s));
-    busy_[g].push_back({s, e - s, handle.transaction_id()});
+    // A run freed by the same transaction right beside the last one joins
+    // it: every allocation marks every busy run into its search, and a
+    // writeback that splits thousands of extents frees its spare tree
+    // blocks one at a time, each beside the one before.
+    auto& runs = busy_[g];
+    const uint32_t tid = handle.transaction_id();
+    if (!runs.empty() && runs.back().tid == tid && runs.back().start + runs.back().count == s) {
+      runs.back().count += e - s;
+    } else if (!runs.empty() && runs.back().tid == tid && e == runs.back().start) {
+      runs.back().start = s;
+      runs.back().count += e - s;
+    } else {
+      runs.push_back({s, e - s, tid});
+    }
     busy_total_.fetch_add(e - s, std::memory_order_relaxed);
   }
   // Revoke while the groups are still locked: once they are unlocked the

@@ -680,6 +680,53 @@ TEST(BusyBlocks, FreedBlocksWaitForTheirTransactionToCommit) {
 }
 
 
+// A writeback that splits extents takes spare tree blocks one at a time and
+// frees the unused ones, each beside the last: the frees join into one busy
+// run (ascending and descending), so the thousandth allocation does not
+// mark a thousand runs into its search; none of those blocks is handed out
+// again before the transaction commits, and all of them are after.
+TEST(BusyBlocks, AdjacentFreesOfOneTransactionStayBusyTogether) {
+  testing::TempDir dir;
+  std::string img = dir / "fs.img";
+  make_image(img, {"-t", "ext4", "-b", "4096"}, "64M");
+  Opened o = open_rw(img);
+  const uint64_t goal = o.volume->sb().s_blocks_count / 2;
+  constexpr int kSpares = 2000;
+  std::vector<uint64_t> freed;
+  {
+    auto h = o.volume->start(64);
+    ASSERT_TRUE(h.ok());
+    for (int i = 0; i < kSpares; ++i) {
+      auto got = o.blocks->allocate(*h, goal, 1);
+      ASSERT_TRUE(got.ok()) << got.error().message();
+      for (uint64_t b : freed) ASSERT_NE(got->first, b) << "busy block reused at spare " << i;
+      ASSERT_TRUE(o.blocks->free(*h, got->first, 1, false).ok());
+      freed.push_back(got->first);
+    }
+    // Descending too: a block freed just below the run joins it.
+    auto low = o.blocks->allocate(*h, freed.front() - 1, 1);
+    ASSERT_TRUE(low.ok());
+    ASSERT_EQ(low->first, freed.front() - 1);
+    ASSERT_TRUE(o.blocks->free(*h, low->first, 1, false).ok());
+    EXPECT_EQ(o.blocks->busy_blocks(), static_cast<uint64_t>(kSpares) + 1);
+    ASSERT_TRUE(h->stop().ok());
+    ASSERT_TRUE(o.volume->sync().ok());
+  }
+  {
+    auto h = o.volume->start(8);
+    auto after = o.blocks->allocate(*h, freed.front(), 1);
+    ASSERT_TRUE(after.ok());
+    EXPECT_EQ(after->first, freed.front()) << "committed frees must be reusable";
+    EXPECT_EQ(o.blocks->busy_blocks(), 0u);
+    ASSERT_TRUE(o.blocks->free(*h, after->first, 1, false).ok());
+    ASSERT_TRUE(h->stop().ok());
+  }
+  ASSERT_TRUE(o.blocks->check_counts().ok());
+  ASSERT_TRUE(o.close().ok());
+  auto fsck = testing::run({"e2fsck", "-fn", img});
+  EXPECT_EQ(fsck.exit_code, 0) << fsck.out;
+}
+
 // Preallocation windows: an owner's next allocation continues in its
 // window while another inode's allocations go around it; when nothing else
 // is free the window is given up. Windows never touch the bitmaps, so
