@@ -903,6 +903,22 @@ TEST_F(FuseLife, DaemonModeAndUmount) {
   EXPECT_NE(log.find("closed clean"), std::string::npos) << log;
 }
 
+// A daemon given a relative mount point changes to / when it detaches; it
+// must still unmount that mount point when told to stop.
+TEST_F(FuseLife, DaemonWithARelativeMountPointUnmountsOnSigterm) {
+  ::mkdir((t_ / "rel").c_str(), 0755);
+  CommandResult r = run_shell("cd " + t_.path() + " && " + uext_cli() + " mount " + img_ + " rel");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_TRUE(is_mounted(t_ / "rel"));
+  sh_ok("echo relative > " + (t_ / "rel/f"));
+  sh_ok("pkill -TERM -f '^" + uext_cli() + " mount " + img_ + " rel$'");
+  // The daemon lets go of the image's lock when it has closed it.
+  sh_ok("flock " + img_ + " true");
+  EXPECT_FALSE(is_mounted(t_ / "rel"));
+  EXPECT_TRUE(image_is_clean(img_));
+  EXPECT_EQ(run({uext_cli(), "cat", img_, "/f"}).out, "relative\n");
+}
+
 TEST_F(FuseLife, KilledDaemonLeavesAnImageThatReplays) {
   {
     FuseMount m(img_, t_ / "mnt", "commit=0");

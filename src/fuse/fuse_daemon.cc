@@ -1003,6 +1003,13 @@ int run_mount(MountOptions opts) {
     return usage_fail(fmt::format("{}: {}", opts.mountpoint, std::strerror(errno)));
   }
   if (!S_ISDIR(mp.st_mode)) return usage_fail(fmt::format("{}: not a directory", opts.mountpoint));
+  // Absolute from here on: a daemon changes to / (detach_stdio), and
+  // libfuse unmounts the path it was given.
+  {
+    std::error_code ec;
+    std::string absolute = std::filesystem::canonical(opts.mountpoint, ec).string();
+    if (!ec) opts.mountpoint = absolute;
+  }
   if (!opts.verify_checksums && !opts.read_only) {
     return usage_fail("nochecksums is for salvaging data and needs ro");
   }
@@ -1071,8 +1078,6 @@ int run_mount(MountOptions opts) {
     fuse_session_destroy(se);
     return failed("cannot install signal handlers");
   }
-  std::error_code path_error;
-  const std::string mount_path = std::filesystem::canonical(opts.mountpoint, path_error).string();
   if (fuse_session_mount(se, opts.mountpoint.c_str()) != 0) {
     fuse_remove_signal_handlers(se);
     fuse_session_destroy(se);
@@ -1080,7 +1085,7 @@ int run_mount(MountOptions opts) {
                               opts.mountpoint));
   }
 
-  if (::geteuid() == 0 && !path_error) set_read_ahead(mount_path, opts.read_ahead_kb, opts.debug, log);
+  if (::geteuid() == 0) set_read_ahead(opts.mountpoint, opts.read_ahead_kb, opts.debug, log);
 
   // FUSE over io_uring: set up before INIT, which the request loop answers.
   std::unique_ptr<UringTransport> uring;
