@@ -694,6 +694,50 @@ TEST(DelallocEnospc, SparseWritersKeepEveryAcceptedByte) {
 
 // ------------------------------------------------------------ cached reads
 
+// A read takes cached pages from the cache and only the stretches between
+// them from the disk: after a reopen (nothing cached) scattered pages are
+// rewritten, and reads that start and end inside pages, cached or not,
+// over data, a hole and the end of the file, see the disk and the cache
+// each where they are newer.
+TEST(DelallocCache, ReadsTakeCachedPagesAndTheStretchesBetweenFromDisk) {
+  TempDir tmp;
+  const std::string image = tmp / "mixed.img";
+  mkfs(image, "32M");
+  const uint64_t size = 2 * kMiB + 1234;
+  std::string model = pattern(3, 0, size);
+  model.replace(kMiB, 64 * 1024, std::string(64 * 1024, '\0'));  // a hole
+  {
+    auto fs = open_rw(image);
+    ASSERT_TRUE(fs);
+    auto f = fs->create(kRootIno, "m", 0100644, {});
+    ASSERT_TRUE(f.ok());
+    ASSERT_TRUE(fs->write(f->ino, 0, bytes_of(model.substr(0, kMiB))).ok());
+    ASSERT_TRUE(fs->write(f->ino, kMiB + 64 * 1024, bytes_of(model.substr(kMiB + 64 * 1024))).ok());
+    close_and_check(fs, image);
+  }
+  auto fs = open_rw(image, true, 600000);
+  ASSERT_TRUE(fs);
+  auto ino = fs->resolve("/m");
+  ASSERT_TRUE(ino.ok());
+  for (uint64_t off : {uint64_t{4096 * 3 + 17}, uint64_t{4096 * 9}, uint64_t{kMiB + 4096}, uint64_t{size - 100}}) {
+    std::string data = pattern(11, off, 300);
+    ASSERT_TRUE(fs->write(*ino, off, bytes_of(data)).ok());
+    model.replace(off, data.size(), data);
+  }
+  const uint64_t grown = model.size();  // the last write went past the end
+  ASSERT_EQ(grown, size + 200);
+  EXPECT_TRUE(same(read_range(*fs, *ino, 0, grown + 4096), model));
+  for (auto [off, n] : std::vector<std::pair<uint64_t, size_t>>{
+           {4096 * 3 + 10, 100}, {4096 * 2 + 5, 4096 * 8}, {kMiB - 7, 8192}, {kMiB + 4000, 300}, {size - 5000, 9000}}) {
+    const std::string want = model.substr(off, std::min<uint64_t>(n, grown - off));
+    EXPECT_TRUE(same(read_range(*fs, *ino, off, n), want)) << off << " " << n;
+  }
+  close_and_check(fs, image);
+  auto again = open_ro(image);
+  ASSERT_TRUE(again);
+  EXPECT_TRUE(same(read_range(*again, *ino, 0, grown), model));
+}
+
 TEST(DelallocCache, ReadsBeforeWritebackAndSurvivesReopen) {
   TempDir tmp;
   const std::string image = tmp / "cache.img";

@@ -213,15 +213,30 @@ Result<size_t> FilesystemImpl::read(Ino ino, uint64_t offset, std::span<std::byt
   // move data between the two meanwhile.
   std::lock_guard page_lock(file->mu);
   if (file->size_known) rec.inode.i_size = file->size;
-  UEXT_ASSIGN_OR_RETURN(size_t n, read_data(rec, offset, buf));
+  const uint64_t size = rec.inode.i_size;
+  if (offset >= size || buf.empty()) return size_t{0};
+  const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), size - offset));
   const uint64_t end = offset + n;
+  // Cached pages are whole and newer than the disk: they are copied, and
+  // only the stretches between them are read from the disk (a page fault
+  // through FUSE reads one page that is nearly always cached).
+  uint64_t pos = offset;  // bytes before pos are filled
+  auto fill_from_disk = [&](uint64_t until) -> Status {
+    if (until <= pos) return {};
+    UEXT_TRY(read_data(rec, pos, buf.subspan(pos - offset, until - pos)));
+    pos = until;
+    return {};
+  };
   for (auto it = file->pages().lower_bound(offset / cache::kPageSize);
        it != file->pages().end() && it->first * cache::kPageSize < end; ++it) {
     const uint64_t page_start = it->first * cache::kPageSize;
     const uint64_t from = std::max(offset, page_start);
     const uint64_t to = std::min(end, page_start + cache::kPageSize);
+    UEXT_TRY(fill_from_disk(from));
     std::memcpy(buf.data() + (from - offset), file->data(it->first) + (from - page_start), to - from);
+    pos = to;
   }
+  UEXT_TRY(fill_from_disk(end));
   file->last_used_ms = cache::PageCache::now_ms();
   return n;
 }
