@@ -260,12 +260,13 @@ void CachedFile::discard_clean() {
   release_memory();
 }
 
-uint64_t CachedFile::evict_clean(uint64_t max_pages) {
+uint64_t CachedFile::evict_clean(uint64_t max_pages, uint64_t& from) {
   // The clean pages outside what a writeback in flight reads: runs of them,
   // each gone with one hole punch, lowest first.
   std::vector<std::pair<uint64_t, uint64_t>> runs;
   uint64_t taken = 0;
-  for (auto it = pages_.begin(); it != pages_.end() && taken < max_pages;) {
+  auto it = pages_.lower_bound(from);
+  for (; it != pages_.end() && taken < max_pages;) {
     if (it->first >= flight_first_ && it->first < flight_end_) {
       it = pages_.lower_bound(flight_end_);
       continue;
@@ -280,6 +281,9 @@ uint64_t CachedFile::evict_clean(uint64_t max_pages) {
     }
     ++it;
   }
+  // The next slice goes on from here rather than walking the dirty pages
+  // before it again.
+  from = it == pages_.end() ? UINT64_MAX : it->first;
   for (auto [first, end] : runs) drop_now(first, end);
   return taken;
 }
@@ -354,13 +358,14 @@ void PageCache::shrink() {
     // A slice at a time, the file's mutex let go in between: a hole punch
     // frees about a megabyte a millisecond here, and the file's writeback
     // (or its writer) must not wait for a quarter of the cache to go.
+    uint64_t from = 0;
     while (!enough()) {
       std::lock_guard lock(f->mu);
       if (f->dirty_ == 0 && f->mappers_.empty() && f->in_flight_ == 0) {
         f->discard_clean();
         break;
       }
-      if (f->evict_clean(kEvictSlicePages) == 0) break;
+      if (f->evict_clean(kEvictSlicePages, from) == 0 || from == UINT64_MAX) break;
     }
     std::lock_guard lock(f->mu);
     if (f->pages_.empty() && f->mappers_.empty() && f->in_flight_ == 0) f->release_memory();

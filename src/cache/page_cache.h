@@ -165,9 +165,10 @@ class CachedFile {
 
  private:
   friend class PageCache;
-  // Drops up to `max_pages` clean pages that no writeback in flight reads;
-  // returns how many.
-  uint64_t evict_clean(uint64_t max_pages);
+  // Drops up to `max_pages` clean pages at or after page `from` that no
+  // writeback in flight reads; returns how many, and moves `from` past the
+  // pages looked at (UINT64_MAX: the end).
+  uint64_t evict_clean(uint64_t max_pages, uint64_t& from);
   // drop() without waiting for writeback: the caller keeps out of the
   // pages in flight.
   uint64_t drop_now(uint64_t first, uint64_t end);
