@@ -9,6 +9,13 @@
 namespace uext::cache {
 namespace {
 
+// A cache bounded to `pages` pages.
+CacheOptions bounded(uint64_t pages) {
+  CacheOptions o;
+  o.max_bytes = pages * kPageSize;
+  return o;
+}
+
 // A file with pages [0, n), each filled with its index, all clean.
 std::shared_ptr<CachedFile> clean_file(PageCache& cache, uint32_t ino, uint64_t n) {
   auto f = cache.get(ino, true);
@@ -33,9 +40,7 @@ bool page_holds(CachedFile& f, uint64_t index) {
 // takes the clean pages outside the pages in flight, which stay, bytes
 // and all, for the writeback that reads them.
 TEST(PageCacheShrink, EvictsAroundAWritebackInFlight) {
-  CacheOptions o;
-  o.max_bytes = 64 * kPageSize;
-  PageCache cache(o);
+  PageCache cache(bounded(64));
   auto f = clean_file(cache, 12, 256);
   {
     std::lock_guard lock(f->mu);
@@ -44,7 +49,7 @@ TEST(PageCacheShrink, EvictsAroundAWritebackInFlight) {
   cache.shrink();
   {
     std::lock_guard lock(f->mu);
-    EXPECT_LE(cache.cached_bytes(), o.max_bytes * 3 / 4);
+    EXPECT_LE(cache.cached_bytes(), cache.options().max_bytes * 3 / 4);
     for (uint64_t i = 100; i < 140; ++i) {
       ASSERT_TRUE(f->present(i)) << i;
       EXPECT_TRUE(page_holds(*f, i)) << i;
@@ -56,9 +61,7 @@ TEST(PageCacheShrink, EvictsAroundAWritebackInFlight) {
 
 // Dirty pages are never evicted, whatever the bound.
 TEST(PageCacheShrink, KeepsDirtyPages) {
-  CacheOptions o;
-  o.max_bytes = 16 * kPageSize;
-  PageCache cache(o);
+  PageCache cache(bounded(16));
   auto f = clean_file(cache, 13, 64);
   {
     std::lock_guard lock(f->mu);
@@ -78,9 +81,7 @@ TEST(PageCacheShrink, KeepsDirtyPages) {
 // writeback thread) while a third starts and ends writebacks: pages in
 // flight are never taken, and the cache ends within its bound.
 TEST(PageCacheShrink, ConcurrentShrinksLeavePagesInFlight) {
-  CacheOptions o;
-  o.max_bytes = 128 * kPageSize;
-  PageCache cache(o);
+  PageCache cache(bounded(128));
   auto f = clean_file(cache, 14, 1024);
   std::atomic<bool> stop{false};
   std::atomic<int> lost{0};
@@ -114,7 +115,7 @@ TEST(PageCacheShrink, ConcurrentShrinksLeavePagesInFlight) {
   flusher.join();
   EXPECT_EQ(lost.load(), 0);
   cache.shrink();
-  EXPECT_LE(cache.cached_bytes(), o.max_bytes);
+  EXPECT_LE(cache.cached_bytes(), cache.options().max_bytes);
 }
 
 }  // namespace
