@@ -288,6 +288,11 @@ TEST(FuseCommand, HelpListsEveryOption) {
   EXPECT_NE(bad.err.find("unknown mount option 'frobnicate'"), std::string::npos) << bad.err;
   auto bad_value = run({uext_cli(), "mount", "x.img", "/tmp", "-o", "attr_timeout=soon"});
   EXPECT_EQ(bad_value.exit_code, 2);
+  for (const char* ra : {"read_ahead_kb=1m", "read_ahead_kb=65537", "read_ahead_kb="}) {
+    auto bad_ra = run({uext_cli(), "mount", "x.img", "/tmp", "-o", ra});
+    EXPECT_EQ(bad_ra.exit_code, 2) << ra;
+    EXPECT_NE(bad_ra.err.find("read_ahead_kb"), std::string::npos) << bad_ra.err;
+  }
   auto bad_uring = run({uext_cli(), "mount", "x.img", "/tmp", "-o", "io_uring=maybe"});
   EXPECT_EQ(bad_uring.exit_code, 2);
   EXPECT_NE(bad_uring.err.find("auto, on or off"), std::string::npos) << bad_uring.err;

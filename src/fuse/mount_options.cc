@@ -130,7 +130,9 @@ Status parse_mount_option_list(const std::string& list, MountOptions& opts) {
       else opts.commit_seconds = static_cast<uint32_t>(v);
     } else if (key == "read_ahead_kb") {
       uint64_t v = 0;
-      if (!has_value || !parse_uint(value, v) || v > 65536) s = bad_value(key, value, "KiB, 0 to 65536");
+      // A count of KiB already: no k/m/g suffix (read_ahead_kb=1m is not 1 MiB).
+      const bool digits = !value.empty() && value.find_first_not_of("0123456789") == std::string::npos;
+      if (!has_value || !digits || !parse_uint(value, v) || v > 65536) s = bad_value(key, value, "KiB, 0 to 65536");
       else opts.read_ahead_kb = static_cast<uint32_t>(v);
     } else if (key == "max_threads") {
       uint64_t v = 0;
