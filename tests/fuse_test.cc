@@ -10,6 +10,7 @@
 // UEXT_FUSE_SCALE (default 1) multiplies the sizes and durations of the
 // heavy workloads (fio, stress-ng, concurrent writers).
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -277,7 +278,8 @@ TEST(FuseCommand, HelpListsEveryOption) {
   EXPECT_EQ(r.exit_code, 0);
   for (const char* o : {"ro", "rw", "debug", "errors=", "entry_timeout=", "attr_timeout=", "negative_timeout=",
                         "writeback_cache", "direct_io", "cache_size=", "commit=", "allow_other", "auto_unmount",
-                        "fsname=", "logfile=", "max_threads=", "read_ahead_kb=", "io_uring=auto|on|off",
+                        "fsname=", "logfile=", "max_threads=", "read_ahead_kb=", "busy_poll_us=",
+                        "io_uring=auto|on|off",
                         "default_permissions", "MOUNTPOINT",
                         "--foreground",
                         "uext umount"}) {
@@ -288,10 +290,11 @@ TEST(FuseCommand, HelpListsEveryOption) {
   EXPECT_NE(bad.err.find("unknown mount option 'frobnicate'"), std::string::npos) << bad.err;
   auto bad_value = run({uext_cli(), "mount", "x.img", "/tmp", "-o", "attr_timeout=soon"});
   EXPECT_EQ(bad_value.exit_code, 2);
-  for (const char* ra : {"read_ahead_kb=1m", "read_ahead_kb=65537", "read_ahead_kb="}) {
-    auto bad_ra = run({uext_cli(), "mount", "x.img", "/tmp", "-o", ra});
-    EXPECT_EQ(bad_ra.exit_code, 2) << ra;
-    EXPECT_NE(bad_ra.err.find("read_ahead_kb"), std::string::npos) << bad_ra.err;
+  for (const char* count : {"read_ahead_kb=1m", "read_ahead_kb=65537", "read_ahead_kb=", "busy_poll_us=1k",
+                            "busy_poll_us=100001", "busy_poll_us=-1"}) {
+    auto bad_count = run({uext_cli(), "mount", "x.img", "/tmp", "-o", count});
+    EXPECT_EQ(bad_count.exit_code, 2) << count;
+    EXPECT_NE(bad_count.err.find("option '" + std::string(count) + "'"), std::string::npos) << bad_count.err;
   }
   auto bad_uring = run({uext_cli(), "mount", "x.img", "/tmp", "-o", "io_uring=maybe"});
   EXPECT_EQ(bad_uring.exit_code, 2);
@@ -922,6 +925,66 @@ TEST_F(FuseLife, DaemonWithARelativeMountPointUnmountsOnSigterm) {
   EXPECT_FALSE(is_mounted(t_ / "rel"));
   EXPECT_TRUE(image_is_clean(img_));
   EXPECT_EQ(run({uext_cli(), "cat", img_, "/f"}).out, "relative\n");
+}
+
+// CPU time (user + system, all threads) a process has used, in ms.
+long cpu_ms(pid_t pid) {
+  std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+  size_t p = stat.rfind(')');
+  if (p == std::string::npos) return -1;
+  std::istringstream in(stat.substr(p + 2));
+  std::string field;
+  long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && in >> field; ++i) {  // fields 14 and 15: utime, stime in ticks
+    if (i == 14) utime = std::stol(field);
+    if (i == 15) stime = std::stol(field);
+  }
+  return (utime + stime) * 1000 / ::sysconf(_SC_CLK_TCK);
+}
+
+// busy_poll_us: after each request the daemon polls /dev/fuse that long
+// before it sleeps. Requests 20 ms apart keep a 100 ms poller busy, so the
+// daemon uses a good part of a CPU; without polling it sleeps between
+// them; and once requests stop, a poller must go to sleep too.
+TEST_F(FuseLife, BusyPollingSpinsOnlyWhileRequestsCome) {
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  ASSERT_EQ(::sched_getaffinity(0, sizeof cpus, &cpus), 0);
+  if (CPU_COUNT(&cpus) < 2) GTEST_SKIP() << "polling is off with a single CPU";
+  auto ping_for_a_second = [](const std::string& file) {
+    struct stat st {};
+    for (int i = 0; i < 50; ++i) {
+      std::ofstream(file) << i;  // open, write, release: requests every time
+      ::stat(file.c_str(), &st);
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  };
+  long polled_ms = 0, quiet_ms = 0, idle_ms = 0;
+  {
+    FuseMount m(img_, t_ / "mnt", "busy_poll_us=100000");
+    ASSERT_TRUE(m.ok()) << m.log();
+    const long before = cpu_ms(m.pid());
+    ping_for_a_second(m.path("f"));
+    const long after = cpu_ms(m.pid());
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the last poll ends
+    const long settled = cpu_ms(m.pid());
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    idle_ms = cpu_ms(m.pid()) - settled;
+    polled_ms = after - before;
+    ASSERT_EQ(m.unmount(), 0) << m.log();
+  }
+  {
+    FuseMount m(img_, t_ / "mnt", "busy_poll_us=0");
+    ASSERT_TRUE(m.ok()) << m.log();
+    const long before = cpu_ms(m.pid());
+    ping_for_a_second(m.path("f"));
+    quiet_ms = cpu_ms(m.pid()) - before;
+    ASSERT_EQ(m.unmount(), 0) << m.log();
+  }
+  EXPECT_GT(polled_ms, 300) << "a 100 ms poller with requests every 20 ms should keep a CPU busy";
+  EXPECT_LT(quiet_ms, 200) << "without polling the daemon sleeps between requests";
+  EXPECT_LT(idle_ms, 100) << "the poller must sleep once requests stop";
+  EXPECT_TRUE(image_is_clean(img_));
 }
 
 TEST_F(FuseLife, KilledDaemonLeavesAnImageThatReplays) {

@@ -1156,7 +1156,7 @@ int run_mount(MountOptions opts) {
     loop = fuse_session_loop_mt(se, cfg);
     fuse_loop_cfg_destroy(cfg);
   } else {
-    loop = serve_requests(se, opts.max_threads);
+    loop = serve_requests(se, opts.max_threads, opts.busy_poll_us);
   }
 
   // The ring threads stop before the unmount; closing their rings gives the

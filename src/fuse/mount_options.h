@@ -60,6 +60,13 @@ struct MountOptions {
   // 128 KiB. At 128 KiB a sequential read costs eight READs a megabyte.
   uint32_t read_ahead_kb = 1024;
   unsigned max_threads = 8;
+  // After each request the thread that served it polls /dev/fuse for the
+  // next one this long before it sleeps (0: never polls). On machines where
+  // waking a sleeping thread on another CPU is slow (virtual machines that
+  // halt idle vCPUs) that wakeup dominates a small request; polling skips
+  // it at the cost of a busy CPU while requests keep coming. Not used with
+  // fewer than two CPUs, where it would take the CPU from the program.
+  uint32_t busy_poll_us = 200;
   bool clone_fd = false;
   IoUringMode io_uring = IoUringMode::kAuto;
 

@@ -8,11 +8,14 @@
 #include <time.h>
 
 #include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -46,6 +49,10 @@ void on_wake_signal(int) {}
 struct Loop {
   fuse_session* se = nullptr;
   unsigned max_threads = 1;
+  // How long the reader polls the (then non-blocking) device before it
+  // sleeps in poll(); zero: it sleeps in read() at once.
+  Clock::duration busy_poll{};
+  std::atomic<bool> stopping{false};  // exiting, readable without mu
 
   std::mutex mu;
   std::condition_variable followers;  // threads with no role
@@ -67,6 +74,7 @@ struct Loop {
     if (err < 0 && error == 0) error = err;
     if (!exiting) {
       exiting = true;
+      stopping = true;
       followers.notify_all();
       watch.notify_all();
       sem_post(&finish);
@@ -75,6 +83,34 @@ struct Loop {
 };
 
 void* worker(void* arg);
+
+// Reads the next request into `buf` (libfuse's return convention). With
+// busy polling the device is non-blocking: empty reads repeat until the
+// poll time is up, then the thread sleeps in poll() until a request (or
+// the end of the session, or the wake signal) comes.
+int receive(Loop& l, fuse_buf& buf) {
+  if (l.busy_poll == Clock::duration::zero()) return fuse_session_receive_buf(l.se, &buf);
+  for (;;) {
+    const auto until = Clock::now() + l.busy_poll;
+    do {
+      const int res = fuse_session_receive_buf(l.se, &buf);
+      if (res != -EAGAIN) return res;
+      if (l.stopping.load(std::memory_order_relaxed)) return -EINTR;
+    } while (Clock::now() < until);
+    // Woken by a request, or an error (unmounted) that the next read reports.
+    pollfd p{fuse_session_fd(l.se), POLLIN, 0};
+    if (::poll(&p, 1, -1) < 0 && errno == EINTR) return -EINTR;
+  }
+}
+
+// Whether this process may run on more than one CPU: polling on the only
+// CPU would take it from the program that sends the requests.
+bool several_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return false;
+  return CPU_COUNT(&set) > 1;
+}
 
 // Whether a thread is running or waiting for a CPU ('R' in its stat) rather
 // than blocked. A reader that is only waiting for a CPU gains nothing from
@@ -157,7 +193,7 @@ void* worker(void* arg) {
   bool just_served = true;  // a new thread reads at once if nobody does
   while (become_reader(l, lock, just_served)) {
     lock.unlock();
-    const int res = fuse_session_receive_buf(l.se, &buf);
+    const int res = receive(l, buf);
     lock.lock();
     --l.readers;
     for (size_t i = 0; i < l.reading.size(); ++i) {
@@ -190,9 +226,16 @@ void* worker(void* arg) {
 
 }  // namespace
 
-int serve_requests(fuse_session* se, unsigned max_threads) {
+int serve_requests(fuse_session* se, unsigned max_threads, uint32_t busy_poll_us) {
   Loop l;
   l.se = se;
+  if (busy_poll_us > 0 && several_cpus()) {
+    const int fd = fuse_session_fd(se);
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags >= 0 && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0) {
+      l.busy_poll = std::chrono::microseconds(busy_poll_us);
+    }
+  }
   l.max_threads = max_threads < 2 ? 2 : max_threads;  // a reader and a watchdog at least
   sem_init(&l.finish, 0, 0);
 

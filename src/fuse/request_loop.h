@@ -15,7 +15,18 @@
 // request (an fsync, a cold read, a write that throttles), or busy for
 // 50 ms, it starts reading beside it, so slow requests do not hold up the
 // others for long.
+//
+// Busy polling: a thread that sleeps in read() is woken by the kernel when
+// a request comes, and on a VM that halts idle vCPUs the wakeup of a
+// thread on the other CPU costs tens of microseconds, more than most
+// requests take to serve. So after a request the reader keeps reading the
+// (non-blocking) device for a while before it sleeps in poll(): a
+// program's next request, usually a few microseconds away, is taken at
+// once. Measured on the 2-vCPU VM: 20,000 small files created in 4.3 s
+// instead of 9.7 s, random 4 KiB pwrites 2.7 times as fast.
 #pragma once
+
+#include <cstdint>
 
 struct fuse_session;
 
@@ -25,6 +36,11 @@ namespace uext::fuse {
 // (unmount, fuse_session_exit, or SIGTERM/SIGINT/SIGHUP through libfuse's
 // handlers, which must be installed: this thread waits for them while the
 // workers keep those signals blocked). Returns 0, or a negative errno.
-int serve_requests(fuse_session* se, unsigned max_threads);
+//
+// With `busy_poll_us` > 0 (and more than one CPU to run on), the reading
+// thread polls the device without sleeping for that long after each
+// request before it blocks: a program that sends its next request within
+// that time finds it taken at once, without a wakeup.
+int serve_requests(fuse_session* se, unsigned max_threads, uint32_t busy_poll_us = 0);
 
 }  // namespace uext::fuse
