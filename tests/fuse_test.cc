@@ -708,6 +708,63 @@ TEST_F(FusePosix, PermissionsAndOwnership) {
   EXPECT_EQ(st("pub/mine").st_mode & 07777, 0755u) << "writing must clear setuid";
 }
 
+// Which changes clear setuid, setgid and file capabilities, and for whom:
+// the same script on the kernel's ext4 and through the mount must leave the
+// same modes and attributes. The daemon clears the bits itself when the
+// kernel hands that over (FUSE_HANDLE_KILLPRIV_V2); capabilities the kernel
+// still removes.
+TEST(FuseKillPriv, SetuidSetgidAndCapabilitiesDropAsOnTheKernel) {
+  REQUIRE_FUSE();
+  TempDir t;
+  // security.capability: version 2, CAP_NET_RAW permitted and effective.
+  const std::string cap = "0x0100000201200000000000000000000000000000";
+  const std::string script = R"SH(set -e; cd "$1"; u() { setpriv --reuid=1000 --regid=1000 --clear-groups sh -c "$1"; }
+mk() { echo data > "$1"; chown "$2" "$1"; chmod "$3" "$1"; }
+mk w_suid 1000:1000 4755; u 'echo x >> w_suid'
+mk w_sgid_gx 1000:1000 2775; u 'echo x >> w_sgid_gx'
+mk w_sgid_nogx 1000:1000 2745; u 'echo x >> w_sgid_nogx'
+mk w_both_root 0:0 6777; u 'echo x >> w_both_root'
+mk root_writes 1000:1000 6755; echo x >> root_writes
+mk t_suid 1000:1000 4755; u 'truncate -s 1 t_suid'
+mk root_truncates 1000:1000 4755; truncate -s 1 root_truncates
+mk o_trunc 1000:1000 6775; u ': > o_trunc'
+mk chown_gx 1000:1000 6755; chown 1001 chown_gx
+mk chgrp_nogx 1000:1000 2745; chgrp 1001 chgrp_nogx
+mkdir dir_sgid; chown 1000:1000 dir_sgid; chmod 2775 dir_sgid; chown 1001 dir_sgid
+mk cfr 1000:1000 4755; echo src > cfr_src; u 'xfs_io -c "copy_range -s 0 -d 0 -l 4 cfr_src" cfr'
+mk falloc 1000:1000 2775; u 'fallocate -l 65536 falloc'
+mk again 1000:1000 0755; u 'echo x >> again'; chmod 4755 again; u 'echo y >> again'
+mk cap_root 1000:1000 0755; setfattr -n security.capability -v )SH" +
+                             cap + R"SH( cap_root; echo x >> cap_root
+mk cap_user 1000:1000 0755; u 'echo x >> cap_user'; setfattr -n security.capability -v )SH" +
+                             cap + R"SH( cap_user; u 'echo y >> cap_user'
+mk cap_kept 1000:1000 0755; setfattr -n security.capability -v )SH" +
+                             cap + R"SH( cap_kept; chmod 0755 cap_kept
+for f in *; do printf '%s %s ' "$f" "$(stat -c '%a %u:%g %s' "$f")"; getfattr --absolute-names -n security.capability "$f" > /dev/null 2>&1 && echo cap || echo -; done)SH";
+  const std::string kimg = make_image(t / "k.img", "64M");
+  ::mkdir((t / "k").c_str(), 0755);
+  std::string expected;
+  {
+    LoopMount k(kimg, t / "k", false);
+    ASSERT_TRUE(k.ok()) << k.error();
+    run_ok({"chmod", "777", t / "k"});
+    expected = run_ok({"sh", "-c", script, "sh", t / "k"});
+  }
+  const std::string img = make_image(t / "u.img", "64M");
+  FuseMount m(img, t / "mnt");
+  ASSERT_TRUE(m.ok()) << m.log();
+  run_ok({"chmod", "777", m.dir()});
+  const std::string seen = run_ok({"sh", "-c", script, "sh", m.dir()});
+  EXPECT_EQ(seen, expected);
+  // The kernel's own verdicts, for the record: a write by the owner
+  // clears setuid and (with group execute) setgid; root keeps them.
+  EXPECT_NE(expected.find("w_suid 755 "), std::string::npos) << expected;
+  EXPECT_NE(expected.find("root_writes 6755 "), std::string::npos) << expected;
+  EXPECT_NE(expected.find("cap_root 755 1000:1000 7 -"), std::string::npos) << expected;
+  ASSERT_EQ(m.unmount(), 0) << m.log();
+  EXPECT_TRUE(image_is_clean(img));
+}
+
 TEST_F(FusePosix, StickyAndSetgidDirectories) {
   sh_ok("cd " + mount_->dir() + " && mkdir tmp && chmod 1777 tmp && mkdir grp && chown 0:4242 grp && chmod 2777 grp");
   EXPECT_EQ(as(1000, 1000, "touch tmp/a").exit_code, 0);

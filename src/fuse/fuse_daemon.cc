@@ -20,6 +20,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -31,6 +32,7 @@
 #include <fmt/core.h>
 
 #include "fuse/image_guard.h"
+#include "fuse/killpriv.h"
 #include "fuse/request_loop.h"
 #include "fuse/uring_transport.h"
 #include "uext/filesystem.h"
@@ -346,6 +348,49 @@ class Daemon {
     return false;
   }
 
+  // Clearing setuid/setgid ourselves (fuse/killpriv.h): as a write,
+  // truncate or chown by a caller without CAP_FSETID does on ext4. The
+  // kernel still holds the old mode, so it is told to forget it.
+  Status drop_setid(Ino ino) {
+    auto st = fs_->stat(ino);
+    if (!st) return st.error();
+    const uint32_t perm = st->mode & 07777;
+    const uint32_t kept = killpriv::cleared_mode(perm);
+    if (kept == perm) return {};
+    SetAttr a;
+    a.mode = kept;
+    auto changed = fs_->setattr(ino, a);
+    if (!changed) return changed.error();
+    if (se_) fuse_lowlevel_notify_inval_inode(se_, to_fuse(ino), -1, 0);
+    return {};
+  }
+
+  // Whether the caller holds CAP_FSETID (in its effective set, as the
+  // kernel's capable() looks), for the changes the kernel does not flag
+  // (copy_file_range, fallocate). Only asked of files with setuid/setgid.
+  static bool caller_may_keep_setid(fuse_req_t req) {
+    const fuse_ctx* ctx = fuse_req_ctx(req);
+    std::ifstream status("/proc/" + std::to_string(ctx->pid) + "/status");
+    std::string line;
+    while (ctx->pid > 0 && std::getline(status, line)) {
+      if (line.rfind("CapEff:", 0) == 0) {
+        constexpr int kCapFsetid = 4;
+        return (std::stoull(line.substr(7), nullptr, 16) >> kCapFsetid) & 1;
+      }
+    }
+    return ctx->uid == 0;  // no /proc entry (the caller is gone): by its uid
+  }
+
+  // Before a change that ext4 treats as a write (file_modified): what the
+  // kernel left to us under FUSE_HANDLE_KILLPRIV_V2.
+  Status drop_setid_for_modification(fuse_req_t req, Ino ino) {
+    if (!killpriv::active()) return {};
+    auto st = fs_->stat(ino);
+    if (!st) return st.error();
+    if (killpriv::cleared_mode(st->mode) == st->mode || caller_may_keep_setid(req)) return {};
+    return drop_setid(ino);
+  }
+
   // ---- operations
 
   void init(fuse_conn_info* conn) {
@@ -429,6 +474,12 @@ class Daemon {
     // none (FUSE forwards ATTR_CTIME only with the writeback cache), and
     // an empty SetAttr sets ctime alone.
     if (refuse_change(req)) return;
+    if (killpriv::requested()) {  // a truncate or chown that clears setuid/setgid
+      auto now = fs_->stat(ino);
+      if (!now) return fail(req, "setattr", ino, now.error());
+      const uint32_t perm = a.mode ? *a.mode : now->mode & 07777;
+      if (killpriv::cleared_mode(perm) != perm) a.mode = killpriv::cleared_mode(perm);
+    }
     auto st = fs_->setattr(ino, a);
     if (!st) return fail(req, "setattr", ino, st.error());
     struct stat s = to_stat(*st);
@@ -563,6 +614,10 @@ class Daemon {
   void write(fuse_req_t req, fuse_ino_t fino, const char* data, size_t size, off_t off) {
     const Ino ino = to_ext(fino);
     if (refuse_change(req)) return;
+    if (killpriv::requested()) {
+      Status s = drop_setid(ino);
+      if (!s.ok()) return fail(req, "write", ino, s.error());
+    }
     auto n = fs_->write(ino, static_cast<uint64_t>(off),
                         std::span(reinterpret_cast<const std::byte*>(data), size));
     if (!n) return fail(req, "write", ino, n.error());
@@ -716,7 +771,9 @@ class Daemon {
     const Ino ino = to_ext(fino);
     if (refuse_change(req)) return;
     if (off < 0 || len <= 0) return fuse_reply_err(req, EINVAL), void();
-    Status s = fs_->fallocate(ino, mode, static_cast<uint64_t>(off), static_cast<uint64_t>(len));
+    Status s = drop_setid_for_modification(req, ino);
+    if (!s.ok()) return fail(req, "fallocate", ino, s.error());
+    s = fs_->fallocate(ino, mode, static_cast<uint64_t>(off), static_cast<uint64_t>(len));
     if (!s.ok()) return fail(req, "fallocate", ino, s.error());
     fuse_reply_err(req, 0);
   }
@@ -736,6 +793,7 @@ class Daemon {
     const Ino src = to_ext(in), dst = to_ext(out);
     if (refuse_change(req)) return;
     if (off_in < 0 || off_out < 0) return fuse_reply_err(req, EINVAL), void();
+    if (Status s = drop_setid_for_modification(req, dst); !s.ok()) return fail(req, "copy_file_range", dst, s.error());
     constexpr size_t kChunk = 1u << 20;
     std::vector<std::byte> buf(std::min(len, kChunk));
     size_t done = 0;
@@ -1130,6 +1188,16 @@ int run_mount(MountOptions opts) {
       }
       if (opts.debug) log.info(fmt::format("io_uring not used: {}; serving through /dev/fuse", why));
     }
+  }
+
+  // The /dev/fuse transport reads and writes through killpriv's hooks, so
+  // that the kernel leaves setuid/setgid to us and stops asking for
+  // security.capability before every write. Not with clone_fd: libfuse's
+  // own loop reads the cloned descriptors, and a request whose flags went
+  // unseen would keep bits it must lose.
+  if (!uring && !opts.clone_fd && !killpriv::install_device_io(se)) {
+    log.error(fmt::format("fuse_session_custom_io failed ({}); the kernel keeps clearing setuid/setgid itself",
+                          std::strerror(errno)));
   }
 
   if (!opts.foreground) {

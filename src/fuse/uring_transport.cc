@@ -27,6 +27,7 @@
 
 #include <fmt/format.h>
 
+#include "fuse/killpriv.h"
 #include "fuse/uring_abi.h"
 
 namespace uext::fuse {
@@ -379,6 +380,7 @@ void UringTransport::Impl::handle_request(Thread& th) {
   buf.mem = start;
   buf.size = in.len;
   t_serving = &e;
+  killpriv::note_request(buf.mem, buf.size);
   fuse_session_process_buf(se, &buf);
   t_serving = nullptr;
   if (!e.replied) {
@@ -430,6 +432,7 @@ void UringTransport::Impl::serve(Thread& th) {
 
 ssize_t UringTransport::Impl::on_read(int fd, void* buf, size_t len) {
   ssize_t n = ::read(fd, buf, len);
+  if (n > 0) killpriv::note_request(buf, static_cast<size_t>(n));
   if (n >= static_cast<ssize_t>(sizeof(fuse_in_header)) && init_unique.load(std::memory_order_relaxed) == 0) {
     const auto* in = static_cast<const fuse_in_header*>(buf);
     if (in->opcode == FUSE_INIT && n >= static_cast<ssize_t>(sizeof(fuse_in_header) + sizeof(fuse_init_in))) {
@@ -514,7 +517,7 @@ ssize_t UringTransport::Impl::on_writev(int fd, iovec* iov, int count) {
       // INIT's reply: ask for io_uring when the kernel offered it and the
       // reply is a success with the full fuse_init_out.
       if (!init_offered.load() || out->error != 0 || count != 2 || iov[1].iov_len < sizeof(fuse_init_out)) {
-        ssize_t n = ::writev(fd, iov, count);
+        ssize_t n = killpriv::write_init_reply(fd, iov, count);
         if (config.ready) {
           config.ready(false, init_offered.load() ? "FUSE over io_uring not used: INIT failed"
                                                   : "the kernel did not offer FUSE over io_uring in INIT");
@@ -525,6 +528,7 @@ ssize_t UringTransport::Impl::on_writev(int fd, iovec* iov, int count) {
       std::memcpy(&arg, iov[1].iov_base, sizeof arg);
       arg.flags |= abi::kInitExt;
       arg.flags2 |= static_cast<uint32_t>(abi::kOverIoUring >> 32);
+      killpriv::add_to_init_reply(arg);
       iovec patched[2] = {iov[0], {&arg, iov[1].iov_len}};
       std::vector<char> whole;
       if (iov[1].iov_len > sizeof arg) {  // keep what follows fuse_init_out, if anything
