@@ -13,7 +13,10 @@
  * caching, noflush on open files, and it answers getxattr with ENODATA
  * (the kernel asks security.capability before every write to a file that
  * may have it, as it does of uext). One request thread: the workload is one
- * process doing one system call at a time.
+ * process doing one system call at a time. Like uext (busy_poll_us=200),
+ * that thread polls /dev/fuse for 200 us after each request before it
+ * sleeps, so the floor pays the same wakeups as uext, not more
+ * (FLOOR_BUSY_POLL_US=0 sleeps at once, as libfuse's loop does).
  *
  *   cc -O2 -Wall -o fuse_floor fuse_floor.c $(pkg-config --cflags --libs fuse3)
  *   fuse_floor MOUNTPOINT [-o allow_other]     # runs in the foreground
@@ -24,6 +27,8 @@
 #include <fuse_lowlevel.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -352,6 +357,40 @@ static const struct fuse_lowlevel_ops ops = {
   .statfs = op_statfs,
 };
 
+static long long now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/* One thread: read a request, answer it, and poll for the next one for
+ * `poll_us` before sleeping in poll(2). */
+static int serve(struct fuse_session *se, long poll_us) {
+  struct fuse_buf buf = {0};
+  int fd = fuse_session_fd(se);
+  if (poll_us > 0) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  int rc = 0;
+  while (!fuse_session_exited(se)) {
+    long long until = now_ns() + poll_us * 1000;
+    int res;
+    while ((res = fuse_session_receive_buf(se, &buf)) == -EAGAIN && !fuse_session_exited(se)) {
+      if (now_ns() >= until) {
+        struct pollfd p = {fd, POLLIN, 0};
+        poll(&p, 1, -1);
+        until = now_ns() + poll_us * 1000;
+      }
+    }
+    if (res == -EINTR || res == -EAGAIN) continue;
+    if (res <= 0) {
+      rc = res < 0 && res != -ENODEV ? 1 : 0;
+      break;
+    }
+    fuse_session_process_buf(se, &buf);
+  }
+  free(buf.mem);
+  return rc;
+}
+
 int main(int argc, char *argv[]) {
   struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
   struct fuse_cmdline_opts opts;
@@ -369,7 +408,8 @@ int main(int argc, char *argv[]) {
   int rc = 1;
   if (fuse_set_signal_handlers(se) == 0) {
     if (fuse_session_mount(se, opts.mountpoint) == 0) {
-      rc = fuse_session_loop(se) != 0;
+      const char *poll_env = getenv("FLOOR_BUSY_POLL_US");
+      rc = serve(se, poll_env ? atol(poll_env) : 200);
       fuse_session_unmount(se);
     }
     fuse_remove_signal_handlers(se);
