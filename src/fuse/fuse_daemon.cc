@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -375,7 +376,7 @@ class Daemon {
     while (ctx->pid > 0 && std::getline(status, line)) {
       if (line.rfind("CapEff:", 0) == 0) {
         constexpr int kCapFsetid = 4;
-        return (std::stoull(line.substr(7), nullptr, 16) >> kCapFsetid) & 1;
+        return (std::strtoull(line.c_str() + 7, nullptr, 16) >> kCapFsetid) & 1;
       }
     }
     return ctx->uid == 0;  // no /proc entry (the caller is gone): by its uid
