@@ -999,6 +999,17 @@ long cpu_ms(pid_t pid) {
   return (utime + stime) * 1000 / ::sysconf(_SC_CLK_TCK);
 }
 
+// Requests through `file` every 20 ms for a second (open, write,
+// release, stat).
+void ping_for_a_second(const std::string& file) {
+  struct stat st {};
+  for (int i = 0; i < 50; ++i) {
+    std::ofstream(file) << i;
+    ::stat(file.c_str(), &st);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
 // busy_poll_us: after each request the daemon polls /dev/fuse that long
 // before it sleeps. Requests 20 ms apart keep a 100 ms poller busy, so the
 // daemon uses a good part of a CPU; without polling it sleeps between
@@ -1008,14 +1019,6 @@ TEST_F(FuseLife, BusyPollingSpinsOnlyWhileRequestsCome) {
   CPU_ZERO(&cpus);
   ASSERT_EQ(::sched_getaffinity(0, sizeof cpus, &cpus), 0);
   if (CPU_COUNT(&cpus) < 2) GTEST_SKIP() << "polling is off with a single CPU";
-  auto ping_for_a_second = [](const std::string& file) {
-    struct stat st {};
-    for (int i = 0; i < 50; ++i) {
-      std::ofstream(file) << i;  // open, write, release: requests every time
-      ::stat(file.c_str(), &st);
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  };
   long polled_ms = 0, quiet_ms = 0, idle_ms = 0;
   {
     FuseMount m(img_, t_ / "mnt", "busy_poll_us=100000");
@@ -1041,6 +1044,56 @@ TEST_F(FuseLife, BusyPollingSpinsOnlyWhileRequestsCome) {
   EXPECT_GT(polled_ms, 300) << "a 100 ms poller with requests every 20 ms should keep a CPU busy";
   EXPECT_LT(quiet_ms, 200) << "without polling the daemon sleeps between requests";
   EXPECT_LT(idle_ms, 100) << "the poller must sleep once requests stop";
+  EXPECT_TRUE(image_is_clean(img_));
+}
+
+// A daemon whose cgroup may use one CPU-second a second (a container
+// started with --cpus=1) does not poll: it would spend its share spinning.
+// The daemon is started from inside such a cgroup (cgroup v1's cpu
+// controller, or v2's), with a poll window that would otherwise keep it
+// busy.
+TEST_F(FuseLife, BusyPollingIsOffUnderACpuQuota) {
+  struct Hierarchy {
+    std::string base, limit_file, limit;
+  };
+  std::vector<Hierarchy> candidates = {
+      {"/sys/fs/cgroup/cpu", "cpu.cfs_quota_us", "100000"},
+      {"/sys/fs/cgroup/cpu,cpuacct", "cpu.cfs_quota_us", "100000"},
+      {"/sys/fs/cgroup", "cpu.max", "100000 100000"},
+  };
+  std::string group, base;
+  for (const auto& h : candidates) {
+    if (::access((h.base + "/" + h.limit_file).c_str(), F_OK) != 0 && h.limit_file != "cpu.max") continue;
+    const std::string dir = h.base + "/uext-test-" + std::to_string(::getpid());
+    if (::mkdir(dir.c_str(), 0755) != 0) continue;
+    std::ofstream(dir + "/" + h.limit_file) << h.limit;
+    if (read_file(dir + "/" + h.limit_file).rfind("100000", 0) == 0) {
+      group = dir;
+      base = h.base;
+      break;
+    }
+    ::rmdir(dir.c_str());
+  }
+  if (group.empty()) GTEST_SKIP() << "no cgroup with a cpu controller to set a quota in";
+  const std::string self = std::to_string(::getpid());
+  long used_ms = 0;
+  {
+    // The daemon inherits this process's cgroup at fork; this process
+    // goes back at once.
+    std::ofstream(group + "/cgroup.procs") << self;
+    FuseMount m(img_, t_ / "mnt", "busy_poll_us=100000");
+    std::ofstream(base + "/cgroup.procs") << self;
+    ASSERT_TRUE(m.ok()) << m.log();
+    EXPECT_NE(read_file("/proc/" + std::to_string(m.pid()) + "/cgroup").find(group.substr(base.size())),
+              std::string::npos)
+        << "the daemon is not in the cgroup";
+    const long before = cpu_ms(m.pid());
+    ping_for_a_second(m.path("f"));
+    used_ms = cpu_ms(m.pid()) - before;
+    ASSERT_EQ(m.unmount(), 0) << m.log();
+  }
+  ::rmdir(group.c_str());
+  EXPECT_LT(used_ms, 200) << "a daemon limited to one CPU must not poll";
   EXPECT_TRUE(image_is_clean(img_));
 }
 

@@ -251,7 +251,8 @@ std::string mount_options_help() {
                          next before sleeping (default 200; 0: never). Saves
                          the cross-CPU wakeup that dominates small requests
                          on virtual machines, for a busy CPU while requests
-                         flow; off with a single CPU
+                         flow; off when the daemon may use less than two
+                         CPUs (its affinity or its cgroup's CPU quota)
   clone_fd               one /dev/fuse descriptor per thread
   io_uring=auto|on|off   FUSE over io_uring (Linux 6.14+): requests are queued
                          per CPU and served by threads pinned to that CPU,

@@ -64,8 +64,9 @@ struct MountOptions {
   // next one this long before it sleeps (0: never polls). On machines where
   // waking a sleeping thread on another CPU is slow (virtual machines that
   // halt idle vCPUs) that wakeup dominates a small request; polling skips
-  // it at the cost of a busy CPU while requests keep coming. Not used with
-  // fewer than two CPUs, where it would take the CPU from the program.
+  // it at the cost of a busy CPU while requests keep coming. Not used when
+  // the daemon may use fewer than two CPUs (affinity, cgroup CPU quota),
+  // where it would take the CPU from the program or spend the quota.
   uint32_t busy_poll_us = 200;
   bool clone_fd = false;
   IoUringMode io_uring = IoUringMode::kAuto;

@@ -15,11 +15,15 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <fstream>
 #include <mutex>
+#include <sstream>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -103,13 +107,71 @@ int receive(Loop& l, fuse_buf& buf) {
   }
 }
 
-// Whether this process may run on more than one CPU: polling on the only
-// CPU would take it from the program that sends the requests.
-bool several_cpus() {
+// The CPU time per second a cgroup directory and its ancestors (up to
+// `top`) allow, in CPUs; a large number when none sets a quota. cgroup v2
+// keeps "QUOTA PERIOD" (or "max PERIOD") in cpu.max, v1 the two numbers
+// in cpu.cfs_quota_us (-1: none) and cpu.cfs_period_us.
+double cgroup_quota(std::string dir, const std::string& top, bool v2) {
+  double cpus = 1e9;
+  for (;;) {
+    double quota = -1, period = 0;
+    if (v2) {
+      std::ifstream in(dir + "/cpu.max");
+      std::string q;
+      if (in >> q >> period && q != "max") quota = std::strtod(q.c_str(), nullptr);
+    } else {
+      std::ifstream q(dir + "/cpu.cfs_quota_us"), p(dir + "/cpu.cfs_period_us");
+      if (!(q >> quota) || !(p >> period)) quota = -1;
+    }
+    if (quota > 0 && period > 0) cpus = std::min(cpus, quota / period);
+    if (dir.size() <= top.size()) return cpus;
+    dir.erase(dir.rfind('/'));
+  }
+}
+
+// CPUs this process may keep busy at once: its affinity, lowered by a CPU
+// quota of its cgroup (a container started with --cpus=1 on a larger host
+// sees every CPU in its affinity, but only one CPU-second a second).
+double usable_cpus() {
   cpu_set_t set;
   CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof set, &set) != 0) return false;
-  return CPU_COUNT(&set) > 1;
+  double cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+  // Where the cpu controller is mounted (mountinfo: root, mount point,
+  // and after " - ": type, source, super options).
+  std::string v1_root, v1_mount, v2_root, v2_mount;
+  std::ifstream mounts("/proc/self/mountinfo");
+  for (std::string line; std::getline(mounts, line);) {
+    std::istringstream f(line);
+    std::string id, parent, dev, root, mount, field;
+    f >> id >> parent >> dev >> root >> mount;
+    while (f >> field && field != "-") {}
+    std::string type, source, options;
+    f >> type >> source >> options;
+    if (type == "cgroup2" && v2_mount.empty()) {
+      v2_root = root;
+      v2_mount = mount;
+    } else if (type == "cgroup" && ("," + options + ",").find(",cpu,") != std::string::npos) {
+      v1_root = root;
+      v1_mount = mount;
+    }
+  }
+  // /proc/self/cgroup: "ID:CONTROLLERS:PATH", v2's with no controllers.
+  std::ifstream groups("/proc/self/cgroup");
+  for (std::string line; std::getline(groups, line);) {
+    const size_t a = line.find(':'), b = line.find(':', a + 1);
+    if (a == std::string::npos || b == std::string::npos) continue;
+    const std::string controllers = line.substr(a + 1, b - a - 1);
+    std::string path = line.substr(b + 1);
+    const bool v2 = controllers.empty();
+    if (!v2 && ("," + controllers + ",").find(",cpu,") == std::string::npos) continue;
+    const std::string& root = v2 ? v2_root : v1_root;
+    const std::string& mount = v2 ? v2_mount : v1_mount;
+    if (mount.empty()) continue;
+    if (root != "/" && path.rfind(root, 0) == 0) path.erase(0, root.size());
+    if (path == "/") path.clear();
+    cpus = std::min(cpus, cgroup_quota(mount + path, mount, v2));
+  }
+  return cpus;
 }
 
 // Whether a thread is running or waiting for a CPU ('R' in its stat) rather
@@ -229,7 +291,9 @@ void* worker(void* arg) {
 int serve_requests(fuse_session* se, unsigned max_threads, uint32_t busy_poll_us) {
   Loop l;
   l.se = se;
-  if (busy_poll_us > 0 && several_cpus()) {
+  // Polling keeps a CPU busy while requests come: not when that CPU is the
+  // program's own, or more than the process's share.
+  if (busy_poll_us > 0 && usable_cpus() >= 2) {
     const int fd = fuse_session_fd(se);
     const int flags = ::fcntl(fd, F_GETFL);
     if (flags >= 0 && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0) {

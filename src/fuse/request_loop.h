@@ -37,7 +37,8 @@ namespace uext::fuse {
 // handlers, which must be installed: this thread waits for them while the
 // workers keep those signals blocked). Returns 0, or a negative errno.
 //
-// With `busy_poll_us` > 0 (and more than one CPU to run on), the reading
+// With `busy_poll_us` > 0 (and at least two CPUs' worth of affinity and
+// cgroup CPU quota), the reading
 // thread polls the device without sleeping for that long after each
 // request before it blocks: a program that sends its next request within
 // that time finds it taken at once, without a wakeup.
