@@ -1021,7 +1021,8 @@ TEST_F(FuseLife, BusyPollingSpinsOnlyWhileRequestsCome) {
   if (CPU_COUNT(&cpus) < 2) GTEST_SKIP() << "polling is off with a single CPU";
   long polled_ms = 0, quiet_ms = 0, idle_ms = 0;
   {
-    FuseMount m(img_, t_ / "mnt", "busy_poll_us=100000");
+    // Polling is the /dev/fuse transport's (io_uring's per-CPU rings need none).
+    FuseMount m(img_, t_ / "mnt", "busy_poll_us=100000,io_uring=off");
     ASSERT_TRUE(m.ok()) << m.log();
     const long before = cpu_ms(m.pid());
     ping_for_a_second(m.path("f"));
@@ -1034,7 +1035,7 @@ TEST_F(FuseLife, BusyPollingSpinsOnlyWhileRequestsCome) {
     ASSERT_EQ(m.unmount(), 0) << m.log();
   }
   {
-    FuseMount m(img_, t_ / "mnt", "busy_poll_us=0");
+    FuseMount m(img_, t_ / "mnt", "busy_poll_us=0,io_uring=off");
     ASSERT_TRUE(m.ok()) << m.log();
     const long before = cpu_ms(m.pid());
     ping_for_a_second(m.path("f"));
@@ -1081,7 +1082,7 @@ TEST_F(FuseLife, BusyPollingIsOffUnderACpuQuota) {
     // The daemon inherits this process's cgroup at fork; this process
     // goes back at once.
     std::ofstream(group + "/cgroup.procs") << self;
-    FuseMount m(img_, t_ / "mnt", "busy_poll_us=100000");
+    FuseMount m(img_, t_ / "mnt", "busy_poll_us=100000,io_uring=off");
     std::ofstream(base + "/cgroup.procs") << self;
     ASSERT_TRUE(m.ok()) << m.log();
     EXPECT_NE(read_file("/proc/" + std::to_string(m.pid()) + "/cgroup").find(group.substr(base.size())),
