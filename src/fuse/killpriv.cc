@@ -66,11 +66,6 @@ void note_request(const void* mem, size_t len) {
         t_requested = (arg->valid & FATTR_KILL_SUIDGID) != 0;
       }
       break;
-    case FUSE_OPEN:
-      if (const auto* arg = first_arg<fuse_open_in>(mem, len)) {
-        t_requested = (arg->open_flags & FUSE_OPEN_KILL_SUIDGID) != 0;
-      }
-      break;
     default:
       break;
   }

@@ -5,9 +5,11 @@
 // (GETXATTR) before every write: a second round trip for each write(),
 // which doubled the cost of small writes. With it the kernel marks the
 // superblock SB_NOSEC, asks once per inode, and leaves setuid/setgid to
-// us, flagging each WRITE, SETATTR (truncate, chown) and OPEN whose caller
-// lacks CAP_FSETID. (Capabilities it still removes itself: through
-// REMOVEXATTR, and it forgets its per-inode mark whenever one is set.)
+// us, flagging each WRITE and SETATTR (truncate, chown) that must clear
+// them. (OPEN carries the flag only with atomic O_TRUNC, which the daemon
+// does not take: O_TRUNC arrives as a SETATTR. Capabilities the kernel
+// still removes itself, through REMOVEXATTR, and it forgets its per-inode
+// mark whenever one is set.)
 //
 // libfuse 3.14 neither asks for the feature nor passes those flags on. So
 // the daemon reads /dev/fuse through libfuse's custom I/O: the INIT reply
