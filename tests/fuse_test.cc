@@ -1498,5 +1498,22 @@ TEST_F(FuseUring, OffKeepsDevFuse) {
   finish(m);
 }
 
+// With no io_uring= at all the mount stays on /dev/fuse, switch or not:
+// polled, it is as fast (bench/README.md). FuseMount adds io_uring=off
+// unless UEXT_FUSE_MOUNT_OPTIONS says otherwise, so that says something
+// neutral here.
+TEST_F(FuseUring, DefaultIsDevFuse) {
+  const char* was = std::getenv("UEXT_FUSE_MOUNT_OPTIONS");
+  const std::string saved = was ? was : "";
+  ::setenv("UEXT_FUSE_MOUNT_OPTIONS", "rw", 1);
+  FuseMount m(img_, t_ / "mnt");
+  if (was) ::setenv("UEXT_FUSE_MOUNT_OPTIONS", saved.c_str(), 1);
+  else ::unsetenv("UEXT_FUSE_MOUNT_OPTIONS");
+  ASSERT_TRUE(m.ok()) << m.log();
+  EXPECT_EQ(ring_threads(m.pid()), 0);
+  sh_ok("echo plain > " + m.path("f"));
+  finish(m);
+}
+
 }  // namespace
 }  // namespace uext::testing

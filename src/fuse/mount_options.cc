@@ -256,11 +256,12 @@ std::string mount_options_help() {
   clone_fd               one /dev/fuse descriptor per thread
   io_uring=auto|on|off   FUSE over io_uring (Linux 6.14+): requests are queued
                          per CPU and served by threads pinned to that CPU,
-                         saving the cross-CPU wakeup of /dev/fuse. auto
-                         (default): use it when the kernel offers it
+                         saving the cross-CPU wakeup of /dev/fuse. auto: use
+                         it when the kernel offers it
                          (/sys/module/fuse/parameters/enable_uring is Y) and
                          registration works, else /dev/fuse; on: fail the
-                         mount if it cannot be used; off: /dev/fuse only
+                         mount if it cannot be used; off (default): /dev/fuse
+                         only, which with busy polling is as fast or faster
   allow_other            let every user access the mount (default when run
                          as root; other users need user_allow_other in
                          /etc/fuse.conf)
