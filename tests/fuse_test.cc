@@ -1042,7 +1042,9 @@ TEST_F(FuseLife, BusyPollingSpinsOnlyWhileRequestsCome) {
     quiet_ms = cpu_ms(m.pid()) - before;
     ASSERT_EQ(m.unmount(), 0) << m.log();
   }
-  EXPECT_GT(polled_ms, 300) << "a 100 ms poller with requests every 20 ms should keep a CPU busy";
+  // Alone it uses 1.2 s of CPU; without polling about 20 ms. The margin is
+  // for a loaded machine (ctest -j), where the poller shares its CPU.
+  EXPECT_GT(polled_ms, 150) << "a 100 ms poller with requests every 20 ms should keep a CPU busy";
   EXPECT_LT(quiet_ms, 200) << "without polling the daemon sleeps between requests";
   EXPECT_LT(idle_ms, 100) << "the poller must sleep once requests stop";
   EXPECT_TRUE(image_is_clean(img_));
