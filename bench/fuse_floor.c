@@ -16,7 +16,11 @@
  * process doing one system call at a time. Like uext (busy_poll_us=200),
  * that thread polls /dev/fuse for 200 us after each request before it
  * sleeps, so the floor pays the same wakeups as uext, not more
- * (FLOOR_BUSY_POLL_US=0 sleeps at once, as libfuse's loop does).
+ * (FLOOR_BUSY_POLL_US=0 sleeps at once, as libfuse's loop does). And like
+ * uext it asks for FUSE_HANDLE_KILLPRIV_V2 in INIT's reply (libfuse 3.14
+ * cannot; a custom I/O hook adds it), so the kernel asks for
+ * security.capability once per file, not before every write; it clears no
+ * setuid bits, having none to keep.
  *
  *   cc -O2 -Wall -o fuse_floor fuse_floor.c $(pkg-config --cflags --libs fuse3)
  *   fuse_floor MOUNTPOINT [-o allow_other]     # runs in the foreground
@@ -25,6 +29,8 @@
 #define FUSE_USE_VERSION 35
 #define _GNU_SOURCE
 #include <fuse_lowlevel.h>
+#include <linux/fuse.h>
+#include <sys/uio.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -357,6 +363,38 @@ static const struct fuse_lowlevel_ops ops = {
   .statfs = op_statfs,
 };
 
+/* ---- FUSE_HANDLE_KILLPRIV_V2 through libfuse's custom I/O ---- */
+
+static uint64_t init_unique;
+static int init_offers_v2;
+
+static ssize_t floor_read(int fd, void *buf, size_t len, void *userdata) {
+  (void)userdata;
+  ssize_t n = read(fd, buf, len);
+  const struct fuse_in_header *in = buf;
+  if (n >= (ssize_t)(sizeof *in + sizeof(struct fuse_init_in)) && in->opcode == FUSE_INIT) {
+    const struct fuse_init_in *arg = (const void *)(in + 1);
+    init_unique = in->unique;
+    init_offers_v2 = (arg->flags & FUSE_HANDLE_KILLPRIV_V2) != 0;
+  }
+  return n;
+}
+
+static ssize_t floor_writev(int fd, struct iovec *iov, int count, void *userdata) {
+  (void)userdata;
+  const struct fuse_out_header *out = iov[0].iov_base;
+  if (init_unique != 0 && out->unique == init_unique && out->error == 0 && init_offers_v2 && count == 2 &&
+      iov[1].iov_len >= sizeof(struct fuse_init_out) && iov[1].iov_len <= 4096) {
+    char arg[4096];
+    memcpy(arg, iov[1].iov_base, iov[1].iov_len);
+    ((struct fuse_init_out *)(void *)arg)->flags |= FUSE_HANDLE_KILLPRIV_V2;
+    struct iovec patched[2] = {iov[0], {arg, iov[1].iov_len}};
+    init_unique = 0;
+    return writev(fd, patched, 2);
+  }
+  return writev(fd, iov, count);
+}
+
 static long long now_ns(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
@@ -408,6 +446,8 @@ int main(int argc, char *argv[]) {
   int rc = 1;
   if (fuse_set_signal_handlers(se) == 0) {
     if (fuse_session_mount(se, opts.mountpoint) == 0) {
+      const struct fuse_custom_io io = {.read = floor_read, .writev = floor_writev};
+      if (fuse_session_custom_io(se, &io, fuse_session_fd(se)) != 0) fprintf(stderr, "fuse_floor: no custom I/O\n");
       const char *poll_env = getenv("FLOOR_BUSY_POLL_US");
       rc = serve(se, poll_env ? atol(poll_env) : 200);
       fuse_session_unmount(se);
