@@ -12,7 +12,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
 #include <atomic>
 #include <chrono>
 #include <cstdarg>
@@ -34,6 +33,7 @@
 
 #include "fuse/image_guard.h"
 #include "fuse/killpriv.h"
+#include "fuse/mountinfo.h"
 #include "fuse/request_loop.h"
 #include "fuse/uring_transport.h"
 #include "uext/filesystem.h"
@@ -951,23 +951,6 @@ void presize_descriptor_table() {
   ::close(base);
 }
 
-// A field of /proc/self/mountinfo with its octal escapes (\040 for a
-// space, ...) undone.
-std::string unescape_mountinfo(const std::string& field) {
-  std::string out;
-  for (size_t i = 0; i < field.size(); ++i) {
-    if (field[i] == '\\' && i + 3 < field.size() &&
-        std::isdigit(static_cast<unsigned char>(field[i + 1])) && std::isdigit(static_cast<unsigned char>(field[i + 2])) &&
-        std::isdigit(static_cast<unsigned char>(field[i + 3]))) {
-      out += static_cast<char>((field[i + 1] - '0') * 64 + (field[i + 2] - '0') * 8 + (field[i + 3] - '0'));
-      i += 3;
-    } else {
-      out += field[i];
-    }
-  }
-  return out;
-}
-
 // Sets the readahead window of the mount at `mount_path` (resolved before
 // mounting: resolving it now would send this very daemon a request that
 // no thread serves yet). The mount's backing device, "MAJ:MIN" of its FUSE
@@ -976,20 +959,10 @@ std::string unescape_mountinfo(const std::string& field) {
 // arrive as eight READs; sysfs lets only root change it.
 void set_read_ahead(const std::string& mount_path, uint32_t kb, bool debug, Log& log) {
   if (kb == 0 || mount_path.empty()) return;
-  std::FILE* f = std::fopen("/proc/self/mountinfo", "re");
-  if (!f) return;
   std::string device;
-  char* line = nullptr;
-  size_t cap = 0;
-  while (::getline(&line, &cap, f) > 0) {
-    // ID PARENT MAJ:MIN ROOT MOUNTPOINT ...
-    char dev[64], point[4096];
-    if (std::sscanf(line, "%*d %*d %63s %*s %4095s", dev, point) == 2 && unescape_mountinfo(point) == mount_path) {
-      device = dev;
-    }
+  for (const MountInfo& m : read_mountinfo()) {
+    if (m.mountpoint == mount_path) device = m.device;
   }
-  std::free(line);
-  std::fclose(f);
   if (device.empty()) return;
   const std::string knob = "/sys/class/bdi/" + device + "/read_ahead_kb";
   std::FILE* out = std::fopen(knob.c_str(), "we");

@@ -1,5 +1,7 @@
 #include "fuse/image_guard.h"
 
+#include "fuse/mountinfo.h"
+
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -31,27 +33,6 @@ ImageGuard& ImageGuard::operator=(ImageGuard&& other) noexcept {
   return *this;
 }
 
-std::string unescape_mount_field(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size()) {
-      bool octal = true;
-      int v = 0;
-      for (size_t k = 1; k <= 3; ++k) {
-        if (s[i + k] < '0' || s[i + k] > '7') octal = false;
-        v = v * 8 + (s[i + k] - '0');
-      }
-      if (octal) {
-        out += static_cast<char>(v);
-        i += 3;
-        continue;
-      }
-    }
-    out += s[i];
-  }
-  return out;
-}
-
 int flock_holder_pid(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) return 0;
@@ -74,21 +55,8 @@ int flock_holder_pid(const std::string& path) {
 }
 
 std::string uext_mountpoint_of(const std::string& fsname) {
-  std::ifstream info("/proc/self/mountinfo");
-  std::string line;
-  while (std::getline(info, line)) {
-    // id parent maj:min root mountpoint options [optional...] - fstype source superoptions
-    std::istringstream in(line);
-    std::vector<std::string> f;
-    std::string w;
-    while (in >> w) f.push_back(w);
-    size_t dash = 0;
-    for (size_t i = 6; i < f.size(); ++i) {
-      if (f[i] == "-") { dash = i; break; }
-    }
-    if (dash == 0 || dash + 2 >= f.size() || f.size() < 5) continue;
-    if (f[dash + 1] != "fuse.uext") continue;
-    if (unescape_mount_field(f[dash + 2]) == fsname) return unescape_mount_field(f[4]);
+  for (const MountInfo& m : read_mountinfo()) {
+    if (m.fstype == "fuse.uext" && m.source == fsname) return m.mountpoint;
   }
   return {};
 }

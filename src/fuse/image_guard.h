@@ -44,8 +44,6 @@ class ImageGuard {
 
 // The pid holding a flock on the file (from /proc/locks), 0 if none found.
 int flock_holder_pid(const std::string& path);
-// /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
-std::string unescape_mount_field(const std::string& s);
 // Where a uext (fuse.uext) mount with this source is mounted, "" if none.
 std::string uext_mountpoint_of(const std::string& fsname);
 

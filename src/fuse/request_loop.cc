@@ -1,6 +1,8 @@
 #define FUSE_USE_VERSION FUSE_MAKE_VERSION(3, 12)
 #include "fuse/request_loop.h"
 
+#include "fuse/mountinfo.h"
+
 #include <fuse_lowlevel.h>
 #include <pthread.h>
 #include <semaphore.h>
@@ -22,7 +24,6 @@
 #include <cstdlib>
 #include <fstream>
 #include <mutex>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -136,23 +137,15 @@ double usable_cpus() {
   cpu_set_t set;
   CPU_ZERO(&set);
   double cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
-  // Where the cpu controller is mounted (mountinfo: root, mount point,
-  // and after " - ": type, source, super options).
+  // Where the cpu controller is mounted.
   std::string v1_root, v1_mount, v2_root, v2_mount;
-  std::ifstream mounts("/proc/self/mountinfo");
-  for (std::string line; std::getline(mounts, line);) {
-    std::istringstream f(line);
-    std::string id, parent, dev, root, mount, field;
-    f >> id >> parent >> dev >> root >> mount;
-    while (f >> field && field != "-") {}
-    std::string type, source, options;
-    f >> type >> source >> options;
-    if (type == "cgroup2" && v2_mount.empty()) {
-      v2_root = root;
-      v2_mount = mount;
-    } else if (type == "cgroup" && ("," + options + ",").find(",cpu,") != std::string::npos) {
-      v1_root = root;
-      v1_mount = mount;
+  for (const MountInfo& m : read_mountinfo()) {
+    if (m.fstype == "cgroup2" && v2_mount.empty()) {
+      v2_root = m.root;
+      v2_mount = m.mountpoint;
+    } else if (m.fstype == "cgroup" && ("," + m.super_options + ",").find(",cpu,") != std::string::npos) {
+      v1_root = m.root;
+      v1_mount = m.mountpoint;
     }
   }
   // /proc/self/cgroup: "ID:CONTROLLERS:PATH", v2's with no controllers.

@@ -19,7 +19,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -27,6 +26,7 @@
 
 #include "fuse/fuse_daemon.h"
 #include "fuse/image_guard.h"
+#include "fuse/mountinfo.h"
 
 namespace uext::fuse {
 namespace {
@@ -37,26 +37,10 @@ struct MountEntry {
 
 // The topmost mount on `path` (the last one listed), if any.
 bool find_mount(const std::string& path, MountEntry& found) {
-  std::ifstream info("/proc/self/mountinfo");
-  std::string line;
   bool any = false;
-  while (std::getline(info, line)) {
-    // id parent maj:min root mountpoint options [optional...] - fstype source superoptions
-    std::istringstream in(line);
-    std::vector<std::string> f;
-    std::string w;
-    while (in >> w) f.push_back(w);
-    if (f.size() < 7) continue;
-    size_t dash = 0;
-    for (size_t i = 6; i < f.size(); ++i) {
-      if (f[i] == "-") {
-        dash = i;
-        break;
-      }
-    }
-    if (dash == 0 || dash + 2 >= f.size()) continue;
-    if (unescape_mount_field(f[4]) != path) continue;
-    found = {path, f[dash + 1], unescape_mount_field(f[dash + 2])};
+  for (const MountInfo& m : read_mountinfo()) {
+    if (m.mountpoint != path) continue;
+    found = {path, m.fstype, m.source};
     any = true;
   }
   return any;
