@@ -148,10 +148,11 @@ unsigned possible_cpus() {
     while (pos < list.size()) {
       size_t comma = list.find(',', pos);
       std::string part = list.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
-      size_t dash = part.find('-');
-      unsigned a = static_cast<unsigned>(std::stoul(part.substr(0, dash)));
-      unsigned b = dash == std::string::npos ? a : static_cast<unsigned>(std::stoul(part.substr(dash + 1)));
-      count += b - a + 1;
+      // strtoul, not stoul: a line that is not "A-B,C" must not throw.
+      const size_t dash = part.find('-');
+      const unsigned a = static_cast<unsigned>(std::strtoul(part.c_str(), nullptr, 10));
+      const unsigned b = dash == std::string::npos ? a : static_cast<unsigned>(std::strtoul(part.c_str() + dash + 1, nullptr, 10));
+      if (b >= a) count += b - a + 1;
       if (comma == std::string::npos) break;
       pos = comma + 1;
     }
