@@ -533,6 +533,54 @@ TEST(DelallocReservation, SourceFaultingPartWayKeepsNoPagesPastTheEnd) {
 // (debug builds abort when writepages, sync or close find otherwise; this
 // checks the same sums in every build) through writers, truncates, punches
 // and writeback on a filesystem that runs full.
+// write() with `accepted`, as the FUSE daemon answers: the callback comes
+// once, with the count, before write() returns; a reader started from it
+// waits for the copy and sees the new bytes; a write refused for space
+// never calls it; without delayed allocation it comes at the end.
+TEST(DelallocReservation, AcceptedComesOnceBeforeTheCopyAndNeverOnEnospc) {
+  TempDir tmp;
+  const std::string image = tmp / "accept.img";
+  mkfs(image, "32M");
+  for (bool delalloc : {true, false}) {
+    SCOPED_TRACE(delalloc ? "delalloc" : "nodelalloc");
+    auto fs = open_rw(image, delalloc, 600000);
+    ASSERT_TRUE(fs);
+    auto f = fs->create(kRootIno, delalloc ? "a" : "b", 0100644, {});
+    ASSERT_TRUE(f.ok()) << f.error().message();
+    const std::string old_bytes = pattern(1, 0, 64 * 1024);
+    ASSERT_TRUE(fs->write(f->ino, 0, bytes_of(old_bytes)).ok());
+    const std::string data = pattern(2, 4096, 100 * 1024 + 5);
+    int calls = 0;
+    size_t count = 0;
+    std::string seen;
+    std::thread reader;
+    auto n = fs->write(f->ino, 4096, bytes_of(data), [&](size_t c) {
+      ++calls;
+      count = c;
+      reader = std::thread([&] { seen = read_range(*fs, f->ino, 4096, data.size()); });
+    });
+    ASSERT_TRUE(n.ok()) << n.error().message();
+    if (reader.joinable()) reader.join();
+    EXPECT_EQ(*n, data.size());
+    EXPECT_EQ(calls, 1);
+    EXPECT_EQ(count, data.size());
+    EXPECT_TRUE(same(seen, data));
+    close_and_check(fs, image);
+  }
+  auto fs = open_rw(image);
+  ASSERT_TRUE(fs);
+  auto f = fs->create(kRootIno, "full", 0100644, {});
+  ASSERT_TRUE(f.ok());
+  const uint64_t size = fill_up(*fs, f->ino);
+  int calls = 0;
+  const std::string more = pattern(3, size + kMiB, 8192);
+  auto n = fs->write(f->ino, size + kMiB, bytes_of(more), [&](size_t) { ++calls; });
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.error().code(), ENOSPC) << n.error().message();
+  EXPECT_EQ(calls, 0);
+  close_and_check(fs, image);
+}
+
 TEST(DelallocReservation, ReservationsAddUpToTheCounter) {
   TempDir tmp;
   const std::string image = tmp / "audit.img";

@@ -292,6 +292,17 @@ class Filesystem {
   // from this call, never later. Ordered data: the bytes reach the image
   // before the metadata that points at them.
   virtual Result<size_t> write(Ino ino, uint64_t offset, std::span<const std::byte> buf) = 0;
+  // write() for a server that answers its own client as soon as the write
+  // is certain. `accepted(n)` is called once on success, before the call
+  // returns: with delayed allocation as soon as space for the n bytes is
+  // reserved and their pages are in place, before the bytes are copied
+  // (reads of the file wait for the copy); otherwise at the end. It runs
+  // with the inode's locks held and must not call into the filesystem.
+  // `buf` must not lie in a uext mapping. Should the copy fail after
+  // `accepted` (no memory for the page), the error is returned and kept as
+  // a writeback error, which the file's next fsync reports.
+  virtual Result<size_t> write(Ino ino, uint64_t offset, std::span<const std::byte> buf,
+                               const std::function<void(size_t)>& accepted) = 0;
   // fallocate(2): mode 0 or kFallocKeepSize allocates (as unwritten extents
   // on extent-mapped files, else EOPNOTSUPP), kFallocPunchHole (with
   // kFallocKeepSize) frees, kFallocZeroRange zeroes.

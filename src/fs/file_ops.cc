@@ -43,10 +43,33 @@ uint32_t FilesystemImpl::extents_per_handle(const InodeRecord& rec) {
   return k;
 }
 
+Result<size_t> FilesystemImpl::write(Ino ino, uint64_t offset, std::span<const std::byte> buf,
+                                     const std::function<void(size_t)>& accepted) {
+  UEXT_TRY(check_writable());
+  if (buf.empty() || vm::in_mapping(buf.data(), buf.size())) {
+    UEXT_ASSIGN_OR_RETURN(size_t n, write(ino, offset, buf));
+    accepted(n);
+    return n;
+  }
+  bool called = false;
+  const std::function<void(size_t)> once = [&](size_t n) {
+    called = true;
+    accepted(n);
+  };
+  UEXT_ASSIGN_OR_RETURN(size_t n, write_locked_or_cached(ino, offset, buf, &once));
+  if (!called) accepted(n);
+  return n;
+}
+
 Result<size_t> FilesystemImpl::write(Ino ino, uint64_t offset, std::span<const std::byte> buf) {
   UEXT_TRY(check_writable());
   if (buf.empty()) return size_t{0};
   if (vm::in_mapping(buf.data(), buf.size())) return bounce_write(ino, offset, buf);
+  return write_locked_or_cached(ino, offset, buf, nullptr);
+}
+
+Result<size_t> FilesystemImpl::write_locked_or_cached(Ino ino, uint64_t offset, std::span<const std::byte> buf,
+                                                      const std::function<void(size_t)>* accepted) {
   auto lock = itable_.lock(ino);
   UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
   if (S_ISDIR(rec.inode.i_mode)) return Error(EISDIR, fmt::format("inode {}: Is a directory", ino));
@@ -58,7 +81,7 @@ Result<size_t> FilesystemImpl::write(Ino ino, uint64_t offset, std::span<const s
   }
   if (uses_delalloc(rec)) {
     // mtime and ctime, like the size, reach the disk with the data.
-    UEXT_ASSIGN_OR_RETURN(size_t n, cached_write(rec, offset, buf));
+    UEXT_ASSIGN_OR_RETURN(size_t n, cached_write(rec, offset, buf, accepted));
     lock.unlock();
     UEXT_TRY(balance_dirty(ino));
     if (cache_->too_many_files()) {

@@ -88,6 +88,8 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   // file_ops.cc
   Result<Stat> setattr(Ino ino, const SetAttr& attr) override;
   Result<size_t> write(Ino ino, uint64_t offset, std::span<const std::byte> buf) override;
+  Result<size_t> write(Ino ino, uint64_t offset, std::span<const std::byte> buf,
+                       const std::function<void(size_t)>& accepted) override;
   Status fallocate(Ino ino, int mode, uint64_t offset, uint64_t length) override;
   Result<uint64_t> seek(Ino ino, uint64_t offset, int whence) override;
   Status fsync(Ino ino, bool datasync) override;
@@ -183,7 +185,12 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   uint32_t prealloc_window(uint64_t size_blocks) const;
   // write() of a delayed-allocation file: reserve, then copy into the
   // cache. May write less than asked (ENOSPC part-way). Inode lock held.
-  Result<size_t> cached_write(InodeRecord& rec, uint64_t offset, std::span<const std::byte> buf);
+  // `accepted`, when given, is called between the two (Filesystem::write).
+  // write() past its argument checks, for both forms.
+  Result<size_t> write_locked_or_cached(Ino ino, uint64_t offset, std::span<const std::byte> buf,
+                                        const std::function<void(size_t)>* accepted);
+  Result<size_t> cached_write(InodeRecord& rec, uint64_t offset, std::span<const std::byte> buf,
+                              const std::function<void(size_t)>* accepted = nullptr);
   // Writes back every dirty page of `file` (inode lock held); a failure is
   // recorded for the file's descriptions.
   Status writepages(InodeRecord& rec, cache::CachedFile& file);

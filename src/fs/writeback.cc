@@ -90,7 +90,8 @@ Status FilesystemImpl::reserve_delayed(const InodeRecord& rec, CachedFile& file,
   return {};
 }
 
-Result<size_t> FilesystemImpl::cached_write(InodeRecord& rec, uint64_t offset, std::span<const std::byte> buf) {
+Result<size_t> FilesystemImpl::cached_write(InodeRecord& rec, uint64_t offset, std::span<const std::byte> buf,
+                                            const std::function<void(size_t)>* accepted) {
   const uint32_t ino = rec.ino;
   const uint64_t bs = vol_->block_size();
   const uint64_t bpp = kPageSize / bs;
@@ -120,8 +121,13 @@ Result<size_t> FilesystemImpl::cached_write(InodeRecord& rec, uint64_t offset, s
     auto try_reserve = [&](uint64_t pages) -> Status {
       std::lock_guard lock(file->mu);
       uint64_t new_delayed = 0;
-      auto it = file->pages().lower_bound(first_page);
-      for (uint64_t i = 0; i < pages; ++i) {
+      // Over allocated or unwritten blocks (a rewrite, a preallocated
+      // file) nothing needs space: skip the walk of the page map, whose
+      // nodes are cache misses in a large file.
+      const bool any_hole = std::find(hole.begin(), hole.begin() + static_cast<long>(pages), true) !=
+                            hole.begin() + static_cast<long>(pages);
+      auto it = any_hole ? file->pages().lower_bound(first_page) : file->pages().end();
+      for (uint64_t i = 0; any_hole && i < pages; ++i) {
         while (it != file->pages().end() && it->first < first_page + i) ++it;
         const bool delayed = it != file->pages().end() && it->first == first_page + i &&
                              (it->second.flags & cache::kDelayed);
@@ -169,10 +175,20 @@ Result<size_t> FilesystemImpl::cached_write(InodeRecord& rec, uint64_t offset, s
     file->mark_dirty(index, page, hole[index - first_page]);
     return {};
   }));
-  // The pages are in place (and dirty, under the lock): now the bytes.
+  // The pages are in place (and dirty, under the lock): the write can no
+  // longer fail for want of space, and a server may answer now, while the
+  // bytes are copied (a reader waits for `mu`).
+  if (accepted) (*accepted)(write_end - offset);
   auto copy = file->copy_in(offset, buf.first(write_end - offset));
   const size_t copied = copy.ok() ? *copy : 0;
   const uint64_t copied_end = offset + copied;
+  if (accepted && copied < write_end - offset) {
+    // Already answered as written: the loss must reach fsync.
+    cache_->wb_errors.record(ino, EIO,
+                             fmt::format("inode {}: write at byte {} answered before its copy into the page cache "
+                                         "failed ({})",
+                                         ino, offset + copied, copy.ok() ? "short copy" : copy.error().message()));
+  }
   if (copied < write_end - offset) {
     // The source faulted part-way (EFAULT when nothing came). Pages this
     // write marked that now lie wholly past the end of the file hold only

@@ -619,10 +619,25 @@ class Daemon {
       Status s = drop_setid(ino);
       if (!s.ok()) return fail(req, "write", ino, s.error());
     }
-    auto n = fs_->write(ino, static_cast<uint64_t>(off),
-                        std::span(reinterpret_cast<const std::byte*>(data), size));
+    const std::span bytes(reinterpret_cast<const std::byte*>(data), size);
+    if (serving_ring_request()) {
+      auto n = fs_->write(ino, static_cast<uint64_t>(off), bytes);
+      if (!n) return fail(req, "write", ino, n.error());
+      fuse_reply_write(req, *n);
+      return;
+    }
+    // Answered once the space is reserved, while the library copies the
+    // bytes into the page cache: the writer runs again a copy sooner, and
+    // on a VM its CPU may not have gone idle yet. The request's buffer is
+    // this thread's until the handler returns.
+    bool replied = false;
+    auto n = fs_->write(ino, static_cast<uint64_t>(off), bytes, [&](size_t count) {
+      fuse_reply_write(req, count);
+      replied = true;
+    });
+    if (!n && replied) return report("write", names_.path(ino), ino, n.error());  // the fsync hears of it
     if (!n) return fail(req, "write", ino, n.error());
-    fuse_reply_write(req, *n);
+    if (!replied) fuse_reply_write(req, *n);
   }
 
   // `file` is the description's OpenFile, null for a directory (no opendir:

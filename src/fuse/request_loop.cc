@@ -264,7 +264,10 @@ void* worker(void* arg) {
       break;
     }
     l.taken = Clock::now();
-    l.taker = static_cast<pid_t>(::gettid());
+    // gettid() is a system call each time (about a microsecond here, on
+    // every request): ask once per thread.
+    thread_local const pid_t self = static_cast<pid_t>(::gettid());
+    l.taker = self;
     if (l.watchdog_idle) l.watch.notify_one();
     lock.unlock();
     fuse_session_process_buf(l.se, &buf);

@@ -90,6 +90,8 @@ thread_local Entry* t_serving = nullptr;
 
 }  // namespace
 
+bool serving_ring_request() { return t_serving != nullptr; }
+
 struct UringTransport::Impl {
   fuse_session* se = nullptr;
   int dev_fd = -1;

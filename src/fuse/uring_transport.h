@@ -35,6 +35,11 @@ namespace uext::fuse {
 // /sys/module/fuse/parameters/enable_uring. Empty when it is, else why not.
 std::string uring_unavailable_reason();
 
+// Whether the calling thread is serving a request that came through a
+// ring. Its reply lands in the entry that holds the request, over the
+// request's data: the handler must be done with the data before it replies.
+bool serving_ring_request();
+
 class UringTransport {
  public:
   struct Config {
