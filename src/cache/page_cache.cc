@@ -24,6 +24,7 @@ PageCache::PageCache(const CacheOptions& options) : options_(options) {
   if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) {
     max_memfds_ = std::max<int64_t>(64, static_cast<int64_t>(limit.rlim_cur) / 4);
   }
+  max_spares_ = static_cast<size_t>(std::max<int64_t>(64, max_memfds_ / 2));
 }
 
 PageCache::~PageCache() {
@@ -48,13 +49,13 @@ bool PageCache::give_spare(const SpareMemfd& spare) {
   if (spare.map_pages > kMaxSpareMapPages) return false;
   {
     std::lock_guard lock(spare_mu_);
-    if (spares_.size() >= kMaxSpareMemfds) return false;
+    if (spares_.size() >= max_spares_) return false;
   }
   // Empty, so that the next file starts from zeros and the memory goes
   // back now (outside the lock: it frees every page left).
   if (ftruncate(spare.fd, 0) != 0) return false;
   std::lock_guard lock(spare_mu_);
-  if (spares_.size() >= kMaxSpareMemfds) return false;
+  if (spares_.size() >= max_spares_) return false;
   spares_.push_back(spare);
   return true;
 }

@@ -254,7 +254,10 @@ class PageCache {
     std::byte* map;
     uint64_t map_pages;
   };
-  static constexpr size_t kMaxSpareMemfds = 64;
+  // Half the memfd bound: shrink() lets files go down to that half at once,
+  // and a pool that takes them all leaves the next run of new files (a
+  // tree being unpacked) nothing to create. With 64 it was every other file.
+  size_t max_spares_ = 64;
   static constexpr uint64_t kEvictSlicePages = 512;  // 2 MiB
   static constexpr uint64_t kMaxSpareMapPages = 256;  // 1 MiB of address space each
   bool take_spare(SpareMemfd& out);
