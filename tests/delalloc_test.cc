@@ -17,6 +17,7 @@
 #include <mutex>
 #include <regex>
 #include <sstream>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -554,11 +555,13 @@ TEST(DelallocReservation, AcceptedComesOnceBeforeTheCopyAndNeverOnEnospc) {
     size_t count = 0;
     std::string seen;
     std::thread reader;
-    auto n = fs->write(f->ino, 4096, bytes_of(data), [&](size_t c) {
+    WriteOptions wo;
+    wo.accepted = [&](size_t c) {
       ++calls;
       count = c;
       reader = std::thread([&] { seen = read_range(*fs, f->ino, 4096, data.size()); });
-    });
+    };
+    auto n = fs->write(f->ino, 4096, bytes_of(data), wo);
     ASSERT_TRUE(n.ok()) << n.error().message();
     if (reader.joinable()) reader.join();
     EXPECT_EQ(*n, data.size());
@@ -574,11 +577,61 @@ TEST(DelallocReservation, AcceptedComesOnceBeforeTheCopyAndNeverOnEnospc) {
   const uint64_t size = fill_up(*fs, f->ino);
   int calls = 0;
   const std::string more = pattern(3, size + kMiB, 8192);
-  auto n = fs->write(f->ino, size + kMiB, bytes_of(more), [&](size_t) { ++calls; });
+  WriteOptions counting;
+  counting.accepted = [&](size_t) { ++calls; };
+  auto n = fs->write(f->ino, size + kMiB, bytes_of(more), counting);
   ASSERT_FALSE(n.ok());
   EXPECT_EQ(n.error().code(), ENOSPC) << n.error().message();
   EXPECT_EQ(calls, 0);
   close_and_check(fs, image);
+}
+
+// WriteOptions::drop_setid, as ext4's file_remove_privs: setuid always,
+// setgid only with group execute; the callback hears the new bits; e2fsck
+// and the kernel's view (debugfs) agree afterwards.
+TEST(WriteOptions, DropSetidClearsWhatExt4ClearsAndSaysSo) {
+  TempDir tmp;
+  const std::string image = tmp / "setid.img";
+  mkfs(image, "32M");
+  struct Case {
+    uint32_t mode;
+    bool drop;
+    uint32_t want;
+  };
+  const Case cases[] = {{06755, true, 0755}, {02775, true, 0775},   {02745, true, 02745},
+                        {02605, true, 02605}, {04644, true, 0644}, {06755, false, 06755}, {0755, true, 0755}};
+  for (bool delalloc : {true, false}) {
+    auto fs = open_rw(image, delalloc);
+    ASSERT_TRUE(fs);
+    int i = 0;
+    for (const Case& c : cases) {
+      SCOPED_TRACE(fmt::format("{} mode {:o} drop {}", delalloc ? "delalloc" : "nodelalloc", c.mode, c.drop));
+      auto f = fs->create(kRootIno, fmt::format("{}{}", delalloc ? "d" : "n", i++), 0100000 | c.mode, {});
+      ASSERT_TRUE(f.ok()) << f.error().message();
+      SetAttr exact;  // the umask-free mode, setgid included
+      exact.mode = c.mode;
+      ASSERT_TRUE(fs->setattr(f->ino, exact).ok());
+      std::optional<uint32_t> heard;
+      WriteOptions wo;
+      wo.drop_setid = c.drop;
+      wo.setid_dropped = [&](uint32_t m) { heard = m; };
+      const std::string data = pattern(4, 0, 5000);
+      auto n = fs->write(f->ino, 0, bytes_of(data), wo);
+      ASSERT_TRUE(n.ok()) << n.error().message();
+      auto st = fs->stat(f->ino);
+      ASSERT_TRUE(st.ok());
+      EXPECT_EQ(st->mode & 07777, c.want);
+      if (c.want != c.mode) {
+        ASSERT_TRUE(heard.has_value());
+        EXPECT_EQ(*heard, c.want);
+      } else {
+        EXPECT_FALSE(heard.has_value());
+      }
+      EXPECT_TRUE(same(read_range(*fs, f->ino, 0, 8192), data));
+    }
+    close_and_check(fs, image);
+  }
+  EXPECT_NE(debugfs(image, "stat /d0").find("Mode:  0755"), std::string::npos) << debugfs(image, "stat /d0");
 }
 
 TEST(DelallocReservation, ReservationsAddUpToTheCounter) {

@@ -149,6 +149,24 @@ struct Owner {
 };
 
 // What setattr changes: the fields that hold a value.
+struct WriteOptions {
+  // For a server that answers its own client as soon as the write is
+  // certain. Called once on success, before write() returns: with delayed
+  // allocation as soon as space for the n bytes is reserved and their pages
+  // are in place, before the bytes are copied (reads of the file wait for
+  // the copy); otherwise at the end. It runs with the inode's locks held and
+  // must not call into the filesystem. Should the copy fail after it (no
+  // memory for a page), write() returns the error and keeps it as a
+  // writeback error, which the file's next fsync reports.
+  std::function<void(size_t n)> accepted;
+  // A writer without CAP_FSETID: clear setuid, and setgid when group
+  // execute is set, as ext4 does on write (file_remove_privs), under the
+  // same inode lock as the write. `setid_dropped` then hears the new
+  // permission bits, if anything was cleared.
+  bool drop_setid = false;
+  std::function<void(uint32_t mode)> setid_dropped;
+};
+
 struct SetAttr {
   std::optional<uint32_t> mode;  // permission bits, setuid/setgid/sticky; the type stays
   std::optional<uint32_t> uid;
@@ -292,17 +310,9 @@ class Filesystem {
   // from this call, never later. Ordered data: the bytes reach the image
   // before the metadata that points at them.
   virtual Result<size_t> write(Ino ino, uint64_t offset, std::span<const std::byte> buf) = 0;
-  // write() for a server that answers its own client as soon as the write
-  // is certain. `accepted(n)` is called once on success, before the call
-  // returns: with delayed allocation as soon as space for the n bytes is
-  // reserved and their pages are in place, before the bytes are copied
-  // (reads of the file wait for the copy); otherwise at the end. It runs
-  // with the inode's locks held and must not call into the filesystem.
-  // `buf` must not lie in a uext mapping. Should the copy fail after
-  // `accepted` (no memory for the page), the error is returned and kept as
-  // a writeback error, which the file's next fsync reports.
+  // write() as a server (the FUSE daemon) needs it; see WriteOptions.
   virtual Result<size_t> write(Ino ino, uint64_t offset, std::span<const std::byte> buf,
-                               const std::function<void(size_t)>& accepted) = 0;
+                               const WriteOptions& options) = 0;
   // fallocate(2): mode 0 or kFallocKeepSize allocates (as unwritten extents
   // on extent-mapped files, else EOPNOTSUPP), kFallocPunchHole (with
   // kFallocKeepSize) frees, kFallocZeroRange zeroes.

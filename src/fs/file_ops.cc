@@ -44,32 +44,55 @@ uint32_t FilesystemImpl::extents_per_handle(const InodeRecord& rec) {
 }
 
 Result<size_t> FilesystemImpl::write(Ino ino, uint64_t offset, std::span<const std::byte> buf,
-                                     const std::function<void(size_t)>& accepted) {
+                                     const WriteOptions& options) {
   UEXT_TRY(check_writable());
+  auto answer = [&](size_t n) {
+    if (options.accepted) options.accepted(n);
+  };
   if (buf.empty() || vm::in_mapping(buf.data(), buf.size())) {
+    // Not a server's buffer: the setid bits go in a step of their own.
+    if (options.drop_setid && !buf.empty()) {
+      auto lock = itable_.lock(ino);
+      UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
+      UEXT_TRY(drop_setid_locked(rec, options));
+    }
     UEXT_ASSIGN_OR_RETURN(size_t n, write(ino, offset, buf));
-    accepted(n);
+    answer(n);
     return n;
   }
   bool called = false;
   const std::function<void(size_t)> once = [&](size_t n) {
     called = true;
-    accepted(n);
+    answer(n);
   };
-  UEXT_ASSIGN_OR_RETURN(size_t n, write_locked_or_cached(ino, offset, buf, &once));
-  if (!called) accepted(n);
+  UEXT_ASSIGN_OR_RETURN(size_t n, write_locked_or_cached(ino, offset, buf, &once, &options));
+  if (!called) answer(n);
   return n;
+}
+
+Status FilesystemImpl::drop_setid_locked(InodeRecord& rec, const WriteOptions& options) {
+  if (!options.drop_setid) return {};
+  const uint32_t perm = rec.inode.i_mode & 07777;
+  uint32_t kept = perm & ~static_cast<uint32_t>(S_ISUID);
+  if (kept & S_IXGRP) kept &= ~static_cast<uint32_t>(S_ISGID);
+  if (kept == perm || !S_ISREG(rec.inode.i_mode)) return {};
+  SetAttr attr;
+  attr.mode = kept;
+  UEXT_TRY(setattr_locked(rec, attr));
+  if (options.setid_dropped) options.setid_dropped(kept);
+  return {};
 }
 
 Result<size_t> FilesystemImpl::write(Ino ino, uint64_t offset, std::span<const std::byte> buf) {
   UEXT_TRY(check_writable());
   if (buf.empty()) return size_t{0};
   if (vm::in_mapping(buf.data(), buf.size())) return bounce_write(ino, offset, buf);
-  return write_locked_or_cached(ino, offset, buf, nullptr);
+  return write_locked_or_cached(ino, offset, buf, nullptr, nullptr);
 }
 
 Result<size_t> FilesystemImpl::write_locked_or_cached(Ino ino, uint64_t offset, std::span<const std::byte> buf,
-                                                      const std::function<void(size_t)>* accepted) {
+                                                      const std::function<void(size_t)>* accepted,
+                                                      const WriteOptions* options) {
   auto lock = itable_.lock(ino);
   UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
   if (S_ISDIR(rec.inode.i_mode)) return Error(EISDIR, fmt::format("inode {}: Is a directory", ino));
@@ -79,6 +102,7 @@ Result<size_t> FilesystemImpl::write_locked_or_cached(Ino ino, uint64_t offset, 
     return Error(EFBIG, fmt::format("inode {}: File too large (a write ending at byte {} passes the limit of {})",
                                     ino, end, max_file_bytes(*vol_, rec)));
   }
+  if (options) UEXT_TRY(drop_setid_locked(rec, *options));
   if (uses_delalloc(rec)) {
     // mtime and ctime, like the size, reach the disk with the data.
     UEXT_ASSIGN_OR_RETURN(size_t n, cached_write(rec, offset, buf, accepted));
@@ -202,6 +226,14 @@ Result<Stat> FilesystemImpl::setattr(Ino ino, const SetAttr& attr) {
   UEXT_TRY(check_writable());
   auto lock = itable_.lock(ino);
   UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
+  UEXT_TRY(setattr_locked(rec, attr));
+  Stat st = to_stat(vol_->sb(), rec);
+  overlay_cached(st);
+  return st;
+}
+
+Status FilesystemImpl::setattr_locked(InodeRecord& rec, const SetAttr& attr) {
+  const Ino ino = rec.ino;
   if (attr.size) {
     if (S_ISDIR(rec.inode.i_mode)) return Error(EISDIR, fmt::format("inode {}: Is a directory", ino));
     if (!S_ISREG(rec.inode.i_mode)) return Error(EINVAL, fmt::format("inode {}: not a regular file", ino));
@@ -264,9 +296,7 @@ Result<Stat> FilesystemImpl::setattr(Ino ino, const SetAttr& attr) {
     UEXT_TRY(stopped);
     rec = std::move(*updated);
   }
-  Stat st = to_stat(vol_->sb(), rec);
-  overlay_cached(st);
-  return st;
+  return {};
 }
 
 Status FilesystemImpl::fallocate(Ino ino, int mode, uint64_t offset, uint64_t length) {

@@ -89,7 +89,7 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   Result<Stat> setattr(Ino ino, const SetAttr& attr) override;
   Result<size_t> write(Ino ino, uint64_t offset, std::span<const std::byte> buf) override;
   Result<size_t> write(Ino ino, uint64_t offset, std::span<const std::byte> buf,
-                       const std::function<void(size_t)>& accepted) override;
+                       const WriteOptions& options) override;
   Status fallocate(Ino ino, int mode, uint64_t offset, uint64_t length) override;
   Result<uint64_t> seek(Ino ino, uint64_t offset, int whence) override;
   Status fsync(Ino ino, bool datasync) override;
@@ -188,7 +188,12 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   // `accepted`, when given, is called between the two (Filesystem::write).
   // write() past its argument checks, for both forms.
   Result<size_t> write_locked_or_cached(Ino ino, uint64_t offset, std::span<const std::byte> buf,
-                                        const std::function<void(size_t)>* accepted);
+                                        const std::function<void(size_t)>* accepted,
+                                        const WriteOptions* options);
+  // setattr() under the inode lock the caller holds; `rec` is updated.
+  Status setattr_locked(InodeRecord& rec, const SetAttr& attr);
+  // WriteOptions::drop_setid, under the inode lock the caller holds.
+  Status drop_setid_locked(InodeRecord& rec, const WriteOptions& options);
   Result<size_t> cached_write(InodeRecord& rec, uint64_t offset, std::span<const std::byte> buf,
                               const std::function<void(size_t)>* accepted = nullptr);
   // Writes back every dirty page of `file` (inode lock held); a failure is

@@ -2,6 +2,7 @@
 #include "fuse/fuse_daemon.h"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <fuse_lowlevel.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -615,26 +616,27 @@ class Daemon {
   void write(fuse_req_t req, fuse_ino_t fino, const char* data, size_t size, off_t off) {
     const Ino ino = to_ext(fino);
     if (refuse_change(req)) return;
-    if (killpriv::requested()) {
-      Status s = drop_setid(ino);
-      if (!s.ok()) return fail(req, "write", ino, s.error());
-    }
     const std::span bytes(reinterpret_cast<const std::byte*>(data), size);
-    if (serving_ring_request()) {
-      auto n = fs_->write(ino, static_cast<uint64_t>(off), bytes);
-      if (!n) return fail(req, "write", ino, n.error());
-      fuse_reply_write(req, *n);
-      return;
-    }
+    WriteOptions wo;
+    // The kernel flags a write by a caller without CAP_FSETID; the library
+    // clears the bits under the write's own inode lock.
+    bool setid_dropped = false;
+    wo.drop_setid = killpriv::requested();
+    wo.setid_dropped = [&](uint32_t) { setid_dropped = true; };
     // Answered once the space is reserved, while the library copies the
     // bytes into the page cache: the writer runs again a copy sooner, and
     // on a VM its CPU may not have gone idle yet. The request's buffer is
-    // this thread's until the handler returns.
+    // this thread's until the handler returns; not so a ring's entry, which
+    // the reply overwrites.
     bool replied = false;
-    auto n = fs_->write(ino, static_cast<uint64_t>(off), bytes, [&](size_t count) {
-      fuse_reply_write(req, count);
-      replied = true;
-    });
+    if (!serving_ring_request()) {
+      wo.accepted = [&](size_t count) {
+        fuse_reply_write(req, count);
+        replied = true;
+      };
+    }
+    auto n = fs_->write(ino, static_cast<uint64_t>(off), bytes, wo);
+    if (setid_dropped && se_) fuse_lowlevel_notify_inval_inode(se_, to_fuse(ino), -1, 0);
     if (!n && replied) return report("write", names_.path(ino), ino, n.error());  // the fsync hears of it
     if (!n) return fail(req, "write", ino, n.error());
     if (!replied) fuse_reply_write(req, *n);
@@ -966,6 +968,18 @@ void presize_descriptor_table() {
   ::close(base);
 }
 
+// Every change to a metadata block makes a new 4 KiB version of it (the
+// buffer cache keeps old versions for readers and the commit), so the
+// daemon's threads free and allocate block-sized buffers by the thousand.
+// glibc's per-thread arenas give memory back as soon as 128 KiB lie free
+// at their top and grow again with an mprotect and page faults: a tenth of
+// a create went there. A daemon keeps what it used (up to 64 MiB free per
+// arena) and takes buffers below 4 MiB from the heap.
+void tune_malloc() {
+  ::mallopt(M_TRIM_THRESHOLD, 64 << 20);
+  ::mallopt(M_MMAP_THRESHOLD, 4 << 20);
+}
+
 // Sets the readahead window of the mount at `mount_path` (resolved before
 // mounting: resolving it now would send this very daemon a request that
 // no thread serves yet). The mount's backing device, "MAJ:MIN" of its FUSE
@@ -1073,6 +1087,7 @@ int run_mount(MountOptions opts) {
   };
 
   presize_descriptor_table();  // before the library starts its threads
+  tune_malloc();
   auto guard = ImageGuard::acquire(opts.image, opts.fsname, opts.read_only);
   if (!guard) return failed(guard.error().message());
 
