@@ -18,6 +18,8 @@
 #include <regex>
 #include <sstream>
 #include <optional>
+#include <sys/resource.h>
+#include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
@@ -837,6 +839,49 @@ TEST(DelallocCache, ReadsTakeCachedPagesAndTheStretchesBetweenFromDisk) {
   auto again = open_ro(image);
   ASSERT_TRUE(again);
   EXPECT_TRUE(same(read_range(*again, *ino, 0, grown), model));
+}
+
+// Thousands of new small files, each holding a memfd until written back:
+// background writeback lets them go while the writer goes on, and the
+// process never runs out of descriptors (a soft limit of 256 here).
+TEST(DelallocCache, ManySmallFilesStayWithinTheDescriptorLimit) {
+  TempDir tmp;
+  const std::string image = tmp / "many.img";
+  mkfs(image, "64M");
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  rlimit low = saved;
+  low.rlim_cur = 256;
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  auto count_fds = [] {
+    size_t n = 0;
+    for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+    return n;
+  };
+  size_t most = 0;
+  constexpr int kFiles = 3000;
+  {
+    auto fs = open_rw(image);
+    ASSERT_TRUE(fs);
+    for (int i = 0; i < kFiles; ++i) {
+      auto f = fs->create(kRootIno, fmt::format("f{}", i), 0100644, {});
+      ASSERT_TRUE(f.ok()) << i << ": " << f.error().message();
+      const std::string data = pattern(static_cast<uint32_t>(i), 0, 4096);
+      auto n = fs->write(f->ino, 0, bytes_of(data));
+      ASSERT_TRUE(n.ok()) << i << ": " << n.error().message();
+      most = std::max(most, count_fds());
+    }
+    close_and_check(fs, image);
+  }
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  EXPECT_LT(most, 256u);
+  auto fs = open_ro(image);
+  ASSERT_TRUE(fs);
+  for (int i : {0, 1234, kFiles - 1}) {
+    auto ino = fs->resolve(fmt::format("/f{}", i));
+    ASSERT_TRUE(ino.ok());
+    EXPECT_TRUE(same(read_range(*fs, *ino, 0, 8192), pattern(static_cast<uint32_t>(i), 0, 4096)));
+  }
 }
 
 TEST(DelallocCache, ReadsBeforeWritebackAndSurvivesReopen) {

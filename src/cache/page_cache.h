@@ -223,6 +223,8 @@ class PageCache {
   // Every cached file holds a memfd (a file descriptor): past this many,
   // writers write back and clean files let theirs go.
   bool too_many_files() const { return open_memfds_.load() > max_memfds_; }
+  // Twice that: writers stop leaving it to background writeback.
+  bool far_too_many_files() const { return open_memfds_.load() > 2 * max_memfds_; }
   uint64_t cached_bytes() const { return cached_pages_.load() * kPageSize; }
   // Evicts clean pages of the least recently used files until the cache is
   // within its bound, and closes the memfds of files left without pages

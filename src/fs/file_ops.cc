@@ -108,10 +108,7 @@ Result<size_t> FilesystemImpl::write_locked_or_cached(Ino ino, uint64_t offset, 
     UEXT_ASSIGN_OR_RETURN(size_t n, cached_write(rec, offset, buf, accepted));
     lock.unlock();
     UEXT_TRY(balance_dirty(ino));
-    if (cache_->too_many_files()) {
-      UEXT_TRY(writeback_all());
-      cache_->shrink();
-    }
+    if (cache_->too_many_files()) UEXT_TRY(limit_open_memfds());
     return n;
   }
   const uint64_t bs = vol_->block_size();

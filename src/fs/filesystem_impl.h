@@ -216,6 +216,8 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   void settle_reservation(const InodeRecord& rec, cache::CachedFile& file);
   Result<bool> writeback_chunk_async(cache::CachedFile& file);
   Status balance_dirty(Ino ino);
+  // Too many cached files hold a memfd (PageCache::too_many_files).
+  Status limit_open_memfds();
   void notify_writeback_progress();
   bool wb_stopping();
   Status writeback_inode(uint32_t ino);

@@ -517,6 +517,29 @@ Status FilesystemImpl::balance_dirty(Ino ino) {
   return {};
 }
 
+Status FilesystemImpl::limit_open_memfds() {
+  // The writeback thread writes the files back and lets the clean ones go
+  // while writers go on: done here, inline, it held up the writer's next
+  // request (a FUSE daemon's reader) for 50-60 ms every few thousand new
+  // small files, and other readers then did the same work beside it.
+  if (writeback_thread_.joinable()) {
+    std::unique_lock lock(wb_mu_);
+    wb_kick_ = true;
+    wb_cv_.notify_all();
+    if (!cache_->far_too_many_files()) return {};
+    // Past twice the bound (a thread that cannot keep up): wait for it a
+    // while, then help.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+    while (cache_->far_too_many_files() && !wb_stop_) {
+      if (wb_progress_cv_.wait_until(lock, deadline) == std::cv_status::timeout) break;
+    }
+    if (!cache_->far_too_many_files()) return {};
+  }
+  UEXT_TRY(writeback_all());
+  cache_->shrink();
+  return {};
+}
+
 Status FilesystemImpl::writeback_inode(uint32_t ino) {
   if (!cache_) return {};
   auto file = cache_->get(ino, false);
@@ -554,7 +577,9 @@ void FilesystemImpl::writeback_loop() {
     for (auto& file : cache_->dirty_files()) {
       // Past the background threshold every dirty file goes; below it only
       // those with data older than the expiry age (a walk of their pages).
-      if (cache_->dirty_bytes() <= o.dirty_limit_bytes / 4) {
+      // Too many files holding a memfd: all go, so that shrink() below can
+      // let them go.
+      if (cache_->dirty_bytes() <= o.dirty_limit_bytes / 4 && !cache_->too_many_files()) {
         std::lock_guard flock(file->mu);
         if (now - file->oldest_dirty_ms() < static_cast<int64_t>(o.dirty_expire_ms)) continue;
       }
