@@ -148,7 +148,7 @@ struct Owner {
   uint32_t umask = 0;
 };
 
-// What setattr changes: the fields that hold a value.
+// The second form of write(): what a server (the FUSE daemon) asks of it.
 struct WriteOptions {
   // For a server that answers its own client as soon as the write is
   // certain. Called once on success, before write() returns: with delayed
@@ -167,6 +167,7 @@ struct WriteOptions {
   std::function<void(uint32_t mode)> setid_dropped;
 };
 
+// What setattr changes: the fields that hold a value.
 struct SetAttr {
   std::optional<uint32_t> mode;  // permission bits, setuid/setgid/sticky; the type stays
   std::optional<uint32_t> uid;

@@ -183,9 +183,6 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   void trim_reservation(const InodeRecord& rec, cache::CachedFile& file);
   // The preallocation window writeback asks for, for a file of this size.
   uint32_t prealloc_window(uint64_t size_blocks) const;
-  // write() of a delayed-allocation file: reserve, then copy into the
-  // cache. May write less than asked (ENOSPC part-way). Inode lock held.
-  // `accepted`, when given, is called between the two (Filesystem::write).
   // write() past its argument checks, for both forms.
   Result<size_t> write_locked_or_cached(Ino ino, uint64_t offset, std::span<const std::byte> buf,
                                         const std::function<void(size_t)>* accepted,
@@ -194,6 +191,9 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   Status setattr_locked(InodeRecord& rec, const SetAttr& attr);
   // WriteOptions::drop_setid, under the inode lock the caller holds.
   Status drop_setid_locked(InodeRecord& rec, const WriteOptions& options);
+  // write() of a delayed-allocation file: reserve, then copy into the
+  // cache. May write less than asked (ENOSPC part-way). Inode lock held.
+  // `accepted`, when given, is called between the two (Filesystem::write).
   Result<size_t> cached_write(InodeRecord& rec, uint64_t offset, std::span<const std::byte> buf,
                               const std::function<void(size_t)>* accepted = nullptr);
   // Writes back every dirty page of `file` (inode lock held); a failure is
