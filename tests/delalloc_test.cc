@@ -564,8 +564,8 @@ TEST(DelallocReservation, AcceptedComesOnceBeforeTheCopyAndNeverOnEnospc) {
       reader = std::thread([&] { seen = read_range(*fs, f->ino, 4096, data.size()); });
     };
     auto n = fs->write(f->ino, 4096, bytes_of(data), wo);
+    if (reader.joinable()) reader.join();  // before any ASSERT can return
     ASSERT_TRUE(n.ok()) << n.error().message();
-    if (reader.joinable()) reader.join();
     EXPECT_EQ(*n, data.size());
     EXPECT_EQ(calls, 1);
     EXPECT_EQ(count, data.size());
