@@ -853,6 +853,10 @@ TEST(DelallocCache, ManySmallFilesStayWithinTheDescriptorLimit) {
   rlimit low = saved;
   low.rlim_cur = 256;
   ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  struct Restore {  // whatever ASSERT returns early
+    rlimit limit;
+    ~Restore() { setrlimit(RLIMIT_NOFILE, &limit); }
+  } restore{saved};
   auto count_fds = [] {
     size_t n = 0;
     for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
@@ -873,7 +877,6 @@ TEST(DelallocCache, ManySmallFilesStayWithinTheDescriptorLimit) {
     }
     close_and_check(fs, image);
   }
-  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
   EXPECT_LT(most, 256u);
   auto fs = open_ro(image);
   ASSERT_TRUE(fs);

@@ -148,6 +148,15 @@ struct Owner {
   uint32_t umask = 0;
 };
 
+// The mode after clearing as Linux does for a write, truncate or chown by a
+// caller without CAP_FSETID: setuid always, setgid only with group execute
+// (without it the bit means mandatory locking, which stays).
+inline uint32_t mode_without_setid(uint32_t mode) {
+  mode &= ~uint32_t{04000};
+  if (mode & 00010) mode &= ~uint32_t{02000};
+  return mode;
+}
+
 // The second form of write(): what a server (the FUSE daemon) asks of it.
 struct WriteOptions {
   // For a server that answers its own client as soon as the write is

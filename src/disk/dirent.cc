@@ -1,5 +1,7 @@
 #include "disk/dirent.h"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "disk/checksum.h"
@@ -54,7 +56,7 @@ Result<std::vector<DirentView>> parse_dir_block(Bytes block, const DirBlockForma
   std::vector<DirentView> entries;
   // Room for a block of short names at once: growing the vector entry by
   // entry was most of a lookup's allocations in a directory of small files.
-  entries.reserve(block_size / 32);
+  entries.reserve(std::min<uint32_t>(block_size / 32, 128));
   uint32_t off = 0;
   while (off < end) {
     if (end - off < kDirentHeaderSize) return corrupt(off, fmt::format("only {} bytes left for a header", end - off));

@@ -73,8 +73,7 @@ Result<size_t> FilesystemImpl::write(Ino ino, uint64_t offset, std::span<const s
 Status FilesystemImpl::drop_setid_locked(InodeRecord& rec, const WriteOptions& options) {
   if (!options.drop_setid) return {};
   const uint32_t perm = rec.inode.i_mode & 07777;
-  uint32_t kept = perm & ~static_cast<uint32_t>(S_ISUID);
-  if (kept & S_IXGRP) kept &= ~static_cast<uint32_t>(S_ISGID);
+  const uint32_t kept = mode_without_setid(perm);
   if (kept == perm || !S_ISREG(rec.inode.i_mode)) return {};
   SetAttr attr;
   attr.mode = kept;

@@ -357,7 +357,7 @@ class Daemon {
     auto st = fs_->stat(ino);
     if (!st) return st.error();
     const uint32_t perm = st->mode & 07777;
-    const uint32_t kept = killpriv::cleared_mode(perm);
+    const uint32_t kept = mode_without_setid(perm);
     if (kept == perm) return {};
     SetAttr a;
     a.mode = kept;
@@ -389,7 +389,7 @@ class Daemon {
     if (!killpriv::active()) return {};
     auto st = fs_->stat(ino);
     if (!st) return st.error();
-    if (killpriv::cleared_mode(st->mode) == st->mode || caller_may_keep_setid(req)) return {};
+    if (mode_without_setid(st->mode) == st->mode || caller_may_keep_setid(req)) return {};
     return drop_setid(ino);
   }
 
@@ -480,7 +480,7 @@ class Daemon {
       auto now = fs_->stat(ino);
       if (!now) return fail(req, "setattr", ino, now.error());
       const uint32_t perm = a.mode ? *a.mode : now->mode & 07777;
-      if (killpriv::cleared_mode(perm) != perm) a.mode = killpriv::cleared_mode(perm);
+      if (mode_without_setid(perm) != perm) a.mode = mode_without_setid(perm);
     }
     auto st = fs_->setattr(ino, a);
     if (!st) return fail(req, "setattr", ino, st.error());
@@ -629,14 +629,21 @@ class Daemon {
     // this thread's until the handler returns; not so a ring's entry, which
     // the reply overwrites.
     bool replied = false;
+    // Cleared bits: the kernel forgets its copy of the mode before the
+    // writer wakes, so its next stat() does not show them.
+    auto forget_mode = [&] {
+      if (setid_dropped && se_) fuse_lowlevel_notify_inval_inode(se_, to_fuse(ino), -1, 0);
+      setid_dropped = false;
+    };
     if (!serving_ring_request()) {
       wo.accepted = [&](size_t count) {
+        forget_mode();
         fuse_reply_write(req, count);
         replied = true;
       };
     }
     auto n = fs_->write(ino, static_cast<uint64_t>(off), bytes, wo);
-    if (setid_dropped && se_) fuse_lowlevel_notify_inval_inode(se_, to_fuse(ino), -1, 0);
+    forget_mode();
     if (!n && replied) return report("write", names_.path(ino), ino, n.error());  // the fsync hears of it
     if (!n) return fail(req, "write", ino, n.error());
     if (!replied) fuse_reply_write(req, *n);

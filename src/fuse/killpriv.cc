@@ -81,11 +81,6 @@ void add_to_init_reply(fuse_init_out& out) {
   g_active.store(true);
 }
 
-uint32_t cleared_mode(uint32_t mode) {
-  mode &= ~static_cast<uint32_t>(S_ISUID);
-  if (mode & S_IXGRP) mode &= ~static_cast<uint32_t>(S_ISGID);
-  return mode;
-}
 
 ssize_t write_init_reply(int fd, const iovec* iov, int count) {
   const auto* out = static_cast<const fuse_out_header*>(iov[0].iov_base);

@@ -49,11 +49,6 @@ void add_to_init_reply(fuse_init_out& out);
 // when it is a success.
 ssize_t write_init_reply(int fd, const iovec* iov, int count);
 
-// The mode after clearing as Linux does for a write, truncate or chown:
-// setuid always, setgid only with group execute (without it the bit means
-// mandatory locking, which stays).
-uint32_t cleared_mode(uint32_t mode);
-
 // Installs libfuse custom I/O on `se` (already mounted) that does the above
 // for the /dev/fuse transport. False (errno) if libfuse refused it.
 bool install_device_io(fuse_session* se);
