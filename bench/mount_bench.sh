@@ -89,6 +89,8 @@ esac
 [ -e /dev/fuse ] || die "/dev/fuse is missing (modprobe fuse)"
 if [ -n "$latency" ]; then
   command -v perf >/dev/null 2>&1 || die "UEXT_BENCH_LATENCY needs perf (scripts/install-deps.sh installs it)"
+  # A fresh boot may not have tracefs mounted yet; perf needs it for tracepoints.
+  [ -d /sys/kernel/tracing/events ] || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
   [ -d /sys/kernel/tracing/events/fuse/fuse_request_send ] ||
     [ -d /sys/kernel/debug/tracing/events/fuse/fuse_request_send ] ||
     die "UEXT_BENCH_LATENCY needs the kernel's fuse:fuse_request_send/end tracepoints"

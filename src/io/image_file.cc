@@ -74,7 +74,16 @@ class ImageFile final : public BlockDevice {
       // Through a pipe: the pages go from the memfd to the O_DIRECT write
       // by reference, where a pwrite from the mapping would fault them
       // into it and pin them (a fifth of a streaming writer's CPU time).
-      Status s = splice_direct(offset, buf.size(), fd, fd_offset);
+      Status s = splice_to(direct_fd_, offset, buf.size(), fd, fd_offset);
+      if (s.ok() || s.error().code() != EINVAL) return s;
+    }
+    if (!direct_io_ && !read_only_ && offset <= size_ && buf.size() <= size_ - offset) {
+      // Into the host's page cache through the pipe as well: a pwrite from
+      // the mapping would first fault each page into it (the pages came in
+      // by pwrite, so none is mapped), and later unmapping them would flush
+      // the other CPUs' TLBs. On a virtual machine with shadow page tables
+      // both cost more than the second system call.
+      Status s = splice_to(fd_, offset, buf.size(), fd, fd_offset);
       if (s.ok() || s.error().code() != EINVAL) return s;
     }
     return write_data(offset, buf);
@@ -114,7 +123,7 @@ class ImageFile final : public BlockDevice {
     }
     return {};
   }
-  // A pipe per thread for splice_direct, sized to the largest write (a
+  // A pipe per thread for splice_to, sized to the largest write (a
   // smaller pipe only means more rounds).
   struct SplicePipe {
     int r = -1, w = -1;
@@ -138,7 +147,7 @@ class ImageFile final : public BlockDevice {
   // EINVAL when splicing cannot serve (no pipe, a host that refuses it):
   // the caller writes from memory instead. On any failure the pipe may hold
   // bytes, so it is thrown away.
-  Status splice_direct(uint64_t offset, size_t len, int src_fd, uint64_t src_offset) {
+  Status splice_to(int out_fd, uint64_t offset, size_t len, int src_fd, uint64_t src_offset) {
     thread_local SplicePipe pipe;
     if (!pipe.ready()) return Error(EINVAL, path_ + ": no pipe for splice");
     loff_t in = static_cast<loff_t>(src_offset);
@@ -156,7 +165,7 @@ class ImageFile final : public BlockDevice {
                               (got == 0 ? "end of file" : errno_text(err)));
       }
       for (ssize_t put = 0; put < got;) {
-        ssize_t n = ::splice(pipe.r, nullptr, direct_fd_, &out, static_cast<size_t>(got - put), 0);
+        ssize_t n = ::splice(pipe.r, nullptr, out_fd, &out, static_cast<size_t>(got - put), 0);
         if (n <= 0) {
           const int err = n == 0 ? EIO : errno;
           if (err == EINTR) continue;
