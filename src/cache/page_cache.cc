@@ -146,6 +146,21 @@ Result<size_t> CachedFile::copy_in(uint64_t offset, std::span<const std::byte> b
   return done;
 }
 
+Status CachedFile::copy_out(uint64_t offset, std::span<std::byte> dst) const {
+  size_t done = 0;
+  while (done < dst.size()) {
+    ssize_t n = ::pread(memfd_, dst.data() + done, dst.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = n < 0 ? errno : EIO;
+      return Error(err, fmt::format("page cache: reading inode {}'s pages at byte {}: {}", ino_, offset + done,
+                                    n < 0 ? std::strerror(err) : "end of the memfd"));
+    }
+    done += static_cast<size_t>(n);
+  }
+  return {};
+}
+
 void CachedFile::mark_dirty(uint64_t index, Page& page, bool delayed) {
   dirty_floor_ = std::min(dirty_floor_, index);
   if (!(page.flags & kDirty)) {

@@ -220,6 +220,7 @@ Result<size_t> FilesystemImpl::read(Ino ino, uint64_t offset, std::span<std::byt
   // Cached pages are whole and newer than the disk: they are copied, and
   // only the stretches between them are read from the disk (a page fault
   // through FUSE reads one page that is nearly always cached).
+  // A run of cached pages is copied with one pread from the memfd.
   uint64_t pos = offset;  // bytes before pos are filled
   auto fill_from_disk = [&](uint64_t until) -> Status {
     if (until <= pos) return {};
@@ -227,15 +228,27 @@ Result<size_t> FilesystemImpl::read(Ino ino, uint64_t offset, std::span<std::byt
     pos = until;
     return {};
   };
+  uint64_t run_from = 0, run_to = 0;  // cached bytes [run_from, run_to) not yet copied
+  auto copy_run = [&]() -> Status {
+    if (run_to <= run_from) return {};
+    UEXT_TRY(file->copy_out(run_from, buf.subspan(run_from - offset, run_to - run_from)));
+    pos = run_to;
+    run_from = run_to = 0;
+    return {};
+  };
   for (auto it = file->pages().lower_bound(offset / cache::kPageSize);
        it != file->pages().end() && it->first * cache::kPageSize < end; ++it) {
     const uint64_t page_start = it->first * cache::kPageSize;
     const uint64_t from = std::max(offset, page_start);
     const uint64_t to = std::min(end, page_start + cache::kPageSize);
-    UEXT_TRY(fill_from_disk(from));
-    std::memcpy(buf.data() + (from - offset), file->data(it->first) + (from - page_start), to - from);
-    pos = to;
+    if (run_to != from) {
+      UEXT_TRY(copy_run());
+      UEXT_TRY(fill_from_disk(from));
+      run_from = from;
+    }
+    run_to = to;
   }
+  UEXT_TRY(copy_run());
   UEXT_TRY(fill_from_disk(end));
   file->last_used_ms = cache::PageCache::now_ms();
   return n;
