@@ -13,6 +13,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
@@ -935,6 +936,42 @@ TEST_F(FuseLife, SignalsUnmountClean) {
     EXPECT_EQ(run({uext_cli(), "cat", img_, "/tools" + std::to_string(sig) + "/uext.cc"}).out,
               read_file(std::string(UEXT_SOURCE_DIR) + "/tools/uext.cc"));
   }
+}
+
+// Started with a soft descriptor limit of 1,024 under a higher hard one (as
+// shells often start programs), the daemon lifts the soft limit to the hard
+// one (at most 64 Ki), which bounds its page cache's memfds; and 2,000 new
+// small files, eight times what 1,024 would have let it keep open, come
+// through whole.
+TEST_F(FuseLife, SoftDescriptorLimitIsLifted) {
+  rlimit saved{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+  if (saved.rlim_max <= 1024) GTEST_SKIP() << "hard descriptor limit " << saved.rlim_max << ": nothing to lift";
+  struct Restore {
+    rlimit limit;
+    ~Restore() { ::setrlimit(RLIMIT_NOFILE, &limit); }
+  } restore{saved};
+  rlimit low = saved;
+  low.rlim_cur = 1024;
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  FuseMount m(img_, t_ / "mnt");
+  ::setrlimit(RLIMIT_NOFILE, &saved);
+  ASSERT_TRUE(m.ok()) << m.log();
+  const std::string limits = read_file("/proc/" + std::to_string(m.pid()) + "/limits");
+  const std::string want = std::to_string(std::min<rlim_t>(saved.rlim_max, rlim_t{1} << 16));
+  const size_t at = limits.find("Max open files");
+  ASSERT_NE(at, std::string::npos) << limits;
+  const std::string line = limits.substr(at, limits.find('\n', at) - at);
+  std::istringstream fields(line.substr(std::string("Max open files").size()));
+  std::string soft;
+  fields >> soft;
+  EXPECT_EQ(soft, want) << line;
+  sh_ok("set -e; mkdir " + m.path("d") + "; cd " + m.path("d") +
+        "; for i in $(seq 2000); do echo \"file $i\" > f$i; done");
+  EXPECT_EQ(sh_ok("cat " + m.path("d") + "/f1999"), "file 1999\n");
+  ASSERT_EQ(m.unmount(), 0) << m.log();
+  EXPECT_TRUE(image_is_clean(img_));
+  EXPECT_EQ(run({uext_cli(), "cat", img_, "/d/f2000"}).out, "file 2000\n");
 }
 
 TEST_F(FuseLife, SecondMountIsRefused) {

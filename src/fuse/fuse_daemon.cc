@@ -954,6 +954,22 @@ struct Background {
   }
 };
 
+// The page cache keeps a memfd open for every file it caches and bounds
+// their number by a quarter of the soft descriptor limit, which shells
+// often leave at 1,024 under a hard limit of 512 Ki or more: new small
+// files would then be written back and their memfds closed every 256
+// files. The daemon lifts the soft limit to the hard one (at most 64 Ki, as
+// the table below). Nothing in it uses select(), so descriptors past 1,024
+// are safe.
+void raise_descriptor_limit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+  const rlim_t want = std::min<rlim_t>(limit.rlim_max, rlim_t{1} << 16);
+  if (limit.rlim_cur >= want) return;
+  limit.rlim_cur = want;
+  ::setrlimit(RLIMIT_NOFILE, &limit);  // best effort: the cache adapts to what it finds
+}
+
 // The page cache keeps a memfd open for every file it caches, so creating
 // thousands of small files opens thousands of descriptors. The kernel grows
 // a process's descriptor table by doubling, and in a process with several
@@ -1093,6 +1109,7 @@ int run_mount(MountOptions opts) {
     return 1;
   };
 
+  raise_descriptor_limit();
   presize_descriptor_table();  // before the library starts its threads
   tune_malloc();
   auto guard = ImageGuard::acquire(opts.image, opts.fsname, opts.read_only);
