@@ -18,7 +18,6 @@
 #include <regex>
 #include <sstream>
 #include <optional>
-#include <sys/resource.h>
 #include <filesystem>
 #include <string>
 #include <thread>
@@ -29,6 +28,7 @@
 
 #include "fs/filesystem_impl.h"
 #include "support/crash.h"
+#include "support/descriptor_limit.h"
 #include "support/images.h"
 #include "support/process.h"
 #include "uext/filesystem.h"
@@ -848,15 +848,8 @@ TEST(DelallocCache, ManySmallFilesStayWithinTheDescriptorLimit) {
   TempDir tmp;
   const std::string image = tmp / "many.img";
   mkfs(image, "64M");
-  rlimit saved{};
-  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
-  rlimit low = saved;
-  low.rlim_cur = 256;
-  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
-  struct Restore {  // whatever ASSERT returns early
-    rlimit limit;
-    ~Restore() { setrlimit(RLIMIT_NOFILE, &limit); }
-  } restore{saved};
+  ScopedDescriptorLimit limit(256);
+  ASSERT_TRUE(limit.ok());
   auto count_fds = [] {
     size_t n = 0;
     for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;

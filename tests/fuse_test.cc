@@ -34,6 +34,7 @@
 #include <gtest/gtest.h>
 
 #include "support/crash.h"
+#include "support/descriptor_limit.h"
 #include "support/images.h"
 #include "support/process.h"
 #include "uext/filesystem.h"
@@ -944,18 +945,12 @@ TEST_F(FuseLife, SignalsUnmountClean) {
 // small files, eight times what 1,024 would have let it keep open, come
 // through whole.
 TEST_F(FuseLife, SoftDescriptorLimitIsLifted) {
-  rlimit saved{};
-  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+  ScopedDescriptorLimit limit(1024);
+  const rlimit saved = limit.saved();
   if (saved.rlim_max <= 1024) GTEST_SKIP() << "hard descriptor limit " << saved.rlim_max << ": nothing to lift";
-  struct Restore {
-    rlimit limit;
-    ~Restore() { ::setrlimit(RLIMIT_NOFILE, &limit); }
-  } restore{saved};
-  rlimit low = saved;
-  low.rlim_cur = 1024;
-  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  ASSERT_TRUE(limit.ok());
   FuseMount m(img_, t_ / "mnt");
-  ::setrlimit(RLIMIT_NOFILE, &saved);
+  limit.restore();  // the rest of the test makes thousands of files
   ASSERT_TRUE(m.ok()) << m.log();
   const std::string limits = read_file("/proc/" + std::to_string(m.pid()) + "/limits");
   const std::string want = std::to_string(std::min<rlim_t>(saved.rlim_max, rlim_t{1} << 16));

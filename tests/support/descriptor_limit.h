@@ -1,0 +1,30 @@
+// Lowers the test process's soft limit on open descriptors, and puts the
+// limit it found back when it goes out of scope (an ASSERT that returns
+// early included) or at restore().
+#pragma once
+
+#include <sys/resource.h>
+
+namespace uext::testing {
+
+class ScopedDescriptorLimit {
+ public:
+  // Sets the soft limit to `soft`; ok() says whether that worked.
+  explicit ScopedDescriptorLimit(rlim_t soft);
+  ~ScopedDescriptorLimit() { restore(); }
+  ScopedDescriptorLimit(const ScopedDescriptorLimit&) = delete;
+  ScopedDescriptorLimit& operator=(const ScopedDescriptorLimit&) = delete;
+
+  bool ok() const { return ok_; }
+  // The limits in force before.
+  const rlimit& saved() const { return saved_; }
+  // Puts the saved limits back now (the destructor then does nothing).
+  void restore();
+
+ private:
+  rlimit saved_{};
+  bool ok_ = false;
+  bool lowered_ = false;
+};
+
+}  // namespace uext::testing
