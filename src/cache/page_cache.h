@@ -106,10 +106,8 @@ class CachedFile {
   // the source faulted (EFAULT for none).
   Result<size_t> copy_in(uint64_t offset, std::span<const std::byte> bytes);
   // The reverse, for reads: pread from the memfd, so that serving a read
-  // never faults pages into the daemon's mapping (on a virtual machine with
-  // shadow page tables each fault, and the TLB flush when the memfd is
-  // later cut back, costs more than the system call). Reads within pages
-  // that are present.
+  // never faults pages into the daemon's mapping (docs/DESIGN.md, "Page
+  // cache and delayed allocation"). Reads within pages that are present.
   Status copy_out(uint64_t offset, std::span<std::byte> dst) const;
   // `page` is page `index`'s entry.
   void mark_dirty(uint64_t index, Page& page, bool delayed);

@@ -53,9 +53,7 @@ bool mapped_here(const void* addr) {
 }
 
 // copy_in and copy_out go through the memfd: the bytes come back, across
-// pages and at odd offsets, and neither faults the page into the mapping
-// (a fault and a TLB flush for each page served cost more than the system
-// call on a virtual machine).
+// pages and at odd offsets, and neither faults the page into the mapping.
 TEST(PageCacheCopy, CopyOutReadsWhatCopyInWroteWithoutMappingIt) {
   PageCache cache(bounded(64));
   auto f = cache.get(7, true);

@@ -78,11 +78,9 @@ class ImageFile final : public BlockDevice {
       if (s.ok() || s.error().code() != EINVAL) return s;
     }
     if (!direct_io_ && !read_only_ && offset <= size_ && buf.size() <= size_ - offset) {
-      // Into the host's page cache through the pipe as well: a pwrite from
-      // the mapping would first fault each page into it (the pages came in
-      // by pwrite, so none is mapped), and later unmapping them would flush
-      // the other CPUs' TLBs. On a virtual machine with shadow page tables
-      // both cost more than the second system call.
+      // Into the host's page cache through the pipe as well, so that the
+      // pages are never mapped (docs/DESIGN.md, "Page cache and delayed
+      // allocation", says why).
       Status s = splice_to(fd_, offset, buf.size(), fd, fd_offset);
       if (s.ok() || s.error().code() != EINVAL) return s;
     }
