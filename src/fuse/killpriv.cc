@@ -81,7 +81,6 @@ void add_to_init_reply(fuse_init_out& out) {
   g_active.store(true);
 }
 
-
 ssize_t write_init_reply(int fd, const iovec* iov, int count) {
   const auto* out = static_cast<const fuse_out_header*>(iov[0].iov_base);
   if (out->error != 0 || count != 2 || iov[1].iov_len < sizeof(fuse_init_out)) return ::writev(fd, iov, count);
