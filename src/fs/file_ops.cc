@@ -160,62 +160,73 @@ Result<size_t> FilesystemImpl::write_locked_or_cached(Ino ino, uint64_t offset, 
   const uint32_t k = extents_per_handle(rec);
   uint64_t pos = first;
   while (pos <= last) {
-    const uint64_t chunk = std::min<uint64_t>(last - pos + 1, kWriteChunkBlocks);
-    UEXT_ASSIGN_OR_RETURN(auto before, map_blocks(*vol_, rec, pos, chunk));
-    uint64_t holes = 0;
-    uint32_t unwritten_runs = 0;
-    for (const auto& r : before) {
-      if (r.physical == 0) holes += r.length;
-      if (r.unwritten) ++unwritten_runs;
-    }
-    alloc::Reservation space;
-    if (holes) {
-      UEXT_ASSIGN_OR_RETURN(space, reserve(holes + map_overhead(holes)));
-    }
-    alloc::ReservationScope scope(&space);
-    const uint32_t credits = map_credits(*vol_, rec, k) + convert_credits(*vol_, rec, std::min(unwritten_runs, k) + 1) + 2;
-    UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(credits));
+    // Each chunk commits its blocks and the size that covers them. A chunk
+    // that fails after others went in ends the write short, as write(2)
+    // does; an error then would deny bytes the file already shows.
     uint64_t mapped = 0;
-    UEXT_TRY(in_handle(h, [&]() -> Status {
-      MapOptions options;
-      options.max_new_extents = k;
-      // Streams written through (no delayed allocation) get windows too.
-      options.alloc.owner = ino;
-      options.alloc.prealloc = prealloc_window((std::max<uint64_t>(rec.inode.i_size, end) + bs - 1) / bs);
-      UEXT_ASSIGN_OR_RETURN(auto runs, map_or_allocate(*vol_, h, rec, pos, chunk, *blocks_, options));
-      bool any_unwritten = false;
-      for (const auto& r : runs) {
-        if (r.physical == 0) return Error(EIO, fmt::format("inode {}: block {} left unmapped", ino, r.logical));
-        UEXT_TRY(write_run(r.logical, r.length, r.physical));
-        any_unwritten |= r.unwritten;
-        mapped = r.logical + r.length - pos;
+    Status chunk_done = [&]() -> Status {
+      const uint64_t chunk = std::min<uint64_t>(last - pos + 1, kWriteChunkBlocks);
+      UEXT_ASSIGN_OR_RETURN(auto before, map_blocks(*vol_, rec, pos, chunk));
+      uint64_t holes = 0;
+      uint32_t unwritten_runs = 0;
+      for (const auto& r : before) {
+        if (r.physical == 0) holes += r.length;
+        if (r.unwritten) ++unwritten_runs;
       }
-      if (any_unwritten) UEXT_TRY(convert_unwritten(*vol_, h, rec, pos, mapped, *blocks_));
-      const uint64_t written_to = std::min(end, (pos + mapped) * bs);
-      const disk::Timestamp t = now();
-      UEXT_ASSIGN_OR_RETURN(rec, vol_->update_inode(h, ino, false, [&](disk::Inode& in) {
-        if (written_to > in.i_size) in.i_size = written_to;
-        in.i_mtime = in.i_ctime = t;
+      alloc::Reservation space;
+      if (holes) {
+        UEXT_ASSIGN_OR_RETURN(space, reserve(holes + map_overhead(holes)));
+      }
+      alloc::ReservationScope scope(&space);
+      const uint32_t credits = map_credits(*vol_, rec, k) + convert_credits(*vol_, rec, std::min(unwritten_runs, k) + 1) + 2;
+      UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(credits));
+      UEXT_TRY(in_handle(h, [&]() -> Status {
+        MapOptions options;
+        options.max_new_extents = k;
+        // Streams written through (no delayed allocation) get windows too.
+        options.alloc.owner = ino;
+        options.alloc.prealloc = prealloc_window((std::max<uint64_t>(rec.inode.i_size, end) + bs - 1) / bs);
+        UEXT_ASSIGN_OR_RETURN(auto runs, map_or_allocate(*vol_, h, rec, pos, chunk, *blocks_, options));
+        bool any_unwritten = false;
+        for (const auto& r : runs) {
+          if (r.physical == 0) return Error(EIO, fmt::format("inode {}: block {} left unmapped", ino, r.logical));
+          UEXT_TRY(write_run(r.logical, r.length, r.physical));
+          any_unwritten |= r.unwritten;
+          mapped = r.logical + r.length - pos;
+        }
+        if (any_unwritten) UEXT_TRY(convert_unwritten(*vol_, h, rec, pos, mapped, *blocks_));
+        const uint64_t written_to = std::min(end, (pos + mapped) * bs);
+        const disk::Timestamp t = now();
+        UEXT_ASSIGN_OR_RETURN(rec, vol_->update_inode(h, ino, false, [&](disk::Inode& in) {
+          if (written_to > in.i_size) in.i_size = written_to;
+          in.i_mtime = in.i_ctime = t;
+        }));
+        return {};
       }));
+      if (mapped == 0) return Error(EIO, fmt::format("inode {}: no progress mapping block {}", ino, pos));
       return {};
-    }));
-    if (mapped == 0) return Error(EIO, fmt::format("inode {}: no progress mapping block {}", ino, pos));
+    }();
+    if (!chunk_done.ok()) {
+      if (pos == first) return std::move(chunk_done).error();
+      break;
+    }
     pos += mapped;
   }
+  const uint64_t written_end = std::min(end, pos * bs);
   if (auto file = cache_ ? cache_->get(ino, false) : nullptr) {
     // Pages cached for a mapping see the write too (and a dirty one
     // written back later carries it).
     std::lock_guard page_lock(file->mu);
     for (auto it = file->pages().lower_bound(offset / cache::kPageSize);
-         it != file->pages().end() && it->first * cache::kPageSize < end; ++it) {
+         it != file->pages().end() && it->first * cache::kPageSize < written_end; ++it) {
       const uint64_t page_start = it->first * cache::kPageSize;
       const uint64_t from = std::max(offset, page_start);
-      const uint64_t to = std::min(end, page_start + cache::kPageSize);
+      const uint64_t to = std::min(written_end, page_start + cache::kPageSize);
       std::memcpy(file->data(it->first) + (from - page_start), buf.data() + (from - offset), to - from);
     }
-    if (file->size_known) file->set_size(std::max(file->size, end));
+    if (file->size_known) file->set_size(std::max(file->size, written_end));
   }
-  return buf.size();
+  return written_end - offset;
 }
 
 Result<Stat> FilesystemImpl::setattr(Ino ino, const SetAttr& attr) {
