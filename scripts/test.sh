@@ -54,7 +54,12 @@ run_ctest() {
     local first=$log
     log=$(mktemp)
     echo "== running the ${bad} failed test(s) of $dir again"
-    ctest --test-dir "$dir" --output-on-failure --rerun-failed -j1 2>&1 | tee "$log" || true
+    # By name: ctest numbers the tests after filtering, and --rerun-failed
+    # takes the numbers from the unfiltered list, so with -L, -R or -E it
+    # ran other tests.
+    local names
+    names=$(failed_names_of "$first" | sed -E 's/  # GetParam\(\).*//; s/[].[*^$+?(){}|\\]/\\&/g' | paste -sd'|')
+    ctest --test-dir "$dir" --output-on-failure -j1 -R "^(${names})( |\$)" 2>&1 | tee "$log" || true
     line=$(count_of "$log")
     local again=$bad
     [ -n "$line" ] && again=$(sed -E 's/.*passed, ([0-9]+) tests? failed.*/\1/' <<<"$line")
