@@ -33,6 +33,7 @@
 
 #include <gtest/gtest.h>
 
+#include "fuse/fuse_daemon.h"
 #include "support/crash.h"
 #include "support/descriptor_limit.h"
 #include "support/images.h"
@@ -941,9 +942,9 @@ TEST_F(FuseLife, SignalsUnmountClean) {
 
 // Started with a soft descriptor limit of 1,024 under a higher hard one (as
 // shells often start programs), the daemon lifts the soft limit to the hard
-// one (at most 64 Ki), which bounds its page cache's memfds; and 2,000 new
-// small files, eight times what 1,024 would have let it keep open, come
-// through whole.
+// one (at most kMaxDescriptors), which bounds its page cache's memfds; and
+// 2,000 new small files, eight times what 1,024 would have let it keep
+// open, come through whole.
 TEST_F(FuseLife, SoftDescriptorLimitIsLifted) {
   ScopedDescriptorLimit limit(1024);
   const rlimit saved = limit.saved();
@@ -953,7 +954,7 @@ TEST_F(FuseLife, SoftDescriptorLimitIsLifted) {
   limit.restore();  // the rest of the test makes thousands of files
   ASSERT_TRUE(m.ok()) << m.log();
   const std::string limits = read_file("/proc/" + std::to_string(m.pid()) + "/limits");
-  const std::string want = std::to_string(std::min<rlim_t>(saved.rlim_max, rlim_t{1} << 16));
+  const std::string want = std::to_string(std::min<rlim_t>(saved.rlim_max, uext::fuse::kMaxDescriptors));
   const size_t at = limits.find("Max open files");
   ASSERT_NE(at, std::string::npos) << limits;
   const std::string line = limits.substr(at, limits.find('\n', at) - at);

@@ -958,13 +958,13 @@ struct Background {
 // their number by a quarter of the soft descriptor limit, which shells
 // often leave at 1,024 under a hard limit of 512 Ki or more: new small
 // files would then be written back and their memfds closed every 256
-// files. The daemon lifts the soft limit to the hard one (at most 64 Ki, as
-// the table below). Nothing in it uses select(), so descriptors past 1,024
+// files. The daemon lifts the soft limit to the hard one (at most
+// kMaxDescriptors). Nothing in it uses select(), so descriptors past 1,024
 // are safe.
 void raise_descriptor_limit() {
   rlimit limit{};
   if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
-  const rlim_t want = std::min<rlim_t>(limit.rlim_max, rlim_t{1} << 16);
+  const rlim_t want = std::min<rlim_t>(limit.rlim_max, kMaxDescriptors);
   if (limit.rlim_cur >= want) return;
   limit.rlim_cur = want;
   ::setrlimit(RLIMIT_NOFILE, &limit);  // best effort: the cache adapts to what it finds
@@ -976,13 +976,13 @@ void raise_descriptor_limit() {
 // threads each doubling waits for an RCU grace period: 5-16 ms each on the
 // development VM, inside whichever WRITE request opened descriptor 256,
 // 512, ... 4,096. It never shrinks the table, so growing it once to the
-// descriptor limit (at most 64 Ki, 512 KiB of table) while this process
+// descriptor limit (at most kMaxDescriptors) while this process
 // still has a single thread costs nothing later. (A fork does not keep an
 // empty large table: run after fork_into_background.)
 void presize_descriptor_table() {
   rlimit limit{};
   if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
-  const rlim_t want = std::min<rlim_t>(limit.rlim_cur, rlim_t{1} << 16);
+  const rlim_t want = std::min<rlim_t>(limit.rlim_cur, kMaxDescriptors);
   if (want <= 256) return;
   const int base = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (base < 0) return;

@@ -32,6 +32,10 @@ static_assert(sizeof(DaemonInfo) == 4096);
 // A restricted (size-encoded) ioctl, so the kernel copies the reply itself.
 inline constexpr unsigned int kDaemonInfoIoctl = _IOR('U', 0x75, DaemonInfo);
 
+// The daemon lifts its soft descriptor limit towards the hard one and
+// presizes its descriptor table, both up to this many (512 KiB of table).
+inline constexpr uint64_t kMaxDescriptors = uint64_t{1} << 16;
+
 // Unmounts a uext mount and waits until its daemon has closed the image.
 // Returns the exit status (0, 1) having reported failures on stderr.
 int run_umount(const std::string& mountpoint);
