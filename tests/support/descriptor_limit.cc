@@ -6,7 +6,7 @@ ScopedDescriptorLimit::ScopedDescriptorLimit(rlim_t soft) {
   if (::getrlimit(RLIMIT_NOFILE, &saved_) != 0) return;
   rlimit low = saved_;
   low.rlim_cur = soft;
-  lowered_ = ok_ = ::setrlimit(RLIMIT_NOFILE, &low) == 0;
+  lowered_ = ::setrlimit(RLIMIT_NOFILE, &low) == 0;
 }
 
 void ScopedDescriptorLimit::restore() {

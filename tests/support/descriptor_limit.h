@@ -15,7 +15,9 @@ class ScopedDescriptorLimit {
   ScopedDescriptorLimit(const ScopedDescriptorLimit&) = delete;
   ScopedDescriptorLimit& operator=(const ScopedDescriptorLimit&) = delete;
 
-  bool ok() const { return ok_; }
+  // Whether the lowered limit is in force: false if lowering failed, and
+  // after restore().
+  bool ok() const { return lowered_; }
   // The limits in force before.
   const rlimit& saved() const { return saved_; }
   // Puts the saved limits back now (the destructor then does nothing).
@@ -23,7 +25,6 @@ class ScopedDescriptorLimit {
 
  private:
   rlimit saved_{};
-  bool ok_ = false;
   bool lowered_ = false;
 };
 
