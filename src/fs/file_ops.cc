@@ -157,55 +157,59 @@ Result<size_t> FilesystemImpl::write_locked_or_cached(Ino ino, uint64_t offset, 
     return {};
   };
 
+  // Maps (allocating holes) and writes up to kWriteChunkBlocks blocks from
+  // logical block `pos` in one handle, which commits them and the size that
+  // covers them; *mapped says how many blocks went in.
   const uint32_t k = extents_per_handle(rec);
+  auto write_chunk = [&](uint64_t pos, uint64_t* mapped) -> Status {
+    const uint64_t chunk = std::min<uint64_t>(last - pos + 1, kWriteChunkBlocks);
+    UEXT_ASSIGN_OR_RETURN(auto before, map_blocks(*vol_, rec, pos, chunk));
+    uint64_t holes = 0;
+    uint32_t unwritten_runs = 0;
+    for (const auto& r : before) {
+      if (r.physical == 0) holes += r.length;
+      if (r.unwritten) ++unwritten_runs;
+    }
+    alloc::Reservation space;
+    if (holes) {
+      UEXT_ASSIGN_OR_RETURN(space, reserve(holes + map_overhead(holes)));
+    }
+    alloc::ReservationScope scope(&space);
+    const uint32_t credits = map_credits(*vol_, rec, k) + convert_credits(*vol_, rec, std::min(unwritten_runs, k) + 1) + 2;
+    UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(credits));
+    UEXT_TRY(in_handle(h, [&]() -> Status {
+      MapOptions options;
+      options.max_new_extents = k;
+      // Streams written through (no delayed allocation) get windows too.
+      options.alloc.owner = ino;
+      options.alloc.prealloc = prealloc_window((std::max<uint64_t>(rec.inode.i_size, end) + bs - 1) / bs);
+      UEXT_ASSIGN_OR_RETURN(auto runs, map_or_allocate(*vol_, h, rec, pos, chunk, *blocks_, options));
+      bool any_unwritten = false;
+      for (const auto& r : runs) {
+        if (r.physical == 0) return Error(EIO, fmt::format("inode {}: block {} left unmapped", ino, r.logical));
+        UEXT_TRY(write_run(r.logical, r.length, r.physical));
+        any_unwritten |= r.unwritten;
+        *mapped = r.logical + r.length - pos;
+      }
+      if (any_unwritten) UEXT_TRY(convert_unwritten(*vol_, h, rec, pos, *mapped, *blocks_));
+      const uint64_t written_to = std::min(end, (pos + *mapped) * bs);
+      const disk::Timestamp t = now();
+      UEXT_ASSIGN_OR_RETURN(rec, vol_->update_inode(h, ino, false, [&](disk::Inode& in) {
+        if (written_to > in.i_size) in.i_size = written_to;
+        in.i_mtime = in.i_ctime = t;
+      }));
+      return {};
+    }));
+    if (*mapped == 0) return Error(EIO, fmt::format("inode {}: no progress mapping block {}", ino, pos));
+    return {};
+  };
+
+  // A chunk that fails after others went in ends the write short, as
+  // write(2) does: an error then would deny bytes the file already shows.
   uint64_t pos = first;
   while (pos <= last) {
-    // Each chunk commits its blocks and the size that covers them. A chunk
-    // that fails after others went in ends the write short, as write(2)
-    // does; an error then would deny bytes the file already shows.
     uint64_t mapped = 0;
-    Status chunk_done = [&]() -> Status {
-      const uint64_t chunk = std::min<uint64_t>(last - pos + 1, kWriteChunkBlocks);
-      UEXT_ASSIGN_OR_RETURN(auto before, map_blocks(*vol_, rec, pos, chunk));
-      uint64_t holes = 0;
-      uint32_t unwritten_runs = 0;
-      for (const auto& r : before) {
-        if (r.physical == 0) holes += r.length;
-        if (r.unwritten) ++unwritten_runs;
-      }
-      alloc::Reservation space;
-      if (holes) {
-        UEXT_ASSIGN_OR_RETURN(space, reserve(holes + map_overhead(holes)));
-      }
-      alloc::ReservationScope scope(&space);
-      const uint32_t credits = map_credits(*vol_, rec, k) + convert_credits(*vol_, rec, std::min(unwritten_runs, k) + 1) + 2;
-      UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(credits));
-      UEXT_TRY(in_handle(h, [&]() -> Status {
-        MapOptions options;
-        options.max_new_extents = k;
-        // Streams written through (no delayed allocation) get windows too.
-        options.alloc.owner = ino;
-        options.alloc.prealloc = prealloc_window((std::max<uint64_t>(rec.inode.i_size, end) + bs - 1) / bs);
-        UEXT_ASSIGN_OR_RETURN(auto runs, map_or_allocate(*vol_, h, rec, pos, chunk, *blocks_, options));
-        bool any_unwritten = false;
-        for (const auto& r : runs) {
-          if (r.physical == 0) return Error(EIO, fmt::format("inode {}: block {} left unmapped", ino, r.logical));
-          UEXT_TRY(write_run(r.logical, r.length, r.physical));
-          any_unwritten |= r.unwritten;
-          mapped = r.logical + r.length - pos;
-        }
-        if (any_unwritten) UEXT_TRY(convert_unwritten(*vol_, h, rec, pos, mapped, *blocks_));
-        const uint64_t written_to = std::min(end, (pos + mapped) * bs);
-        const disk::Timestamp t = now();
-        UEXT_ASSIGN_OR_RETURN(rec, vol_->update_inode(h, ino, false, [&](disk::Inode& in) {
-          if (written_to > in.i_size) in.i_size = written_to;
-          in.i_mtime = in.i_ctime = t;
-        }));
-        return {};
-      }));
-      if (mapped == 0) return Error(EIO, fmt::format("inode {}: no progress mapping block {}", ino, pos));
-      return {};
-    }();
+    Status chunk_done = write_chunk(pos, &mapped);
     if (!chunk_done.ok()) {
       if (pos == first) return std::move(chunk_done).error();
       break;
