@@ -570,12 +570,6 @@ TEST(FallocateBugs, CommittedFreesDoNotStopAReservation) {
   w.close_and_check();
 }
 
-}  // namespace
-}  // namespace uext::testing
-
-namespace uext::testing {
-namespace {
-
 // Found by the ENOSPC suite on ext3: a write through the block map (no
 // delayed allocation) goes in chunks of up to 8,192 blocks, each committed
 // with the size that covers it. When space ran out in a later chunk, the
