@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -62,7 +63,12 @@ struct Scratch {
   }
 };
 
-// e2fsck -fn and dumpe2fs -h on an image that needs no replay.
+// e2fsck -fn, and the superblock's state, on an image that needs no
+// replay. e2fsck exits 0 on a superblock marked "clean with errors", so the
+// error bit is read too: straight from the image (s_state, a little-endian
+// u16 at byte 58 of the superblock, which starts at byte 1024), not through
+// uext's decoder, and without a dumpe2fs process per crash state, which
+// was a third of the harness's process time.
 bool check_clean(const std::string& image, std::string& report) {
   std::vector<std::string> fsck = {"e2fsck", "-fn", image};
   CommandResult r = run(fsck);
@@ -71,19 +77,22 @@ bool check_clean(const std::string& image, std::string& report) {
     report += describe_run(fsck, r) + "\n";
     clean = false;
   }
-  std::vector<std::string> dump = {"dumpe2fs", "-h", image};
-  CommandResult d = run(dump);
-  if (d.exit_code != 0) {
-    report += describe_run(dump, d) + "\n";
+  constexpr off_t kStateOffset = 1024 + 58;
+  constexpr uint16_t kErrorFs = 0x0002;
+  unsigned char state[2];
+  int fd = ::open(image.c_str(), O_RDONLY | O_CLOEXEC);
+  ssize_t got = fd >= 0 ? ::pread(fd, state, sizeof state, kStateOffset) : -1;
+  if (fd >= 0) ::close(fd);
+  if (got != static_cast<ssize_t>(sizeof state)) {
+    report += "cannot read the superblock's state field of " + image + "\n";
     return false;
   }
-  std::istringstream in(d.out);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("Filesystem state:", 0) == 0 && line.find("with errors") != std::string::npos) {
-      report += "dumpe2fs -h " + image + ": " + line + "\n";
-      clean = false;
-    }
+  const unsigned s_state = state[0] | state[1] << 8u;
+  if (s_state & kErrorFs) {
+    char hex[16];
+    std::snprintf(hex, sizeof hex, "%#06x", s_state);
+    report += image + ": the superblock's state says \"with errors\" (s_state " + hex + ")\n";
+    clean = false;
   }
   return clean;
 }
