@@ -634,7 +634,15 @@ void compare_content(const std::string& ep, const std::string& ap, uint64_t size
       merged.back().second = std::max(merged.back().second, r.second);
     else merged.push_back(r);
   }
-  std::vector<char> b1(1 << 20), b2(1 << 20);
+  // Kept across calls and no larger than the file: a fresh 1 MiB buffer
+  // per file is an mmap, 256 page faults and an munmap, which made the
+  // comparison of a 20,000-file tree seconds slower on a shadow-paged VM.
+  thread_local std::vector<char> b1, b2;
+  const size_t want = static_cast<size_t>(std::clamp<uint64_t>(size, 1, 1 << 20));
+  if (b1.size() < want) {
+    b1.resize(want);
+    b2.resize(want);
+  }
   for (auto [s, e] : merged) {
     e = std::min<uint64_t>(e, size);
     for (uint64_t pos = s; pos < e;) {
