@@ -307,7 +307,9 @@ uint64_t fill_up(Filesystem& fs, Ino ino) {
     auto n = fs.write(ino, tail, bytes_of(blk));
     if (!n.ok() || *n == 0) break;
     tail += *n;
-    if (i % 16 == 15) EXPECT_TRUE(fs.sync().ok());
+    if (i % 16 == 15) {
+      EXPECT_TRUE(fs.sync().ok());
+    }
   }
   EXPECT_TRUE(fs.sync().ok());
   return tail;
