@@ -12,70 +12,21 @@
 #include <cerrno>
 #include <string>
 
-#include "io/fault_device.h"
-#include "support/crash.h"
-#include "support/images.h"
+#include "support/faulty_fs.h"
 #include "support/process.h"
 #include "uext/filesystem.h"
 
 namespace uext::testing {
 namespace {
 
-struct Faulty {
-  std::unique_ptr<Filesystem> fs;
-  io::FaultDevice* dev = nullptr;  // owned by fs
-};
-
-// With `background`, background writeback runs at once (every 5 ms, no
-// expiry age); without, writeback happens only when the test asks for it.
-Faulty open_faulty(const std::string& image, const Options& extra = {}, bool background = false) {
-  Faulty f;
-  auto inner = open_image_file(image, {.read_only = false});
-  EXPECT_TRUE(inner.ok()) << inner.error().message();
-  auto dev = std::make_unique<io::FaultDevice>(std::move(*inner));
-  f.dev = dev.get();
-  Options o = extra;
-  o.read_only = false;
-  o.delayed_allocation = true;
-  o.dirty_expire_ms = background ? 0 : 600000;
-  o.writeback_interval_ms = background ? 5 : 600000;
-  o.commit_interval_ms = 0;  // commits only when the test asks too
-  auto fs = Filesystem::open(std::move(dev), o);
-  EXPECT_TRUE(fs.ok()) << fs.error().message();
-  if (fs.ok()) f.fs = std::move(*fs);
-  return f;
-}
-
 std::string bytes(char c, size_t n) { return std::string(n, c); }
 std::span<const std::byte> as_bytes(const std::string& s) { return std::as_bytes(std::span(s)); }
-
-void close_and_check(Faulty& f, const std::string& image) {
-  f.dev->clear_rules();
-  Status st = f.fs->close();
-  EXPECT_TRUE(st.ok()) << st.error().message();
-  f.fs.reset();
-  FsckVerdict v = e2fsck_clean(image);
-  EXPECT_TRUE(v.clean) << v.report;
-  EXPECT_EQ(dumpe2fs_header(image)["Filesystem state"], "clean");
-}
-
-std::string read_back(const std::string& image, const std::string& path, size_t n) {
-  auto fs = Filesystem::open(image, {});
-  EXPECT_TRUE(fs.ok());
-  auto ino = (*fs)->resolve(path);
-  EXPECT_TRUE(ino.ok());
-  std::string out(n, '\0');
-  auto r = (*fs)->read(*ino, 0, std::as_writable_bytes(std::span(out)));
-  EXPECT_TRUE(r.ok());
-  out.resize(r.ok() ? *r : 0);
-  return out;
-}
 
 TEST(WbErrseq, EveryDescriptionHearsOnceLateOnesDoNot) {
   TempDir tmp;
   const std::string image = tmp / "errseq.img";
   run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-b", "4096", image, "32M"});
-  Faulty f = open_faulty(image);
+  FaultyFs f = open_faulty(image);
   ASSERT_TRUE(f.fs);
   auto st = f.fs->create(kRootIno, "f", 0100644, {});
   ASSERT_TRUE(st.ok());
@@ -117,7 +68,7 @@ TEST(WbErrseq, BackgroundWritebackFailureReachesFsync) {
   TempDir tmp;
   const std::string image = tmp / "background.img";
   run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-b", "4096", image, "32M"});
-  Faulty f = open_faulty(image, {}, /*background=*/true);
+  FaultyFs f = open_faulty(image, {}, /*background=*/true);
   ASSERT_TRUE(f.fs);
   auto st = f.fs->create(kRootIno, "f", 0100644, {});
   ASSERT_TRUE(st.ok());
@@ -146,7 +97,7 @@ TEST(WbErrseq, UnseenErrorReachesLaterDescriptionsAndSurvivesEviction) {
   run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-b", "4096", image, "64M"});
   Options o;
   o.page_cache_bytes = 256 * 1024;  // clean pages go soon
-  Faulty f = open_faulty(image, o);
+  FaultyFs f = open_faulty(image, o);
   ASSERT_TRUE(f.fs);
   auto a = f.fs->create(kRootIno, "a", 0100644, {});
   auto b = f.fs->create(kRootIno, "b", 0100644, {});
