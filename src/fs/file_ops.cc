@@ -157,10 +157,36 @@ Result<size_t> FilesystemImpl::write_locked_or_cached(Ino ino, uint64_t offset, 
     return {};
   };
 
-  // Maps (allocating holes) and writes up to kWriteChunkBlocks blocks from
-  // logical block `pos` in one handle, which commits them and the size that
-  // covers them; *mapped says how many blocks went in.
   const uint32_t k = extents_per_handle(rec);
+  // Inside handle `h`: maps (allocating holes) and writes blocks [pos, pos
+  // + chunk), then sets the size that covers them; *mapped says how many
+  // blocks were mapped.
+  auto write_chunk_in = [&](journal::Handle& h, uint64_t pos, uint64_t chunk, uint64_t* mapped) -> Status {
+    MapOptions options;
+    options.max_new_extents = k;
+    // Streams written through (no delayed allocation) get windows too.
+    options.alloc.owner = ino;
+    options.alloc.prealloc = prealloc_window((std::max<uint64_t>(rec.inode.i_size, end) + bs - 1) / bs);
+    UEXT_ASSIGN_OR_RETURN(auto runs, map_or_allocate(*vol_, h, rec, pos, chunk, *blocks_, options));
+    bool any_unwritten = false;
+    for (const auto& r : runs) {
+      if (r.physical == 0) return Error(EIO, fmt::format("inode {}: block {} left unmapped", ino, r.logical));
+      UEXT_TRY(write_run(r.logical, r.length, r.physical));
+      any_unwritten |= r.unwritten;
+      *mapped = r.logical + r.length - pos;
+    }
+    if (any_unwritten) UEXT_TRY(convert_unwritten(*vol_, h, rec, pos, *mapped, *blocks_));
+    const uint64_t written_to = std::min(end, (pos + *mapped) * bs);
+    const disk::Timestamp t = now();
+    UEXT_ASSIGN_OR_RETURN(rec, vol_->update_inode(h, ino, false, [&](disk::Inode& in) {
+      if (written_to > in.i_size) in.i_size = written_to;
+      in.i_mtime = in.i_ctime = t;
+    }));
+    return {};
+  };
+
+  // Up to kWriteChunkBlocks blocks from logical block `pos` in one handle,
+  // which commits them and the size that covers them.
   auto write_chunk = [&](uint64_t pos, uint64_t* mapped) -> Status {
     const uint64_t chunk = std::min<uint64_t>(last - pos + 1, kWriteChunkBlocks);
     UEXT_ASSIGN_OR_RETURN(auto before, map_blocks(*vol_, rec, pos, chunk));
@@ -175,35 +201,31 @@ Result<size_t> FilesystemImpl::write_locked_or_cached(Ino ino, uint64_t offset, 
       UEXT_ASSIGN_OR_RETURN(space, reserve(holes + map_overhead(holes)));
     }
     alloc::ReservationScope scope(&space);
-    const uint32_t credits = map_credits(*vol_, rec, k) + convert_credits(*vol_, rec, std::min(unwritten_runs, k) + 1) + 2;
+    // Blocks allocated past the end of the file must not outlive a failed
+    // chunk (e2fsck would call the size wrong). As ext4_write_begin does,
+    // the failing handle puts the inode on the orphan list, so that its
+    // allocation and the pending truncate commit together.
+    const uint64_t eof_block = (rec.inode.i_size + bs - 1) / bs;
+    const bool may_allocate_past_eof = holes > 0 && pos + chunk > eof_block;
+    const uint32_t credits = map_credits(*vol_, rec, k) + convert_credits(*vol_, rec, std::min(unwritten_runs, k) + 1) +
+                             2 + (may_allocate_past_eof ? OrphanList::kAddCredits : 0);
     UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(credits));
-    UEXT_TRY(in_handle(h, [&]() -> Status {
-      MapOptions options;
-      options.max_new_extents = k;
-      // Streams written through (no delayed allocation) get windows too.
-      options.alloc.owner = ino;
-      options.alloc.prealloc = prealloc_window((std::max<uint64_t>(rec.inode.i_size, end) + bs - 1) / bs);
-      UEXT_ASSIGN_OR_RETURN(auto runs, map_or_allocate(*vol_, h, rec, pos, chunk, *blocks_, options));
-      bool any_unwritten = false;
-      for (const auto& r : runs) {
-        if (r.physical == 0) return Error(EIO, fmt::format("inode {}: block {} left unmapped", ino, r.logical));
-        UEXT_TRY(write_run(r.logical, r.length, r.physical));
-        any_unwritten |= r.unwritten;
-        *mapped = r.logical + r.length - pos;
-      }
-      if (any_unwritten) UEXT_TRY(convert_unwritten(*vol_, h, rec, pos, *mapped, *blocks_));
-      const uint64_t written_to = std::min(end, (pos + *mapped) * bs);
-      const disk::Timestamp t = now();
-      UEXT_ASSIGN_OR_RETURN(rec, vol_->update_inode(h, ino, false, [&](disk::Inode& in) {
-        if (written_to > in.i_size) in.i_size = written_to;
-        in.i_mtime = in.i_ctime = t;
-      }));
-      return {};
-    }));
+    bool orphaned = false;
+    Status done = in_handle(h, [&]() -> Status {
+      Status wrote = write_chunk_in(h, pos, chunk, mapped);
+      if (!wrote.ok() && may_allocate_past_eof) orphaned = orphans_.add(*vol_, h, ino).ok();
+      return wrote;
+    });
+    if (orphaned) {
+      // What the failed chunk mapped past i_size goes; a failure here
+      // leaves the inode on the orphan list for the next open to finish.
+      UEXT_ASSIGN_OR_RETURN(rec, load_inode(ino));
+      UEXT_TRY(finish_truncate(rec, rec.inode.i_size));
+    }
+    UEXT_TRY(done);
     if (*mapped == 0) return Error(EIO, fmt::format("inode {}: no progress mapping block {}", ino, pos));
     return {};
   };
-
   // A chunk that fails after others went in ends the write short, as
   // write(2) does: an error then would deny bytes the file already shows.
   uint64_t pos = first;

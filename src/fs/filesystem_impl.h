@@ -162,6 +162,11 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   Status recover_orphans();
   // Truncates `rec` to `size` (shrinking uses the orphan list).
   Status truncate_locked(InodeRecord& rec, uint64_t size);
+  // The second half of a shrinking truncate, for an inode already on the
+  // orphan list: frees every block past `size` and takes the inode off the
+  // list (unless it is unlinked). Also used after a failed write that
+  // allocated past the end of the file.
+  Status finish_truncate(InodeRecord& rec, uint64_t size);
 
   // Sets (value) or removes (nullopt) one attribute.
   Status change_xattr(Ino ino, std::string_view name, std::optional<std::string_view> value, int flags);

@@ -322,6 +322,10 @@ Status FilesystemImpl::truncate_locked(InodeRecord& rec, uint64_t size) {
     UEXT_TRY(done);
     UEXT_TRY(stopped);
   }
+  return finish_truncate(rec, size);
+}
+
+Status FilesystemImpl::finish_truncate(InodeRecord& rec, uint64_t size) {
   if (has_block_map(rec)) UEXT_TRY(truncate_blocks(*vol_, rec, size, *blocks_));
   // An unlinked inode (still held open) stays on the list until it goes.
   if (rec.inode.i_links_count == 0) return {};
