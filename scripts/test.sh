@@ -104,7 +104,10 @@ echo "== ASan+UBSan build (at ${SECONDS}s)"
 # files that hold them are compiled (found with the pattern run below).
 bad_input='Corruption|Crash'
 bad_input_files=$(grep -lE "^TEST(_F|_P)?\((${bad_input})" $(find tests -maxdepth 1 -name '*_test.cc' | sort) | paste -sd';')
-bash scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-g1" -DUEXT_SANITIZE=address,undefined \
+# -Og: register allocation and simple inlining, at -O0's compile time
+# (measured: the same CPU time), and the corruption tests a fifth faster
+# and the unit tests a twelfth; the debug checks stay on.
+bash scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-g1 -Og" -DUEXT_SANITIZE=address,undefined \
   "-DUEXT_SYSTEM_TEST_SOURCES=${bad_input_files}"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # What ran in the optimised build is left out (the smaller DirWriter and
