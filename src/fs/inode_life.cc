@@ -170,7 +170,7 @@ Result<InodeRecord> FilesystemImpl::new_inode(journal::Handle& handle, const Ino
     flags |= disk::inode_flag::kExtents;
   }
   const uint32_t generation = random_generation();
-  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->update_inode(handle, ino, true, [&](disk::Inode& in) {
+  auto rec = vol_->update_inode(handle, ino, true, [&](disk::Inode& in) {
     in.i_mode = static_cast<uint16_t>(mode);
     in.i_uid = owner.uid;
     in.i_gid = gid;
@@ -186,8 +186,16 @@ Result<InodeRecord> FilesystemImpl::new_inode(journal::Handle& handle, const Ino
       header[4] = std::byte{4};  // eh_max: four entries fit in i_block
       in.set_i_block_bytes(header);
     }
-  }));
-  return rec;
+  });
+  if (!rec.ok()) {
+    // The handle commits what it changed: a bitmap bit with no inode behind
+    // it (the inode table block unreadable, say) would be a leak e2fsck
+    // reports. The bit goes again in the same handle, touching the same
+    // bitmap and descriptor blocks.
+    (void)inodes_->free(handle, ino, is_dir);
+    return std::move(rec).error();
+  }
+  return std::move(*rec);
 }
 
 void FilesystemImpl::retain(Ino ino) { itable_.retain(ino); }
