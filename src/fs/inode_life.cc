@@ -106,6 +106,12 @@ Status FilesystemImpl::close() {
       Status s = release(ino, refs);
       if (first.ok() && !s.ok()) first = s;
     }
+    // A truncate that a device error stopped part-way left its inode on
+    // the orphan list with blocks past i_size; finish it as the next open
+    // would, so that an image closed clean has no orphan pending (e2fsck
+    // -n does not process the list and would call the size wrong).
+    Status orphans = recover_orphans();
+    if (first.ok() && !orphans.ok()) first = orphans;
     // Nothing else runs now: every reserved block is a cached file's.
     check_reservations("at close", true);
   }
