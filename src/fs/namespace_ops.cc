@@ -147,9 +147,11 @@ Result<Stat> FilesystemImpl::make_node(Ino dir, std::string_view name, uint32_t 
   if (is_dir) credits += dir_init_credits(*vol_, parent);
   if (slow_symlink) credits += map_credits(*vol_, parent, 1);
   credits += acl_count * xattr_set_credits(*vol_);
+  credits += OrphanList::kAddCredits + 1;  // undoing a failure, below
   UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(credits));
   InodeRecord child;
-  Status done = in_handle(h, [&]() -> Status {
+  bool orphaned = false;
+  auto make = [&]() -> Status {
     UEXT_ASSIGN_OR_RETURN(child, new_inode(h, parent, mode, owner));
     if (acls.access) UEXT_TRY(xattr_set(*vol_, h, child, kAclAccessName, *acls.access, 0, *blocks_));
     if (acls.default_acl) UEXT_TRY(xattr_set(*vol_, h, child, kAclDefaultName, *acls.default_acl, 0, *blocks_));
@@ -177,7 +179,23 @@ Result<Stat> FilesystemImpl::make_node(Ino dir, std::string_view name, uint32_t 
     }
     UEXT_TRY(dir_add_entry(*vol_, h, parent, name, child.ino, ftype_of(mode), *blocks_));
     return touch_dir(*vol_, h, parent.ino, is_dir ? 1 : 0, now());
+  };
+  Status done = in_handle(h, [&]() -> Status {
+    Status made = make();
+    if (!made.ok() && child.ino != 0) {
+      // The handle commits what it changed, the new inode included: a
+      // failure after it was allocated (a slow symlink's block write, a
+      // directory that cannot take the name) would leave it unnamed. As
+      // ext4 does, it loses its link and goes through the orphan list.
+      auto unlinked = vol_->update_inode(h, child.ino, false, [](disk::Inode& in) { in.i_links_count = 0; });
+      orphaned = unlinked.ok() && orphans_.add(*vol_, h, child.ino).ok();
+    }
+    return made;
   });
+  if (orphaned) {
+    // Freed now; if that fails too, the next open finishes it.
+    if (auto gone = load_inode(child.ino); gone.ok()) (void)delete_inode(*gone);
+  }
   UEXT_TRY(done);
   UEXT_ASSIGN_OR_RETURN(child, load_inode(child.ino));
   return to_stat(vol_->sb(), child);
