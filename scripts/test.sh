@@ -91,18 +91,20 @@ echo "== optimised build (at ${SECONDS}s)"
 opt_unit='DirWriter\.(LargedirThreeLevels|IndexFullWithoutLargedir)$|DxEditImage\.LargedirThreeLevels$|Images/ReadPath\.'
 bash scripts/build.sh build -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O2 -g1 -DNDEBUG" \
   "-DUEXT_UNIT_TEST_SOURCES=src/fs/dir_writer_test.cc;src/disk/dx_edit_test.cc;src/fs/filesystem_test.cc"
-# The corruption tests run in the ASan+UBSan build, all but the random bit
-# flips at their full count, which run here (the regex spares the one
-# Corruption test that starts with "Ra"). The crash suite checks 2,000
-# states, not its default 5,200 (UEXT_CRASH_STATES), to keep CI within its
-# time.
-UEXT_CRASH_STATES=2000 run_ctest build -L system -E '^Corruption\.([^R]|R[^a])'
+# The corruption and device-error tests run in the ASan+UBSan build, all
+# but the random bit flips at their full count, which run here (the regex
+# spares the one Corruption test that starts with "Ra"). The crash suite
+# checks 2,000 states, not its default 5,200 (UEXT_CRASH_STATES), to keep
+# CI within its time.
+UEXT_CRASH_STATES=2000 run_ctest build -L system -E '^(Corruption\.([^R]|R[^a])|WriteErrors)'
 run_ctest build -L unit -R "^(${opt_unit})"
 
 echo "== ASan+UBSan build (at ${SECONDS}s)"
-# Of the system tests it runs those that feed uext bad input; only the
-# files that hold them are compiled (found with the pattern run below).
-bad_input='Corruption|Crash'
+# Of the system tests it runs those that feed uext bad input (corrupt
+# images, failing devices), whose error paths are where memory errors
+# hide; only the files that hold them are compiled (found with the pattern
+# run below).
+bad_input='Corruption|Crash|WriteErrors'
 bad_input_files=$(grep -lE "^TEST(_F|_P)?\((${bad_input})" $(find tests -maxdepth 1 -name '*_test.cc' | sort) | paste -sd';')
 # -Og: register allocation and simple inlining, at -O0's compile time
 # (measured: the same CPU time), and the corruption tests a fifth faster
