@@ -19,7 +19,9 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <ostream>
 #include <string>
+#include <vector>
 
 #include "support/crash.h"
 #include "support/faulty_fs.h"
@@ -198,6 +200,9 @@ struct SweepKind {
   bool journaled = true;
 };
 
+// ctest lists the kind by its name rather than as bytes.
+void PrintTo(const SweepKind& kind, std::ostream* os) { *os << kind.name; }
+
 class WriteErrorsSweep : public ::testing::TestWithParam<SweepKind> {
  protected:
   // Why the image closed with status `closed` is not as it must be; "" if
@@ -257,8 +262,8 @@ TEST_P(WriteErrorsSweep, EachCallFailingOnceLeavesACleanImage) {
   int bad = 0;
   // The host's disk fills: every write past a point fails with ENOSPC
   // until space is freed, here before the close.
-  for (int step = 1; step < 24 && bad < 3; ++step) {
-    const uint64_t limit = calls.bytes_written * step / 24;
+  for (int step = 1; step < 12 && bad < 3; ++step) {
+    const uint64_t limit = calls.bytes_written * step / 12;
     const std::string img = tmp / "n.img";
     copy_file(base, img);
     FaultyFs f = open_faulty(img);
@@ -297,9 +302,10 @@ TEST_P(WriteErrorsSweep, EachCallFailingOnceLeavesACleanImage) {
 }
 
 INSTANTIATE_TEST_SUITE_P(WriteErrors, WriteErrorsSweep,
+                         // ext3 with 1 KiB blocks indexes the 150-name directory;
+                         // ext4 is mke2fs's default, 4 KiB blocks.
                          ::testing::Values(SweepKind{"ext2_1k", {"-t", "ext2", "-b", "1024"}, false},
                                            SweepKind{"ext3_1k", {"-t", "ext3", "-b", "1024"}},
-                                           SweepKind{"ext4_1k", {"-t", "ext4", "-b", "1024"}},
                                            SweepKind{"ext4_4k", {"-t", "ext4", "-b", "4096"}}),
                          [](const auto& info) { return info.param.name; });
 
