@@ -53,11 +53,14 @@ command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
 if [ -f "$build/CMakeCache.txt" ] && ! grep -q '^CMAKE_CXX_COMPILER:.*clang' "$build/CMakeCache.txt"; then
   rm -rf "$build"
 fi
+# Only the fuzz targets are built, so fmt comes from libfmt.so (see
+# UEXT_FMT_HEADER_ONLY in CMakeLists.txt).
 if [ ! -f "$build/CMakeCache.txt" ] ||
-  ! grep -qxF "CMAKE_CXX_FLAGS_RELWITHDEBINFO:STRING=${flags}" "$build/CMakeCache.txt"; then
+  ! grep -qxF "CMAKE_CXX_FLAGS_RELWITHDEBINFO:STRING=${flags}" "$build/CMakeCache.txt" ||
+  ! grep -qxF "UEXT_FMT_HEADER_ONLY:BOOL=OFF" "$build/CMakeCache.txt"; then
   CC=clang CXX=clang++ cmake -S "$root" -B "$build" "${generator[@]}" \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=${flags}" \
-    -DUEXT_BUILD_FUZZERS=ON -DUEXT_BUILD_TESTS=OFF \
+    -DUEXT_BUILD_FUZZERS=ON -DUEXT_BUILD_TESTS=OFF -DUEXT_FMT_HEADER_ONLY=OFF \
     -DUEXT_SANITIZE=address,undefined >"$build.configure.log" 2>&1 ||
     { cat "$build.configure.log" >&2; die "cmake configure failed"; }
   mv "$build.configure.log" "$build/configure.log"
