@@ -32,7 +32,9 @@ constexpr size_t kInodesCount = 0x00, kBlocksCountLo = 0x04, kRBlocksCountLo = 0
                  kRaidStripeWidth = 0x170, kLogGroupsPerFlex = 0x174, kChecksumType = 0x175,
                  kKbytesWritten = 0x178, kErrorCount = 0x194, kFirstErrorTime = 0x198,
                  kFirstErrorIno = 0x19C, kFirstErrorBlock = 0x1A0, kLastErrorTime = 0x1CC,
-                 kLastErrorIno = 0x1D0, kLastErrorBlock = 0x1D8, kUsrQuotaInum = 0x240,
+                 kLastErrorIno = 0x1D0, kLastErrorBlock = 0x1D8, kFirstErrorFunc = 0x1A8,
+                 kFirstErrorLine = 0x1C8, kLastErrorLine = 0x1D4, kLastErrorFunc = 0x1E0,
+                 kFirstErrorErrcode = 0x27A, kLastErrorErrcode = 0x27B, kUsrQuotaInum = 0x240,
                  kGrpQuotaInum = 0x244, kOverheadClusters = 0x248, kBackupBgs = 0x24C,
                  kLpfIno = 0x268, kPrjQuotaInum = 0x26C, kChecksumSeed = 0x270, kWtimeHi = 0x274,
                  kMtimeHi = 0x275, kMkfsTimeHi = 0x276, kLastcheckHi = 0x277,
@@ -166,6 +168,12 @@ Superblock decode_fields(Bytes raw) {
   sb.s_last_error_time = get_time(raw, off::kLastErrorTime, off::kLastErrorTimeHi);
   sb.s_last_error_ino = le32(raw, off::kLastErrorIno);
   sb.s_last_error_block = le64(raw, off::kLastErrorBlock);
+  get_array(raw, off::kFirstErrorFunc, sb.s_first_error_func);
+  sb.s_first_error_line = le32(raw, off::kFirstErrorLine);
+  sb.s_first_error_errcode = le8(raw, off::kFirstErrorErrcode);
+  get_array(raw, off::kLastErrorFunc, sb.s_last_error_func);
+  sb.s_last_error_line = le32(raw, off::kLastErrorLine);
+  sb.s_last_error_errcode = le8(raw, off::kLastErrorErrcode);
   sb.s_usr_quota_inum = le32(raw, off::kUsrQuotaInum);
   sb.s_grp_quota_inum = le32(raw, off::kGrpQuotaInum);
   sb.s_overhead_clusters = le32(raw, off::kOverheadClusters);
@@ -301,6 +309,17 @@ Status check_layout(const Superblock& sb) {
 }
 
 }  // namespace
+
+uint8_t error_code_of(int err) {
+  // The numbering is the superblock's: 1 means "unknown", then these in turn.
+  static constexpr int kNumbered[] = {EIO,   ENOMEM,   kErrBadChecksum, kErrCorrupted, ENOSPC,  ENOKEY,
+                                      EROFS, EFBIG,    EEXIST,          ERANGE,        EOVERFLOW, EBUSY,
+                                      ENOTDIR, ENOTEMPTY, ESHUTDOWN,    EFAULT};
+  for (size_t i = 0; i < std::size(kNumbered); ++i) {
+    if (kNumbered[i] == err) return static_cast<uint8_t>(i + 2);
+  }
+  return 1;
+}
 
 uint32_t Superblock::group_count() const {
   if (s_blocks_per_group == 0 || s_blocks_count <= s_first_data_block) return 0;
@@ -442,6 +461,12 @@ void encode_superblock(const Superblock& sb, MutableBytes raw) {
   put_time(raw, off::kLastErrorTime, off::kLastErrorTimeHi, sb.s_last_error_time);
   put_le32(raw, off::kLastErrorIno, sb.s_last_error_ino);
   put_le64(raw, off::kLastErrorBlock, sb.s_last_error_block);
+  put_array(raw, off::kFirstErrorFunc, sb.s_first_error_func);
+  put_le32(raw, off::kFirstErrorLine, sb.s_first_error_line);
+  put_le8(raw, off::kFirstErrorErrcode, sb.s_first_error_errcode);
+  put_array(raw, off::kLastErrorFunc, sb.s_last_error_func);
+  put_le32(raw, off::kLastErrorLine, sb.s_last_error_line);
+  put_le8(raw, off::kLastErrorErrcode, sb.s_last_error_errcode);
   put_le32(raw, off::kUsrQuotaInum, sb.s_usr_quota_inum);
   put_le32(raw, off::kGrpQuotaInum, sb.s_grp_quota_inum);
   put_le32(raw, off::kOverheadClusters, sb.s_overhead_clusters);

@@ -22,6 +22,10 @@ inline constexpr uint16_t kSuperblockMagic = 0xEF53;
 // s_state
 inline constexpr uint16_t kStateValid = 0x0001;   // cleanly unmounted
 inline constexpr uint16_t kStateErrors = 0x0002;  // errors detected
+
+// s_first_error_errcode / s_last_error_errcode: the errno of an error, in
+// the superblock's own numbering (dumpe2fs prints it by name).
+uint8_t error_code_of(int err);
 inline constexpr uint16_t kStateOrphans = 0x0004; // orphans being recovered
 
 // s_flags
@@ -95,13 +99,21 @@ struct Superblock {
   uint8_t s_log_groups_per_flex = 0;
   uint8_t s_checksum_type = 0;
   uint64_t s_kbytes_written = 0;
+  // What ext4_error() records: how many errors, and where the first and the
+  // latest happened (operation name, inode, block, kErrCode* below).
   uint32_t s_error_count = 0;
   int64_t s_first_error_time = 0;
   uint32_t s_first_error_ino = 0;
   uint64_t s_first_error_block = 0;
+  std::array<char, 32> s_first_error_func{};
+  uint32_t s_first_error_line = 0;
+  uint8_t s_first_error_errcode = 0;
   int64_t s_last_error_time = 0;
   uint32_t s_last_error_ino = 0;
   uint64_t s_last_error_block = 0;
+  std::array<char, 32> s_last_error_func{};
+  uint32_t s_last_error_line = 0;
+  uint8_t s_last_error_errcode = 0;
   uint32_t s_usr_quota_inum = 0;
   uint32_t s_grp_quota_inum = 0;
   uint32_t s_overhead_clusters = 0;

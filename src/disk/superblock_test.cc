@@ -102,12 +102,14 @@ TEST_P(SuperblockVsDumpe2fs, DecodesWhatDumpe2fsReportsAndRoundTrips) {
   EXPECT_EQ(sb->s_reserved_gdt_blocks, h.count("Reserved GDT blocks") ? num(h["Reserved GDT blocks"]) : 0);
   EXPECT_EQ(sb->s_max_mnt_count, std::stoi(h["Maximum mount count"]));
   EXPECT_EQ(sb->group_count(), count_groups(image));
-  if (sb->is_64bit()) EXPECT_EQ(sb->desc_size(), num(h["Group descriptor size"]));
-  else EXPECT_EQ(sb->desc_size(), 32u);
+  const uint32_t desc_size = sb->is_64bit() ? static_cast<uint32_t>(num(h["Group descriptor size"])) : 32u;
+  EXPECT_EQ(sb->desc_size(), desc_size);
   if (h.count("Flex block group size")) {
     EXPECT_EQ(1u << sb->s_log_groups_per_flex, num(h["Flex block group size"]));
   }
-  if (h.count("Journal inode")) EXPECT_EQ(sb->s_journal_inum, num(h["Journal inode"]));
+  if (h.count("Journal inode")) {
+    EXPECT_EQ(sb->s_journal_inum, num(h["Journal inode"]));
+  }
   if (h.count("Required extra isize")) {
     EXPECT_EQ(sb->s_min_extra_isize, num(h["Required extra isize"]));
     EXPECT_EQ(sb->s_want_extra_isize, num(h["Desired extra isize"]));
@@ -222,6 +224,47 @@ TEST(Superblock, EncodedChangesAreAcceptedByE2fsprogs) {
   EXPECT_EQ(num(h["Checksum"]), le32(raw, 0x3FC));
   auto fsck = run({"e2fsck", "-fn", image});
   EXPECT_EQ(fsck.exit_code, 0) << fsck.out << fsck.err;
+}
+
+// The error record (ext4_error's fields) lands where dumpe2fs reads it.
+TEST(Superblock, ErrorRecordIsWhatDumpe2fsReports) {
+  TempDir dir;
+  const std::string image = make_image(dir, {"-t", "ext4"});
+  auto raw = read_at(image, kSuperblockOffset, kSuperblockSize);
+  auto sb = decode_superblock(raw, 0);
+  ASSERT_TRUE(sb.ok());
+  sb->s_state |= kStateErrors;
+  sb->s_error_count = 3;
+  sb->s_first_error_time = 1700000000;
+  sb->s_first_error_ino = 12;
+  sb->s_first_error_block = 345;
+  const std::string first = "rename", last = "write";
+  std::copy(first.begin(), first.end(), sb->s_first_error_func.begin());
+  sb->s_first_error_line = 7;
+  sb->s_first_error_errcode = error_code_of(EIO);
+  sb->s_last_error_time = 1700000100;
+  sb->s_last_error_ino = 13;
+  std::copy(last.begin(), last.end(), sb->s_last_error_func.begin());
+  sb->s_last_error_errcode = error_code_of(kErrCorrupted);
+  encode_superblock(*sb, raw);
+  write_at(image, kSuperblockOffset, raw);
+  auto h = dumpe2fs_header(image);
+  EXPECT_EQ(h["Filesystem state"], "clean with errors");
+  EXPECT_EQ(h["FS Error count"], "3");
+  EXPECT_EQ(h["First error function"], first);
+  EXPECT_EQ(h["First error line #"], "7");
+  EXPECT_EQ(h["First error inode #"], "12");
+  EXPECT_EQ(h["First error block #"], "345");
+  EXPECT_EQ(h["First error err"], "EIO");
+  EXPECT_EQ(h["Last error function"], last);
+  EXPECT_EQ(h["Last error inode #"], "13");
+  EXPECT_EQ(h["Last error err"], "EFSCORRUPTED");
+  auto again = decode_superblock(read_at(image, kSuperblockOffset, kSuperblockSize), 0);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->s_first_error_func, sb->s_first_error_func);
+  EXPECT_EQ(again->s_last_error_errcode, sb->s_last_error_errcode);
+  EXPECT_EQ(error_code_of(ENOTEMPTY), 15);
+  EXPECT_EQ(error_code_of(EPERM), 1);  // not in the numbering: "unknown"
 }
 
 // --- Rejections -----------------------------------------------------------
