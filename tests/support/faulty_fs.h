@@ -18,10 +18,10 @@ struct FaultyFs {
 
 // Opens `image` read-write through a FaultDevice, with `extra`'s options
 // (delayed allocation unless it turns it off) and commits only when the
-// test asks (sync, fsync, close). With
-// `background`, background writeback runs at once (every 5 ms, no expiry
-// age); without, writeback happens only when the test asks for it. Fails
-// the test (fs null) when the image does not open.
+// test asks (sync, fsync, close). With `background`, background writeback
+// runs at once (every 5 ms, no expiry age); without, writeback happens
+// only when the test asks for it. Fails the test (fs null) when the image
+// does not open.
 FaultyFs open_faulty(const std::string& image, const Options& extra = {}, bool background = false);
 
 // Lifts every fault, closes the filesystem, and expects the image e2fsck

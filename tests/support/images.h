@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -61,7 +62,18 @@ struct BuildOptions {
 ::testing::AssertionResult build_image(const ImageKind& kind, const std::string& source,
                                        const std::string& image, const BuildOptions& options = {});
 
-// e2fsck -fn exits 0 and dumpe2fs -h reports state "clean".
+// The superblock's s_state: kSuperblockValid (cleanly unmounted) and
+// kSuperblockErrors bits. Read straight from the image's bytes (a
+// little-endian u16 at byte 58 of the superblock, which starts at byte
+// 1024), not through uext's decoder, and without a dumpe2fs process: the
+// crash harness asks once per crash state. Fails the test and returns
+// nullopt when the bytes cannot be read.
+inline constexpr uint16_t kSuperblockValid = 0x0001;
+inline constexpr uint16_t kSuperblockErrors = 0x0002;
+std::optional<uint16_t> superblock_state(const std::string& image);
+
+// e2fsck -fn exits 0 and the superblock's state is clean: valid, without
+// errors (e2fsck -n exits 0 on a state "clean with errors").
 ::testing::AssertionResult image_is_clean(const std::string& image);
 
 // A loop mount that always unmounts and detaches, even when a test fails.
