@@ -940,6 +940,24 @@ TEST_F(FuseLife, SignalsUnmountClean) {
   }
 }
 
+// An image whose superblock records errors mounts (as the kernel's ext4
+// does with errors=continue) and says that e2fsck should run; the record
+// stays until e2fsck clears it.
+TEST_F(FuseLife, AnImageRecordingErrorsSaysSoAndKeepsTheRecord) {
+  run_ok({"debugfs", "-w", "-R", "ssv state 3", img_});
+  {
+    FuseMount m(img_, t_ / "mnt");
+    ASSERT_TRUE(m.ok()) << m.log();
+    write_file(m.path("f"), "still writable");
+    ASSERT_EQ(m.unmount(), 0) << m.log();
+    EXPECT_NE(m.log().find("records filesystem errors; running e2fsck -f"), std::string::npos) << m.log();
+  }
+  EXPECT_EQ(superblock_state(img_), kSuperblockValid | kSuperblockErrors);
+  EXPECT_EQ(run({"e2fsck", "-fn", img_}).exit_code, 0);
+  EXPECT_LE(run({"e2fsck", "-fy", img_}).exit_code, 1);
+  EXPECT_TRUE(image_is_clean(img_));
+}
+
 // Started with a soft descriptor limit of 1,024 under a higher hard one (as
 // shells often start programs), the daemon lifts the soft limit to the hard
 // one (at most kMaxDescriptors), which bounds its page cache's memfds; and

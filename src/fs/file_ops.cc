@@ -211,11 +211,14 @@ Result<size_t> FilesystemImpl::write_locked_or_cached(Ino ino, uint64_t offset, 
                              2 + (may_allocate_past_eof ? OrphanList::kAddCredits : 0);
     UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(credits));
     bool orphaned = false;
-    Status done = in_handle(h, [&]() -> Status {
+    Status done = in_handle(h, "write", ino, [&]() -> Status {
       Status wrote = write_chunk_in(h, pos, chunk, mapped);
-      if (!wrote.ok() && may_allocate_past_eof) orphaned = orphans_.add(*vol_, h, ino).ok();
+      if (!wrote.ok() && may_allocate_past_eof) {
+        orphaned = orphans_.add(*vol_, h, ino).ok();
+        h.set_consistent(orphaned);
+      }
       return wrote;
-    });
+    }, Volume::Changes::kEachStepWhole);
     if (orphaned) {
       // What the failed chunk mapped past i_size goes; a failure here
       // leaves the inode on the orphan list for the next open to finish.
@@ -319,14 +322,11 @@ Status FilesystemImpl::setattr_locked(InodeRecord& rec, const SetAttr& attr) {
       if (attr.mtime_now) in.i_mtime = t;
       if (!attr.keep_ctime) in.i_ctime = t;
     });
-    Status acl_set;
+    Status done = updated.ok() ? Status() : Status(updated.error());
     if (updated.ok() && chmod_acl) {
-      acl_set = xattr_set(*vol_, h, *updated, kAclAccessName, *chmod_acl, 0, *blocks_);
+      done = xattr_set(*vol_, h, *updated, kAclAccessName, *chmod_acl, 0, *blocks_);
     }
-    Status stopped = h.stop();
-    if (!updated.ok()) return std::move(updated).error();
-    UEXT_TRY(acl_set);
-    UEXT_TRY(stopped);
+    UEXT_TRY(vol_->finish_handle(h, "setattr", ino, std::move(done)));
     rec = std::move(*updated);
   }
   return {};
@@ -410,14 +410,14 @@ Status FilesystemImpl::fallocate(Ino ino, int mode, uint64_t offset, uint64_t le
     while (pos < first + count) {
       UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(map_credits(*vol_, rec, k) + 2));
       uint64_t mapped = 0;
-      UEXT_TRY(in_handle(h, [&]() -> Status {
+      UEXT_TRY(in_handle(h, "fallocate", ino, [&]() -> Status {
         MapOptions options;
         options.unwritten = true;
         options.max_new_extents = k;
         UEXT_ASSIGN_OR_RETURN(auto runs, map_or_allocate(*vol_, h, rec, pos, first + count - pos, *blocks_, options));
         if (!runs.empty()) mapped = runs.back().logical + runs.back().length - pos;
         return {};
-      }));
+      }, Volume::Changes::kEachStepWhole));
       if (mapped == 0) return Error(EIO, fmt::format("inode {}: no progress preallocating block {}", ino, pos));
       pos += mapped;
     }
@@ -550,7 +550,7 @@ Status FilesystemImpl::change_xattr(Ino ino, std::string_view name, std::optiona
   UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, reserve(1));
   alloc::ReservationScope scope(&space);
   UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(xattr_set_credits(*vol_) + 1));
-  return in_handle(h, [&]() -> Status {
+  return in_handle(h, "setxattr", ino, [&]() -> Status {
     UEXT_TRY(xattr_set(*vol_, h, rec, name, value, flags, *blocks_));
     const disk::Timestamp t = now();
     auto r = vol_->update_inode(h, ino, false, [&](disk::Inode& in) { in.i_ctime = t; });
@@ -598,7 +598,7 @@ Status FilesystemImpl::change_acl(Ino ino, bool access, std::optional<std::strin
   UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, reserve(1));
   alloc::ReservationScope scope(&space);
   UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(xattr_set_credits(*vol_) + 1));
-  return in_handle(h, [&]() -> Status {
+  return in_handle(h, "set_acl", ino, [&]() -> Status {
     if (stored || current) {
       std::optional<std::string_view> v;
       if (stored) v = *stored;

@@ -39,15 +39,6 @@ class Mapper;
 
 namespace uext::fs {
 
-// Runs `body` inside `handle` and stops the handle; the first error wins.
-template <class Body>
-Status in_handle(journal::Handle& handle, Body&& body) {
-  Status done = body();
-  Status stopped = handle.stop();
-  UEXT_TRY(done);
-  return stopped;
-}
-
 class FilesystemImpl final : public Filesystem, public vm::Pager {
  public:
   explicit FilesystemImpl(std::unique_ptr<Volume> volume);
@@ -102,6 +93,14 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   // inode_life.cc
   void retain(Ino ino) override;
   Status release(Ino ino, uint64_t count) override;
+
+  // Runs `body` inside `handle` and stops the handle: Volume::finish_handle,
+  // which records an error if the body failed half-way.
+  template <class Body>
+  Status in_handle(journal::Handle& handle, std::string_view op, Ino ino, Body&& body,
+                   Volume::Changes changes = Volume::Changes::kAllOrNothing) {
+    return vol_->finish_handle(handle, op, static_cast<uint32_t>(ino), body(), changes);
+  }
 
   // Reservation accounting (writeback.cc): the allocator's counter of
   // reserved blocks, what the outstanding reservations hold one by one, and

@@ -151,6 +151,7 @@ Result<journal::Handle> FilesystemImpl::start(uint32_t credits) {
 Result<InodeRecord> FilesystemImpl::new_inode(journal::Handle& handle, const InodeRecord& parent, uint32_t mode,
                                               const Owner& owner) {
   const bool is_dir = S_ISDIR(mode);
+  const uint32_t changes_before = handle.changes();
   UEXT_ASSIGN_OR_RETURN(uint32_t ino, inodes_->allocate(handle, parent.ino, is_dir));
   const disk::Superblock& sb = vol_->sb();
   const disk::Timestamp t = now();
@@ -198,7 +199,11 @@ Result<InodeRecord> FilesystemImpl::new_inode(journal::Handle& handle, const Ino
     // it (the inode table block unreadable, say) would be a leak e2fsck
     // reports. The bit goes again in the same handle, touching the same
     // bitmap and descriptor blocks.
-    (void)inodes_->free(handle, ino, is_dir);
+    if (inodes_->free(handle, ino, is_dir).ok()) {
+      handle.step_consistent(changes_before);
+    } else {
+      handle.set_consistent(false);
+    }
     return std::move(rec).error();
   }
   return std::move(*rec);
@@ -248,10 +253,7 @@ Status FilesystemImpl::delete_inode(InodeRecord& rec) {
     }));
     return inodes_->free(h, ino, is_dir);
   };
-  Status done = run();
-  Status stopped = h.stop();
-  UEXT_TRY(done);
-  return stopped;
+  return vol_->finish_handle(h, "delete_inode", ino, run());
 }
 
 Status FilesystemImpl::truncate_locked(InodeRecord& rec, uint64_t size) {
@@ -331,10 +333,7 @@ Status FilesystemImpl::truncate_locked(InodeRecord& rec, uint64_t size) {
       }));
       return {};
     };
-    Status done = run();
-    Status stopped = h.stop();
-    UEXT_TRY(done);
-    UEXT_TRY(stopped);
+    UEXT_TRY(vol_->finish_handle(h, "truncate", rec.ino, run()));
   }
   return finish_truncate(rec, size);
 }

@@ -21,14 +21,25 @@ class MapEditor {
  public:
   MapEditor(Volume& vol, journal::Handle& h, InodeRecord& rec, alloc::BlockAllocator& alloc,
             alloc::AllocOptions ao = {})
-      : vol_(vol), h_(h), rec_(rec), alloc_(alloc), ao_(ao) {}
+      : vol_(vol), h_(h), rec_(rec), alloc_(alloc), ao_(ao), changes_before_(h.changes()) {}
 
   // Writes i_block and i_blocks back (whatever happened before) and
-  // returns the first error.
+  // returns the first error. Every edit is whole before the next begins
+  // (a block is freed with the pointer that named it, a new node written
+  // before it is linked), so an edit that failed left a map that holds
+  // together once the inode is written (the handle's verdict, for what
+  // this editor changed).
   Status finish(Status op) {
     Status released = release_spares();
     Status written = write_inode();
-    if (!op.ok()) return op;
+    if (!op.ok()) {
+      if (released.ok() && written.ok()) {
+        h_.step_consistent(changes_before_);
+      } else {
+        h_.set_consistent(false);
+      }
+      return op;
+    }
     if (!released.ok()) return released;
     return written;
   }
@@ -113,6 +124,7 @@ class MapEditor {
   InodeRecord& rec_;
   alloc::BlockAllocator& alloc_;
   alloc::AllocOptions ao_;
+  uint32_t changes_before_;  // the handle's changes before this editor's
   std::vector<uint64_t> spares_;
 };
 
@@ -921,11 +933,8 @@ Status punch_loop(Volume& vol, InodeRecord& rec, uint64_t first, uint64_t count,
       return std::move(handle).error();
     }
     auto left = punch_step(vol, *handle, rec, first, count, allocator, units);
-    Status extra = left.ok() && after_step ? after_step(*handle, *left) : Status{};
-    Status stopped = handle->stop();
-    if (!left.ok()) return std::move(left).error();
-    UEXT_TRY(extra);
-    UEXT_TRY(stopped);
+    Status step = left.ok() ? (after_step ? after_step(*handle, *left) : Status{}) : Status(left.error());
+    UEXT_TRY(vol.finish_handle(*handle, "punch", rec.ino, std::move(step), Volume::Changes::kEachStepWhole));
     if (*left <= first) return {};
     count = *left - first;
   }

@@ -180,7 +180,7 @@ Result<Stat> FilesystemImpl::make_node(Ino dir, std::string_view name, uint32_t 
     UEXT_TRY(dir_add_entry(*vol_, h, parent, name, child.ino, ftype_of(mode), *blocks_));
     return touch_dir(*vol_, h, parent.ino, is_dir ? 1 : 0, now());
   };
-  Status done = in_handle(h, [&]() -> Status {
+  Status done = in_handle(h, "create", parent.ino, [&]() -> Status {
     Status made = make();
     if (!made.ok() && child.ino != 0) {
       // The handle commits what it changed, the new inode included: a
@@ -189,6 +189,7 @@ Result<Stat> FilesystemImpl::make_node(Ino dir, std::string_view name, uint32_t 
       // ext4 does, it loses its link and goes through the orphan list.
       auto unlinked = vol_->update_inode(h, child.ino, false, [](disk::Inode& in) { in.i_links_count = 0; });
       orphaned = unlinked.ok() && orphans_.add(*vol_, h, child.ino).ok();
+      h.set_consistent(orphaned);
     }
     return made;
   });
@@ -224,7 +225,7 @@ Result<Stat> FilesystemImpl::link(Ino ino, Ino new_dir, std::string_view new_nam
   alloc::ReservationScope scope(&space);
   UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(dir_add_credits(*vol_, parent) + 3));
   const disk::Timestamp t = now();
-  UEXT_TRY(in_handle(h, [&]() -> Status {
+  UEXT_TRY(in_handle(h, "link", ino, [&]() -> Status {
     UEXT_TRY(dir_add_entry(*vol_, h, parent, new_name, ino, ftype_of(child.inode.i_mode), *blocks_));
     UEXT_ASSIGN_OR_RETURN(child, vol_->update_inode(h, ino, false, [&](disk::Inode& in) {
       ++in.i_links_count;
@@ -261,7 +262,7 @@ Status FilesystemImpl::remove_name(Ino dir, std::string_view name, bool want_dir
   const uint32_t credits = dir_change_credits(*vol_, parent) + 3 + OrphanList::kAddCredits;
   UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(credits));
   const disk::Timestamp t = now();
-  UEXT_TRY(in_handle(h, [&]() -> Status {
+  UEXT_TRY(in_handle(h, want_dir ? "rmdir" : "unlink", dir, [&]() -> Status {
     UEXT_TRY(dir_remove_entry(*vol_, h, parent, name));
     UEXT_ASSIGN_OR_RETURN(child, vol_->update_inode(h, child.ino, false, [&](disk::Inode& in) {
       in.i_links_count = is_dir ? 0 : static_cast<uint16_t>(in.i_links_count - (in.i_links_count > 0));
@@ -400,7 +401,7 @@ Status FilesystemImpl::rename(Ino old_dir, std::string_view old_name, Ino new_di
   UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(credits));
   const disk::Timestamp t = now();
   bool dst_unlinked = false;
-  UEXT_TRY(in_handle(h, [&]() -> Status {
+  UEXT_TRY(in_handle(h, "rename", src.ino, [&]() -> Status {
     int old_delta = 0, new_delta = 0;
     auto set_ctime = [&](Ino ino) -> Status {
       auto r = vol_->update_inode(h, ino, false, [&](disk::Inode& in) { in.i_ctime = t; });

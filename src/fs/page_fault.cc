@@ -221,7 +221,7 @@ Status FilesystemImpl::allocate_for_store(uint32_t ino, CachedFile& file, uint64
   alloc::ReservationScope scope(&space);
   const uint32_t k = static_cast<uint32_t>(bpp);
   UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(map_credits(*vol_, rec, k) + 2));
-  return in_handle(h, [&]() -> Status {
+  return in_handle(h, "page_mkwrite", ino, [&]() -> Status {
     std::lock_guard page_lock(file.mu);
     // The inode lock keeps the size as it was read above.
     UEXT_TRY(fill_pages(rec, file, index, index + 1));
@@ -237,7 +237,7 @@ Status FilesystemImpl::allocate_for_store(uint32_t ino, CachedFile& file, uint64
     file.mark_dirty(index, *file.find(index), false);
     note_store(file);
     return map(index, index + 1, true);
-  });
+  }, Volume::Changes::kEachStepWhole);
 }
 
 Result<size_t> FilesystemImpl::bounce_write(Ino ino, uint64_t offset, std::span<const std::byte> buf) {

@@ -166,6 +166,53 @@ Status Volume::update_superblock(journal::Handle& handle,
   });
 }
 
+Status Volume::record_error(std::string_view op, uint32_t ino, uint64_t block, int err) {
+  const int64_t when = static_cast<int64_t>(::time(nullptr));
+  auto set_func = [&](std::array<char, 32>& func) {
+    func.fill('\0');
+    std::copy_n(op.begin(), std::min(op.size(), func.size()), func.begin());
+  };
+  {
+    std::lock_guard lock(sb_mu_);
+    sb_.s_state |= disk::kStateErrors;
+    if (sb_.s_error_count++ == 0) {
+      sb_.s_first_error_time = when;
+      sb_.s_first_error_ino = ino;
+      sb_.s_first_error_block = block;
+      set_func(sb_.s_first_error_func);
+      sb_.s_first_error_line = 0;
+      sb_.s_first_error_errcode = disk::error_code_of(err);
+    }
+    sb_.s_last_error_time = when;
+    sb_.s_last_error_ino = ino;
+    sb_.s_last_error_block = block;
+    set_func(sb_.s_last_error_func);
+    sb_.s_last_error_line = 0;
+    sb_.s_last_error_errcode = disk::error_code_of(err);
+  }
+  UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(1));
+  Status written = update_superblock(h, [](disk::Superblock&) {});
+  Status stopped = h.stop();
+  UEXT_TRY(written);
+  return stopped;
+}
+
+Status Volume::finish_handle(journal::Handle& handle, std::string_view op, uint32_t ino, Status done,
+                             Changes changes) {
+  Status stopped = handle.stop();
+  if (done.ok()) return stopped;
+  using Verdict = journal::Handle::Verdict;
+  const bool half_made = handle.verdict() == Verdict::kBroken ||
+                         (handle.verdict() == Verdict::kNone && changes == Changes::kAllOrNothing);
+  if (handle.changed() && half_made) {
+    // Recording fails only when no handle can start: the journal has
+    // failed, every later change fails too, and the replay of its log at
+    // the next open brings back an image without the half-made change.
+    (void)record_error(op, ino, 0, done.error().code());
+  }
+  return done;
+}
+
 Result<InodeRecord> Volume::update_inode(journal::Handle& handle, uint32_t ino, bool fresh,
                                          const std::function<void(disk::Inode&)>& change) {
   return update_inode_slot(handle, ino, fresh, [&](disk::Inode& inode, std::span<std::byte>) {

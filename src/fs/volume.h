@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "disk/group_desc.h"
@@ -57,6 +58,30 @@ class Volume {
   // in its block.
   Status update_superblock(journal::Handle& handle,
                            const std::function<void(disk::Superblock&)>& change);
+  // ext4_error: marks the superblock "with errors", so that e2fsck checks
+  // the whole image at its next run, and records the error (count, first
+  // and latest: operation, inode, block or 0, errno). Journaled in a handle
+  // of its own; if the journal has failed it stays in memory, and the
+  // replay of the log brings back an image without the half-made change.
+  Status record_error(std::string_view op, uint32_t ino, uint64_t block, int err);
+  // How the changes an operation makes in one handle hold together.
+  enum class Changes {
+    // All or nothing (a name and its inode, a rename's two names): a
+    // failure after a change leaves it half made.
+    kAllOrNothing,
+    // A series of map edits, each whole once done (writes, writeback,
+    // punching): a failure between them leaves a smaller change.
+    kEachStepWhole,
+  };
+  // Stops `handle` after an operation's body that returned `done`; the
+  // first error wins. A handle cannot be rolled back, so a body that failed
+  // after changing blocks may leave its change half made on the image:
+  // when the handle's verdict (journal::Handle::set_consistent) says so,
+  // or, without one, when the operation is all or nothing. Then the error
+  // is recorded (record_error, as ext4_std_error does), naming operation
+  // `op` on inode `ino`, so that the next e2fsck repairs what it left.
+  Status finish_handle(journal::Handle& handle, std::string_view op, uint32_t ino, Status done,
+                       Changes changes = Changes::kAllOrNothing);
   // Copies that are consistent while updates run.
   disk::GroupDesc group_snapshot(uint32_t g) const;
   disk::Superblock superblock_snapshot() const;

@@ -3,13 +3,17 @@
 
 #include <gtest/gtest.h>
 
+#include "disk/superblock.h"
+#include "support/images.h"
 #include "support/process.h"
 
 namespace uext::fs {
 namespace {
 
+using testing::dumpe2fs_header;
 using testing::run;
 using testing::run_ok;
+using Changes = Volume::Changes;
 
 Result<std::unique_ptr<Volume>> open_rw(const std::string& image) {
   auto dev = open_image_file(image, {.read_only = false});
@@ -73,6 +77,83 @@ TEST(VolumeUpdateInode, CommittedButNotCheckpointedChangeIsReplayed) {
   }
   auto fsck = run({"e2fsck", "-fn", crashed});
   EXPECT_EQ(fsck.exit_code, 0) << fsck.out;
+}
+
+// ---- finish_handle and record_error: when a failed handle body marks the
+// image "with errors", and what dumpe2fs and e2fsck make of the record.
+
+// Runs one handle that changes a block when `change` (the superblock,
+// rewritten as it is), lets `verdict` judge it, and fails it with EIO
+// through finish_handle. Returns whether the superblock now says "errors".
+bool fails_with_errors_mark(Volume& vol, bool change, Changes changes,
+                            const std::function<void(journal::Handle&)>& verdict = {}) {
+  auto h = vol.start(2);
+  EXPECT_TRUE(h.ok());
+  if (!h.ok()) return false;
+  if (change) {
+    EXPECT_TRUE(vol.update_superblock(*h, [](disk::Superblock&) {}).ok());
+  }
+  if (verdict) verdict(*h);
+  Status done = vol.finish_handle(*h, "test_op", 12, Error(EIO, "injected"), changes);
+  EXPECT_FALSE(done.ok());
+  EXPECT_EQ(done.error().code(), EIO);  // the body's error, not the record's
+  return (vol.sb().s_state & disk::kStateErrors) != 0;
+}
+
+TEST(FinishHandle, OnlyAHalfMadeChangeMarksTheImage) {
+  testing::TempDir dir;
+  const std::string image = dir / "fs.img";
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", image, "16M"});
+  auto opened = open_rw(image);
+  ASSERT_TRUE(opened.ok()) << opened.error().message();
+  auto vol = std::move(*opened);
+  // Nothing changed, a step-wise operation, a verdict of "consistent", a
+  // first step that put its own change back: none leaves half a change.
+  EXPECT_FALSE(fails_with_errors_mark(*vol, false, Changes::kAllOrNothing));
+  EXPECT_FALSE(fails_with_errors_mark(*vol, true, Changes::kEachStepWhole));
+  EXPECT_FALSE(fails_with_errors_mark(*vol, true, Changes::kAllOrNothing,
+                                      [](journal::Handle& h) { h.set_consistent(true); }));
+  EXPECT_FALSE(fails_with_errors_mark(*vol, true, Changes::kAllOrNothing,
+                                      [](journal::Handle& h) { h.step_consistent(0); }));
+  EXPECT_EQ(vol->sb().s_error_count, 0u);
+  ASSERT_TRUE(vol->close().ok());
+  EXPECT_EQ(dumpe2fs_header(image)["Filesystem state"], "clean");
+}
+
+// A step that vouches for itself after others changed blocks, a step-wise
+// operation whose step broke, and an all-or-nothing one without a verdict.
+TEST(FinishHandle, HalfMadeChangesAreRecordedWhereDumpe2fsAndE2fsckSeeThem) {
+  for (const char* kind : {"ext4", "ext2"}) {
+    SCOPED_TRACE(kind);
+    testing::TempDir dir;
+    const std::string image = dir / "fs.img";
+    run_ok({"mke2fs", "-F", "-q", "-t", kind, image, "16M"});
+    auto opened = open_rw(image);
+    ASSERT_TRUE(opened.ok()) << opened.error().message();
+    auto vol = std::move(*opened);
+    EXPECT_TRUE(fails_with_errors_mark(*vol, true, Changes::kAllOrNothing,
+                                       [](journal::Handle& h) { h.step_consistent(1); }));
+    EXPECT_TRUE(fails_with_errors_mark(*vol, true, Changes::kEachStepWhole,
+                                       [](journal::Handle& h) { h.set_consistent(false); }));
+    EXPECT_TRUE(fails_with_errors_mark(*vol, true, Changes::kAllOrNothing));
+    EXPECT_EQ(vol->sb().s_error_count, 3u);
+    ASSERT_TRUE(vol->close().ok());
+    vol.reset();
+
+    auto h = dumpe2fs_header(image);
+    EXPECT_EQ(h["Filesystem state"], "clean with errors");
+    EXPECT_EQ(h["FS Error count"], "3");
+    EXPECT_EQ(h["First error function"], "test_op");
+    EXPECT_EQ(h["First error inode #"], "12");
+    EXPECT_EQ(h["First error err"], "EIO");
+    EXPECT_EQ(h["Last error function"], "test_op");
+    // e2fsck -n says nothing of it (its exit status is 0): the state is the
+    // signal. A repairing run checks the image and clears it.
+    EXPECT_EQ(run({"e2fsck", "-fn", image}).exit_code, 0);
+    auto fix = run({"e2fsck", "-fy", image});
+    EXPECT_LE(fix.exit_code, 1) << fix.out << fix.err;
+    EXPECT_EQ(dumpe2fs_header(image)["Filesystem state"], "clean");
+  }
 }
 
 }  // namespace

@@ -337,7 +337,7 @@ Status FilesystemImpl::write_dirty_runs(InodeRecord& rec, CachedFile& file) {
       UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(writeback_credits(rec, c)));
       uint64_t mapped = 0;
       bool allocation_failed = false;
-      Status done = in_handle(h, [&]() -> Status {
+      Status done = in_handle(h, "writepages", rec.ino, [&]() -> Status {
         std::lock_guard lock(file.mu);
         auto runs = map_for_writeback(h, rec, file, c);
         if (!runs.ok()) {
@@ -347,7 +347,7 @@ Status FilesystemImpl::write_dirty_runs(InodeRecord& rec, CachedFile& file) {
         UEXT_TRY(write_mapped_runs(file.data(0), file.memfd(), *runs));
         if (!runs->empty()) mapped = runs->back().logical + runs->back().length - c.pos;
         return {};
-      });
+      }, Volume::Changes::kEachStepWhole);
       if (!done.ok() && allocation_failed && done.error().code() == ENOSPC && !committed_for_space) {
         // The space was reserved, so what the allocator misses can only be
         // blocks freed in the running transaction, free once it commits (as
@@ -440,11 +440,14 @@ Result<bool> FilesystemImpl::writeback_chunk_async(CachedFile& file) {
   const std::byte* file_bytes = nullptr;
   int memfd = -1;
   {
-    std::lock_guard lock(file.mu);
+    std::unique_lock lock(file.mu);
     auto mapped = map_for_writeback(h, rec, file, c);
     if (!mapped.ok()) {
-      (void)h.stop();
-      return std::move(mapped).error();
+      // Stopped without the page lock: an error record starts a handle,
+      // and handles come before page locks.
+      lock.unlock();
+      Status stopped = vol_->finish_handle(h, "writepages", ino, mapped.error(), Volume::Changes::kEachStepWhole);
+      return std::move(stopped).error();
     }
     runs = std::move(*mapped);
     const uint64_t mapped_end = runs.empty() ? c.pos : runs.back().logical + runs.back().length;

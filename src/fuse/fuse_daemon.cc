@@ -1146,6 +1146,10 @@ int run_mount(MountOptions opts) {
   if (info.replayed_transactions > 0) {
     notes.push_back(fmt::format("{}: replayed {} journal transactions", opts.image, info.replayed_transactions));
   }
+  if (info.state.find("with errors") != std::string::npos) {
+    notes.push_back(fmt::format("{}: the image records filesystem errors; running e2fsck -f on it is recommended",
+                                opts.image));
+  }
   if (opts.read_only && info.needs_recovery) {
     notes.push_back(fmt::format("{}: the journal holds {} transactions that a read-only mount does not replay; "
                                 "the newest changes are not visible (mount read-write once to replay them)",

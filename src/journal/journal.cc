@@ -23,6 +23,7 @@ Handle& Handle::operator=(Handle&& other) noexcept {
     credits_ = other.credits_;
     used_ = other.used_;
     revokes_ = other.revokes_;
+    verdict_ = other.verdict_;
     touched_ = std::move(other.touched_);
   }
   return *this;

@@ -76,6 +76,26 @@ class Handle {
   bool active() const { return journal_ != nullptr; }
   uint32_t transaction_id() const { return tid_; }
 
+  // A handle cannot be rolled back: what it changed commits even when the
+  // operation around it fails. changed() says whether there is anything;
+  // changes() counts it (blocks changed and revoked).
+  //
+  // After a failure, the code that failed may give a verdict on what the
+  // handle holds. An inner step that began at changes() == `before` and
+  // put its own changes back vouches only for itself: step_consistent()
+  // holds only if nothing was changed before it. The undo of an outer
+  // step, which knows the whole handle, says set_consistent(true); a step
+  // that could not leave its own changes whole says set_consistent(false).
+  // Volume::finish_handle reads the verdict.
+  enum class Verdict : uint8_t { kNone, kConsistent, kBroken };
+  bool changed() const { return changes() > 0; }
+  uint32_t changes() const { return used_ + revokes_; }
+  void step_consistent(uint32_t before) {
+    if (before == 0) verdict_ = Verdict::kConsistent;
+  }
+  void set_consistent(bool consistent) { verdict_ = consistent ? Verdict::kConsistent : Verdict::kBroken; }
+  Verdict verdict() const { return verdict_; }
+
  private:
   friend class Journal;
   Handle(Journal* journal, uint32_t tid, uint32_t credits)
@@ -87,6 +107,7 @@ class Handle {
   uint32_t credits_ = 0;
   uint32_t used_ = 0;      // distinct blocks changed (at most credits_)
   uint32_t revokes_ = 0;   // revoke records added to the transaction
+  Verdict verdict_ = Verdict::kNone;
   std::set<uint64_t> touched_;
 };
 
