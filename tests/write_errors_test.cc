@@ -169,6 +169,12 @@ void touch_everything(Filesystem& fs) {
       (void)fs.create(*many, "entry-new", 0100644, {});
     }
     (void)fs.rename(*pre, "a", *pre, "b", 0);
+    auto from = fs.lookup(*pre, "from");
+    auto to = fs.lookup(*pre, "to");
+    if (from.ok() && to.ok()) {
+      (void)fs.rename(*from, "sub", *to, "sub", 0);
+      (void)fs.rename(*from, "x", *to, "y", kRenameExchange);
+    }
     (void)fs.rmdir(*pre, "empty");
     (void)fs.unlink(*pre, "link");
   }
@@ -185,6 +191,9 @@ void make_sweep_source(const std::string& root) {
   write_file(root + "/pre/b", "b");
   run_ok({"ln", "-s", "a", root + "/pre/link"});
   for (int i = 0; i < 150; ++i) write_file(root + "/pre/many/entry-" + std::to_string(i), std::to_string(i));
+  // Directories moved and exchanged between parents, never read before.
+  run_ok({"mkdir", "-p", root + "/pre/from/sub/inner", root + "/pre/from/x", root + "/pre/to/y"});
+  write_file(root + "/pre/from/sub/file", "moved with its directory");
 }
 
 struct SweepKind {

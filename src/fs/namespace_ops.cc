@@ -393,6 +393,20 @@ Status FilesystemImpl::rename(Ino old_dir, std::string_view old_name, Ino new_di
     }
   }
 
+  // A directory changing parents has its ".." rewritten inside the handle,
+  // after both names changed. Its block is read and judged now, so that a
+  // read error or a damaged block fails the rename before anything changed
+  // (ext4_rename_dir_prepare); the names' blocks were read by the lookups.
+  auto check_dotdot = [&](const InodeRecord& dir, Ino parent) -> Status {
+    UEXT_ASSIGN_OR_RETURN(auto up, dir_lookup(*vol_, dir, ".."));
+    if (!up || up->ino != parent) {
+      return Error(kErrCorrupted, fmt::format("inode {}: \"..\" does not name its parent, inode {}", dir.ino, parent));
+    }
+    return {};
+  };
+  if (!same_dir && src_dir) UEXT_TRY(check_dotdot(src, old_dir));
+  if (!same_dir && exchange && dst_dir) UEXT_TRY(check_dotdot(dst, new_dir));
+
   UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, reserve(dst_ino ? 0 : kDirGrowthBlocks));
   alloc::ReservationScope scope(&space);
   const uint32_t credits = dir_add_credits(*vol_, new_parent) + dir_change_credits(*vol_, old_parent) +
