@@ -5,6 +5,7 @@
 #include <cctype>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <random>
 #include <sstream>
 
@@ -203,20 +204,36 @@ TEST(Superblock, SixtyFourBitHalvesOnlyWith64bit) {
   EXPECT_EQ(le32(raw32, 0x158), 0u);
 }
 
-// Edits through encode_superblock must leave an image the real tools accept.
-TEST(Superblock, EncodedChangesAreAcceptedByE2fsprogs) {
+// A fresh ext4 image and its superblock, raw and decoded, for tests that
+// edit it and ask the real tools what they see.
+class SuperblockEdit : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    image = make_image(dir, {"-t", "ext4"});
+    raw = read_at(image, kSuperblockOffset, kSuperblockSize);
+    auto decoded = decode_superblock(raw, 0);
+    ASSERT_TRUE(decoded.ok());
+    sb = *decoded;
+  }
+  // Encodes `sb` into `raw` and writes it to the image.
+  void write_back() {
+    encode_superblock(*sb, raw);
+    write_at(image, kSuperblockOffset, raw);
+  }
   TempDir dir;
-  const std::string image = make_image(dir, {"-t", "ext4"});
-  auto raw = read_at(image, kSuperblockOffset, kSuperblockSize);
-  auto sb = decode_superblock(raw, 0);
-  ASSERT_TRUE(sb.ok());
+  std::string image;
+  std::vector<std::byte> raw;
+  std::optional<Superblock> sb;
+};
+
+// Edits through encode_superblock must leave an image the real tools accept.
+TEST_F(SuperblockEdit, EncodedChangesAreAcceptedByE2fsprogs) {
   sb->s_mnt_count = 7;
   sb->s_max_mnt_count = 33;
   const std::string label = "relabelled";
   sb->s_volume_name.fill('\0');
   std::copy(label.begin(), label.end(), sb->s_volume_name.begin());
-  encode_superblock(*sb, raw);
-  write_at(image, kSuperblockOffset, raw);
+  write_back();
   auto h = dumpe2fs_header(image);
   EXPECT_EQ(h["Filesystem volume name"], label);
   EXPECT_EQ(h["Mount count"], "7");
@@ -227,12 +244,7 @@ TEST(Superblock, EncodedChangesAreAcceptedByE2fsprogs) {
 }
 
 // The error record (ext4_error's fields) lands where dumpe2fs reads it.
-TEST(Superblock, ErrorRecordIsWhatDumpe2fsReports) {
-  TempDir dir;
-  const std::string image = make_image(dir, {"-t", "ext4"});
-  auto raw = read_at(image, kSuperblockOffset, kSuperblockSize);
-  auto sb = decode_superblock(raw, 0);
-  ASSERT_TRUE(sb.ok());
+TEST_F(SuperblockEdit, ErrorRecordIsWhatDumpe2fsReports) {
   sb->s_state |= kStateErrors;
   sb->s_error_count = 3;
   sb->s_first_error_time = 1700000000;
@@ -246,8 +258,7 @@ TEST(Superblock, ErrorRecordIsWhatDumpe2fsReports) {
   sb->s_last_error_ino = 13;
   std::copy(last.begin(), last.end(), sb->s_last_error_func.begin());
   sb->s_last_error_errcode = error_code_of(kErrCorrupted);
-  encode_superblock(*sb, raw);
-  write_at(image, kSuperblockOffset, raw);
+  write_back();
   auto h = dumpe2fs_header(image);
   EXPECT_EQ(h["Filesystem state"], "clean with errors");
   EXPECT_EQ(h["FS Error count"], "3");

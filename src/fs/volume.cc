@@ -168,27 +168,27 @@ Status Volume::update_superblock(journal::Handle& handle,
 
 Status Volume::record_error(std::string_view op, uint32_t ino, uint64_t block, int err) {
   const int64_t when = static_cast<int64_t>(::time(nullptr));
-  auto set_func = [&](std::array<char, 32>& func) {
+  // One of the two records: the first error's or the latest's.
+  auto fill = [&](int64_t& time, uint32_t& ino_field, uint64_t& block_field, std::array<char, 32>& func,
+                  uint32_t& line, uint8_t& errcode) {
+    time = when;
+    ino_field = ino;
+    block_field = block;
     func.fill('\0');
     std::copy_n(op.begin(), std::min(op.size(), func.size()), func.begin());
+    line = 0;  // uext has no line numbers to give
+    errcode = disk::error_code_of(err);
   };
   {
     std::lock_guard lock(sb_mu_);
-    sb_.s_state |= disk::kStateErrors;
-    if (sb_.s_error_count++ == 0) {
-      sb_.s_first_error_time = when;
-      sb_.s_first_error_ino = ino;
-      sb_.s_first_error_block = block;
-      set_func(sb_.s_first_error_func);
-      sb_.s_first_error_line = 0;
-      sb_.s_first_error_errcode = disk::error_code_of(err);
+    disk::Superblock& sb = sb_;
+    sb.s_state |= disk::kStateErrors;
+    if (sb.s_error_count++ == 0) {
+      fill(sb.s_first_error_time, sb.s_first_error_ino, sb.s_first_error_block, sb.s_first_error_func,
+           sb.s_first_error_line, sb.s_first_error_errcode);
     }
-    sb_.s_last_error_time = when;
-    sb_.s_last_error_ino = ino;
-    sb_.s_last_error_block = block;
-    set_func(sb_.s_last_error_func);
-    sb_.s_last_error_line = 0;
-    sb_.s_last_error_errcode = disk::error_code_of(err);
+    fill(sb.s_last_error_time, sb.s_last_error_ino, sb.s_last_error_block, sb.s_last_error_func,
+         sb.s_last_error_line, sb.s_last_error_errcode);
   }
   UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(1));
   Status written = update_superblock(h, [](disk::Superblock&) {});
