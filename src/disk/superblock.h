@@ -22,11 +22,11 @@ inline constexpr uint16_t kSuperblockMagic = 0xEF53;
 // s_state
 inline constexpr uint16_t kStateValid = 0x0001;   // cleanly unmounted
 inline constexpr uint16_t kStateErrors = 0x0002;  // errors detected
+inline constexpr uint16_t kStateOrphans = 0x0004; // orphans being recovered
 
 // s_first_error_errcode / s_last_error_errcode: the errno of an error, in
 // the superblock's own numbering (dumpe2fs prints it by name).
 uint8_t error_code_of(int err);
-inline constexpr uint16_t kStateOrphans = 0x0004; // orphans being recovered
 
 // s_flags
 inline constexpr uint32_t kFlagSignedHash = 0x0001;
@@ -100,7 +100,7 @@ struct Superblock {
   uint8_t s_checksum_type = 0;
   uint64_t s_kbytes_written = 0;
   // What ext4_error() records: how many errors, and where the first and the
-  // latest happened (operation name, inode, block, kErrCode* below).
+  // latest happened (operation name, line, inode, block, error_code_of).
   uint32_t s_error_count = 0;
   int64_t s_first_error_time = 0;
   uint32_t s_first_error_ino = 0;
