@@ -277,7 +277,8 @@ Result<EditBlock> find_leaf(DirEditor& ed, const InodeRecord& dir, std::string_v
 class Adder {
  public:
   Adder(Volume& vol, journal::Handle& handle, InodeRecord& dir, alloc::BlockAllocator& allocator)
-      : ed_(vol, handle, dir), vol_(vol), h_(handle), dir_(dir), alloc_(allocator) {}
+      : ed_(vol, handle, dir), vol_(vol), h_(handle), dir_(dir), alloc_(allocator),
+        changes_before_(handle.changes()) {}
 
   Status add(std::string_view name, uint32_t ino, uint8_t file_type) {
     UEXT_TRY(disk::check_entry_name(name));
@@ -381,6 +382,7 @@ class Adder {
       // Give block 1 back so that ENOSPC leaves the directory as it was.
       auto undone = punch_step(vol_, h_, dir_, 1, 1, alloc_, 1);
       if (!undone.ok()) return std::move(undone).error().with_context(fmt::format("directory inode {}: undoing", dir_.ino));
+      h_.step_consistent(changes_before_);
       return std::move(second).error();
     }
     b.physical = *second;
@@ -480,6 +482,7 @@ class Adder {
   uint32_t ino_ = 0;
   uint8_t type_ = 0;
   uint32_t allocations_ = 0;
+  uint32_t changes_before_;  // the handle's changes before this add (its verdict on an undo)
 };
 
 }  // namespace
