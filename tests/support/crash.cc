@@ -222,10 +222,12 @@ std::string replay_difference(const std::string& image, const disk::Superblock& 
   // kernel does when it next writes the journal superblock) while uext's
   // recover_journal writes nothing. Either leaves a valid empty journal.
   auto jloc = locate_journal(image);
-  std::optional<uint64_t> jsb_block = jloc.ok() ? jloc->map.physical(0) : std::nullopt;
-  if (jsb_block && std::find(diff.begin(), diff.end(), *jsb_block) != diff.end()) {
-    std::string orig = read_bytes(image, *jsb_block * bs, 1024);
-    std::string ja = read_bytes(a.path, *jsb_block * bs, 1024), jb = read_bytes(b.path, *jsb_block * bs, 1024);
+  // 0 when unknown: block 0 holds the boot sector, never the journal's
+  // superblock (and a plain integer spares GCC a maybe-uninitialized guess).
+  const uint64_t jsb_block = jloc.ok() ? jloc->map.physical(0).value_or(0) : 0;
+  if (jsb_block != 0 && std::find(diff.begin(), diff.end(), jsb_block) != diff.end()) {
+    std::string orig = read_bytes(image, jsb_block * bs, 1024);
+    std::string ja = read_bytes(a.path, jsb_block * bs, 1024), jb = read_bytes(b.path, jsb_block * bs, 1024);
     std::string ma = ja, mb = jb;
     // s_sequence, and s_checksum (v2/v3 checksums cover it).
     for (size_t i = 0; i < 4; ++i) {
@@ -233,7 +235,7 @@ std::string replay_difference(const std::string& image, const disk::Superblock& 
       ma[kJsbChecksum + i] = mb[kJsbChecksum + i] = 0;
     }
     if (be32_at(orig, kJsbStart) == 0 && ma == mb && !options.strict_replay_agreement) {
-      std::erase(diff, *jsb_block);
+      std::erase(diff, jsb_block);
       v.notes.push_back("empty journal: e2fsck set s_sequence " + std::to_string(be32_at(jb, kJsbSequence)) +
                         ", uext left " + std::to_string(be32_at(ja, kJsbSequence)));
     }
@@ -241,7 +243,7 @@ std::string replay_difference(const std::string& image, const disk::Superblock& 
   if (!diff.empty()) {
     out += "uext's and e2fsck's journal replays differ at blocks";
     for (uint64_t blk : diff) out += " " + std::to_string(blk);
-    if (jsb_block) out += " (the journal superblock is block " + std::to_string(*jsb_block) + ")";
+    if (jsb_block != 0) out += " (the journal superblock is block " + std::to_string(jsb_block) + ")";
     out += "\n";
   }
   return out;

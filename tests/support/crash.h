@@ -64,7 +64,7 @@ enum class Replay {
 struct FsckOptions {
   Replay replay = Replay::kUext;
   // Scratch copies go here (default: beside the image).
-  std::string scratch_dir;
+  std::string scratch_dir{};
   // kBoth: also fail on the one difference otherwise tolerated (and noted):
   // over an empty log with needs_recovery set, e2fsck advances the journal
   // superblock's s_sequence by one and uext's replay leaves it.
@@ -168,10 +168,10 @@ struct CrashOptions {
   // Stop starting new states after this many failures.
   size_t max_failures = 25;
   // Check only this state id (UEXT_CRASH_STATE overrides).
-  std::string only_state;
+  std::string only_state{};
   // When set, the image of every failing state is kept here as <id>.img
   // (UEXT_CRASH_KEEP overrides).
-  std::string keep_failures_dir;
+  std::string keep_failures_dir{};
 };
 
 struct PlannedState {
