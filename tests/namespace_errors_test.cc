@@ -215,6 +215,31 @@ TEST_F(NamespaceErrors, Rename) {
   close_and_check();
 }
 
+// A directory whose ".." names another directory (damage made with
+// debugfs) is not moved: rename checks ".." before its handle changes
+// anything, so the names stay as they were and nothing is recorded as a
+// half-made change.
+TEST_F(NamespaceErrors, RenameOfADirectoryWhoseDotDotIsWrongChangesNothing) {
+  Ino a = mk(kRootIno, "a");
+  mk(a, "sub");
+  Ino b = mk(kRootIno, "b");
+  ASSERT_TRUE(fs_->close().ok());
+  fs_.reset();
+  run_ok({"debugfs", "-w", "-R", "unlink /a/sub/..", image_});
+  run_ok({"debugfs", "-w", "-R", fmt::format("link <{}> /a/sub/..", b), image_});
+  reopen();
+  Status moved = fs_->rename(a, "sub", b, "sub", 0);
+  ASSERT_FALSE(moved.ok());
+  EXPECT_EQ(moved.error().code(), kErrCorrupted) << moved.error().message();
+  EXPECT_NE(moved.error().message().find("\"..\" does not name its parent"), std::string::npos)
+      << moved.error().message();
+  EXPECT_TRUE(fs_->lookup(a, "sub").ok());
+  EXPECT_EQ(err(fs_->lookup(b, "sub")), ENOENT);
+  ASSERT_TRUE(fs_->close().ok());
+  fs_.reset();
+  EXPECT_EQ(superblock_state(image_), kSuperblockValid);
+}
+
 TEST_F(NamespaceErrors, FilesAndSizes) {
   Ino d = mk(kRootIno, "d");
   Ino f = file(d, "f", std::string(10000, 'x'));
