@@ -262,6 +262,34 @@ TEST_F(Cli, InfoAgreesWithDumpe2fs) {
   }
 }
 
+// The superblock's error record (written here with debugfs) as dumpe2fs
+// prints it: the count, and each record's lines, those that are 0 left out.
+TEST_F(Cli, InfoShowsTheErrorRecordAsDumpe2fsDoes) {
+  TempDir t;
+  const std::string image = t / "errors.img";
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", image, "16M"});
+  for (const char* set : {"state 3", "error_count 2", "first_error_time 1700000000", "first_error_ino 12",
+                          "first_error_block 345", "first_error_func rename", "first_error_line 7",
+                          "last_error_time 1700000100", "last_error_ino 13", "last_error_func write"}) {
+    run_ok({"debugfs", "-w", "-R", std::string("ssv ") + set, image});
+  }
+  GuardedResult r = run_uext({"info", image});
+  ASSERT_EQ(0, r.exit_code) << r.describe();
+  auto got = labels(r.out);
+  auto want = dumpe2fs_header(image);
+  for (const char* key : {"Filesystem state", "FS Error count", "First error time", "First error function",
+                          "First error line #", "First error inode #", "First error block #", "Last error time",
+                          "Last error function", "Last error line #", "Last error inode #"}) {
+    ASSERT_TRUE(want.count(key)) << "dumpe2fs has no \"" << key << ":\" line";
+    ASSERT_TRUE(got.count(key)) << "uext info has no \"" << key << ":\" line:\n" << r.out;
+    EXPECT_EQ(want[key], got[key]) << key;
+  }
+  // Zero fields are not printed, by either.
+  EXPECT_FALSE(want.count("Last error block #"));
+  EXPECT_FALSE(got.count("Last error block #"));
+  EXPECT_EQ(want.count("First error err"), got.count("First error err"));
+}
+
 // ------------------------------------------------------------------ errors
 
 void expect_error(const std::vector<std::string>& args, int code, const std::vector<std::string>& mentions) {

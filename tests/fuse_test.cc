@@ -952,13 +952,18 @@ TEST_F(FuseLife, SignalsUnmountClean) {
 // does with errors=continue) and says that e2fsck should run; the record
 // stays until e2fsck clears it.
 TEST_F(FuseLife, AnImageRecordingErrorsSaysSoAndKeepsTheRecord) {
-  run_ok({"debugfs", "-w", "-R", "ssv state 3", img_});
+  for (const char* set : {"state 3", "error_count 1", "first_error_time 1700000000", "first_error_func rename",
+                          "first_error_ino 12"}) {
+    run_ok({"debugfs", "-w", "-R", std::string("ssv ") + set, img_});
+  }
   {
     FuseMount m(img_, t_ / "mnt");
     ASSERT_TRUE(m.ok()) << m.log();
     write_file(m.path("f"), "still writable");
     ASSERT_EQ(m.unmount(), 0) << m.log();
-    EXPECT_NE(m.log().find("records filesystem errors; running e2fsck -f"), std::string::npos) << m.log();
+    EXPECT_NE(m.log().find("records filesystem errors (the first: rename, inode 12); running e2fsck -f"),
+              std::string::npos)
+        << m.log();
   }
   EXPECT_EQ(superblock_state(img_), kSuperblockValid | kSuperblockErrors);
   EXPECT_EQ(run({"e2fsck", "-fn", img_}).exit_code, 0);

@@ -60,6 +60,19 @@ int run_info(const ImageOptions& opts) {
   field("Last mount time:", v.mount_time != 0 ? ctime_string(v.mount_time) : "n/a");
   field("Last write time:", ctime_string(v.write_time));
   field("Mount count:", fmt::format("{}", v.mount_count));
+  // The error record, as dumpe2fs prints it.
+  if (v.error_count != 0) field("FS Error count:", fmt::format("{}", v.error_count));
+  auto error_record = [&](const char* which, const VolumeInfo::ErrorRecord& e) {
+    if (e.time == 0) return;
+    field(fmt::format("{} error time:", which), ctime_string(e.time));
+    field(fmt::format("{} error function:", which), e.function);
+    field(fmt::format("{} error line #:", which), fmt::format("{}", e.line));
+    if (e.ino != 0) field(fmt::format("{} error inode #:", which), fmt::format("{}", e.ino));
+    if (e.block != 0) field(fmt::format("{} error block #:", which), fmt::format("{}", e.block));
+    if (!e.err.empty()) field(fmt::format("{} error err:", which), e.err);
+  };
+  error_record("First", v.first_error);
+  error_record("Last", v.last_error);
   if (v.journal.present) {
     if (!v.journal.problem.empty()) {
       field("Journal:", "unreadable: " + v.journal.problem);

@@ -136,6 +136,18 @@ struct VolumeInfo {
   uint32_t journal_inum = 0;
   JournalInfo journal;
   std::string default_hash;
+  // The error record the superblock keeps (ext4_error's, and uext's when a
+  // change is left half made): how many errors, the first and the latest.
+  struct ErrorRecord {
+    int64_t time = 0;  // 0: none recorded
+    std::string function;
+    uint32_t line = 0;
+    uint32_t ino = 0;
+    uint64_t block = 0;
+    std::string err;  // "EIO", "EFSCORRUPTED", ...; empty when not recorded
+  };
+  uint32_t error_count = 0;
+  ErrorRecord first_error, last_error;
 };
 
 // Who creates an inode.

@@ -310,15 +310,32 @@ Status check_layout(const Superblock& sb) {
 
 }  // namespace
 
+namespace {
+// The superblock's numbering of errnos: 1 means "unknown", then these in
+// turn from 2.
+struct NumberedErrno {
+  int err;
+  const char* name;
+};
+constexpr NumberedErrno kNumberedErrnos[] = {
+    {EIO, "EIO"},         {ENOMEM, "ENOMEM"},       {kErrBadChecksum, "EFSBADCRC"}, {kErrCorrupted, "EFSCORRUPTED"},
+    {ENOSPC, "ENOSPC"},   {ENOKEY, "ENOKEY"},       {EROFS, "EROFS"},               {EFBIG, "EFBIG"},
+    {EEXIST, "EEXIST"},   {ERANGE, "ERANGE"},       {EOVERFLOW, "EOVERFLOW"},       {EBUSY, "EBUSY"},
+    {ENOTDIR, "ENOTDIR"}, {ENOTEMPTY, "ENOTEMPTY"}, {ESHUTDOWN, "ESHUTDOWN"},       {EFAULT, "EFAULT"},
+};
+}  // namespace
+
 uint8_t error_code_of(int err) {
-  // The numbering is the superblock's: 1 means "unknown", then these in turn.
-  static constexpr int kNumbered[] = {EIO,   ENOMEM,   kErrBadChecksum, kErrCorrupted, ENOSPC,  ENOKEY,
-                                      EROFS, EFBIG,    EEXIST,          ERANGE,        EOVERFLOW, EBUSY,
-                                      ENOTDIR, ENOTEMPTY, ESHUTDOWN,    EFAULT};
-  for (size_t i = 0; i < std::size(kNumbered); ++i) {
-    if (kNumbered[i] == err) return static_cast<uint8_t>(i + 2);
+  for (size_t i = 0; i < std::size(kNumberedErrnos); ++i) {
+    if (kNumberedErrnos[i].err == err) return static_cast<uint8_t>(i + 2);
   }
   return 1;
+}
+
+std::string error_code_name(uint8_t code) {
+  if (code == 1) return "UNKNOWN";
+  if (code < 2 || code - 2u >= std::size(kNumberedErrnos)) return {};
+  return kNumberedErrnos[code - 2].name;
 }
 
 uint32_t Superblock::group_count() const {

@@ -27,6 +27,9 @@ inline constexpr uint16_t kStateOrphans = 0x0004; // orphans being recovered
 // s_first_error_errcode / s_last_error_errcode: the errno of an error, in
 // the superblock's own numbering (dumpe2fs prints it by name).
 uint8_t error_code_of(int err);
+// The name of such a code ("EIO", "EFSCORRUPTED", "UNKNOWN"); empty for 0
+// and for codes it does not know.
+std::string error_code_name(uint8_t code);
 
 // s_flags
 inline constexpr uint32_t kFlagSignedHash = 0x0001;

@@ -270,6 +270,11 @@ TEST_F(SuperblockEdit, ErrorRecordIsWhatDumpe2fsReports) {
   EXPECT_EQ(h["Last error function"], last);
   EXPECT_EQ(h["Last error inode #"], "13");
   EXPECT_EQ(h["Last error err"], "EFSCORRUPTED");
+  EXPECT_EQ(error_code_name(sb->s_first_error_errcode), h["First error err"]);
+  EXPECT_EQ(error_code_name(sb->s_last_error_errcode), h["Last error err"]);
+  EXPECT_EQ(error_code_name(1), "UNKNOWN");
+  EXPECT_EQ(error_code_name(0), "");
+  EXPECT_EQ(error_code_name(200), "");
   auto again = decode_superblock(read_at(image, kSuperblockOffset, kSuperblockSize), 0);
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->s_first_error_func, sb->s_first_error_func);

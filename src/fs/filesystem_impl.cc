@@ -92,6 +92,22 @@ VolumeInfo FilesystemImpl::info() const {
   v.journal_inum = sb.has_compat(disk::compat::kHasJournal) ? sb.s_journal_inum : 0;
   v.journal = journal_;
   v.default_hash = hash_name(sb.s_def_hash_version);
+  v.error_count = sb.s_error_count;
+  auto record = [](int64_t time, const std::array<char, 32>& func, uint32_t line, uint32_t ino, uint64_t block,
+                   uint8_t code) {
+    VolumeInfo::ErrorRecord r;
+    r.time = time;
+    r.function.assign(func.data(), std::find(func.begin(), func.end(), '\0') - func.begin());
+    r.line = line;
+    r.ino = ino;
+    r.block = block;
+    r.err = disk::error_code_name(code);
+    return r;
+  };
+  v.first_error = record(sb.s_first_error_time, sb.s_first_error_func, sb.s_first_error_line, sb.s_first_error_ino,
+                         sb.s_first_error_block, sb.s_first_error_errcode);
+  v.last_error = record(sb.s_last_error_time, sb.s_last_error_func, sb.s_last_error_line, sb.s_last_error_ino,
+                        sb.s_last_error_block, sb.s_last_error_errcode);
   return v;
 }
 

@@ -1147,8 +1147,13 @@ int run_mount(MountOptions opts) {
     notes.push_back(fmt::format("{}: replayed {} journal transactions", opts.image, info.replayed_transactions));
   }
   if (info.state.find("with errors") != std::string::npos) {
-    notes.push_back(fmt::format("{}: the image records filesystem errors; running e2fsck -f on it is recommended",
-                                opts.image));
+    std::string first;
+    if (info.first_error.time != 0) {
+      first = fmt::format(" (the first: {}, inode {}{}{})", info.first_error.function, info.first_error.ino,
+                          info.first_error.err.empty() ? "" : ", ", info.first_error.err);
+    }
+    notes.push_back(fmt::format("{}: the image records filesystem errors{}; running e2fsck -f on it is recommended",
+                                opts.image, first));
   }
   if (opts.read_only && info.needs_recovery) {
     notes.push_back(fmt::format("{}: the journal holds {} transactions that a read-only mount does not replay; "
