@@ -449,7 +449,9 @@ TEST_P(MmapTest, ThreadsStoringIntoSeventyPercentOfFreeSpaceNeverFault) {
     for (int t = 0; t < kThreads; ++t) {
       inos[t] = create(*fs, fmt::format("f{}", t), per_file);
       // Half the files are preallocated (unwritten extents), half sparse.
-      if (t % 2) ASSERT_TRUE(fs->fallocate(inos[t], 0, 0, per_file).ok());
+      if (t % 2) {
+        ASSERT_TRUE(fs->fallocate(inos[t], 0, 0, per_file).ok());
+      }
     }
     std::atomic<int> faults{0};
     std::vector<std::thread> threads;
