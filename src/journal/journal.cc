@@ -38,11 +38,13 @@ Status Handle::create(uint64_t block, const buffer::BlockEdit& fill) { return ch
 
 Status Handle::change(uint64_t block, bool fresh, const buffer::BlockEdit& edit) {
   if (!journal_) return Error(EINVAL, "journal handle used after it stopped");
+  verdict_ = Verdict::kNone;  // a verdict covers the handle only as it was
   return journal_->record_change(*this, block, fresh, edit);
 }
 
 Status Handle::revoke(uint64_t block) {
   if (!journal_) return Error(EINVAL, "journal handle used after it stopped");
+  verdict_ = Verdict::kNone;
   return journal_->record_revoke(*this, block);
 }
 

@@ -86,7 +86,8 @@ class Handle {
   // holds only if nothing was changed before it. The undo of an outer
   // step, which knows the whole handle, says set_consistent(true); a step
   // that could not leave its own changes whole says set_consistent(false).
-  // Volume::finish_handle reads the verdict.
+  // A verdict covers the handle as it stands: any later change or revoke
+  // voids it. Volume::finish_handle reads the verdict.
   enum class Verdict : uint8_t { kNone, kConsistent, kBroken };
   bool changed() const { return changes() > 0; }
   uint32_t changes() const { return used_ + revokes_; }
