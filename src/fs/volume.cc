@@ -166,17 +166,17 @@ Status Volume::update_superblock(journal::Handle& handle,
   });
 }
 
-Status Volume::record_error(std::string_view op, uint32_t ino, uint64_t block, int err) {
+Status Volume::record_error(std::string_view op, uint32_t ino, int err) {
   const int64_t when = static_cast<int64_t>(::time(nullptr));
   // One of the two records: the first error's or the latest's.
   auto fill = [&](int64_t& time, uint32_t& ino_field, uint64_t& block_field, std::array<char, 32>& func,
                   uint32_t& line, uint8_t& errcode) {
     time = when;
     ino_field = ino;
-    block_field = block;
+    block_field = 0;
     func.fill('\0');
     std::copy_n(op.begin(), std::min(op.size(), func.size()), func.begin());
-    line = 0;  // uext has no line numbers to give
+    line = 0;
     errcode = disk::error_code_of(err);
   };
   {
@@ -208,7 +208,7 @@ Status Volume::finish_handle(journal::Handle& handle, std::string_view op, uint3
     // Recording fails only when no handle can start: the journal has
     // failed, every later change fails too, and the replay of its log at
     // the next open brings back an image without the half-made change.
-    (void)record_error(op, ino, 0, done.error().code());
+    (void)record_error(op, ino, done.error().code());
   }
   return done;
 }

@@ -60,10 +60,11 @@ class Volume {
                            const std::function<void(disk::Superblock&)>& change);
   // ext4_error: marks the superblock "with errors", so that e2fsck checks
   // the whole image at its next run, and records the error (count, first
-  // and latest: operation, inode, block or 0, errno). Journaled in a handle
-  // of its own; if the journal has failed it stays in memory, and the
-  // replay of the log brings back an image without the half-made change.
-  Status record_error(std::string_view op, uint32_t ino, uint64_t block, int err);
+  // and latest: operation, inode, errno; uext records no block or line).
+  // Journaled in a handle of its own; if the journal has failed it stays in
+  // memory, and the replay of the log brings back an image without the
+  // half-made change.
+  Status record_error(std::string_view op, uint32_t ino, int err);
   // How the changes an operation makes in one handle hold together.
   enum class Changes {
     // All or nothing (a name and its inode, a rename's two names): a
