@@ -215,7 +215,8 @@ class WriteErrorsSweep : public ::testing::TestWithParam<SweepKind> {
       // image must stay marked for a full check (s_state without VALID_FS,
       // which uext clears at open), as the kernel's ext2 does.
       const auto state = superblock_state(img);
-      if (!state || (*state & kSuperblockValid)) {
+      if (!state) return "close failed (" + closed.error().message() + ") and the superblock cannot be read";
+      if (*state & kSuperblockValid) {
         return "close failed (" + closed.error().message() + ") but the image says it is clean";
       }
       return {};

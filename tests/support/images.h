@@ -66,8 +66,8 @@ struct BuildOptions {
 // kSuperblockErrors bits. Read straight from the image's bytes (a
 // little-endian u16 at byte 58 of the superblock, which starts at byte
 // 1024), not through uext's decoder, and without a dumpe2fs process: the
-// crash harness asks once per crash state. Fails the test and returns
-// nullopt when the bytes cannot be read.
+// crash harness asks once per crash state. nullopt when the bytes cannot
+// be read (each caller says so in its own words).
 inline constexpr uint16_t kSuperblockValid = 0x0001;
 inline constexpr uint16_t kSuperblockErrors = 0x0002;
 std::optional<uint16_t> superblock_state(const std::string& image);
