@@ -308,9 +308,6 @@ Status check_layout(const Superblock& sb) {
   return {};
 }
 
-}  // namespace
-
-namespace {
 // The superblock's numbering of errnos: 1 means "unknown", then these in
 // turn from 2.
 struct NumberedErrno {
