@@ -124,6 +124,115 @@ TEST(WriteErrors, EioInTheFirstChunkFailsTheWrite) {
   EXPECT_EQ(read_back(image, "/f", data.size()), "");
 }
 
+// The block size and the device block of the journal's superblock.
+std::pair<uint32_t, uint64_t> journal_start(const std::string& image) {
+  const uint32_t bs = static_cast<uint32_t>(std::stoul(dumpe2fs_header(image)["Block size"]));
+  return {bs, std::stoull(debugfs(image, "bmap <8> 0"))};
+}
+
+// A commit that fails aborts the journal, as jbd2's does: the failure is
+// recorded in the journal superblock's s_errno (dumpe2fs "Journal errno"),
+// which the replay keeps; the next read-write open turns it into the
+// superblock's "with errors" state, as the kernel's mount and e2fsck do, so
+// that the next e2fsck checks the whole image. What committed before the
+// abort is kept.
+TEST(JournalAbort, IsRecordedAndTheNextOpenMarksTheImage) {
+  TempDir tmp;
+  const std::string image = tmp / "abort.img";
+  make_image(image, {"-t", "ext4", "-b", "4096"}, "64M");
+  const auto [bs, jstart] = journal_start(image);
+  const std::string kept = pattern(100000);
+  {
+    FaultyFs f = open_faulty(image);
+    ASSERT_TRUE(f.fs);
+    auto st = f.fs->create(kRootIno, "kept", 0100644, {});
+    ASSERT_TRUE(st.ok()) << st.error().message();
+    ASSERT_TRUE(f.fs->write(st->ino, 0, as_bytes(kept)).ok());
+    ASSERT_TRUE(f.fs->sync().ok());
+    // Every write fails from now on but the journal superblock's: the
+    // commit's log blocks fail.
+    const uint64_t jsb_offset = jstart * bs;
+    f.dev->fail_if(io::IoOp::kWrite, [jsb_offset](const io::IoCall& call) { return call.offset != jsb_offset; });
+    auto lost = f.fs->create(kRootIno, "lost", 0100644, {});
+    ASSERT_TRUE(lost.ok()) << lost.error().message();
+    Status synced = f.fs->sync();
+    ASSERT_FALSE(synced.ok()) << "the commit's log writes failed, so sync must fail";
+    EXPECT_EQ(synced.error().code(), EIO) << synced.error().message();
+    f.dev->clear_rules();
+    // The journal stays aborted: nothing more commits, the close fails.
+    auto after = f.fs->mkdir(kRootIno, "after", 0755, {});
+    ASSERT_FALSE(after.ok());
+    EXPECT_NE(after.error().message().find("journal aborted"), std::string::npos) << after.error().message();
+    EXPECT_FALSE(f.fs->close().ok());
+  }
+  auto h = dumpe2fs_header(image);
+  EXPECT_EQ(h["Journal errno"], "-5") << "dumpe2fs must see the abort in the journal superblock";
+  // uext info shows it as dumpe2fs does.
+  GuardedResult info = run_uext({"info", image});
+  ASSERT_EQ(0, info.exit_code) << info.describe();
+  EXPECT_NE(info.out.find("Journal errno:"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("-5"), std::string::npos) << info.out;
+  // e2fsck's replay sees it the same way (the oracle for what follows).
+  const std::string by_e2fsck = tmp / "e2fsck.img";
+  copy_file(image, by_e2fsck);
+  ASSERT_TRUE(replay_journal_with_e2fsck(by_e2fsck).ok());
+  EXPECT_EQ(dumpe2fs_header(by_e2fsck)["Filesystem state"], "clean with errors");
+
+  {
+    auto fs = open_writable(image);
+    ASSERT_TRUE(fs);
+    auto ino = fs->resolve("/kept");
+    ASSERT_TRUE(ino.ok()) << "what committed before the abort must be kept: " << ino.error().message();
+    std::string back(kept.size(), '\0');
+    auto n = fs->read(*ino, 0, std::as_writable_bytes(std::span(back)));
+    ASSERT_TRUE(n.ok());
+    EXPECT_TRUE(back == kept);
+    EXPECT_FALSE(fs->resolve("/lost").ok()) << "the aborted transaction must not come back";
+    EXPECT_EQ(fs->info().state, "clean with errors");
+    ASSERT_TRUE(fs->close().ok());
+  }
+  h = dumpe2fs_header(image);
+  EXPECT_EQ(h["Filesystem state"], "clean with errors") << "the close must keep the mark";
+  EXPECT_EQ(h.count("Journal errno"), 0u) << "the errno moved to the superblock: " << h["Journal errno"];
+  CommandResult fsck = run({"e2fsck", "-fn", image});
+  EXPECT_EQ(fsck.exit_code, 0) << fsck.out << fsck.err;
+  // e2fsck -fy clears the state, as after any recorded error.
+  run({"e2fsck", "-fy", image});
+  expect_fsck_clean(image);
+}
+
+// An errno another program left in the journal superblock (the kernel's
+// aborted journal; here written with dd-like bytes) is taken the same way.
+// A read-only open leaves it where it is.
+TEST(JournalAbort, AnErrnoLeftByAnotherProgramMarksTheImage) {
+  TempDir tmp;
+  const std::string image = tmp / "errno.img";
+  make_image(image, {"-t", "ext4"}, "32M");
+  const auto [bs, jstart] = journal_start(image);
+  write_bytes(image, jstart * bs + 0x20, std::string("\xff\xff\xff\xfb", 4));  // s_errno -5, big-endian
+  ASSERT_EQ(dumpe2fs_header(image)["Journal errno"], "-5");
+  {
+    Options ro;
+    ro.read_only = true;
+    auto fs = Filesystem::open(image, ro);
+    ASSERT_TRUE(fs.ok()) << fs.error().message();
+    EXPECT_EQ((*fs)->info().journal.recorded_errno, -5);
+    EXPECT_EQ((*fs)->info().state, "clean");
+  }
+  EXPECT_EQ(dumpe2fs_header(image)["Journal errno"], "-5") << "a read-only open must not write";
+  {
+    auto fs = open_writable(image);
+    ASSERT_TRUE(fs);
+    ASSERT_TRUE(fs->mkdir(kRootIno, "d", 0755, {}).ok());
+    ASSERT_TRUE(fs->close().ok());
+  }
+  auto h = dumpe2fs_header(image);
+  EXPECT_EQ(h["Filesystem state"], "clean with errors");
+  EXPECT_EQ(h.count("Journal errno"), 0u) << h["Journal errno"];
+  CommandResult fsck = run({"e2fsck", "-fn", image});
+  EXPECT_EQ(fsck.exit_code, 0) << fsck.out << fsck.err;
+}
+
 // A workload that touches every kind of change: names, data through both
 // write paths, truncates, a slow symlink, xattrs, links, fallocate, a
 // directory that grows past a block and shrinks, rmdir, fsync and sync.

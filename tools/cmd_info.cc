@@ -80,6 +80,7 @@ int run_info(const ImageOptions& opts) {
       field("Total journal blocks:", fmt::format("{}", v.journal.blocks));
       field("Journal sequence:", fmt::format("{:#010x}", v.journal.sequence));
       field("Journal start:", fmt::format("{}", v.journal.start));
+      if (v.journal.recorded_errno != 0) field("Journal errno:", fmt::format("{}", v.journal.recorded_errno));
     }
   }
   if (v.needs_recovery) {

@@ -105,6 +105,9 @@ struct JournalInfo {
   uint64_t blocks = 0;    // s_maxlen
   uint32_t sequence = 0;  // first transaction expected in the log
   uint32_t start = 0;     // log block of that transaction; 0 when the log is empty
+  // s_errno: nonzero (a negative errno) when a journal aborted and no
+  // read-write open has turned it into the "with errors" state since.
+  int32_t recorded_errno = 0;
   // What a replay would apply (nonzero only when the image needs recovery).
   uint32_t pending_transactions = 0;
   uint64_t pending_blocks = 0;

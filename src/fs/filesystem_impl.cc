@@ -135,6 +135,7 @@ void FilesystemImpl::load_journal_info() {
   journal_.blocks = jsb->s_maxlen;
   journal_.sequence = jsb->s_sequence;
   journal_.start = jsb->s_start;
+  journal_.recorded_errno = jsb->s_errno;
   if (jsb->s_start == 0) return;
   journal::RecoveryOptions options;
   options.fs_blocks = sb.s_blocks_count;

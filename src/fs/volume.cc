@@ -98,6 +98,14 @@ Status Volume::open_for_writing() {
       return Error(ENOTSUP, "cannot open read-write: the journal is on an external device");
     }
     UEXT_ASSIGN_OR_RETURN(auto map, journal_map());
+    // An earlier session's journal aborted (or e2fsck's replay met a failed
+    // commit): the image gets a full check next time, as after the kernel.
+    UEXT_ASSIGN_OR_RETURN(int32_t journal_errno,
+                          journal::move_journal_errno_to_superblock(*device_, block_size(), map));
+    if (journal_errno != 0) {
+      std::lock_guard lock(sb_mu_);
+      sb_.s_state |= disk::kStateErrors;
+    }
     UEXT_ASSIGN_OR_RETURN(journal_, journal::Journal::open(*device_, *cache_, map, jopts));
   } else {
     journal_ = journal::Journal::open_without_log(*device_, *cache_, jopts);

@@ -320,6 +320,7 @@ Status Journal::commit_locked(std::unique_lock<base::OrderedMutex>& lock) {
     // Like jbd2's abort: later handles fail, the image stays as the last
     // successful commit left it.
     sticky_error_ = Error(result.error().code(), "journal aborted: " + result.error().message());
+    record_abort(result.error().code());
   }
   committing_tx_ = nullptr;
   committing_ = false;
@@ -463,6 +464,14 @@ Status Journal::write_journal_superblock(uint32_t start, uint32_t sequence) {
   UEXT_TRY(device_.read(*phys * block_size_, raw));
   disk::encode_journal_superblock(jsb_, raw);
   return device_.write(*phys * block_size_, raw);
+}
+
+void Journal::record_abort(int code) {
+  if (!has_log_) return;
+  // Best effort: the device has just failed. s_start and s_sequence stay as
+  // last written, so the next open replays what committed before.
+  jsb_.s_errno = -(code > 0 ? code : EIO);
+  if (write_journal_superblock(jsb_.s_start, jsb_.s_sequence).ok()) (void)device_.flush();
 }
 
 // ---- Checkpoint -----------------------------------------------------------

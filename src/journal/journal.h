@@ -195,6 +195,11 @@ class Journal {
   Status write_home(const std::map<uint64_t, buffer::BlockRef>& blocks);
   Status checkpoint_locked();
   Status write_journal_superblock(uint32_t start, uint32_t sequence);
+  // After a failed commit, as jbd2's abort: records -code in the journal
+  // superblock's s_errno, which survives the replay; the next read-write
+  // open turns it into the superblock's "with errors" state
+  // (move_journal_errno_to_superblock).
+  void record_abort(int code);
   Status write_log_blocks(uint32_t first_log_block, const std::vector<std::byte>& bytes);
   uint32_t log_blocks_needed(const Transaction& tx) const;
   // Log blocks for n logged blocks and r revoke records: descriptors, the

@@ -437,4 +437,25 @@ Status clear_needs_recovery(BlockDevice& dev, bool needs_fsck) {
   return dev.flush();
 }
 
+Result<int32_t> move_journal_errno_to_superblock(BlockDevice& dev, uint32_t fs_block_size, const JournalMap& map) {
+  Log log(dev, fs_block_size, map);
+  UEXT_TRY(log.load_superblock());
+  const int32_t recorded = log.sb().s_errno;
+  if (recorded == 0) return 0;
+  // The mark first: cleared before it is durable, the error would be lost.
+  std::vector<std::byte> raw(disk::kSuperblockSize);
+  UEXT_TRY(dev.read(disk::kSuperblockOffset, raw));
+  auto sb = disk::decode_superblock(raw, dev.size());
+  if (!sb) return Error(sb.error()).with_context("recording the journal's error");
+  sb->s_state |= disk::kStateErrors;
+  disk::encode_superblock(*sb, raw);
+  UEXT_TRY(dev.write(disk::kSuperblockOffset, raw));
+  UEXT_TRY(dev.flush());
+  JournalSuperblock cleared = log.sb();
+  cleared.s_errno = 0;
+  UEXT_TRY(log.write_superblock(cleared));
+  UEXT_TRY(dev.flush());
+  return recorded;
+}
+
 }  // namespace uext::journal

@@ -94,4 +94,12 @@ Result<RecoveryReport> recover_journal(BlockDevice& dev, uint32_t fs_block_size,
 // left alone, as the kernel and e2fsck leave them.
 Status clear_needs_recovery(BlockDevice& dev, bool needs_fsck = false);
 
+// A journal superblock's s_errno says an earlier session's journal aborted
+// (jbd2 writes it then) or that e2fsck's replay met a failed commit. As the
+// kernel at mount and e2fsck before a check do, this marks the primary
+// superblock "with errors" (so the next e2fsck checks the whole image),
+// makes that durable, and only then clears s_errno. Returns the errno found
+// (negative, as stored; 0 when there was none and nothing was written).
+Result<int32_t> move_journal_errno_to_superblock(BlockDevice& dev, uint32_t fs_block_size, const JournalMap& map);
+
 }  // namespace uext::journal

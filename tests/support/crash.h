@@ -75,13 +75,17 @@ struct FsckVerdict {
   bool clean = false;
   bool needed_recovery = false;
   std::string report;  // why not clean: commands and their output
-  // Tolerated differences between the two replays (kBoth).
+  // Tolerated differences between the two replays (kBoth), and a "with
+  // errors" state after the replay of a journal that recorded its abort.
   std::vector<std::string> notes;
+  // The journal superblock's s_errno before the replay (0: none).
+  int32_t journal_errno = 0;
 };
 
 // Is `image` what e2fsck -fn calls clean, after replaying its journal when
-// needs_recovery is set? Also fails when dumpe2fs -h says the state is
-// "with errors". Works on a scratch copy; `image` is never modified.
+// needs_recovery is set? Also fails when the superblock's state is "with
+// errors", unless the journal recorded an abort (s_errno), whose replay
+// marks it so. Works on a scratch copy; `image` is never modified.
 // Thread-safe (each call uses its own scratch files).
 FsckVerdict e2fsck_clean(const std::string& image, const FsckOptions& options = {});
 
@@ -100,6 +104,8 @@ bool has_needs_recovery(const std::string& image);
 // Replays in place with uext; clears needs_recovery (and the valid bit when
 // the replay says a full check is due, as e2fsck does).
 Result<journal::RecoveryReport> replay_journal_with_uext(const std::string& image);
+// The journal superblock's s_errno: an abort the journal recorded.
+Result<int32_t> journal_errno(const std::string& image);
 // Replays in place with e2fsck -y -E journal_only.
 Status replay_journal_with_e2fsck(const std::string& image);
 
