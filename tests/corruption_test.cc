@@ -6,14 +6,18 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <regex>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "support/images.h"
 #include "support/tree.h"
+#include "support/writable.h"
+#include "uext/filesystem.h"
 
 namespace uext::testing {
 namespace {
@@ -421,6 +425,79 @@ TEST_F(Corruption, DirectoryBlockChecksum) {
   GuardedResult r = run_uext({"ls", image_, "/links/hl"});
   EXPECT_EQ(1, r.exit_code) << r.describe();
   EXPECT_NE(lower(r.err).find("checksum"), std::string::npos) << r.err;
+}
+
+// Corruption met by a read-write open is recorded in the superblock, as
+// ext4_error records it: "with errors", the count, and the first error's
+// function, inode, block and errno code, so that the next e2fsck checks the
+// whole image. A read-only open writes nothing.
+TEST_F(Corruption, FoundByAReadWriteOpenIsRecordedInTheSuperblock) {
+  use("ext4-4k");
+  const uint64_t block = first_block("/links/hl");
+  const uint32_t dir = inode_number(image_, "/links/hl");
+  std::string b = read_bytes(image_, block * bs_, 64);
+  uint64_t third = le16(b, 4);
+  third += le16(b, third + 4);
+  flip_bit(image_, block * bs_ + third + 8, 1);  // a letter of a name: the checksum fails
+  {
+    Options ro;
+    ro.read_only = true;
+    auto fs = Filesystem::open(image_, ro);
+    ASSERT_TRUE(fs.ok()) << fs.error().message();
+    auto r = (*fs)->lookup(dir, "anything");
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().code(), kErrBadChecksum) << r.error().message();
+  }
+  EXPECT_EQ(superblock_state(image_), kSuperblockValid) << "a read-only open must not write";
+  {
+    auto fs = open_writable(image_);
+    ASSERT_TRUE(fs);
+    auto r = fs->lookup(dir, "anything");
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().code(), kErrBadChecksum) << r.error().message();
+    // An error that is no corruption is not recorded.
+    EXPECT_EQ(fs->lookup(kRootIno, "no such name").error().code(), ENOENT);
+    // Nor is a bad inode number from the caller (not a reference on the image).
+    EXPECT_FALSE(fs->stat(static_cast<Ino>(blocks_ * 64)).ok());
+    ASSERT_TRUE(fs->close().ok());
+  }
+  auto h = dumpe2fs_header(image_);
+  EXPECT_EQ(h["Filesystem state"], "clean with errors");
+  EXPECT_EQ(h["FS Error count"], "1");
+  EXPECT_EQ(h["First error function"], "read_dir_block");
+  EXPECT_EQ(h["First error inode #"], std::to_string(dir));
+  EXPECT_EQ(h["First error block #"], std::to_string(block));
+  EXPECT_EQ(h["First error err"], "EFSBADCRC");
+  EXPECT_EQ(h.count("Last error function"), 1u);
+}
+
+// With background writeback (uext mount's default) the record reaches the
+// superblock without waiting for a sync or the close, and each error
+// found counts.
+TEST_F(Corruption, FoundWhileMountedIsWrittenInTheBackground) {
+  use("ext4-4k");
+  const uint64_t block = first_block("/links/hl");
+  const uint32_t dir = inode_number(image_, "/links/hl");
+  std::string b = read_bytes(image_, block * bs_, 64);
+  flip_bit(image_, block * bs_ + le16(b, 4) + 8, 0);  // ".." becomes another name
+  Options o;
+  o.writeback_interval_ms = 20;
+  auto fs = open_writable(image_, o);
+  ASSERT_TRUE(fs);
+  EXPECT_EQ(fs->info().state, "clean");
+  for (int i = 0; i < 2; ++i) EXPECT_EQ(fs->lookup(dir, "x").error().code(), kErrBadChecksum);
+  VolumeInfo info;
+  for (int waited = 0; waited < 5000; waited += 20) {
+    info = fs->info();
+    if (info.error_count > 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(info.state, "clean with errors");
+  EXPECT_EQ(info.error_count, 2u);
+  EXPECT_EQ(info.first_error.function, "read_dir_block");
+  EXPECT_EQ(info.first_error.ino, dir);
+  ASSERT_TRUE(fs->close().ok());
+  EXPECT_EQ(dumpe2fs_header(image_)["FS Error count"], "2");
 }
 
 TEST_F(Corruption, HtreeRoots) {

@@ -971,6 +971,38 @@ TEST_F(FuseLife, AnImageRecordingErrorsSaysSoAndKeepsTheRecord) {
   EXPECT_TRUE(image_is_clean(img_));
 }
 
+// Corruption an ordinary program meets through the mount (a directory block
+// whose checksum fails) is refused, logged with the structure at fault, and
+// recorded in the superblock as ext4_error does, so that the next e2fsck
+// checks the whole image; e2fsck -fy repairs it and clears the record.
+TEST_F(FuseLife, CorruptionMetThroughTheMountIsRecorded) {
+  {
+    FuseMount m(img_, t_ / "mnt");
+    ASSERT_TRUE(m.ok()) << m.log();
+    sh_ok("mkdir " + m.path("d") + " && echo x > " + m.path("d/file"));
+    ASSERT_EQ(m.unmount(), 0) << m.log();
+  }
+  const uint64_t bs = std::stoull(dumpe2fs_header(img_)["Block size"]);
+  const uint64_t block = std::stoull(debugfs(img_, "blocks /d"));
+  ASSERT_EQ(read_bytes(img_, block * bs + 32, 4), "file") << "\".\" and \"..\" take 12 bytes each";
+  flip_bit(img_, block * bs + 32, 0);  // "file" becomes "gile": the block's checksum fails
+  {
+    FuseMount m(img_, t_ / "mnt");
+    ASSERT_TRUE(m.ok()) << m.log();
+    EXPECT_NE(run({"ls", m.path("d")}).exit_code, 0);
+    ASSERT_EQ(m.unmount(), 0) << m.log();
+    EXPECT_NE(m.log().find("checksum"), std::string::npos) << m.log();
+  }
+  auto h = dumpe2fs_header(img_);
+  EXPECT_EQ(h["Filesystem state"], "clean with errors");
+  EXPECT_EQ(h["First error function"], "read_dir_block");
+  EXPECT_EQ(h["First error block #"], std::to_string(block));
+  EXPECT_EQ(h["First error err"], "EFSBADCRC");
+  EXPECT_EQ(run({"e2fsck", "-fn", img_}).exit_code, 4) << "the block is still damaged";
+  EXPECT_EQ(run({"e2fsck", "-fy", img_}).exit_code, 1);
+  EXPECT_TRUE(image_is_clean(img_));
+}
+
 // Started with a soft descriptor limit of 1,024 under a higher hard one (as
 // shells often start programs), the daemon lifts the soft limit to the hard
 // one (at most kMaxDescriptors), which bounds its page cache's memfds; and

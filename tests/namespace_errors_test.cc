@@ -217,8 +217,8 @@ TEST_F(NamespaceErrors, Rename) {
 
 // A directory whose ".." names another directory (damage made with
 // debugfs) is not moved: rename checks ".." before its handle changes
-// anything, so the names stay as they were and nothing is recorded as a
-// half-made change.
+// anything, so the names stay as they were. The damage is recorded once,
+// as corruption found (not also as a half-made change).
 TEST_F(NamespaceErrors, RenameOfADirectoryWhoseDotDotIsWrongChangesNothing) {
   Ino a = mk(kRootIno, "a");
   mk(a, "sub");
@@ -237,7 +237,11 @@ TEST_F(NamespaceErrors, RenameOfADirectoryWhoseDotDotIsWrongChangesNothing) {
   EXPECT_EQ(err(fs_->lookup(b, "sub")), ENOENT);
   ASSERT_TRUE(fs_->close().ok());
   fs_.reset();
-  EXPECT_EQ(superblock_state(image_), kSuperblockValid);
+  EXPECT_EQ(superblock_state(image_), kSuperblockValid | kSuperblockErrors);
+  auto h = dumpe2fs_header(image_);
+  EXPECT_EQ(h["FS Error count"], "1");
+  EXPECT_EQ(h["First error function"], "rename");
+  EXPECT_EQ(h["First error err"], "EFSCORRUPTED");
 }
 
 TEST_F(NamespaceErrors, FilesAndSizes) {

@@ -379,14 +379,19 @@ Status BlockAllocator::grow(Reservation& r, uint64_t blocks, const AllocOptions&
 
 Status BlockAllocator::free(journal::Handle& handle, uint64_t first, uint32_t count, bool metadata) {
   if (count == 0) return {};
+  // Freeing what is not in use means a map on the image lies: recorded as
+  // ext4_error would (the kernel's "bit already cleared").
+  auto bad = [&](std::string what) {
+    return groups_.volume().found_corrupt(Error(kErrCorrupted, std::move(what)), "free_blocks", 0, first);
+  };
   const disk::Superblock& sb = groups_.sb();
   const uint64_t end = first + count;
   if (first < sb.s_first_data_block || end > sb.s_blocks_count || end < first) {
-    return Error(kErrCorrupted, fmt::format("freeing blocks {}..{}: outside the filesystem (blocks {}..{})", first,
-                                            end - 1, sb.s_first_data_block, sb.s_blocks_count - 1));
+    return bad(fmt::format("freeing blocks {}..{}: outside the filesystem (blocks {}..{})", first,
+                           end - 1, sb.s_first_data_block, sb.s_blocks_count - 1));
   }
   if (uint64_t sys = groups_.system_block_in(first, count); sys != UINT64_MAX) {
-    return Error(kErrCorrupted, fmt::format("freeing block {}: it holds filesystem metadata", sys));
+    return bad(fmt::format("freeing block {}: it holds filesystem metadata", sys));
   }
   const uint32_t g0 = groups_.group_of_block(first), g1 = groups_.group_of_block(end - 1);
   // Lock every group the range touches (ascending: the lock order), check
@@ -397,15 +402,15 @@ Status BlockAllocator::free(journal::Handle& handle, uint64_t first, uint32_t co
     locks.emplace_back(groups_.lock(g));
     UEXT_ASSIGN_OR_RETURN(GroupBitmaps::Bitmap map, groups_.load_block_bitmap(g));
     if (map.uninit) {
-      return Error(kErrCorrupted, fmt::format("freeing block {}: group {} has never allocated a block",
-                                              std::max(first, groups_.group_first_block(g)), g));
+      return bad(fmt::format("freeing block {}: group {} has never allocated a block",
+                             std::max(first, groups_.group_first_block(g)), g));
     }
     const uint64_t base = groups_.group_first_block(g);
     const uint32_t s = static_cast<uint32_t>(std::max(first, base) - base);
     const uint32_t e = static_cast<uint32_t>(std::min(end, base + groups_.blocks_in_group(g)) - base);
     for (uint32_t i = s; i < e; ++i) {
       if (!bits::test(map.bytes, i)) {
-        return Error(kErrCorrupted, fmt::format("freeing block {}: it is already free (double free)", base + i));
+        return bad(fmt::format("freeing block {}: it is already free (double free)", base + i));
       }
     }
     maps.push_back(std::move(map));

@@ -163,8 +163,10 @@ Status GroupBitmaps::verify_bitmap(uint32_t g, const char* what, std::span<const
   if (volume_.verify_checksums()) {
     uint32_t mask = sb_.desc_size() >= 64 ? 0xFFFFFFFFu : 0xFFFFu;
     if ((stored & mask) != (computed & mask)) {
-      return Error(kErrBadChecksum, fmt::format("group {} {}: checksum 0x{:x} does not match contents (0x{:x})",
-                                                g, what, stored & mask, computed & mask));
+      return volume_.found_corrupt(Error(kErrBadChecksum, fmt::format("group {} {}: checksum 0x{:x} does not "
+                                                                      "match contents (0x{:x})",
+                                                                      g, what, stored & mask, computed & mask)),
+                                   "read_bitmap", 0, 0);
     }
   }
 #ifdef UEXT_DEBUG_CHECKS
@@ -182,7 +184,8 @@ Result<GroupBitmaps::Bitmap> GroupBitmaps::load_block_bitmap(uint32_t g) {
   m.bytes.resize(block_size_);
   if (group_csum_ && (gd.bg_flags & disk::kBgBlockUninit)) {
     if (g + 1 == groups_) {
-      return Error(kErrCorrupted, fmt::format("group {} (the last) is flagged BLOCK_UNINIT", g));
+      return volume_.found_corrupt(Error(kErrCorrupted, fmt::format("group {} (the last) is flagged BLOCK_UNINIT", g)),
+                                   "read_bitmap", 0, 0);
     }
     build_block_bitmap(g, m.bytes);
     m.uninit = true;
@@ -217,8 +220,10 @@ Result<GroupBitmaps::Bitmap> GroupBitmaps::load_inode_bitmap(uint32_t g) {
     bits::set_range(m.bytes, ipg, block_size_ * 8 - ipg);
     m.uninit = true;
     if (gd.bg_free_inodes_count != ipg) {
-      return Error(kErrCorrupted, fmt::format("group {} is flagged INODE_UNINIT but counts {} of {} inodes free", g,
-                                              gd.bg_free_inodes_count, ipg));
+      return volume_.found_corrupt(Error(kErrCorrupted, fmt::format("group {} is flagged INODE_UNINIT but counts {} "
+                                                                    "of {} inodes free",
+                                                                    g, gd.bg_free_inodes_count, ipg)),
+                                   "read_bitmap", 0, 0);
     }
     return m;
   }

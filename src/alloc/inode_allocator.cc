@@ -211,20 +211,23 @@ Result<uint32_t> InodeAllocator::allocate(journal::Handle& handle, uint32_t pare
 }
 
 Status InodeAllocator::free(journal::Handle& handle, uint32_t ino, bool directory) {
+  auto bad = [&](std::string what) {
+    return groups_.volume().found_corrupt(Error(kErrCorrupted, std::move(what)), "free_inode", ino, 0);
+  };
   const disk::Superblock& sb = groups_.sb();
   if (ino < sb.s_first_ino || ino > sb.s_inodes_count) {
-    return Error(kErrCorrupted, fmt::format("freeing inode {}: reserved or out of range (first {}, last {})", ino,
-                                            sb.s_first_ino, sb.s_inodes_count));
+    return bad(fmt::format("freeing inode {}: reserved or out of range (first {}, last {})", ino,
+                           sb.s_first_ino, sb.s_inodes_count));
   }
   const uint32_t g = (ino - 1) / sb.s_inodes_per_group;
   const uint32_t idx = (ino - 1) % sb.s_inodes_per_group;
   std::lock_guard lock(groups_.lock(g));
   UEXT_ASSIGN_OR_RETURN(GroupBitmaps::Bitmap map, groups_.load_inode_bitmap(g));
   if (map.uninit || !bits::test(map.bytes, idx)) {
-    return Error(kErrCorrupted, fmt::format("freeing inode {}: it is already free (double free)", ino));
+    return bad(fmt::format("freeing inode {}: it is already free (double free)", ino));
   }
   if (directory && groups_.used_dirs(g) == 0) {
-    return Error(kErrCorrupted, fmt::format("freeing directory inode {}: group {} counts no directories", ino, g));
+    return bad(fmt::format("freeing directory inode {}: group {} counts no directories", ino, g));
   }
   bits::clear(map.bytes, idx);
   return groups_.store_inode_bitmap(handle, g, map, 1, directory ? -1 : 0, 0);

@@ -157,12 +157,18 @@ class IndirectWalker {
   uint64_t budget_;
 };
 
+// A block map that does not hold together, recorded as ext4_error would.
+Error bad_map(Volume& vol, const InodeRecord& rec, Error err) {
+  return vol.found_corrupt(std::move(err), "read_block_map", rec.ino, 0);
+}
+
 Status collect(Volume& vol, const InodeRecord& rec, uint64_t first, uint64_t end,
                std::vector<BlockRun>& mapped) {
-  if (rec.inode.has_flag(disk::inode_flag::kExtents)) {
-    return ExtentWalker(vol, rec, first, end).walk(mapped);
-  }
-  return IndirectWalker(vol, rec, first, end).walk(mapped);
+  Status walked = rec.inode.has_flag(disk::inode_flag::kExtents)
+                      ? ExtentWalker(vol, rec, first, end).walk(mapped)
+                      : IndirectWalker(vol, rec, first, end).walk(mapped);
+  if (!walked.ok()) return bad_map(vol, rec, std::move(walked).error());
+  return walked;
 }
 
 }  // namespace
@@ -182,8 +188,9 @@ Result<std::vector<BlockRun>> map_blocks(Volume& vol, const InodeRecord& rec, ui
   uint64_t cursor = first;
   for (const BlockRun& run : mapped) {
     if (run.logical < cursor) {
-      return Error(kErrCorrupted, fmt::format("inode {}: block map: logical block {} is mapped twice "
-                                              "or out of order", rec.ino, run.logical));
+      return bad_map(vol, rec, Error(kErrCorrupted, fmt::format("inode {}: block map: logical block {} is "
+                                                                "mapped twice or out of order",
+                                                                rec.ino, run.logical)));
     }
     if (run.logical > cursor) append_run(out, {cursor, 0, run.logical - cursor, false});
     append_run(out, run);
@@ -200,8 +207,9 @@ Result<std::vector<BlockRun>> all_mapped_runs(Volume& vol, const InodeRecord& re
   uint64_t cursor = 0;
   for (const BlockRun& run : mapped) {
     if (run.logical < cursor) {
-      return Error(kErrCorrupted, fmt::format("inode {}: block map: logical block {} is mapped twice "
-                                              "or out of order", rec.ino, run.logical));
+      return bad_map(vol, rec, Error(kErrCorrupted, fmt::format("inode {}: block map: logical block {} is "
+                                                                "mapped twice or out of order",
+                                                                rec.ino, run.logical)));
     }
     append_run(out, run);
     cursor = run.logical + run.length;

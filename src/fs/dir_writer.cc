@@ -77,8 +77,14 @@ class DirEditor {
   DirEditor(Volume& vol, journal::Handle& handle, const InodeRecord& dir)
       : vol_(vol), h_(handle), dir_(dir), fmt_(htree_format(vol)) {}
 
-  Error corrupt(const std::string& what) const {
-    return Error(kErrCorrupted, fmt::format("directory inode {}: {}", dir_.ino, what));
+  // A block that breaks the rules, recorded as ext4_error would. (Index
+  // problems are not: the callers fall back to a linear scan, as the
+  // kernel's lookup does with a warning.)
+  Error corrupt(const std::string& what, uint64_t physical = 0) const {
+    return bad(Error(kErrCorrupted, what), fmt::format("directory inode {}", dir_.ino), physical);
+  }
+  Error bad(Error err, const std::string& at, uint64_t physical) const {
+    return vol_.found_corrupt(std::move(err).with_context(at), "read_dir_block", dir_.ino, physical);
   }
 
   Result<uint64_t> physical_of(uint64_t logical) {
@@ -95,13 +101,14 @@ class DirEditor {
   }
 
   Result<EditBlock> read_at(uint64_t logical, uint64_t physical, HtreeBlockKind kind) {
-    UEXT_ASSIGN_OR_RETURN(BlockRef data, vol_.read_meta_block(physical, "directory block"));
-    EditBlock b{logical, physical, std::vector<std::byte>(data->begin(), data->end())};
+    auto data = vol_.read_meta_block(physical, "directory block");
+    if (!data.ok()) return bad(std::move(data).error(), fmt::format("directory inode {}", dir_.ino), physical);
+    EditBlock b{logical, physical, std::vector<std::byte>((*data)->begin(), (*data)->end())};
     if (vol_.verify_checksums()) {
       Status ok = kind == HtreeBlockKind::kLeaf ? disk::verify_dir_block_checksum(dir_.csum_seed, b.bytes)
                                                 : disk::verify_dx_checksum(dir_.csum_seed, b.bytes,
                                                                            kind == HtreeBlockKind::kRoot);
-      if (!ok.ok()) return std::move(ok).error().with_context(b.where(dir_));
+      if (!ok.ok()) return bad(std::move(ok).error(), b.where(dir_), physical);
     }
     return b;
   }
@@ -186,7 +193,7 @@ Result<uint32_t> name_hash(DirEditor& ed, const InodeRecord& dir, std::string_vi
 // Whether `b` (a leaf) holds `name` live.
 Result<bool> leaf_has(DirEditor& ed, const InodeRecord& dir, const EditBlock& b, std::string_view name) {
   auto entries = disk::parse_dir_block(b.bytes, ed.leaf());
-  if (!entries.ok()) return std::move(entries).error().with_context(b.where(dir));
+  if (!entries.ok()) return ed.bad(std::move(entries).error(), b.where(dir), b.physical);
   for (const auto& e : *entries) {
     if (e.inode != 0 && e.name == name) return true;
   }
@@ -225,7 +232,7 @@ Result<std::optional<EditBlock>> dx_find(DirEditor& ed, const InodeRecord& dir, 
       path.push_back({std::move(nb), std::move(node->entries), 0, node->limit});
     }
   }
-  return ed.corrupt("htree collision chain does not end");
+  return Error(kErrCorrupted, fmt::format("directory inode {}: htree collision chain does not end", dir.ino));
 }
 
 // Every leaf in on-disk order, skipping the root of an indexed directory

@@ -28,6 +28,13 @@ std::string block_context(const InodeRecord& dir, uint64_t logical, uint64_t phy
   return fmt::format("directory inode {}: block {} (logical {})", dir.ino, physical, logical);
 }
 
+// A directory block that fails its checks, named, and recorded as ext4_error
+// would (Volume::found_corrupt).
+Error bad_block(Volume& vol, const InodeRecord& dir, uint64_t logical, uint64_t physical, Error err) {
+  return vol.found_corrupt(std::move(err).with_context(block_context(dir, logical, physical)), "read_dir_block",
+                           dir.ino, physical);
+}
+
 // An htree interior block hides behind one unused entry spanning the block.
 bool looks_like_dx_node(disk::Bytes block, uint32_t block_size) {
   return disk::le32(block, 0) == 0 &&
@@ -44,11 +51,13 @@ Result<std::pair<BlockRef, uint64_t>> read_dir_block(Volume& vol, const InodeRec
   UEXT_ASSIGN_OR_RETURN(auto runs, map_blocks(vol, dir, logical, 1));
   uint64_t physical = runs.empty() ? 0 : runs[0].physical;
   if (physical == 0 || runs[0].unwritten) {
-    return Error(kErrCorrupted, fmt::format("directory inode {}: logical block {} is a hole",
-                                            dir.ino, logical));
+    return vol.found_corrupt(Error(kErrCorrupted, fmt::format("directory inode {}: logical block {} is a hole",
+                                                              dir.ino, logical)),
+                             "read_dir_block", dir.ino, 0);
   }
-  UEXT_ASSIGN_OR_RETURN(BlockRef data, vol.read_meta_block(physical, "directory block"));
-  return std::make_pair(std::move(data), physical);
+  auto data = vol.read_meta_block(physical, "directory block");
+  if (!data.ok()) return bad_block(vol, dir, logical, physical, std::move(data).error());
+  return std::make_pair(std::move(*data), physical);
 }
 
 // Parses a leaf block, verifying its checksum tail when the image has one.
@@ -57,10 +66,10 @@ Result<std::vector<disk::DirentView>> parse_leaf(Volume& vol, const InodeRecord&
                                                  uint64_t physical) {
   if (vol.verify_checksums()) {
     Status ok = disk::verify_dir_block_checksum(dir.csum_seed, block);
-    if (!ok.ok()) return std::move(ok).error().with_context(block_context(dir, logical, physical));
+    if (!ok.ok()) return bad_block(vol, dir, logical, physical, std::move(ok).error());
   }
   auto entries = disk::parse_dir_block(block, leaf_format(vol));
-  if (!entries.ok()) return std::move(entries).error().with_context(block_context(dir, logical, physical));
+  if (!entries.ok()) return bad_block(vol, dir, logical, physical, std::move(entries).error());
   return entries;
 }
 
@@ -74,20 +83,20 @@ Result<std::vector<disk::DirentView>> block_entries(Volume& vol, const InodeReco
   if (htree && logical == 0) {
     if (vol.verify_checksums()) {
       Status ok = disk::verify_dx_checksum(dir.csum_seed, block, true);
-      if (!ok.ok()) return std::move(ok).error().with_context(block_context(dir, logical, physical));
+      if (!ok.ok()) return bad_block(vol, dir, logical, physical, std::move(ok).error());
     }
     // The root's fake entries are ordinary dirents; the index hides in
     // the space ".." spans.
     disk::DirBlockFormat format = leaf_format(vol);
     format.has_tail = false;
     auto entries = disk::parse_dir_block(block, format);
-    if (!entries.ok()) return std::move(entries).error().with_context(block_context(dir, logical, physical));
+    if (!entries.ok()) return bad_block(vol, dir, logical, physical, std::move(entries).error());
     return entries;
   }
   if (looks_like_dx_node(block, bs)) {
     if (htree && vol.verify_checksums()) {
       Status ok = disk::verify_dx_checksum(dir.csum_seed, block, false);
-      if (!ok.ok()) return std::move(ok).error().with_context(block_context(dir, logical, physical));
+      if (!ok.ok()) return bad_block(vol, dir, logical, physical, std::move(ok).error());
     }
     return std::vector<disk::DirentView>{};
   }
@@ -134,7 +143,7 @@ Result<std::vector<disk::DxEntry>> read_dx_node(Volume& vol, const InodeRecord& 
   UEXT_ASSIGN_OR_RETURN(auto block, read_dir_block(vol, dir, logical));
   if (vol.verify_checksums()) {
     Status ok = disk::verify_dx_checksum(dir.csum_seed, *block.first, false);
-    if (!ok.ok()) return std::move(ok).error().with_context(block_context(dir, logical, block.second));
+    if (!ok.ok()) return bad_block(vol, dir, logical, block.second, std::move(ok).error());
   }
   UEXT_ASSIGN_OR_RETURN(auto node, disk::parse_dx_node(*block.first, dx_format(vol)));
   return std::move(node.entries);
@@ -148,7 +157,7 @@ Result<DxResult> dx_lookup(Volume& vol, const InodeRecord& dir, std::string_view
   UEXT_ASSIGN_OR_RETURN(auto root_block, read_dir_block(vol, dir, 0));
   if (vol.verify_checksums()) {
     Status ok = disk::verify_dx_checksum(dir.csum_seed, *root_block.first, true);
-    if (!ok.ok()) return std::move(ok).error().with_context(block_context(dir, 0, root_block.second));
+    if (!ok.ok()) return bad_block(vol, dir, 0, root_block.second, std::move(ok).error());
   }
   auto root = disk::parse_dx_root(*root_block.first, dx_format(vol));
   if (!root.ok()) return DxResult{DxOutcome::kBadIndex, {}};
@@ -238,13 +247,15 @@ Status dir_iterate(Volume& vol, const InodeRecord& dir, uint64_t pos, const Dire
   UEXT_ASSIGN_OR_RETURN(auto runs, map_blocks(vol, dir, first, blocks - first));
   for (const BlockRun& run : runs) {
     if (run.physical == 0 || run.unwritten) {
-      return Error(kErrCorrupted, fmt::format("directory inode {}: logical block {} is a hole",
-                                              dir.ino, run.logical));
+      return vol.found_corrupt(Error(kErrCorrupted, fmt::format("directory inode {}: logical block {} is a hole",
+                                                                dir.ino, run.logical)),
+                               "read_dir_block", dir.ino, 0);
     }
     for (uint64_t i = 0; i < run.length; ++i) {
       uint64_t logical = run.logical + i, physical = run.physical + i;
-      UEXT_ASSIGN_OR_RETURN(BlockRef data, vol.read_meta_block(physical, "directory block"));
-      UEXT_ASSIGN_OR_RETURN(auto entries, block_entries(vol, dir, *data, logical, physical));
+      auto data = vol.read_meta_block(physical, "directory block");
+      if (!data.ok()) return bad_block(vol, dir, logical, physical, std::move(data).error());
+      UEXT_ASSIGN_OR_RETURN(auto entries, block_entries(vol, dir, **data, logical, physical));
       uint64_t base = logical * bs;
       for (const auto& e : entries) {
         if (e.inode == 0 || base + e.offset < pos) continue;

@@ -440,14 +440,16 @@ Result<std::string> FilesystemImpl::read_symlink(const InodeRecord& rec) {
   if (disk::is_fast_symlink(vol_->sb(), rec.inode)) {
     auto bytes = rec.inode.i_block_bytes();
     if (size > bytes.size()) {
-      return Error(kErrCorrupted, fmt::format("inode {}: fast symlink of size {} exceeds i_block",
-                                              rec.ino, size));
+      return vol_->found_corrupt(Error(kErrCorrupted, fmt::format("inode {}: fast symlink of size {} exceeds i_block",
+                                                                rec.ino, size)),
+                                 "read_symlink", rec.ino, 0);
     }
     return std::string(reinterpret_cast<const char*>(bytes.data()), size);
   }
   if (size > kMaxSymlinkSize || size > vol_->block_size()) {
-    return Error(kErrCorrupted, fmt::format("inode {}: symlink size {} is larger than a block",
-                                            rec.ino, size));
+    return vol_->found_corrupt(Error(kErrCorrupted, fmt::format("inode {}: symlink size {} is larger than a block",
+                                                              rec.ino, size)),
+                               "read_symlink", rec.ino, 0);
   }
   std::string target(size, '\0');
   UEXT_TRY(read_data(rec, 0, std::as_writable_bytes(std::span(target))));
@@ -461,21 +463,24 @@ Result<std::vector<disk::Xattr>> FilesystemImpl::read_xattrs(const InodeRecord& 
     disk::Bytes area = disk::Bytes(rec.raw).subspan(in_inode_start);
     auto parsed = disk::parse_inode_xattrs(area);
     if (!parsed.ok()) {
-      return std::move(parsed).error().with_context(fmt::format("inode {}: in-inode xattrs", rec.ino));
+      return vol_->found_corrupt(
+          std::move(parsed).error().with_context(fmt::format("inode {}: in-inode xattrs", rec.ino)), "read_xattrs",
+          rec.ino, 0);
     }
     attrs = std::move(*parsed);
   }
   if (rec.inode.i_file_acl != 0) {
     uint64_t block = rec.inode.i_file_acl;
     std::string where = fmt::format("inode {}: xattr block {}", rec.ino, block);
+    auto bad = [&](Error err) { return vol_->found_corrupt(std::move(err).with_context(where), "read_xattrs", rec.ino, block); };
     auto data = vol_->read_meta_block(block, "xattr block");
-    if (!data.ok()) return std::move(data).error().with_context(fmt::format("inode {}", rec.ino));
+    if (!data.ok()) return bad(std::move(data).error());
     if (vol_->verify_checksums()) {
       Status ok = disk::verify_xattr_block_checksum(vol_->sb().csum_seed(), block, **data);
-      if (!ok.ok()) return std::move(ok).error().with_context(where);
+      if (!ok.ok()) return bad(std::move(ok).error());
     }
     auto parsed = disk::parse_xattr_block(**data);
-    if (!parsed.ok()) return std::move(parsed).error().with_context(where);
+    if (!parsed.ok()) return bad(std::move(parsed).error());
     for (auto& a : *parsed) attrs.push_back(std::move(a));
   }
   for (const auto& a : attrs) {

@@ -46,7 +46,11 @@ class MapEditor {
 
  protected:
   std::string where() const { return fmt::format("inode {}", rec_.ino); }
-  Error corrupt(const std::string& what) const { return Error(kErrCorrupted, where() + ": " + what); }
+  // A map that does not hold together, recorded as ext4_error would.
+  Error corrupt(const std::string& what) const { return bad(Error(kErrCorrupted, what), where(), 0); }
+  Error bad(Error err, const std::string& at, uint64_t block) const {
+    return vol_.found_corrupt(std::move(err).with_context(at), "write_block_map", rec_.ino, block);
+  }
 
   Status write_inode() {
     auto blocks = rec_.inode.i_block;
@@ -327,14 +331,15 @@ class ExtentEditor : public MapEditor {
   uint16_t block_capacity() const { return static_cast<uint16_t>((vol_.block_size() - 12) / 12); }
 
   Result<disk::ExtentNode> read_node(uint64_t block, int depth) {
-    UEXT_ASSIGN_OR_RETURN(BlockRef data, vol_.read_meta_block(block, "extent tree node"));
     std::string at = fmt::format("{}: extent tree node at block {}", where(), block);
+    auto data = vol_.read_meta_block(block, "extent tree node");
+    if (!data.ok()) return bad(std::move(data).error(), at, block);
     if (vol_.verify_checksums()) {
-      auto ok = disk::verify_extent_block_checksum(rec_.csum_seed, *data);
-      if (!ok.ok()) return std::move(ok).error().with_context(at);
+      auto ok = disk::verify_extent_block_checksum(rec_.csum_seed, **data);
+      if (!ok.ok()) return bad(std::move(ok).error(), at, block);
     }
-    auto node = disk::decode_extent_node(*data, depth, limits());
-    if (!node.ok()) return std::move(node).error().with_context(at);
+    auto node = disk::decode_extent_node(**data, depth, limits());
+    if (!node.ok()) return bad(std::move(node).error(), at, block);
     return std::move(*node);
   }
 
@@ -342,7 +347,7 @@ class ExtentEditor : public MapEditor {
   Result<Path> find(uint64_t target) {
     Path path;
     auto root = disk::decode_extent_node(rec_.inode.i_block_bytes(), -1, limits());
-    if (!root.ok()) return std::move(root).error().with_context(where() + ": extent tree root");
+    if (!root.ok()) return bad(std::move(root).error(), where() + ": extent tree root", 0);
     path.push_back({0, std::move(*root), -1});
     while (true) {
       Level& lv = path.back();
@@ -569,7 +574,7 @@ class ExtentEditor : public MapEditor {
   Status collapse() {
     while (true) {
       auto root = disk::decode_extent_node(rec_.inode.i_block_bytes(), -1, limits());
-      if (!root.ok()) return std::move(root).error().with_context(where() + ": extent tree root");
+      if (!root.ok()) return bad(std::move(root).error(), where() + ": extent tree root", 0);
       if (root->header.eh_depth == 0 || root->indexes.size() != 1) return {};
       uint64_t child_block = root->indexes[0].leaf;
       UEXT_ASSIGN_OR_RETURN(disk::ExtentNode child, read_node(child_block, root->header.eh_depth - 1));

@@ -400,7 +400,9 @@ Status FilesystemImpl::rename(Ino old_dir, std::string_view old_name, Ino new_di
   auto check_dotdot = [&](const InodeRecord& dir, Ino parent) -> Status {
     UEXT_ASSIGN_OR_RETURN(auto up, dir_lookup(*vol_, dir, ".."));
     if (!up || up->ino != parent) {
-      return Error(kErrCorrupted, fmt::format("inode {}: \"..\" does not name its parent, inode {}", dir.ino, parent));
+      return vol_->found_corrupt(
+          Error(kErrCorrupted, fmt::format("inode {}: \"..\" does not name its parent, inode {}", dir.ino, parent)),
+          "rename", dir.ino, 0);
     }
     return {};
   };

@@ -174,33 +174,72 @@ Status Volume::update_superblock(journal::Handle& handle,
   });
 }
 
+Volume::ErrorRecord Volume::make_error_record(std::string_view func, uint32_t ino, uint64_t block, int err) {
+  ErrorRecord r;
+  r.time = static_cast<int64_t>(::time(nullptr));
+  r.ino = ino;
+  r.block = block;
+  std::copy_n(func.begin(), std::min(func.size(), r.func.size()), r.func.begin());
+  r.errcode = disk::error_code_of(err);
+  return r;
+}
+
+void Volume::stash_error(const ErrorRecord& record) {
+  std::lock_guard lock(errors_mu_);
+  if (pending_errors_.count++ == 0) pending_errors_.first = record;
+  pending_errors_.last = record;
+}
+
 Status Volume::record_error(std::string_view op, uint32_t ino, int err) {
-  const int64_t when = static_cast<int64_t>(::time(nullptr));
-  // One of the two records: the first error's or the latest's.
-  auto fill = [&](int64_t& time, uint32_t& ino_field, uint64_t& block_field, std::array<char, 32>& func,
-                  uint32_t& line, uint8_t& errcode) {
-    time = when;
-    ino_field = ino;
-    block_field = 0;
-    func.fill('\0');
-    std::copy_n(op.begin(), std::min(op.size(), func.size()), func.begin());
-    line = 0;
-    errcode = disk::error_code_of(err);
-  };
-  {
-    std::lock_guard lock(sb_mu_);
-    disk::Superblock& sb = sb_;
-    sb.s_state |= disk::kStateErrors;
-    if (sb.s_error_count++ == 0) {
-      fill(sb.s_first_error_time, sb.s_first_error_ino, sb.s_first_error_block, sb.s_first_error_func,
-           sb.s_first_error_line, sb.s_first_error_errcode);
-    }
-    fill(sb.s_last_error_time, sb.s_last_error_ino, sb.s_last_error_block, sb.s_last_error_func,
-         sb.s_last_error_line, sb.s_last_error_errcode);
+  stash_error(make_error_record(op, ino, 0, err));
+  return write_pending_errors();
+}
+
+Error Volume::found_corrupt(Error err, std::string_view func, uint32_t ino, uint64_t block) {
+  if (journal_ && (err.code() == kErrCorrupted || err.code() == kErrBadChecksum)) {
+    stash_error(make_error_record(func, ino, block, err.code()));
   }
-  UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(1));
-  Status written = update_superblock(h, [](disk::Superblock&) {});
-  Status stopped = h.stop();
+  return err;
+}
+
+Status Volume::write_pending_errors() {
+  PendingErrors taken;
+  {
+    std::lock_guard lock(errors_mu_);
+    if (pending_errors_.count == 0) return {};
+    taken = pending_errors_;
+    pending_errors_ = {};
+  }
+  auto put = [](const ErrorRecord& r, int64_t& time, uint32_t& ino, uint64_t& block, std::array<char, 32>& func,
+                uint32_t& line, uint8_t& errcode) {
+    time = r.time;
+    ino = r.ino;
+    block = r.block;
+    func = r.func;
+    line = 0;
+    errcode = r.errcode;
+  };
+  auto apply = [&](disk::Superblock& sb) {
+    sb.s_state |= disk::kStateErrors;
+    if (sb.s_error_count == 0) {
+      put(taken.first, sb.s_first_error_time, sb.s_first_error_ino, sb.s_first_error_block, sb.s_first_error_func,
+          sb.s_first_error_line, sb.s_first_error_errcode);
+    }
+    sb.s_error_count += taken.count;
+    put(taken.last, sb.s_last_error_time, sb.s_last_error_ino, sb.s_last_error_block, sb.s_last_error_func,
+        sb.s_last_error_line, sb.s_last_error_errcode);
+  };
+  auto h = start(1);
+  if (!h.ok()) {
+    // No handle (the journal has failed): the record stays in the
+    // in-memory superblock; the journal's own record of its abort marks
+    // the image at the next open.
+    std::lock_guard lock(sb_mu_);
+    apply(sb_);
+    return std::move(h).error();
+  }
+  Status written = update_superblock(*h, apply);
+  Status stopped = h->stop();
   UEXT_TRY(written);
   return stopped;
 }
@@ -277,12 +316,14 @@ Result<InodeRecord> Volume::update_inode_slot(journal::Handle& handle, uint32_t 
 
 Status Volume::sync() {
   if (!journal_) return {};
+  (void)write_pending_errors();  // a failure here is the commit's too
   return journal_->commit();
 }
 
 Status Volume::close() {
   if (!journal_ || closed_) return {};
   closed_ = true;
+  (void)write_pending_errors();  // else the superblock write below carries them
   UEXT_TRY(journal_->close());
   {
     std::lock_guard lock(sb_mu_);
@@ -369,7 +410,7 @@ Result<InodeRecord> Volume::read_inode(uint32_t ino, bool allow_unlinked) {
     no_csum.s_feature_ro_compat &= ~disk::ro_compat::kMetadataCsum;
     inode = disk::decode_inode(no_csum, ino, slot);
   }
-  if (!inode.ok()) return std::move(inode).error();
+  if (!inode.ok()) return found_corrupt(std::move(inode).error(), "read_inode", ino, block);
   rec.inode = *inode;
   if (rec.inode.i_mode == 0 || (rec.inode.i_links_count == 0 && rec.inode.i_dtime != 0 && !allow_unlinked)) {
     return Error(kErrCorrupted, fmt::format("inode {} is not in use (mode {:o}, links {}, dtime {})",
@@ -381,12 +422,14 @@ Result<InodeRecord> Volume::read_inode(uint32_t ino, bool allow_unlinked) {
     case S_IFREG: case S_IFDIR: case S_IFLNK: case S_IFCHR: case S_IFBLK: case S_IFIFO: case S_IFSOCK:
       break;
     default:
-      return Error(kErrCorrupted, fmt::format("inode {}: invalid file type in mode {:o}", ino,
-                                              rec.inode.i_mode));
+      return found_corrupt(Error(kErrCorrupted, fmt::format("inode {}: invalid file type in mode {:o}", ino,
+                                                            rec.inode.i_mode)),
+                           "read_inode", ino, block);
   }
   if (rec.inode.i_size > static_cast<uint64_t>(INT64_MAX)) {
-    return Error(kErrCorrupted, fmt::format("inode {}: bad size {} (negative as a signed file size)",
-                                            ino, rec.inode.i_size));
+    return found_corrupt(Error(kErrCorrupted, fmt::format("inode {}: bad size {} (negative as a signed file size)",
+                                                          ino, rec.inode.i_size)),
+                         "read_inode", ino, block);
   }
   if (sb_.has_metadata_csum()) {
     rec.csum_seed = disk::inode_csum_seed(sb_, ino, rec.inode.i_generation);

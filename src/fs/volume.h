@@ -3,7 +3,9 @@
 // Filesystem API) reads the image only through a Volume.
 #pragma once
 
+#include <array>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -65,6 +67,19 @@ class Volume {
   // memory, and the replay of the log brings back an image without the
   // half-made change.
   Status record_error(std::string_view op, uint32_t ino, int err);
+  // ext4_error for corruption found while reading: when `err` says a
+  // structure on the image is corrupt (EUCLEAN: it does not parse or breaks
+  // a rule; EBADMSG: its checksum fails), records it as record_error does,
+  // naming function `func`, inode `ino` and block `block` (0: unknown).
+  // The record waits in memory for write_pending_errors (run by the
+  // background writeback), sync or close, since the read may hold locks a
+  // handle must come before; it takes only a lock of its own, innermost of
+  // all. A read-only volume records nothing. I/O errors are not recorded.
+  // Returns `err`, for `return vol.found_corrupt(...)`.
+  Error found_corrupt(Error err, std::string_view func, uint32_t ino, uint64_t block);
+  // Journals the errors found_corrupt recorded, in a handle of its own
+  // (none when there are none). The caller holds no page lock.
+  Status write_pending_errors();
   // How the changes an operation makes in one handle hold together.
   enum class Changes {
     // All or nothing (a name and its inode, a rename's two names): a
@@ -160,6 +175,27 @@ class Volume {
   bool closed_ = false;
   // Guards the allocation-time fields of groups_ and the counters of sb_.
   mutable base::OrderedMutex sb_mu_{base::LockLevel::kVolumeState};
+
+  // One error for the superblock's record (s_first_error_*, s_last_error_*).
+  struct ErrorRecord {
+    int64_t time = 0;
+    uint32_t ino = 0;
+    uint64_t block = 0;
+    std::array<char, 32> func{};
+    uint8_t errcode = 0;
+  };
+  // Errors recorded and not yet in sb_ (the kernel's stashed error info).
+  struct PendingErrors {
+    uint32_t count = 0;
+    ErrorRecord first;  // the earliest since the last write
+    ErrorRecord last;
+  };
+  static ErrorRecord make_error_record(std::string_view func, uint32_t ino, uint64_t block, int err);
+  void stash_error(const ErrorRecord& record);
+  // A plain mutex below every ordered lock: held for a few stores, never
+  // around a call, so any thread may record under any lock.
+  std::mutex errors_mu_;
+  PendingErrors pending_errors_;  // under errors_mu_
 };
 
 }  // namespace uext::fs

@@ -156,5 +156,56 @@ TEST(FinishHandle, HalfMadeChangesAreRecordedWhereDumpe2fsAndE2fsckSeeThem) {
   }
 }
 
+// Corruption found while reading waits in memory until a sync (or the
+// background writeback, or the close) writes it: the first and the latest
+// record, and every one counted. I/O errors and other errors are not
+// recorded, nor is anything on a read-only volume.
+TEST(FoundCorrupt, RecordsCorruptionOnlyAndWritesItAtSync) {
+  testing::TempDir dir;
+  const std::string image = dir / "fs.img";
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", image, "16M"});
+  {
+    Options ro;
+    ro.read_only = true;
+    auto dev = open_image_file(image, {.read_only = true});
+    ASSERT_TRUE(dev.ok());
+    auto vol = Volume::open(std::move(*dev), ro);
+    ASSERT_TRUE(vol.ok()) << vol.error().message();
+    Error e = (*vol)->found_corrupt(Error(kErrCorrupted, "test"), "read_test", 12, 100);
+    EXPECT_EQ(e.code(), kErrCorrupted) << "the error comes back unchanged";
+    EXPECT_EQ(e.message(), "test");
+  }
+  EXPECT_EQ(dumpe2fs_header(image)["Filesystem state"], "clean");
+
+  auto opened = open_rw(image);
+  ASSERT_TRUE(opened.ok()) << opened.error().message();
+  auto vol = std::move(*opened);
+  (void)vol->found_corrupt(Error(EIO, "a read failed"), "read_test", 12, 100);
+  (void)vol->found_corrupt(Error(ENOENT, "no such name"), "read_test", 12, 100);
+  ASSERT_TRUE(vol->sync().ok());
+  EXPECT_EQ(vol->sb().s_error_count, 0u) << "an I/O error or ENOENT is no corruption";
+  (void)vol->found_corrupt(Error(kErrBadChecksum, "checksum"), "read_first", 12, 100);
+  (void)vol->found_corrupt(Error(kErrCorrupted, "bad"), "read_second", 13, 0);
+  (void)vol->found_corrupt(Error(kErrCorrupted, "bad"), "read_latest", 14, 200);
+  EXPECT_EQ(vol->sb().s_error_count, 0u) << "nothing is written before a sync";
+  ASSERT_TRUE(vol->sync().ok());
+  EXPECT_EQ(vol->sb().s_error_count, 3u);
+  ASSERT_TRUE(vol->close().ok());
+  vol.reset();
+
+  auto h = dumpe2fs_header(image);
+  EXPECT_EQ(h["Filesystem state"], "clean with errors");
+  EXPECT_EQ(h["FS Error count"], "3");
+  EXPECT_EQ(h["First error function"], "read_first");
+  EXPECT_EQ(h["First error inode #"], "12");
+  EXPECT_EQ(h["First error block #"], "100");
+  EXPECT_EQ(h["First error err"], "EFSBADCRC");
+  EXPECT_EQ(h["Last error function"], "read_latest");
+  EXPECT_EQ(h["Last error inode #"], "14");
+  EXPECT_EQ(h["Last error block #"], "200");
+  EXPECT_EQ(h["Last error err"], "EFSCORRUPTED");
+  EXPECT_EQ(run({"e2fsck", "-fn", image}).exit_code, 0);
+}
+
 }  // namespace
 }  // namespace uext::fs

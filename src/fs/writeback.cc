@@ -596,6 +596,9 @@ void FilesystemImpl::writeback_loop() {
     }
     cache_->shrink();
     notify_writeback_progress();
+    // Corruption a read found, recorded in memory (Volume::found_corrupt):
+    // journaled here, where no lock is held, as ext4's error work does.
+    (void)vol_->write_pending_errors();
     lock.lock();
   }
 }

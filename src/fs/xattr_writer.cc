@@ -77,13 +77,15 @@ Result<BlockState> read_block(Volume& vol, const InodeRecord& rec) {
   st.block = rec.inode.i_file_acl;
   if (st.block == 0) return st;
   std::string where = fmt::format("inode {}: xattr block {}", rec.ino, st.block);
-  UEXT_ASSIGN_OR_RETURN(BlockRef data, vol.read_meta_block(st.block, "xattr block"));
+  auto bad = [&](Error err) { return vol.found_corrupt(std::move(err).with_context(where), "read_xattrs", rec.ino, st.block); };
+  auto data = vol.read_meta_block(st.block, "xattr block");
+  if (!data.ok()) return bad(std::move(data).error());
   if (vol.verify_checksums()) {
-    Status ok = disk::verify_xattr_block_checksum(vol.sb().csum_seed(), st.block, *data);
-    if (!ok.ok()) return std::move(ok).error().with_context(where);
+    Status ok = disk::verify_xattr_block_checksum(vol.sb().csum_seed(), st.block, **data);
+    if (!ok.ok()) return bad(std::move(ok).error());
   }
-  auto parsed = disk::parse_xattr_block_entries(*data, &st.header);
-  if (!parsed.ok()) return std::move(parsed).error().with_context(where);
+  auto parsed = disk::parse_xattr_block_entries(**data, &st.header);
+  if (!parsed.ok()) return bad(std::move(parsed).error());
   st.entries = std::move(*parsed);
   return st;
 }
@@ -146,7 +148,11 @@ Status xattr_set(Volume& vol, journal::Handle& handle, InodeRecord& rec, std::st
   std::vector<disk::XattrEntry> ibody;
   if (area.exists) {
     auto parsed = disk::parse_inode_xattr_entries(disk::Bytes(rec.raw).subspan(area.start));
-    if (!parsed.ok()) return std::move(parsed).error().with_context(fmt::format("inode {}: in-inode xattrs", rec.ino));
+    if (!parsed.ok()) {
+      return vol.found_corrupt(
+          std::move(parsed).error().with_context(fmt::format("inode {}: in-inode xattrs", rec.ino)), "read_xattrs",
+          rec.ino, 0);
+    }
     ibody = std::move(*parsed);
   }
   UEXT_ASSIGN_OR_RETURN(BlockState blk, read_block(vol, rec));
