@@ -219,7 +219,9 @@ Status Volume::write_pending_errors() {
     line = 0;
     errcode = r.errcode;
   };
+  bool applied = false;
   auto apply = [&](disk::Superblock& sb) {
+    applied = true;
     sb.s_state |= disk::kStateErrors;
     if (sb.s_error_count == 0) {
       put(taken.first, sb.s_first_error_time, sb.s_first_error_ino, sb.s_first_error_block, sb.s_first_error_func,
@@ -230,16 +232,15 @@ Status Volume::write_pending_errors() {
         sb.s_last_error_line, sb.s_last_error_errcode);
   };
   auto h = start(1);
-  if (!h.ok()) {
-    // No handle (the journal has failed): the record stays in the
-    // in-memory superblock; the journal's own record of its abort marks
-    // the image at the next open.
+  Status written = h.ok() ? update_superblock(*h, apply) : Status(h.error());
+  Status stopped = h.ok() ? h->stop() : Status();
+  if (!applied) {
+    // No handle (the journal has failed) or no block: the record stays in
+    // the in-memory superblock; the journal's own record of its abort
+    // marks the image at the next open.
     std::lock_guard lock(sb_mu_);
     apply(sb_);
-    return std::move(h).error();
   }
-  Status written = update_superblock(*h, apply);
-  Status stopped = h->stop();
   UEXT_TRY(written);
   return stopped;
 }
