@@ -150,7 +150,9 @@ class FuseAcl : public ::testing::Test {
     copy_file(base_, img);
     ::mkdir(mnt.c_str(), 0755);
     CommandResult m = run({"mount", "-o", "loop," + kopts, img, mnt});
-    if (!may_refuse) EXPECT_EQ(m.exit_code, 0) << m.err;
+    if (!may_refuse) {
+      EXPECT_EQ(m.exit_code, 0) << m.err;
+    }
     if (m.exit_code != 0) return {};
     CommandResult r = sh("sh " + q(script) + " " + q(mnt) + " 2>&1");
     std::string tree = describe(mnt);
