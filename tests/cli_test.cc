@@ -251,7 +251,7 @@ TEST_F(Cli, InfoAgreesWithDumpe2fs) {
     auto want = dumpe2fs_header(img.path);
     for (const char* key : {"Filesystem volume name", "Filesystem UUID", "Block count", "Free blocks",
                             "Inode count", "Free inodes", "Block size", "Inode size", "Blocks per group",
-                            "Inodes per group", "Filesystem state"}) {
+                            "Inodes per group", "Filesystem state", "Errors behavior"}) {
       ASSERT_TRUE(got.count(key)) << "uext info has no \"" << key << ":\" line:\n" << r.out;
       EXPECT_EQ(want[key], got[key]) << key;
     }
@@ -268,7 +268,7 @@ TEST_F(Cli, InfoShowsTheErrorRecordAsDumpe2fsDoes) {
   TempDir t;
   const std::string image = t / "errors.img";
   run_ok({"mke2fs", "-F", "-q", "-t", "ext4", image, "16M"});
-  for (const char* set : {"state 3", "error_count 2", "first_error_time 1700000000", "first_error_ino 12",
+  for (const char* set : {"state 3", "errors 2", "error_count 2", "first_error_time 1700000000", "first_error_ino 12",
                           "first_error_block 345", "first_error_func rename", "first_error_line 7",
                           "last_error_time 1700000100", "last_error_ino 13", "last_error_func write"}) {
     run_ok({"debugfs", "-w", "-R", std::string("ssv ") + set, image});
@@ -277,7 +277,7 @@ TEST_F(Cli, InfoShowsTheErrorRecordAsDumpe2fsDoes) {
   ASSERT_EQ(0, r.exit_code) << r.describe();
   auto got = labels(r.out);
   auto want = dumpe2fs_header(image);
-  for (const char* key : {"Filesystem state", "FS Error count", "First error time", "First error function",
+  for (const char* key : {"Filesystem state", "Errors behavior", "FS Error count", "First error time", "First error function",
                           "First error line #", "First error inode #", "First error block #", "Last error time",
                           "Last error function", "Last error line #", "Last error inode #"}) {
     ASSERT_TRUE(want.count(key)) << "dumpe2fs has no \"" << key << ":\" line";

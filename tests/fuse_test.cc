@@ -1003,6 +1003,42 @@ TEST_F(FuseLife, CorruptionMetThroughTheMountIsRecorded) {
   EXPECT_TRUE(image_is_clean(img_));
 }
 
+// Without errors=, the image's own setting (tune2fs -e) decides what an
+// error does, as for the kernel's mount: remount-ro refuses every change
+// after the first corruption met; errors=continue given at mount wins.
+TEST_F(FuseLife, TheImagesErrorsSettingIsTheDefault) {
+  {
+    FuseMount m(img_, t_ / "mnt");
+    ASSERT_TRUE(m.ok()) << m.log();
+    sh_ok("mkdir " + m.path("d") + " && echo x > " + m.path("d/file"));
+    ASSERT_EQ(m.unmount(), 0) << m.log();
+  }
+  run_ok({"tune2fs", "-e", "remount-ro", img_});
+  const uint64_t bs = std::stoull(dumpe2fs_header(img_)["Block size"]);
+  const uint64_t block = std::stoull(debugfs(img_, "blocks /d"));
+  flip_bit(img_, block * bs + 32, 0);  // the block's checksum fails
+  const std::string pristine = t_ / "pristine.img";
+  copy_file(img_, pristine);
+  {
+    FuseMount m(img_, t_ / "mnt");
+    ASSERT_TRUE(m.ok()) << m.log();
+    sh_ok("echo before > " + m.path("before"));
+    EXPECT_NE(run({"ls", m.path("d")}).exit_code, 0);
+    CommandResult after = run_shell("echo after > " + m.path("after"));
+    EXPECT_NE(after.exit_code, 0) << "remount-ro: changes are refused after the error";
+    EXPECT_NE(after.err.find("Read-only file system"), std::string::npos) << after.out << after.err;
+    ASSERT_EQ(m.unmount(), 0) << m.log();
+    EXPECT_NE(m.log().find("errors=remount-ro: refusing every further change"), std::string::npos) << m.log();
+  }
+  {
+    FuseMount m(pristine, t_ / "mnt", "errors=continue");
+    ASSERT_TRUE(m.ok()) << m.log();
+    EXPECT_NE(run({"ls", m.path("d")}).exit_code, 0);
+    sh_ok("echo after > " + m.path("after"));
+    ASSERT_EQ(m.unmount(), 0) << m.log();
+  }
+}
+
 // Started with a soft descriptor limit of 1,024 under a higher hard one (as
 // shells often start programs), the daemon lifts the soft limit to the hard
 // one (at most kMaxDescriptors), which bounds its page cache's memfds; and

@@ -44,6 +44,13 @@ int run_info(const ImageOptions& opts) {
   }
   field("Filesystem features:", features.empty() ? "(none)" : features);
   field("Filesystem state:", v.state);
+  // dumpe2fs's words.
+  switch (v.errors_behavior) {
+    case 1: field("Errors behavior:", "Continue"); break;
+    case 2: field("Errors behavior:", "Remount read-only"); break;
+    case 3: field("Errors behavior:", "Panic"); break;
+    default: field("Errors behavior:", "Unknown (continue)"); break;
+  }
   field("Inode count:", fmt::format("{}", v.inodes_count));
   field("Block count:", fmt::format("{}", v.blocks_count));
   field("Reserved block count:", fmt::format("{}", v.reserved_blocks));

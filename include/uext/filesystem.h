@@ -129,6 +129,9 @@ struct VolumeInfo {
   uint32_t inodes_per_group = 0;
   std::vector<std::string> features;
   std::string state;  // "clean", "not clean", "clean with errors", ...
+  // s_errors, set by mke2fs -e or tune2fs -e: what a mount does on an error
+  // unless told otherwise (1 continue, 2 remount read-only, 3 panic).
+  uint16_t errors_behavior = 1;
   bool needs_recovery = false;  // the journal holds transactions not yet replayed
   bool read_only = true;        // how uext opened it
   // Journal transactions replayed when the image was opened read-write.

@@ -79,6 +79,7 @@ VolumeInfo FilesystemImpl::info() const {
   v.features = disk::feature_names(sb.s_feature_compat, sb.s_feature_ro_compat,
                                    sb.s_feature_incompat);
   v.state = state_name(sb.s_state);
+  v.errors_behavior = sb.s_errors;
   // A writable volume sets needs_recovery itself while open; only a
   // read-only one can be looking at an unreplayed journal.
   v.needs_recovery = !vol_->writable() && sb.has_incompat(disk::incompat::kRecover);

@@ -1139,6 +1139,11 @@ int run_mount(MountOptions opts) {
 
   const VolumeInfo info = (*opened)->info();
   std::vector<std::string> notes;
+  if (!opts.on_error_set) {
+    // The image's own choice (tune2fs -e), as the kernel's mount takes it.
+    if (info.errors_behavior == 2) opts.on_error = OnError::kRemountRo;
+    else if (info.errors_behavior == 3) opts.on_error = OnError::kPanic;
+  }
   if (!opts.read_only && info.read_only) {
     notes.push_back(fmt::format("{}: mounted read-only: {}", opts.image, info.read_only_reason));
     opts.read_only = true;

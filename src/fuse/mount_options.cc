@@ -115,6 +115,7 @@ Status parse_mount_option_list(const std::string& list, MountOptions& opts) {
     else if (key == "attr_timeout") s = seconds(opts.attr_timeout);
     else if (key == "negative_timeout") s = seconds(opts.negative_timeout);
     else if (key == "errors") {
+      opts.on_error_set = true;
       if (value == "continue") opts.on_error = OnError::kContinue;
       else if (value == "remount-ro") opts.on_error = OnError::kRemountRo;
       else if (value == "panic") opts.on_error = OnError::kPanic;
@@ -216,8 +217,9 @@ std::string mount_options_help() {
                          stderr; implies foreground.  fuse2fs_debug: the same
   foreground             stay in the foreground (as -f)
   errors=continue|remount-ro|panic
-                         on corruption or an I/O error: log and go on (default),
-                         refuse further changes, or unmount at once
+                         on corruption or an I/O error: log and go on, refuse
+                         further changes, or unmount at once (default: the
+                         image's setting, tune2fs -e; mke2fs's is continue)
   entry_timeout=SECS     how long the kernel caches names (default 1)
   attr_timeout=SECS      how long the kernel caches attributes (default 1)
   negative_timeout=SECS  how long the kernel caches "no such name" (default 0)

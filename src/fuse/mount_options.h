@@ -44,6 +44,9 @@ struct MountOptions {
   // `acl`, its default); false is `noacl`.
   bool acl = true;
   OnError on_error = OnError::kContinue;
+  // Whether errors= was given; if not, the image's own setting (s_errors,
+  // tune2fs -e) decides, as for the kernel's mount.
+  bool on_error_set = false;
 
   double entry_timeout = 1.0;
   double attr_timeout = 1.0;
