@@ -57,6 +57,7 @@ std::vector<Row> debugfs_rows(const Image& img, const std::string& file) {
 }
 
 struct TreeWalk {
+  explicit TreeWalk(const Image& image) : img(image) {}
   const Image& img;
   ExtentLimits limits;
   uint32_t csum_seed = 0;

@@ -144,7 +144,9 @@ TEST_P(GroupDescVsDumpe2fs, EveryDescriptorMatchesAndRoundTrips) {
     EXPECT_EQ(gd->bg_free_blocks_count, want.free_blocks);
     EXPECT_EQ(gd->bg_free_inodes_count, want.free_inodes);
     EXPECT_EQ(gd->bg_used_dirs_count, want.dirs);
-    if (want.unused_inodes) EXPECT_EQ(gd->bg_itable_unused, *want.unused_inodes);
+    if (want.unused_inodes) {
+      EXPECT_EQ(gd->bg_itable_unused, *want.unused_inodes);
+    }
     EXPECT_EQ(gd->bg_flags, want.flags);
     EXPECT_EQ(want.csum.has_value(), csums);
     if (csums) {

@@ -53,6 +53,7 @@ std::ostream& operator<<(std::ostream& os, const LeafEntry& e) {
 // Walks an indexed directory the way debugfs's "htree" command prints it and
 // collects the same facts, so the two can be compared line for line.
 struct Walker {
+  explicit Walker(const Image& image) : img(image) {}
   const Image& img;
   std::vector<uint64_t> blocks;  // logical -> physical
   DxFormat format;

@@ -58,8 +58,9 @@ TEST_P(FreshJournal, SuperblockMatchesDumpe2fsAndRoundTrips) {
   ASSERT_TRUE(sb.ok()) << sb.error().message();
   // Only block 0 is read here; ext3's indirect blocks interleave with the
   // journal's, extent-mapped journals are one run.
-  if (GetParam()[1] != "ext3")
+  if (GetParam()[1] != "ext3") {
     EXPECT_EQ(j.bmap(sb->s_maxlen - 1), j.first_physical + sb->s_maxlen - 1) << "journal not contiguous";
+  }
   auto h = uext::testing::dumpe2fs_header(img);
   EXPECT_EQ(sb->features_string(), h["Journal features"]);
   EXPECT_EQ(std::to_string(sb->s_maxlen), h["Total journal blocks"]);

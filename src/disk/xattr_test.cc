@@ -120,7 +120,9 @@ TEST_F(XattrImage, ParsedAttributesMatchTheSourceFiles) {
         EXPECT_EQ(le32(block, off + 12), xattr_entry_hash(suffix, value)) << suffix;
       }
       // e2fsprogs leaves h_hash 0 (block not offered for sharing); the kernel fills it in.
-      if (le32(block, 12) != 0) EXPECT_EQ(le32(block, 12), xattr_block_hash(block));
+      if (le32(block, 12) != 0) {
+        EXPECT_EQ(le32(block, 12), xattr_block_hash(block));
+      }
       if (csum) {
         auto st = verify_xattr_block_checksum(img.fs_csum_seed(), blk, block);
         EXPECT_TRUE(st.ok()) << st.error().message();

@@ -195,10 +195,14 @@ void check_image(const std::string& image, uint32_t ino, const std::vector<Leaf>
   EXPECT_TRUE(testing::image_is_clean(image));
   auto ex = debugfs_extents(image, "f");
   EXPECT_EQ(ex.leaves, expected);
-  if (depth >= 0) EXPECT_EQ(ex.depth, depth);
+  if (depth >= 0) {
+    EXPECT_EQ(ex.depth, depth);
+  }
   EXPECT_TRUE(read_with_uext(image, ino) == content) << "uext reads different data";
   auto kernel = read_with_kernel(image, "f", dir);
-  if (kernel) EXPECT_TRUE(*kernel == content) << "the kernel reads different data";
+  if (kernel) {
+    EXPECT_TRUE(*kernel == content) << "the kernel reads different data";
+  }
 }
 
 // Removes [first, end) from a list of leaves, splitting as needed.
@@ -578,7 +582,9 @@ TEST_P(IndirectMap, DoubleAndTripleIndirectThenTruncate) {
       content.replace(l * bs, std::min<uint64_t>(bs, size - l * bs), b.substr(0, std::min<uint64_t>(bs, size - l * bs)));
     }
     EXPECT_TRUE(read_with_uext(img, ino) == content);
-    if (auto k = read_with_kernel(img, "f", dir)) EXPECT_TRUE(*k == content) << "kernel read differs";
+    if (auto k = read_with_kernel(img, "f", dir)) {
+      EXPECT_TRUE(*k == content) << "kernel read differs";
+    }
   };
   check_content((triple + 1001) * bs);
 

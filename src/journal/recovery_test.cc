@@ -332,7 +332,9 @@ TEST_P(KernelJournal, ReplayMatchesE2fsck) {
   EXPECT_EQ(uext::testing::read_file(mnt + "/keep/fsynced"), "fsynced content\n");
   EXPECT_EQ(sha(mnt + "/keep/random"), img.random_sha);
   EXPECT_EQ(uext::testing::read_file(mnt + "/d30/f30"), "30-30\n");
-  if (v.escape_file) EXPECT_EQ(uext::testing::read_file(mnt + "/keep/escaped"), "\xC0\x3B\x39\x98" "escaped block");
+  if (v.escape_file) {
+    EXPECT_EQ(uext::testing::read_file(mnt + "/keep/escaped"), "\xC0\x3B\x39\x98" "escaped block");
+  }
   EXPECT_TRUE(m.unmount()) << m.error();
 }
 
