@@ -282,7 +282,7 @@ TEST(FuseCommand, HelpListsEveryOption) {
   for (const char* o : {"ro", "rw", "debug", "errors=", "entry_timeout=", "attr_timeout=", "negative_timeout=",
                         "writeback_cache", "direct_io", "cache_size=", "commit=", "allow_other", "auto_unmount",
                         "fsname=", "logfile=", "max_threads=", "read_ahead_kb=", "busy_poll_us=",
-                        "io_uring=auto|on|off",
+                        "io_uring=auto|on|off", "data_err=ignore|abort",
                         "default_permissions", "MOUNTPOINT",
                         "--foreground",
                         "uext umount"}) {
@@ -293,6 +293,9 @@ TEST(FuseCommand, HelpListsEveryOption) {
   EXPECT_NE(bad.err.find("unknown mount option 'frobnicate'"), std::string::npos) << bad.err;
   auto bad_value = run({uext_cli(), "mount", "x.img", "/tmp", "-o", "attr_timeout=soon"});
   EXPECT_EQ(bad_value.exit_code, 2);
+  auto bad_data_err = run({uext_cli(), "mount", "x.img", "/tmp", "-o", "data_err=maybe"});
+  EXPECT_EQ(bad_data_err.exit_code, 2);
+  EXPECT_NE(bad_data_err.err.find("ignore or abort"), std::string::npos) << bad_data_err.err;
   for (const char* count : {"read_ahead_kb=1m", "read_ahead_kb=65537", "read_ahead_kb=", "busy_poll_us=1k",
                             "busy_poll_us=100001", "busy_poll_us=-1"}) {
     auto bad_count = run({uext_cli(), "mount", "x.img", "/tmp", "-o", count});

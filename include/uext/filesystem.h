@@ -45,6 +45,14 @@ struct Options {
   // ext4 does by default. write() reserves space and caches the data;
   // blocks are allocated at writeback, a run of pages at a time.
   bool delayed_allocation = true;
+  // Read-write, journaled images: ext4's data_err=abort. A data write that
+  // fails after its blocks were mapped in a handle (writeback,
+  // page_mkwrite) aborts the journal, so that mapping never commits and
+  // nothing changes after it; the image keeps its last commit and is
+  // marked for e2fsck at the next open. Off (data_err=ignore, the
+  // kernel's default): the mapping commits, the error reaches fsync, and
+  // the blocks may show what they held before.
+  bool data_err_abort = false;
   // The page cache: clean pages beyond `page_cache_bytes` are evicted;
   // writers write back themselves past `dirty_limit_bytes`; background
   // writeback runs every `writeback_interval_ms` and writes data dirty for

@@ -217,6 +217,10 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   Result<std::vector<BlockRun>> map_for_writeback(journal::Handle& h, InodeRecord& rec, cache::CachedFile& file,
                                                   const WritebackChunk& c);
   Status write_mapped_runs(const std::byte* file_bytes, int memfd, const std::vector<BlockRun>& runs);
+  // A data write into blocks a handle has just mapped failed: with
+  // Options::data_err_abort the journal aborts before that handle stops.
+  // Returns `failure`.
+  Status data_write_failed(Status failure);
   void settle_reservation(const InodeRecord& rec, cache::CachedFile& file);
   Result<bool> writeback_chunk_async(cache::CachedFile& file);
   Status balance_dirty(Ino ino);

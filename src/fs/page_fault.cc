@@ -232,7 +232,8 @@ Status FilesystemImpl::allocate_for_store(uint32_t ino, CachedFile& file, uint64
       if (r.physical == 0) return Error(EIO, fmt::format("inode {}: block {} left unmapped", ino, r.logical));
       if (r.unwritten) continue;
       const std::byte* src = file.data(index) + (r.logical - first_block) * bs;
-      UEXT_TRY(vol_->device().write(r.physical * bs, std::span<const std::byte>(src, r.length * bs)));
+      Status io = vol_->device().write(r.physical * bs, std::span<const std::byte>(src, r.length * bs));
+      if (!io.ok()) return data_write_failed(std::move(io));
     }
     file.mark_dirty(index, *file.find(index), false);
     note_store(file);

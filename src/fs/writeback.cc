@@ -207,6 +207,13 @@ Result<size_t> FilesystemImpl::cached_write(InodeRecord& rec, uint64_t offset, s
   return copied;
 }
 
+Status FilesystemImpl::data_write_failed(Status failure) {
+  if (vol_->options().data_err_abort && vol_->journal()) {
+    vol_->journal()->abort(failure.error().code(), "data_err=abort: " + failure.error().message());
+  }
+  return failure;
+}
+
 Status FilesystemImpl::writepages(InodeRecord& rec, CachedFile& file) {
   Status s = write_dirty_runs(rec, file);
   // Every failure counts for the file's descriptions (errseq), whoever
@@ -344,7 +351,8 @@ Status FilesystemImpl::write_dirty_runs(InodeRecord& rec, CachedFile& file) {
           allocation_failed = true;
           return std::move(runs).error();
         }
-        UEXT_TRY(write_mapped_runs(file.data(0), file.memfd(), *runs));
+        Status io = write_mapped_runs(file.data(0), file.memfd(), *runs);
+        if (!io.ok()) return data_write_failed(std::move(io));
         if (!runs->empty()) mapped = runs->back().logical + runs->back().length - c.pos;
         return {};
       }, Volume::Changes::kEachStepWhole);
@@ -470,6 +478,7 @@ Result<bool> FilesystemImpl::writeback_chunk_async(CachedFile& file) {
   ilock.unlock();
   notify_writeback_progress();
   Status io = write_mapped_runs(file_bytes, memfd, runs);
+  if (!io.ok()) io = data_write_failed(std::move(io));  // before the handle stops
   {
     std::lock_guard lock(file.mu);
     // Recorded before the writeback ends, so an fsync waiting for it sees it.

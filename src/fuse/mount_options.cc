@@ -114,7 +114,11 @@ Status parse_mount_option_list(const std::string& list, MountOptions& opts) {
     else if (key == "entry_timeout") s = seconds(opts.entry_timeout);
     else if (key == "attr_timeout") s = seconds(opts.attr_timeout);
     else if (key == "negative_timeout") s = seconds(opts.negative_timeout);
-    else if (key == "errors") {
+    else if (key == "data_err") {
+      if (value == "abort") opts.data_err_abort = true;
+      else if (value == "ignore") opts.data_err_abort = false;
+      else s = bad_value(key, value, "ignore or abort");
+    } else if (key == "errors") {
       opts.on_error_set = true;
       if (value == "continue") opts.on_error = OnError::kContinue;
       else if (value == "remount-ro") opts.on_error = OnError::kRemountRo;
@@ -243,6 +247,9 @@ std::string mount_options_help() {
                          after 3 s, and at fsync, sync and unmount
   commit=SECS            commit the journal every SECS seconds (default 5; 0:
                          only on fsync, sync and unmount)
+  data_err=ignore|abort  a file data write that fails: reported to fsync while
+                         the metadata commits (ignore, the default, as ext4's),
+                         or the journal aborts so nothing after it commits
   use_root_reserve       allocations may use the root-reserved blocks
   nochecksums            accept wrong metadata checksums (only with ro)
   read_ahead_kb=KIB      the kernel's readahead for the mount (default 1024,

@@ -40,6 +40,7 @@ struct MountOptions {
   bool allow_root = false;
   bool auto_unmount = false;
   bool use_root_reserve = false;
+  bool data_err_abort = false;  // ext4's data_err=abort
   // POSIX ACLs enforced by the kernel and inherited at create (ext4's
   // `acl`, its default); false is `noacl`.
   bool acl = true;

@@ -270,7 +270,9 @@ Status Journal::commit_locked(std::unique_lock<base::OrderedMutex>& lock) {
   while (tx->open_handles > 0) changed_.wait(lock);
 
   Status result;
-  if (!tx->blocks.empty() || !tx->revoked.empty()) {
+  // Aborted while its handles ran: it never reaches the log.
+  if (!sticky_error_.ok()) result = sticky_error_.error();
+  if (result.ok() && (!tx->blocks.empty() || !tx->revoked.empty())) {
     // Versions are stable now: every handle of tx has stopped and new
     // handles wait for committing_ to clear.
     std::vector<buffer::BlockRef> versions;
@@ -316,7 +318,7 @@ Status Journal::commit_locked(std::unique_lock<base::OrderedMutex>& lock) {
     }
   }
   if (result.ok()) last_committed_.store(tx->tid, std::memory_order_release);
-  if (!result.ok()) {
+  if (!result.ok() && sticky_error_.ok()) {
     // Like jbd2's abort: later handles fail, the image stays as the last
     // successful commit left it.
     sticky_error_ = Error(result.error().code(), "journal aborted: " + result.error().message());
@@ -464,6 +466,13 @@ Status Journal::write_journal_superblock(uint32_t start, uint32_t sequence) {
   UEXT_TRY(device_.read(*phys * block_size_, raw));
   disk::encode_journal_superblock(jsb_, raw);
   return device_.write(*phys * block_size_, raw);
+}
+
+void Journal::abort(int code, const std::string& why) {
+  std::lock_guard lock(mu_);
+  if (!sticky_error_.ok()) return;
+  sticky_error_ = Error(code, "journal aborted: " + why);
+  record_abort(code);
 }
 
 void Journal::record_abort(int code) {

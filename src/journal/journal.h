@@ -153,6 +153,11 @@ class Journal {
   Status checkpoint();
   // Checkpoints and marks the log empty; the journal accepts no more handles.
   Status close();
+  // Aborts the journal as a failed commit does (ext4's data_err=abort):
+  // every later handle and commit fails with `code`, and s_errno records
+  // it. Call with a handle of the running transaction still open, so that
+  // transaction never commits (and no commit is writing meanwhile).
+  void abort(int code, const std::string& why);
 
   bool has_log() const { return has_log_; }
   // The newest transaction known durable. A block freed by transaction T
