@@ -935,6 +935,23 @@ class FuseLife : public FuseProgram {
     size_ = "64M";
     FuseProgram::SetUp();
   }
+
+  // Makes /d/file through a mount, then flips a bit of the name in /d's
+  // block ("file" becomes "gile"), so the block's checksum fails. Returns
+  // the block.
+  uint64_t damage_a_directory_block() {
+    {
+      FuseMount m(img_, t_ / "mnt");
+      EXPECT_TRUE(m.ok()) << m.log();
+      sh_ok("mkdir " + m.path("d") + " && echo x > " + m.path("d/file"));
+      EXPECT_EQ(m.unmount(), 0) << m.log();
+    }
+    const uint64_t bs = std::stoull(dumpe2fs_header(img_)["Block size"]);
+    const uint64_t block = std::stoull(debugfs(img_, "blocks /d"));
+    EXPECT_EQ(read_bytes(img_, block * bs + 32, 4), "file") << "\".\" and \"..\" take 12 bytes each";
+    flip_bit(img_, block * bs + 32, 0);
+    return block;
+  }
 };
 
 TEST_F(FuseLife, SignalsUnmountClean) {
@@ -979,16 +996,8 @@ TEST_F(FuseLife, AnImageRecordingErrorsSaysSoAndKeepsTheRecord) {
 // recorded in the superblock as ext4_error does, so that the next e2fsck
 // checks the whole image; e2fsck -fy repairs it and clears the record.
 TEST_F(FuseLife, CorruptionMetThroughTheMountIsRecorded) {
-  {
-    FuseMount m(img_, t_ / "mnt");
-    ASSERT_TRUE(m.ok()) << m.log();
-    sh_ok("mkdir " + m.path("d") + " && echo x > " + m.path("d/file"));
-    ASSERT_EQ(m.unmount(), 0) << m.log();
-  }
-  const uint64_t bs = std::stoull(dumpe2fs_header(img_)["Block size"]);
-  const uint64_t block = std::stoull(debugfs(img_, "blocks /d"));
-  ASSERT_EQ(read_bytes(img_, block * bs + 32, 4), "file") << "\".\" and \"..\" take 12 bytes each";
-  flip_bit(img_, block * bs + 32, 0);  // "file" becomes "gile": the block's checksum fails
+  const uint64_t block = damage_a_directory_block();
+  ASSERT_FALSE(HasFailure());
   {
     FuseMount m(img_, t_ / "mnt");
     ASSERT_TRUE(m.ok()) << m.log();
@@ -1010,16 +1019,9 @@ TEST_F(FuseLife, CorruptionMetThroughTheMountIsRecorded) {
 // error does, as for the kernel's mount: remount-ro refuses every change
 // after the first corruption met; errors=continue given at mount wins.
 TEST_F(FuseLife, TheImagesErrorsSettingIsTheDefault) {
-  {
-    FuseMount m(img_, t_ / "mnt");
-    ASSERT_TRUE(m.ok()) << m.log();
-    sh_ok("mkdir " + m.path("d") + " && echo x > " + m.path("d/file"));
-    ASSERT_EQ(m.unmount(), 0) << m.log();
-  }
+  (void)damage_a_directory_block();
+  ASSERT_FALSE(HasFailure());
   run_ok({"tune2fs", "-e", "remount-ro", img_});
-  const uint64_t bs = std::stoull(dumpe2fs_header(img_)["Block size"]);
-  const uint64_t block = std::stoull(debugfs(img_, "blocks /d"));
-  flip_bit(img_, block * bs + 32, 0);  // the block's checksum fails
   const std::string pristine = t_ / "pristine.img";
   copy_file(img_, pristine);
   {

@@ -80,8 +80,8 @@ class DirEditor {
   // A block that breaks the rules, recorded as ext4_error would. (Index
   // problems are not: the callers fall back to a linear scan, as the
   // kernel's lookup does with a warning.)
-  Error corrupt(const std::string& what, uint64_t physical = 0) const {
-    return bad(Error(kErrCorrupted, what), fmt::format("directory inode {}", dir_.ino), physical);
+  Error corrupt(const std::string& what) const {
+    return bad(Error(kErrCorrupted, what), fmt::format("directory inode {}", dir_.ino), 0);
   }
   Error bad(Error err, const std::string& at, uint64_t physical) const {
     return vol_.found_corrupt(std::move(err).with_context(at), "read_dir_block", dir_.ino, physical);
