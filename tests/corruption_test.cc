@@ -471,6 +471,34 @@ TEST_F(Corruption, FoundByAReadWriteOpenIsRecordedInTheSuperblock) {
   EXPECT_EQ(h.count("Last error function"), 1u);
 }
 
+// A directory entry naming an inode no entry may name (past the last, or a
+// reserved one) fails the lookup with a message naming both, and is
+// recorded (function "lookup", the directory), as ext4's lookup records it.
+TEST_F(Corruption, AnEntryNamingAnImpossibleInodeIsRecorded) {
+  use("ext4-4k-nocsum");  // no checksum to give the damage away first
+  const uint64_t block = first_block("/links/hl");
+  const uint32_t dir = inode_number(image_, "/links/hl");
+  std::string b = read_bytes(image_, block * bs_, 64);
+  uint64_t third = le16(b, 4);
+  third += le16(b, third + 4);
+  const std::string entry = read_bytes(image_, block * bs_ + third, 8);
+  const std::string name = read_bytes(image_, block * bs_ + third + 8, static_cast<uint8_t>(entry[6]));
+  write_bytes(image_, block * bs_ + third, std::string("\xf0\xff\xff\x7f", 4));
+  {
+    auto fs = open_writable(image_);
+    ASSERT_TRUE(fs);
+    auto r = fs->lookup(dir, name);
+    ASSERT_FALSE(r.ok()) << name;
+    EXPECT_EQ(r.error().code(), kErrCorrupted);
+    EXPECT_NE(r.error().message().find("names inode 2147483632"), std::string::npos) << r.error().message();
+    ASSERT_TRUE(fs->close().ok());
+  }
+  auto h = dumpe2fs_header(image_);
+  EXPECT_EQ(h["Filesystem state"], "clean with errors");
+  EXPECT_EQ(h["First error function"], "lookup");
+  EXPECT_EQ(h["First error inode #"], std::to_string(dir));
+}
+
 // With background writeback (uext mount's default) the record reaches the
 // superblock without waiting for a sync or the close, and each error
 // found counts.

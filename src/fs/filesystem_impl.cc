@@ -392,7 +392,20 @@ Result<Ino> FilesystemImpl::lookup_in(const InodeRecord& dir, std::string_view n
   if (name.size() > disk::kNameMax) return Error(ENAMETOOLONG, fmt::format("{}: File name too long", name));
   UEXT_ASSIGN_OR_RETURN(auto found, fs::dir_lookup(*vol_, dir, name));
   if (!found) return Error(ENOENT, fmt::format("{}: No such file or directory", name));
-  return found->ino;
+  // An entry may name the root, the journal, the resize inode or an
+  // ordinary inode (ext4_valid_inum); anything else is a damaged entry,
+  // recorded as ext4's lookup records it.
+  const disk::Superblock& sb = vol_->sb();
+  const uint32_t ino = found->ino;
+  if (ino != disk::kRootIno && ino != disk::kJournalIno && ino != disk::kResizeIno &&
+      (ino < sb.s_first_ino || ino > sb.s_inodes_count)) {
+    return vol_->found_corrupt(Error(kErrCorrupted, fmt::format("directory inode {}: entry \"{}\" names inode {}, "
+                                                                "which no entry may name (first {}, last {})",
+                                                                dir.ino, name, ino, sb.s_first_ino,
+                                                                sb.s_inodes_count)),
+                               "lookup", dir.ino, 0);
+  }
+  return ino;
 }
 
 // Whether i_block holds a block map (devices, fifos, sockets and fast
