@@ -98,22 +98,18 @@ Status Volume::open_for_writing() {
       return Error(ENOTSUP, "cannot open read-write: the journal is on an external device");
     }
     UEXT_ASSIGN_OR_RETURN(auto map, journal_map());
-    // An earlier session's journal aborted (or e2fsck's replay met a failed
-    // commit): the image gets a full check next time, as after the kernel.
-    UEXT_ASSIGN_OR_RETURN(int32_t journal_errno,
-                          journal::move_journal_errno_to_superblock(*device_, block_size(), map));
-    if (journal_errno != 0) {
-      std::lock_guard lock(sb_mu_);
-      sb_.s_state |= disk::kStateErrors;
-    }
     UEXT_ASSIGN_OR_RETURN(journal_, journal::Journal::open(*device_, *cache_, map, jopts));
   } else {
     journal_ = journal::Journal::open_without_log(*device_, *cache_, jopts);
   }
+  // An earlier session's journal aborted (or e2fsck's replay met a failed
+  // commit): the image gets a full check next time, as after the kernel.
+  const bool journal_recorded_error = journal_->recorded_errno() != 0;
   // Mark the image in use: with a journal, a crash from now on needs a
   // replay; without one, a full check.
   {
     std::lock_guard lock(sb_mu_);
+    if (journal_recorded_error) sb_.s_state |= disk::kStateErrors;
     if (journaled) {
       sb_.s_feature_incompat |= disk::incompat::kRecover;
     } else {
@@ -123,7 +119,10 @@ Status Volume::open_for_writing() {
     sb_.s_mtime = static_cast<int64_t>(::time(nullptr));
   }
   UEXT_TRY(write_superblock_now());
-  return device_->flush();
+  UEXT_TRY(device_->flush());
+  // The mark is durable: the journal may forget the error.
+  if (journal_recorded_error) UEXT_TRY(journal_->clear_recorded_errno());
+  return {};
 }
 
 Status Volume::write_superblock_now() {

@@ -90,6 +90,7 @@ Result<std::unique_ptr<Journal>> Journal::open(BlockDevice& device, buffer::Buff
   UEXT_TRY(device.read(*first * j->block_size_, raw));
   UEXT_ASSIGN_OR_RETURN(j->jsb_, disk::decode_journal_superblock(raw, j->block_size_, map.mapped_prefix()));
   disk::JournalSuperblock& jsb = j->jsb_;
+  j->errno_at_open_ = jsb.s_errno;
   if (jsb.s_start != 0) {
     return Error(EINVAL, "journal: the log holds transactions; replay it before writing");
   }
@@ -466,6 +467,18 @@ Status Journal::write_journal_superblock(uint32_t start, uint32_t sequence) {
   UEXT_TRY(device_.read(*phys * block_size_, raw));
   disk::encode_journal_superblock(jsb_, raw);
   return device_.write(*phys * block_size_, raw);
+}
+
+Status Journal::clear_recorded_errno() {
+  if (errno_at_open_ == 0) return {};
+  std::lock_guard lock(mu_);
+  // A later abort's errno is this session's to keep.
+  if (!sticky_error_.ok()) return {};
+  jsb_.s_errno = 0;
+  UEXT_TRY(write_journal_superblock(jsb_.s_start, jsb_.s_sequence));
+  UEXT_TRY(device_.flush());
+  errno_at_open_ = 0;
+  return {};
 }
 
 void Journal::abort(int code, const std::string& why) {

@@ -126,7 +126,8 @@ class Journal {
  public:
   // Opens a journal for writing. The log must be empty (replay it first
   // with recover_journal). Turns on the features of `options` in the
-  // journal superblock and writes it.
+  // journal superblock and writes it; an s_errno found there stays until
+  // clear_recorded_errno.
   static Result<std::unique_ptr<Journal>> open(BlockDevice& device, buffer::BufferCache& cache,
                                                const JournalMap& map,
                                                const JournalOptions& options);
@@ -160,6 +161,14 @@ class Journal {
   void abort(int code, const std::string& why);
 
   bool has_log() const { return has_log_; }
+  // The s_errno the journal superblock held at open (negative, as jbd2
+  // stores it; 0 for none): an earlier session's journal aborted, or
+  // e2fsck's replay met a failed commit. The caller marks the filesystem
+  // superblock "with errors", makes that durable, and only then calls
+  // clear_recorded_errno, so the error is never lost in between (the
+  // order of the kernel's ext4_clear_journal_err).
+  int32_t recorded_errno() const { return errno_at_open_; }
+  Status clear_recorded_errno();
   // The newest transaction known durable. A block freed by transaction T
   // may be reused once tid_geq(last_committed_tid(), T): before that, a
   // crash could bring back the metadata that still points at it.
@@ -203,7 +212,7 @@ class Journal {
   // After a failed commit, as jbd2's abort: records -code in the journal
   // superblock's s_errno, which survives the replay; the next read-write
   // open turns it into the superblock's "with errors" state
-  // (move_journal_errno_to_superblock).
+  // (recorded_errno).
   void record_abort(int code);
   Status write_log_blocks(uint32_t first_log_block, const std::vector<std::byte>& bytes);
   uint32_t log_blocks_needed(const Transaction& tx) const;
@@ -220,6 +229,7 @@ class Journal {
   buffer::BufferCache& cache_;
   JournalOptions options_;
   bool has_log_ = false;
+  int32_t errno_at_open_ = 0;
   JournalMap map_;
   disk::JournalSuperblock jsb_;
   disk::JournalFormat format_;
