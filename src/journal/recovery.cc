@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <functional>
 #include <unordered_map>
 
 #include "disk/checksum.h"
@@ -425,16 +426,29 @@ Result<RecoveryReport> recover_journal(BlockDevice& dev, uint32_t fs_block_size,
   return recover(dev, fs_block_size, map, options, true);
 }
 
-Status clear_needs_recovery(BlockDevice& dev, bool needs_fsck) {
+namespace {
+
+// Reads the primary ext4 superblock, applies `change`, rewrites it (with
+// its checksum) and flushes.
+Status edit_primary_superblock(BlockDevice& dev, const char* what,
+                               const std::function<void(disk::Superblock&)>& change) {
   std::vector<std::byte> raw(disk::kSuperblockSize);
   UEXT_TRY(dev.read(disk::kSuperblockOffset, raw));
   auto sb = disk::decode_superblock(raw, dev.size());
-  if (!sb) return Error(sb.error()).with_context("clearing needs_recovery");
-  sb->s_feature_incompat &= ~disk::incompat::kRecover;
-  if (needs_fsck) sb->s_state &= static_cast<uint16_t>(~disk::kStateValid);
+  if (!sb) return Error(sb.error()).with_context(what);
+  change(*sb);
   disk::encode_superblock(*sb, raw);
   UEXT_TRY(dev.write(disk::kSuperblockOffset, raw));
   return dev.flush();
+}
+
+}  // namespace
+
+Status clear_needs_recovery(BlockDevice& dev, bool needs_fsck) {
+  return edit_primary_superblock(dev, "clearing needs_recovery", [&](disk::Superblock& sb) {
+    sb.s_feature_incompat &= ~disk::incompat::kRecover;
+    if (needs_fsck) sb.s_state &= static_cast<uint16_t>(~disk::kStateValid);
+  });
 }
 
 Result<int32_t> move_journal_errno_to_superblock(BlockDevice& dev, uint32_t fs_block_size, const JournalMap& map) {
@@ -443,14 +457,8 @@ Result<int32_t> move_journal_errno_to_superblock(BlockDevice& dev, uint32_t fs_b
   const int32_t recorded = log.sb().s_errno;
   if (recorded == 0) return 0;
   // The mark first: cleared before it is durable, the error would be lost.
-  std::vector<std::byte> raw(disk::kSuperblockSize);
-  UEXT_TRY(dev.read(disk::kSuperblockOffset, raw));
-  auto sb = disk::decode_superblock(raw, dev.size());
-  if (!sb) return Error(sb.error()).with_context("recording the journal's error");
-  sb->s_state |= disk::kStateErrors;
-  disk::encode_superblock(*sb, raw);
-  UEXT_TRY(dev.write(disk::kSuperblockOffset, raw));
-  UEXT_TRY(dev.flush());
+  UEXT_TRY(edit_primary_superblock(dev, "recording the journal's error",
+                                   [](disk::Superblock& sb) { sb.s_state |= disk::kStateErrors; }));
   JournalSuperblock cleared = log.sb();
   cleared.s_errno = 0;
   UEXT_TRY(log.write_superblock(cleared));

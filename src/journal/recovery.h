@@ -100,6 +100,9 @@ Status clear_needs_recovery(BlockDevice& dev, bool needs_fsck = false);
 // superblock "with errors" (so the next e2fsck checks the whole image),
 // makes that durable, and only then clears s_errno. Returns the errno found
 // (negative, as stored; 0 when there was none and nothing was written).
+// For a replay that does not go on to open the journal for writing (the
+// test harness's, as e2fsck's); a read-write open does the same through
+// Journal::recorded_errno without reading the journal superblock twice.
 Result<int32_t> move_journal_errno_to_superblock(BlockDevice& dev, uint32_t fs_block_size, const JournalMap& map);
 
 }  // namespace uext::journal
