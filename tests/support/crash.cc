@@ -189,8 +189,12 @@ constexpr size_t kJsbSequence = 0x18, kJsbStart = 0x1C, kJsbChecksum = 0xFC;
 
 }  // namespace
 
-Result<journal::RecoveryReport> replay_journal_with_uext(const std::string& image) {
-  UEXT_ASSIGN_OR_RETURN(JournalLocation loc, locate_journal(image));
+namespace {
+
+// `loc`: where the image's journal lies (locate_journal), found once by
+// callers that need it for several steps of one crash state.
+Result<journal::RecoveryReport> replay_located_journal_with_uext(const std::string& image,
+                                                                 const JournalLocation& loc) {
   const journal::JournalMap& map = loc.map;
   const uint32_t bs = loc.block_size;
   const uint64_t fs_blocks = loc.fs_blocks;
@@ -203,8 +207,7 @@ Result<journal::RecoveryReport> replay_journal_with_uext(const std::string& imag
   return report;
 }
 
-Result<int32_t> journal_errno(const std::string& image) {
-  UEXT_ASSIGN_OR_RETURN(JournalLocation loc, locate_journal(image));
+Result<int32_t> located_journal_errno(const std::string& image, const JournalLocation& loc) {
   auto first = loc.map.physical(0);
   if (!first) return Error(kErrCorrupted, image + ": the journal's block 0 is not mapped");
   UEXT_ASSIGN_OR_RETURN(auto dev, open_image_file(image, {}));
@@ -212,6 +215,18 @@ Result<int32_t> journal_errno(const std::string& image) {
   UEXT_TRY(dev->read(*first * loc.block_size, raw));
   UEXT_ASSIGN_OR_RETURN(auto jsb, disk::decode_journal_superblock(raw, loc.block_size, loc.map.mapped_prefix()));
   return jsb.s_errno;
+}
+
+}  // namespace
+
+Result<journal::RecoveryReport> replay_journal_with_uext(const std::string& image) {
+  UEXT_ASSIGN_OR_RETURN(JournalLocation loc, locate_journal(image));
+  return replay_located_journal_with_uext(image, loc);
+}
+
+Result<int32_t> journal_errno(const std::string& image) {
+  UEXT_ASSIGN_OR_RETURN(JournalLocation loc, locate_journal(image));
+  return located_journal_errno(image, loc);
 }
 
 Status replay_journal_with_e2fsck(const std::string& image) {
@@ -227,7 +242,8 @@ namespace {
 
 // Where uext's replay `a` and e2fsck's replay `b` of `image` differ, apart
 // from the tolerated cases (see e2fsck_clean); "" when they agree.
-std::string replay_difference(const std::string& image, const disk::Superblock& sb_in, const std::string& a_path,
+std::string replay_difference(const std::string& image, const disk::Superblock& sb_in,
+                              const Result<JournalLocation>& jloc, const std::string& a_path,
                               const std::string& b_path, const FsckOptions& options, FsckVerdict& v) {
   struct {
     std::string path;
@@ -242,7 +258,6 @@ std::string replay_difference(const std::string& image, const disk::Superblock& 
   // log (s_start 0), e2fsck still advances s_sequence by one (as the
   // kernel does when it next writes the journal superblock) while uext's
   // recover_journal writes nothing. Either leaves a valid empty journal.
-  auto jloc = locate_journal(image);
   // 0 when unknown: block 0 holds the boot sector, never the journal's
   // superblock (and a plain integer spares GCC a maybe-uninitialized guess).
   const uint64_t jsb_block = jloc.ok() ? jloc->map.physical(0).value_or(0) : 0;
@@ -293,12 +308,18 @@ FsckVerdict e2fsck_clean(const std::string& image, const FsckOptions& options) {
   v.clean = true;
   // A journal that recorded its abort marks the image "with errors" when
   // replayed (by uext and e2fsck alike): expected, then, not a failure.
-  if (auto e = journal_errno(image); e.ok()) v.journal_errno = *e;
+  const Result<JournalLocation> jloc = locate_journal(image);
+  if (jloc.ok()) {
+    if (auto e = located_journal_errno(image, *jloc); e.ok()) v.journal_errno = *e;
+  }
   const bool errors_expected = v.journal_errno != 0;
   if (use_uext) {
     a.path = scratch_path(image, options.scratch_dir, ".uext-replay");
     Status copied = io::copy_sparse_file(image, a.path);
-    auto rep = copied.ok() ? replay_journal_with_uext(a.path) : Result<journal::RecoveryReport>(copied.error());
+    if (copied.ok() && !jloc.ok()) copied = jloc.error();
+    // The copy's journal lies where the image's does.
+    auto rep = copied.ok() ? replay_located_journal_with_uext(a.path, *jloc)
+                           : Result<journal::RecoveryReport>(copied.error());
     if (!rep.ok()) {
       v.clean = false;
       v.report += "uext journal replay: " + rep.error().message() + "\n";
@@ -320,7 +341,7 @@ FsckVerdict e2fsck_clean(const std::string& image, const FsckOptions& options) {
     }
   }
   if (use_uext && use_e2fsck && v.clean) {
-    std::string diff = replay_difference(image, *sb, a.path, b.path, options, v);
+    std::string diff = replay_difference(image, *sb, jloc, a.path, b.path, options, v);
     if (!diff.empty()) {
       v.clean = false;
       v.report += diff;
@@ -728,9 +749,11 @@ FsckVerdict compare_replays(const std::string& image, const std::string& uext_co
     return v;
   }
   v.needed_recovery = sb->has_incompat(disk::incompat::kRecover);
+  const Result<JournalLocation> jloc = locate_journal(image);
   Status st = io::copy_sparse_file(image, uext_copy);
+  if (st.ok() && !jloc.ok()) st = jloc.error();
   if (st.ok()) {
-    auto rep = replay_journal_with_uext(uext_copy);
+    auto rep = replay_located_journal_with_uext(uext_copy, *jloc);
     if (!rep.ok()) st = rep.error();
   }
   if (!st.ok()) {
@@ -743,7 +766,7 @@ FsckVerdict compare_replays(const std::string& image, const std::string& uext_co
     v.report += "e2fsck journal replay: " + st.error().message() + "\n";
     return v;
   }
-  v.report = replay_difference(image, *sb, uext_copy, e2fsck_copy, options, v);
+  v.report = replay_difference(image, *sb, jloc, uext_copy, e2fsck_copy, options, v);
   v.clean = v.report.empty();
   return v;
 }
