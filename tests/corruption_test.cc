@@ -461,13 +461,12 @@ TEST_F(Corruption, FoundByAReadWriteOpenIsRecordedInTheSuperblock) {
     EXPECT_FALSE(fs->stat(static_cast<Ino>(blocks_ * 64)).ok());
     ASSERT_TRUE(fs->close().ok());
   }
-  auto h = dumpe2fs_header(image_);
-  EXPECT_EQ(h["Filesystem state"], "clean with errors");
-  EXPECT_EQ(h["FS Error count"], "1");
-  EXPECT_EQ(h["First error function"], "read_dir_block");
-  EXPECT_EQ(h["First error inode #"], std::to_string(dir));
-  EXPECT_EQ(h["First error block #"], std::to_string(block));
-  EXPECT_EQ(h["First error err"], "EFSBADCRC");
+  auto h = expect_dumpe2fs_shows(image_, {{"Filesystem state", "clean with errors"},
+                                          {"FS Error count", "1"},
+                                          {"First error function", "read_dir_block"},
+                                          {"First error inode #", std::to_string(dir)},
+                                          {"First error block #", std::to_string(block)},
+                                          {"First error err", "EFSBADCRC"}});
   EXPECT_EQ(h.count("Last error function"), 1u);
 }
 
@@ -493,10 +492,9 @@ TEST_F(Corruption, AnEntryNamingAnImpossibleInodeIsRecorded) {
     EXPECT_NE(r.error().message().find("names inode 2147483632"), std::string::npos) << r.error().message();
     ASSERT_TRUE(fs->close().ok());
   }
-  auto h = dumpe2fs_header(image_);
-  EXPECT_EQ(h["Filesystem state"], "clean with errors");
-  EXPECT_EQ(h["First error function"], "lookup");
-  EXPECT_EQ(h["First error inode #"], std::to_string(dir));
+  expect_dumpe2fs_shows(image_, {{"Filesystem state", "clean with errors"},
+                                 {"First error function", "lookup"},
+                                 {"First error inode #", std::to_string(dir)}});
 }
 
 // With background writeback (uext mount's default) the record reaches the

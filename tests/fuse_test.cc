@@ -1005,11 +1005,10 @@ TEST_F(FuseLife, CorruptionMetThroughTheMountIsRecorded) {
     ASSERT_EQ(m.unmount(), 0) << m.log();
     EXPECT_NE(m.log().find("checksum"), std::string::npos) << m.log();
   }
-  auto h = dumpe2fs_header(img_);
-  EXPECT_EQ(h["Filesystem state"], "clean with errors");
-  EXPECT_EQ(h["First error function"], "read_dir_block");
-  EXPECT_EQ(h["First error block #"], std::to_string(block));
-  EXPECT_EQ(h["First error err"], "EFSBADCRC");
+  expect_dumpe2fs_shows(img_, {{"Filesystem state", "clean with errors"},
+                               {"First error function", "read_dir_block"},
+                               {"First error block #", std::to_string(block)},
+                               {"First error err", "EFSBADCRC"}});
   EXPECT_EQ(run({"e2fsck", "-fn", img_}).exit_code, 4) << "the block is still damaged";
   EXPECT_EQ(run({"e2fsck", "-fy", img_}).exit_code, 1);
   EXPECT_TRUE(image_is_clean(img_));

@@ -238,10 +238,7 @@ TEST_F(NamespaceErrors, RenameOfADirectoryWhoseDotDotIsWrongChangesNothing) {
   ASSERT_TRUE(fs_->close().ok());
   fs_.reset();
   EXPECT_EQ(superblock_state(image_), kSuperblockValid | kSuperblockErrors);
-  auto h = dumpe2fs_header(image_);
-  EXPECT_EQ(h["FS Error count"], "1");
-  EXPECT_EQ(h["First error function"], "rename");
-  EXPECT_EQ(h["First error err"], "EFSCORRUPTED");
+  expect_dumpe2fs_shows(image_, {{"FS Error count", "1"}, {"First error function", "rename"}, {"First error err", "EFSCORRUPTED"}});
 }
 
 TEST_F(NamespaceErrors, FilesAndSizes) {

@@ -447,13 +447,12 @@ TEST_P(Allocators, DoubleFreeAndMetadataFreeAreCorruption) {
   // image lies: recorded as ext4_error records it.
   auto fsck = testing::run({"e2fsck", "-fn", image_});
   EXPECT_EQ(fsck.exit_code, 0) << fsck.out << fsck.err;
-  auto fields = testing::dumpe2fs_header(image_);
-  EXPECT_EQ(fields["Filesystem state"], "clean with errors");
-  EXPECT_EQ(fields["FS Error count"], "6");
-  EXPECT_EQ(fields["First error function"], "free_blocks");
-  EXPECT_EQ(fields["First error err"], "EFSCORRUPTED");
-  EXPECT_EQ(fields["Last error function"], "free_inode");
-  EXPECT_EQ(fields["Last error inode #"], "2");
+  testing::expect_dumpe2fs_shows(image_, {{"Filesystem state", "clean with errors"},
+                                          {"FS Error count", "6"},
+                                          {"First error function", "free_blocks"},
+                                          {"First error err", "EFSCORRUPTED"},
+                                          {"Last error function", "free_inode"},
+                                          {"Last error inode #", "2"}});
 }
 
 TEST_P(Allocators, CommittedAllocationsSurviveACrash) {

@@ -11,11 +11,14 @@
 
 #include "disk/checksum.h"
 #include "disk/group_desc.h"
+#include "support/images.h"
 #include "support/process.h"
 
 namespace uext::disk {
 namespace {
 
+using uext::testing::dumpe2fs_header;
+using uext::testing::expect_dumpe2fs_shows;
 using uext::testing::run;
 using uext::testing::run_ok;
 using uext::testing::TempDir;
@@ -38,21 +41,6 @@ void write_at(const std::string& path, uint64_t offset, Bytes data) {
 uint64_t file_size(const std::string& path) {
   std::ifstream f(path, std::ios::binary | std::ios::ate);
   return static_cast<uint64_t>(f.tellg());
-}
-
-// "Key:   value" lines of dumpe2fs -h.
-std::map<std::string, std::string> dumpe2fs_header(const std::string& image) {
-  std::map<std::string, std::string> out;
-  std::istringstream in(run_ok({"dumpe2fs", "-h", image}));
-  std::string line;
-  while (std::getline(in, line)) {
-    auto colon = line.find(':');
-    if (colon == std::string::npos) continue;
-    std::string value = line.substr(colon + 1);
-    value.erase(0, value.find_first_not_of(" \t"));
-    out[line.substr(0, colon)] = value;
-  }
-  return out;
 }
 
 int count_groups(const std::string& image) {
@@ -259,17 +247,16 @@ TEST_F(SuperblockEdit, ErrorRecordIsWhatDumpe2fsReports) {
   std::copy(last.begin(), last.end(), sb->s_last_error_func.begin());
   sb->s_last_error_errcode = error_code_of(kErrCorrupted);
   write_back();
-  auto h = dumpe2fs_header(image);
-  EXPECT_EQ(h["Filesystem state"], "clean with errors");
-  EXPECT_EQ(h["FS Error count"], "3");
-  EXPECT_EQ(h["First error function"], first);
-  EXPECT_EQ(h["First error line #"], "7");
-  EXPECT_EQ(h["First error inode #"], "12");
-  EXPECT_EQ(h["First error block #"], "345");
-  EXPECT_EQ(h["First error err"], "EIO");
-  EXPECT_EQ(h["Last error function"], last);
-  EXPECT_EQ(h["Last error inode #"], "13");
-  EXPECT_EQ(h["Last error err"], "EFSCORRUPTED");
+  auto h = expect_dumpe2fs_shows(image, {{"Filesystem state", "clean with errors"},
+                                         {"FS Error count", "3"},
+                                         {"First error function", first},
+                                         {"First error line #", "7"},
+                                         {"First error inode #", "12"},
+                                         {"First error block #", "345"},
+                                         {"First error err", "EIO"},
+                                         {"Last error function", last},
+                                         {"Last error inode #", "13"},
+                                         {"Last error err", "EFSCORRUPTED"}});
   EXPECT_EQ(error_code_name(sb->s_first_error_errcode), h["First error err"]);
   EXPECT_EQ(error_code_name(sb->s_last_error_errcode), h["Last error err"]);
   EXPECT_EQ(error_code_name(1), "UNKNOWN");

@@ -11,6 +11,7 @@ namespace uext::fs {
 namespace {
 
 using testing::dumpe2fs_header;
+using testing::expect_dumpe2fs_shows;
 using testing::run;
 using testing::run_ok;
 using Changes = Volume::Changes;
@@ -140,13 +141,12 @@ TEST(FinishHandle, HalfMadeChangesAreRecordedWhereDumpe2fsAndE2fsckSeeThem) {
     ASSERT_TRUE(vol->close().ok());
     vol.reset();
 
-    auto h = dumpe2fs_header(image);
-    EXPECT_EQ(h["Filesystem state"], "clean with errors");
-    EXPECT_EQ(h["FS Error count"], "3");
-    EXPECT_EQ(h["First error function"], "test_op");
-    EXPECT_EQ(h["First error inode #"], "12");
-    EXPECT_EQ(h["First error err"], "EIO");
-    EXPECT_EQ(h["Last error function"], "test_op");
+    expect_dumpe2fs_shows(image, {{"Filesystem state", "clean with errors"},
+                                  {"FS Error count", "3"},
+                                  {"First error function", "test_op"},
+                                  {"First error inode #", "12"},
+                                  {"First error err", "EIO"},
+                                  {"Last error function", "test_op"}});
     // e2fsck -n says nothing of it (its exit status is 0): the state is the
     // signal. A repairing run checks the image and clears it.
     EXPECT_EQ(run({"e2fsck", "-fn", image}).exit_code, 0);
@@ -193,17 +193,16 @@ TEST(FoundCorrupt, RecordsCorruptionOnlyAndWritesItAtSync) {
   ASSERT_TRUE(vol->close().ok());
   vol.reset();
 
-  auto h = dumpe2fs_header(image);
-  EXPECT_EQ(h["Filesystem state"], "clean with errors");
-  EXPECT_EQ(h["FS Error count"], "3");
-  EXPECT_EQ(h["First error function"], "read_first");
-  EXPECT_EQ(h["First error inode #"], "12");
-  EXPECT_EQ(h["First error block #"], "100");
-  EXPECT_EQ(h["First error err"], "EFSBADCRC");
-  EXPECT_EQ(h["Last error function"], "read_latest");
-  EXPECT_EQ(h["Last error inode #"], "14");
-  EXPECT_EQ(h["Last error block #"], "200");
-  EXPECT_EQ(h["Last error err"], "EFSCORRUPTED");
+  expect_dumpe2fs_shows(image, {{"Filesystem state", "clean with errors"},
+                                {"FS Error count", "3"},
+                                {"First error function", "read_first"},
+                                {"First error inode #", "12"},
+                                {"First error block #", "100"},
+                                {"First error err", "EFSBADCRC"},
+                                {"Last error function", "read_latest"},
+                                {"Last error inode #", "14"},
+                                {"Last error block #", "200"},
+                                {"Last error err", "EFSCORRUPTED"}});
   EXPECT_EQ(run({"e2fsck", "-fn", image}).exit_code, 0);
 }
 

@@ -436,6 +436,20 @@ std::map<std::string, std::string> dumpe2fs_header(const std::string& image) {
   return m;
 }
 
+std::map<std::string, std::string> expect_dumpe2fs_shows(const std::string& image,
+                                                         const std::map<std::string, std::string>& want) {
+  auto header = dumpe2fs_header(image);
+  for (const auto& [label, value] : want) {
+    auto it = header.find(label);
+    if (it == header.end()) {
+      ADD_FAILURE() << "dumpe2fs -h " << image << " shows no \"" << label << "\" (expected \"" << value << "\")";
+    } else {
+      EXPECT_EQ(it->second, value) << "dumpe2fs -h " << image << ": \"" << label << "\"";
+    }
+  }
+  return header;
+}
+
 int extent_depth(const std::string& image, const std::string& path) {
   std::string out = debugfs(image, "ex \"" + path + "\"");
   std::regex re(R"(^\s*\d+/\s*(\d+)\s)");

@@ -98,6 +98,12 @@ class LoopMount {
 std::string debugfs(const std::string& image, const std::string& command);
 // dumpe2fs -h as label -> value ("Block size" -> "4096").
 std::map<std::string, std::string> dumpe2fs_header(const std::string& image);
+// Expects dumpe2fs -h to show each label of `want` with its value, e.g. an
+// error record: {{"Filesystem state", "clean with errors"},
+// {"First error function", "read_dir_block"}}. Returns the whole header for
+// further checks.
+std::map<std::string, std::string> expect_dumpe2fs_shows(const std::string& image,
+                                                         const std::map<std::string, std::string>& want);
 
 // Depth of a file's extent tree from debugfs "ex" (-1 when it has none).
 int extent_depth(const std::string& image, const std::string& path);
