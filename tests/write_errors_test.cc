@@ -233,59 +233,82 @@ TEST(JournalAbort, AnErrnoLeftByAnotherProgramMarksTheImage) {
   EXPECT_EQ(fsck.exit_code, 0) << fsck.out << fsck.err;
 }
 
-// data_err=abort (Options::data_err_abort): the first data write of a
-// writeback fails; the journal aborts before the handle that mapped the
-// blocks stops, so neither that mapping nor anything after it commits (the
-// file, created since the last commit, is not on the image at all), and
-// the next open marks the image. With the default (data_err=ignore) the
-// same failure reaches fsync and everything else goes on.
+// data_err=abort (Options::data_err_abort): the first data write fails,
+// writeback's with delayed allocation (at fsync), the write's own without
+// it (ext4 with delayed allocation off, and ext3's block maps, which are
+// always written through). The journal aborts before the handle that
+// mapped the blocks stops, so neither that mapping nor anything after it
+// commits (the file, created since the last commit, is not on the image at
+// all), and the next open marks the image. With the default
+// (data_err=ignore) the same failure reaches the caller and everything
+// else goes on.
 TEST(DataErrAbort, AFailedDataWriteAbortsTheJournal) {
-  for (bool abort : {false, true}) {
-    SCOPED_TRACE(abort ? "data_err=abort" : "data_err=ignore");
-    TempDir tmp;
-    const std::string image = tmp / "data_err.img";
-    make_image(image, {"-t", "ext4", "-b", "4096"}, "64M");
-    const std::string kept = pattern(50000);
-    Options o;
-    o.data_err_abort = abort;
-    FaultyFs f = open_faulty(image, o);
-    ASSERT_TRUE(f.fs);
-    auto k = f.fs->create(kRootIno, "kept", 0100644, {});
-    ASSERT_TRUE(k.ok());
-    ASSERT_TRUE(f.fs->write(k->ino, 0, as_bytes(kept)).ok());
-    ASSERT_TRUE(f.fs->fsync(k->ino, false).ok());
-    auto st = f.fs->create(kRootIno, "f", 0100644, {});
-    ASSERT_TRUE(st.ok());
-    ASSERT_TRUE(f.fs->write(st->ino, 0, as_bytes(pattern(65536))).ok());
-    f.dev->fail_nth(io::IoOp::kWrite, 1, EIO);  // writeback's data write comes first
-    Status synced = f.fs->fsync(st->ino, false);
-    ASSERT_FALSE(synced.ok());
-    EXPECT_EQ(synced.error().code(), EIO) << synced.error().message();
-    f.dev->clear_rules();
-    auto after = f.fs->mkdir(kRootIno, "after", 0755, {});
-    if (!abort) {
-      EXPECT_TRUE(after.ok()) << after.error().message();
-      close_and_check(f, image);
-      continue;
+  const struct {
+    const char* name;
+    std::vector<std::string> mkfs;
+    bool delayed_allocation;  // the option
+    bool written_back;        // whether the data goes through the page cache's writeback
+  } cases[] = {
+      {"ext4", {"-t", "ext4", "-b", "4096"}, true, true},
+      {"ext4 without delayed allocation", {"-t", "ext4", "-b", "4096"}, false, false},
+      {"ext3", {"-t", "ext3", "-b", "4096"}, true, false},
+  };
+  for (const auto& c : cases) {
+    for (bool abort : {false, true}) {
+      SCOPED_TRACE(std::string(c.name) + (abort ? ", data_err=abort" : ", data_err=ignore"));
+      TempDir tmp;
+      const std::string image = tmp / "data_err.img";
+      make_image(image, c.mkfs, "64M");
+      const std::string kept = pattern(50000);
+      Options o;
+      o.data_err_abort = abort;
+      o.delayed_allocation = c.delayed_allocation;
+      FaultyFs f = open_faulty(image, o);
+      ASSERT_TRUE(f.fs);
+      auto k = f.fs->create(kRootIno, "kept", 0100644, {});
+      ASSERT_TRUE(k.ok());
+      ASSERT_TRUE(f.fs->write(k->ino, 0, as_bytes(kept)).ok());
+      ASSERT_TRUE(f.fs->fsync(k->ino, false).ok());
+      auto st = f.fs->create(kRootIno, "f", 0100644, {});
+      ASSERT_TRUE(st.ok());
+      if (!c.written_back) f.dev->fail_nth(io::IoOp::kWrite, 1, EIO);  // the write's data write comes first
+      auto wrote = f.fs->write(st->ino, 0, as_bytes(pattern(65536)));
+      if (c.written_back) {
+        ASSERT_TRUE(wrote.ok()) << wrote.error().message();
+        f.dev->fail_nth(io::IoOp::kWrite, 1, EIO);  // writeback's data write comes first
+        Status synced = f.fs->fsync(st->ino, false);
+        ASSERT_FALSE(synced.ok());
+        EXPECT_EQ(synced.error().code(), EIO) << synced.error().message();
+      } else {
+        ASSERT_FALSE(wrote.ok());
+        EXPECT_EQ(wrote.error().code(), EIO) << wrote.error().message();
+      }
+      f.dev->clear_rules();
+      auto after = f.fs->mkdir(kRootIno, "after", 0755, {});
+      if (!abort) {
+        EXPECT_TRUE(after.ok()) << after.error().message();
+        close_and_check(f, image);
+        continue;
+      }
+      ASSERT_FALSE(after.ok());
+      EXPECT_NE(after.error().message().find("data_err=abort"), std::string::npos) << after.error().message();
+      EXPECT_FALSE(f.fs->close().ok());
+      f.fs.reset();
+      EXPECT_EQ(dumpe2fs_header(image)["Journal errno"], "-5");
+      auto fs = open_writable(image);
+      ASSERT_TRUE(fs);
+      auto ino = fs->resolve("/kept");
+      ASSERT_TRUE(ino.ok());
+      std::string back(kept.size(), '\0');
+      ASSERT_TRUE(fs->read(*ino, 0, std::as_writable_bytes(std::span(back))).ok());
+      EXPECT_TRUE(back == kept);
+      EXPECT_FALSE(fs->resolve("/f").ok()) << "nothing after the failed data write commits";
+      EXPECT_FALSE(fs->resolve("/after").ok());
+      ASSERT_TRUE(fs->close().ok());
+      EXPECT_EQ(dumpe2fs_header(image)["Filesystem state"], "clean with errors");
+      CommandResult fsck = run({"e2fsck", "-fn", image});
+      EXPECT_EQ(fsck.exit_code, 0) << fsck.out << fsck.err;
     }
-    ASSERT_FALSE(after.ok());
-    EXPECT_NE(after.error().message().find("data_err=abort"), std::string::npos) << after.error().message();
-    EXPECT_FALSE(f.fs->close().ok());
-    f.fs.reset();
-    EXPECT_EQ(dumpe2fs_header(image)["Journal errno"], "-5");
-    auto fs = open_writable(image);
-    ASSERT_TRUE(fs);
-    auto ino = fs->resolve("/kept");
-    ASSERT_TRUE(ino.ok());
-    std::string back(kept.size(), '\0');
-    ASSERT_TRUE(fs->read(*ino, 0, std::as_writable_bytes(std::span(back))).ok());
-    EXPECT_TRUE(back == kept);
-    EXPECT_FALSE(fs->resolve("/f").ok()) << "nothing after the failed data write commits";
-    EXPECT_FALSE(fs->resolve("/after").ok());
-    ASSERT_TRUE(fs->close().ok());
-    EXPECT_EQ(dumpe2fs_header(image)["Filesystem state"], "clean with errors");
-    CommandResult fsck = run({"e2fsck", "-fn", image});
-    EXPECT_EQ(fsck.exit_code, 0) << fsck.out << fsck.err;
   }
 }
 

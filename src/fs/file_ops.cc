@@ -171,7 +171,8 @@ Result<size_t> FilesystemImpl::write_locked_or_cached(Ino ino, uint64_t offset, 
     bool any_unwritten = false;
     for (const auto& r : runs) {
       if (r.physical == 0) return Error(EIO, fmt::format("inode {}: block {} left unmapped", ino, r.logical));
-      UEXT_TRY(write_run(r.logical, r.length, r.physical));
+      // data_err=abort: before the handle stops, so its mapping never commits.
+      if (Status io = write_run(r.logical, r.length, r.physical); !io.ok()) return data_write_failed(std::move(io));
       any_unwritten |= r.unwritten;
       *mapped = r.logical + r.length - pos;
     }
@@ -213,7 +214,8 @@ Result<size_t> FilesystemImpl::write_locked_or_cached(Ino ino, uint64_t offset, 
     bool orphaned = false;
     Status done = in_handle(h, "write", ino, [&]() -> Status {
       Status wrote = write_chunk_in(h, pos, chunk, mapped);
-      if (!wrote.ok() && may_allocate_past_eof) {
+      // An aborted journal takes the whole handle with it: nothing to undo.
+      if (!wrote.ok() && may_allocate_past_eof && !vol_->journal()->aborted()) {
         orphaned = orphans_.add(*vol_, h, ino).ok();
         h.set_consistent(orphaned);
       }

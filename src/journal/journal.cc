@@ -570,6 +570,11 @@ Status Journal::close() {
   return {};
 }
 
+bool Journal::aborted() const {
+  std::lock_guard lock(mu_);
+  return !sticky_error_.ok();
+}
+
 JournalStats Journal::stats() const {
   std::lock_guard lock(mu_);
   return stats_;

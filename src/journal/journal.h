@@ -159,6 +159,8 @@ class Journal {
   // it. Call with a handle of the running transaction still open, so that
   // transaction never commits (and no commit is writing meanwhile).
   void abort(int code, const std::string& why);
+  // Whether a failed commit or abort() has poisoned the journal.
+  bool aborted() const;
 
   bool has_log() const { return has_log_; }
   // The s_errno the journal superblock held at open (negative, as jbd2
