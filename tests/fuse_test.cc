@@ -371,6 +371,74 @@ TEST_F(FuseProgram, Coreutils) {
   finish(m);
 }
 
+// Reads through the mount change atime as on the kernel's ext4: relatime by
+// default (a file read, a directory listed, when atime was older than
+// mtime), noatime and nodiratime as asked; never ctime. The kernel reads the
+// same atime from the image. The file is written whole pages through the
+// mount, so the kernel holds its pages: an open whose read is due to
+// change atime must let them go, or the read would never reach the daemon.
+TEST_F(FuseProgram, ReadsChangeAtimeAsOnTheKernel) {
+  auto stat_of = [](const std::string& path) {
+    struct stat st {};
+    EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
+    return st;
+  };
+  const std::string old_times = "touch -a -d @1000000000 f d; touch -m -d @1000000100 f d";
+  const std::string read_both = "cat f > /dev/null; ls d > /dev/null";
+  struct stat f_read {};
+  {
+    FuseMount m(img_, t_ / "mnt");
+    ASSERT_TRUE(m.ok()) << m.log();
+    sh_ok("set -e; cd " + m.dir() + "; head -c 65536 /dev/urandom > f; cat f > /dev/null; mkdir d; touch d/x; " +
+          old_times);
+    const struct stat f_before = stat_of(m.path("f")), d_before = stat_of(m.path("d"));
+    ASSERT_EQ(f_before.st_atim.tv_sec, 1000000000);
+    sh_ok("set -e; cd " + m.dir() + "; " + read_both);
+    f_read = stat_of(m.path("f"));
+    const struct stat d_read = stat_of(m.path("d"));
+    EXPECT_GT(f_read.st_atim.tv_sec, 1000000100) << "relatime: atime was older than mtime";
+    EXPECT_GT(d_read.st_atim.tv_sec, 1000000100) << "relatime: a listing is a read of the directory";
+    EXPECT_EQ(f_read.st_ctim.tv_sec, f_before.st_ctim.tv_sec);
+    EXPECT_EQ(f_read.st_ctim.tv_nsec, f_before.st_ctim.tv_nsec) << "a read changes no ctime";
+    EXPECT_EQ(d_read.st_ctim.tv_nsec, d_before.st_ctim.tv_nsec);
+    EXPECT_EQ(f_read.st_mtim.tv_sec, 1000000100);
+    sh_ok("set -e; cd " + m.dir() + "; " + read_both);
+    EXPECT_EQ(stat_of(m.path("f")).st_atim.tv_nsec, f_read.st_atim.tv_nsec) << "relatime: atime is newer now";
+    ASSERT_EQ(m.unmount(), 0) << m.log();
+  }
+  {
+    ::mkdir((t_ / "kmnt").c_str(), 0755);
+    LoopMount k(img_, t_ / "kmnt", true);
+    ASSERT_TRUE(k.ok()) << k.error();
+    const struct stat seen = stat_of(k.dir() + "/f");
+    EXPECT_EQ(seen.st_atim.tv_sec, f_read.st_atim.tv_sec);
+    EXPECT_EQ(seen.st_atim.tv_nsec, f_read.st_atim.tv_nsec);
+  }
+  for (const std::string options : {"noatime", "nodiratime"}) {
+    SCOPED_TRACE(options);
+    FuseMount m(img_, t_ / "mnt", options);
+    ASSERT_TRUE(m.ok()) << m.log();
+    sh_ok("set -e; cd " + m.dir() + "; " + old_times + "; " + read_both);
+    EXPECT_EQ(stat_of(m.path("d")).st_atim.tv_sec, 1000000000) << "no directory atime";
+    EXPECT_EQ(stat_of(m.path("f")).st_atim.tv_sec == 1000000000, options == "noatime");
+    ASSERT_EQ(m.unmount(), 0) << m.log();
+  }
+  EXPECT_TRUE(image_is_clean(img_));
+}
+
+// Every kernel and time flag `uext mount --help` lists mounts: libfuse
+// refuses flags it does not know, so the daemon takes those itself.
+TEST_F(FuseProgram, EveryFlagTheHelpListsMounts) {
+  for (const char* flag : {"dev", "nodev", "suid", "nosuid", "exec", "noexec", "async", "sync", "dirsync", "atime",
+                           "noatime", "diratime", "nodiratime", "relatime", "norelatime", "strictatime",
+                           "nostrictatime", "lazytime", "nolazytime"}) {
+    FuseMount m(img_, t_ / "mnt", flag);
+    EXPECT_TRUE(m.ok()) << flag << ": " << m.log();
+    if (m.ok()) EXPECT_EQ(m.unmount(), 0) << flag << ": " << m.log();
+  }
+  EXPECT_TRUE(image_is_clean(img_));
+}
+
 // The daemon raises the mount's readahead (its bdi's read_ahead_kb, found
 // through /proc/self/mountinfo, here for a mount point whose name needs
 // escaping there) so that a sequential reader's 1 MiB reads arrive as one

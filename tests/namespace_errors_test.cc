@@ -311,6 +311,70 @@ TEST_F(NamespaceErrors, FilesAndSizes) {
   EXPECT_EQ(read_file(mnt + "/d/f").substr((1 << 20), 4), "tail");
 }
 
+// The atime update a read makes (touch_atime), as the kernel's noatime,
+// relatime and strictatime: ctime never moves, and relatime updates only an
+// atime not newer than mtime or ctime (or a day old). The image stays clean
+// and debugfs reads the new atime.
+TEST_F(NamespaceErrors, ReadsChangeAtimeAsTheKernelsAtimeOptions) {
+  const Ino f = file(kRootIno, "f", "data");
+  const Ino d = mk(kRootIno, "d");
+  auto stat_of = [&](Ino ino) {
+    auto st = fs_->stat(ino);
+    EXPECT_TRUE(st.ok()) << st.error().message();
+    return st.ok() ? *st : Stat{};
+  };
+  const int64_t start = ::time(nullptr);
+  for (Ino ino : {f, d}) {
+    SCOPED_TRACE(ino == f ? "file" : "directory");
+    SetAttr old_times;
+    old_times.atime = Time{start - 100, 0};
+    old_times.mtime = Time{start - 50, 0};
+    ASSERT_TRUE(fs_->setattr(ino, old_times).ok());
+    const Stat before = stat_of(ino);
+    ASSERT_TRUE(fs_->touch_atime(ino, AtimeUpdate::kNever).ok());
+    EXPECT_EQ(stat_of(ino).atime, before.atime) << "noatime";
+    ASSERT_TRUE(fs_->touch_atime(ino, AtimeUpdate::kRelative).ok());
+    const Stat read_once = stat_of(ino);
+    EXPECT_GE(read_once.atime.sec, start) << "relatime: atime was older than mtime";
+    EXPECT_EQ(read_once.ctime, before.ctime) << "a read changes no ctime";
+    EXPECT_EQ(read_once.mtime, before.mtime);
+    ASSERT_TRUE(fs_->touch_atime(ino, AtimeUpdate::kRelative).ok());
+    EXPECT_EQ(stat_of(ino).atime, read_once.atime) << "relatime: atime is newer than mtime and ctime";
+    ASSERT_TRUE(fs_->touch_atime(ino, AtimeUpdate::kAlways).ok());
+    const Stat strict = stat_of(ino);
+    EXPECT_NE(strict.atime, read_once.atime) << "strictatime";
+    EXPECT_EQ(strict.ctime, before.ctime);
+  }
+  // A write moves mtime past atime: the next read updates it again.
+  SetAttr newer_atime;
+  newer_atime.atime = Time{start + 3600, 0};
+  newer_atime.keep_ctime = true;
+  ASSERT_TRUE(fs_->setattr(f, newer_atime).ok());
+  ASSERT_TRUE(fs_->touch_atime(f, AtimeUpdate::kRelative).ok());
+  EXPECT_EQ(stat_of(f).atime, (Time{start + 3600, 0})) << "newer than mtime and ctime, not a day old";
+  const Stat f_now = stat_of(f);
+  ASSERT_TRUE(fs_->write(f, 0, bytes_of("more data")).ok());
+  SetAttr later_mtime;  // the write's mtime is the clock's: move it past the atime above
+  later_mtime.mtime = Time{start + 7200, 0};
+  later_mtime.keep_ctime = true;
+  ASSERT_TRUE(fs_->setattr(f, later_mtime).ok());
+  ASSERT_TRUE(fs_->touch_atime(f, AtimeUpdate::kRelative).ok());
+  EXPECT_NE(stat_of(f).atime, f_now.atime) << "relatime: mtime passed atime";
+  const Time atime = stat_of(f).atime;
+  close_and_check();
+  // debugfs reads the same atime (seconds, in hex, first in its "atime:" line).
+  std::string out = debugfs(image_, "stat /f");
+  auto at = out.find("atime: 0x");
+  ASSERT_NE(at, std::string::npos) << out;
+  EXPECT_EQ(std::stoll(out.substr(at + 9, 8), nullptr, 16), atime.sec) << out;
+  // A read-only open changes nothing.
+  Options ro;
+  auto rofs = Filesystem::open(image_, ro);
+  ASSERT_TRUE(rofs.ok()) << rofs.error().message();
+  ASSERT_TRUE((*rofs)->touch_atime(f, AtimeUpdate::kAlways).ok());
+  EXPECT_EQ((*rofs)->stat(f)->atime, atime);
+}
+
 TEST_F(NamespaceErrors, ReadOnlyRefusesChanges) {
   file(kRootIno, "f", "x");
   close_and_check();

@@ -217,6 +217,14 @@ struct SetAttr {
   bool keep_ctime = false;
 };
 
+// How reading a file or listing a directory changes its atime: the mount
+// options of these names.
+enum class AtimeUpdate {
+  kNever,     // noatime
+  kRelative,  // relatime (Linux's default): when atime is not newer than mtime or ctime, or is a day old
+  kAlways,    // strictatime: every time
+};
+
 // statfs(2).
 struct FsStats {
   uint32_t block_size = 0;
@@ -336,6 +344,18 @@ class Filesystem {
   // entries to match, in the same transaction (posix_acl_chmod).
   virtual Result<Stat> setattr(Ino ino, const SetAttr& attr) = 0;
   Status truncate(Ino ino, uint64_t size);
+  // The atime update that reading `ino` (a file's bytes, a directory's
+  // entries, a symlink's target) makes under `policy`, as the kernel's
+  // touch_atime: atime becomes now, ctime stays (a read changes nothing).
+  // read() and the directory calls leave atime alone, so that a program
+  // reading an image changes nothing it did not ask for; a server of reads
+  // (uext mount) calls this after each. Nothing on a read-only filesystem.
+  virtual Status touch_atime(Ino ino, AtimeUpdate policy) = 0;
+  // Whether a read of `ino` now would change its atime under `policy`
+  // (false on a read-only filesystem). A server that lets a client cache
+  // pages asks before it does, so that a read due to update atime reaches
+  // it.
+  virtual Result<bool> atime_due(Ino ino, AtimeUpdate policy) = 0;
 
   // Writes at `offset`, extending the file (a hole in between) as needed;
   // returns the count written: buf.size(), or fewer when space ran out

@@ -270,6 +270,39 @@ Result<Stat> FilesystemImpl::setattr(Ino ino, const SetAttr& attr) {
   return st;
 }
 
+bool FilesystemImpl::atime_due_locked(const InodeRecord& rec, AtimeUpdate policy, const disk::Timestamp& t) {
+  if (policy == AtimeUpdate::kNever || !vol_->writable()) return false;
+  // Times from the page cache count (a write not yet on disk).
+  Stat st = to_stat(vol_->sb(), rec);
+  overlay_cached(st);
+  if (policy == AtimeUpdate::kAlways) return !(st.atime == Time{t.sec, t.nsec});
+  // relatime_need_update's rule: atime not newer than mtime or ctime, or a day old.
+  auto before = [](const Time& a, const Time& b) { return a.sec < b.sec || (a.sec == b.sec && a.nsec < b.nsec); };
+  constexpr int64_t kDay = 24 * 60 * 60;
+  return !before(st.mtime, st.atime) || !before(st.ctime, st.atime) || t.sec - st.atime.sec >= kDay;
+}
+
+Result<bool> FilesystemImpl::atime_due(Ino ino, AtimeUpdate policy) {
+  if (policy == AtimeUpdate::kNever || !vol_->writable()) return false;
+  auto lock = itable_.lock_shared(ino);
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
+  return atime_due_locked(rec, policy, now());
+}
+
+Status FilesystemImpl::touch_atime(Ino ino, AtimeUpdate policy) {
+  // Most reads need nothing: found out without excluding other readers.
+  UEXT_ASSIGN_OR_RETURN(bool due, atime_due(ino, policy));
+  if (!due) return {};
+  auto lock = itable_.lock(ino);
+  UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
+  const disk::Timestamp t = now();
+  if (!atime_due_locked(rec, policy, t)) return {};  // another reader's update came first
+  SetAttr attr;
+  attr.atime = Time{t.sec, t.nsec};
+  attr.keep_ctime = true;
+  return setattr_locked(rec, attr);
+}
+
 Status FilesystemImpl::setattr_locked(InodeRecord& rec, const SetAttr& attr) {
   const Ino ino = rec.ino;
   if (attr.size) {

@@ -78,6 +78,8 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
 
   // file_ops.cc
   Result<Stat> setattr(Ino ino, const SetAttr& attr) override;
+  Status touch_atime(Ino ino, AtimeUpdate policy) override;
+  Result<bool> atime_due(Ino ino, AtimeUpdate policy) override;
   Result<size_t> write(Ino ino, uint64_t offset, std::span<const std::byte> buf) override;
   Result<size_t> write(Ino ino, uint64_t offset, std::span<const std::byte> buf,
                        const WriteOptions& options) override;
@@ -191,6 +193,8 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   Result<size_t> write_locked_or_cached(Ino ino, uint64_t offset, std::span<const std::byte> buf,
                                         const std::function<void(size_t)>* accepted,
                                         const WriteOptions* options);
+  // atime_due() for an inode the caller holds locked, at time `t`.
+  bool atime_due_locked(const InodeRecord& rec, AtimeUpdate policy, const disk::Timestamp& t);
   // setattr() under the inode lock the caller holds; `rec` is updated.
   Status setattr_locked(InodeRecord& rec, const SetAttr& attr);
   // WriteOptions::drop_setid, under the inode lock the caller holds.

@@ -299,6 +299,15 @@ class Daemon {
     fail(req, op, names_.path(dir, name), dir, err);
   }
 
+  // After a read was answered: the atime update the mount's atime options
+  // ask for. Its failure cannot fail the read; it is reported (and errors=
+  // applied) once, since every later read would fail the same way.
+  void accessed(const char* op, Ino ino, AtimeUpdate policy) {
+    if (policy == AtimeUpdate::kNever || opts_.read_only || forced_ro_.load() || panicked_.load()) return;
+    Status s = fs_->touch_atime(ino, policy);
+    if (!s.ok() && !atime_failed_.exchange(true)) report(op, names_.path(ino), ino, s.error());
+  }
+
   // errors=remount-ro and errors=panic.
   void on_failure() {
     if (opts_.on_error == OnError::kRemountRo && !forced_ro_.exchange(true)) {
@@ -493,6 +502,7 @@ class Daemon {
     auto target = fs_->readlink(ino);
     if (!target) return fail(req, "readlink", ino, target.error());
     fuse_reply_readlink(req, target->c_str());
+    accessed("readlink", ino, opts_.file_atime());
   }
 
   void mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
@@ -563,8 +573,11 @@ class Daemon {
     const Ino ino = to_ext(fino);
     if ((fi->flags & O_ACCMODE) != O_RDONLY && refuse_change(req)) return;
     // Every change reaches the image through this mount, so the kernel's
-    // cached pages stay true between opens.
-    fi->keep_cache = 1;
+    // cached pages stay true between opens. But a read the kernel serves
+    // from them never reaches us: when the next read must change atime
+    // (relatime: the file changed since it was last read), they go.
+    auto due = fs_->atime_due(ino, opts_.read_only ? AtimeUpdate::kNever : opts_.file_atime());
+    fi->keep_cache = !(due.ok() && *due);
     fi->noflush = flush_unneeded();
     auto* file = new OpenFile(ino, fs_->wb_err_sample(ino));
     fi->fh = reinterpret_cast<uint64_t>(file);
@@ -611,6 +624,7 @@ class Daemon {
     auto n = fs_->read(ino, static_cast<uint64_t>(off), std::span(buf.data(), size));
     if (!n) return fail(req, "read", ino, n.error());
     fuse_reply_buf(req, reinterpret_cast<const char*>(buf.data()), *n);
+    accessed("read", ino, opts_.file_atime());
   }
 
   void write(fuse_req_t req, fuse_ino_t fino, const char* data, size_t size, off_t off) {
@@ -711,6 +725,8 @@ class Daemon {
     if (fuse_reply_buf(req, buf.data(), used) != 0) {
       for (Ino ino : retained) forget(ino, 1);
     }
+    // Once a listing, at its start, as the kernel's iterate_dir.
+    if (off == 0) accessed(plus ? "readdirplus" : "readdir", dir, opts_.dir_atime());
   }
 
   void statfs(fuse_req_t req) {
@@ -839,6 +855,7 @@ class Daemon {
       if (*n < want) break;
     }
     fuse_reply_write(req, done);
+    accessed("copy_file_range", src, opts_.file_atime());
   }
 
  private:
@@ -851,6 +868,7 @@ class Daemon {
   NoCapsCache no_caps_;
   fuse_session* se_ = nullptr;
   std::atomic<bool> forced_ro_{false};
+  std::atomic<bool> atime_failed_{false};
   std::atomic<bool> panicked_{false};
   std::atomic<int64_t> last_enospc_log_{0};
 };

@@ -15,10 +15,18 @@ namespace {
 // and fuse2fs habits work.
 const std::set<std::string>& kernel_flag_names() {
   static const std::set<std::string> names = {
-      "dev",      "nodev",      "suid",        "nosuid",        "exec",      "noexec",
-      "async",    "sync",       "dirsync",     "atime",         "noatime",   "diratime",
-      "nodiratime", "relatime", "norelatime",  "strictatime",   "nostrictatime",
-      "lazytime", "nolazytime",
+      "dev", "nodev", "suid", "nosuid", "exec", "noexec", "async", "sync", "dirsync", "atime", "noatime",
+  };
+  return names;
+}
+
+// Time flags the daemon applies itself (the kernel never changes atime on a
+// FUSE inode) and libfuse does not know. norelatime changes nothing, as on
+// the kernel (relatime is the default unless noatime or strictatime), nor
+// does lazytime (atime goes to the image in a transaction of its own).
+const std::set<std::string>& daemon_time_flag_names() {
+  static const std::set<std::string> names = {
+      "diratime", "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime", "lazytime", "nolazytime",
   };
   return names;
 }
@@ -156,8 +164,14 @@ Status parse_mount_option_list(const std::string& list, MountOptions& opts) {
     } else if (key == "logfile") {
       if (!has_value || value.empty()) s = bad_value(key, value, "a file name");
       else opts.logfile = value;
-    } else if (!has_value && kernel_flag_names().count(key)) {
-      opts.kernel_flags.push_back(key);
+    } else if (!has_value && (kernel_flag_names().count(key) || daemon_time_flag_names().count(key))) {
+      if (kernel_flag_names().count(key)) opts.kernel_flags.push_back(key);
+      if (key == "noatime") opts.noatime = true;
+      if (key == "atime") opts.noatime = false;
+      if (key == "strictatime") opts.strictatime = true;
+      if (key == "nostrictatime") opts.strictatime = false;
+      if (key == "nodiratime") opts.nodiratime = true;
+      if (key == "diratime") opts.nodiratime = false;
     } else {
       s = Error(EINVAL, fmt::format("unknown mount option '{}' (see 'uext mount --help')", item));
     }
@@ -281,8 +295,13 @@ std::string mount_options_help() {
   logfile=FILE           append diagnostics here (default: stderr in the
                          foreground, syslog as a daemon)
   default_permissions    accepted; always on: the kernel checks permissions
-  dev, nodev, suid, nosuid, exec, noexec, sync, async, dirsync, atime, noatime,
-  relatime, strictatime, lazytime, ...
+  relatime, noatime, strictatime, nodiratime (and atime, norelatime,
+  nostrictatime, diratime, lazytime, nolazytime)
+                         how reads change atime, as for the kernel's ext4:
+                         relatime (default: when atime is not newer than
+                         mtime or ctime, or is a day old), never, always;
+                         nodiratime spares directories; never changes ctime
+  dev, nodev, suid, nosuid, exec, noexec, sync, async, dirsync
                          kernel mount flags, passed to mount(2) as they are
 )";
 }

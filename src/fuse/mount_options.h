@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "uext/filesystem.h"
 #include "uext/status.h"
 
 namespace uext::fuse {
@@ -21,10 +22,6 @@ enum class OnError { kContinue, kRemountRo, kPanic };
 // fails the mount instead; kOff never tries.
 enum class IoUringMode { kAuto, kOn, kOff };
 
-// How reads change atime. The library's setattr also sets ctime, which a
-// read must never do (tar and rsync take a ctime change for a file changed
-// under them), so only noatime is offered until the library can update
-// atime alone.
 struct MountOptions {
   std::string image;
   std::string mountpoint;
@@ -83,6 +80,18 @@ struct MountOptions {
   // Kernel mount flags handed to libfuse as they are (dev, suid, exec,
   // noatime, ...): libfuse knows them and passes them to mount(2).
   std::vector<std::string> kernel_flags;
+
+  // How reads change atime, from the time flags as the kernel reads them:
+  // relatime unless noatime, strictatime over both; nodiratime spares
+  // directories. FUSE leaves atime to the daemon (the kernel never updates
+  // it on a FUSE inode), so the daemon applies them.
+  bool noatime = false;
+  bool strictatime = false;
+  bool nodiratime = false;
+  AtimeUpdate file_atime() const {
+    return strictatime ? AtimeUpdate::kAlways : noatime ? AtimeUpdate::kNever : AtimeUpdate::kRelative;
+  }
+  AtimeUpdate dir_atime() const { return nodiratime ? AtimeUpdate::kNever : file_atime(); }
 };
 
 // Parses one -o argument (comma-separated list) into `opts`. Unknown
