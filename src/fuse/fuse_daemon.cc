@@ -574,9 +574,11 @@ class Daemon {
     if ((fi->flags & O_ACCMODE) != O_RDONLY && refuse_change(req)) return;
     // Every change reaches the image through this mount, so the kernel's
     // cached pages stay true between opens. But a read the kernel serves
-    // from them never reaches us: when the next read must change atime
-    // (relatime: the file changed since it was last read), they go.
-    auto due = fs_->atime_due(ino, opts_.read_only ? AtimeUpdate::kNever : opts_.file_atime());
+    // from them never reaches us: when an open for reading finds that the
+    // next read must change atime (relatime: the file changed since it was
+    // last read), they go.
+    const bool reads = (fi->flags & O_ACCMODE) != O_WRONLY;
+    auto due = fs_->atime_due(ino, opts_.read_only || !reads ? AtimeUpdate::kNever : opts_.file_atime());
     fi->keep_cache = !(due.ok() && *due);
     fi->noflush = flush_unneeded();
     auto* file = new OpenFile(ino, fs_->wb_err_sample(ino));
