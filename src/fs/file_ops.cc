@@ -271,7 +271,6 @@ Result<Stat> FilesystemImpl::setattr(Ino ino, const SetAttr& attr) {
 }
 
 bool FilesystemImpl::atime_due_locked(const InodeRecord& rec, AtimeUpdate policy, const disk::Timestamp& t) {
-  if (policy == AtimeUpdate::kNever || !vol_->writable()) return false;
   // Times from the page cache count (a write not yet on disk).
   Stat st = to_stat(vol_->sb(), rec);
   overlay_cached(st);

@@ -193,7 +193,8 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   Result<size_t> write_locked_or_cached(Ino ino, uint64_t offset, std::span<const std::byte> buf,
                                         const std::function<void(size_t)>* accepted,
                                         const WriteOptions* options);
-  // atime_due() for an inode the caller holds locked, at time `t`.
+  // atime_due() for an inode the caller holds locked, at time `t`, once
+  // atime_due() has ruled out kNever and a read-only volume.
   bool atime_due_locked(const InodeRecord& rec, AtimeUpdate policy, const disk::Timestamp& t);
   // setattr() under the inode lock the caller holds; `rec` is updated.
   Status setattr_locked(InodeRecord& rec, const SetAttr& attr);

@@ -726,6 +726,7 @@ class Daemon {
     }
     if (fuse_reply_buf(req, buf.data(), used) != 0) {
       for (Ino ino : retained) forget(ino, 1);
+      return;  // the listing never reached the program: no access to record
     }
     // Once a listing, at its start, as the kernel's iterate_dir.
     if (off == 0) accessed(plus ? "readdirplus" : "readdir", dir, opts_.dir_atime());
