@@ -375,6 +375,41 @@ TEST_F(NamespaceErrors, ReadsChangeAtimeAsTheKernelsAtimeOptions) {
   EXPECT_EQ((*rofs)->stat(f)->atime, atime);
 }
 
+// The server's read() finds out whether it is due to change atime, on a
+// file the page cache holds and on one it does not, and changes nothing.
+TEST_F(NamespaceErrors, AReadSaysWhetherItIsDueToChangeAtime) {
+  const Ino f = file(kRootIno, "f", "data");  // cached: its write is pending
+  std::array<std::byte, 16> buf{};
+  auto due = [&](Filesystem& fs, AtimeUpdate policy) {
+    ReadOptions o;
+    o.atime = policy;
+    o.atime_due = !o.atime_due;  // read() must set it either way
+    auto n = fs.read(f, 0, buf, o);
+    EXPECT_TRUE(n.ok() && *n == 4) << (n.ok() ? "short" : n.error().message());
+    return o.atime_due;
+  };
+  const Time atime = fs_->stat(f)->atime;
+  EXPECT_TRUE(due(*fs_, AtimeUpdate::kRelative)) << "relatime: the write's mtime is not older than atime";
+  EXPECT_FALSE(due(*fs_, AtimeUpdate::kNever));
+  EXPECT_EQ(fs_->stat(f)->atime, atime) << "read() itself changes nothing";
+  ASSERT_TRUE(fs_->touch_atime(f, AtimeUpdate::kRelative).ok());
+  EXPECT_FALSE(due(*fs_, AtimeUpdate::kRelative)) << "atime is now newer than mtime";
+  close_and_check();
+  // Opened again, nothing cached: the same answers from the inode alone.
+  reopen();
+  EXPECT_FALSE(due(*fs_, AtimeUpdate::kRelative));
+  SetAttr older;
+  older.atime = Time{1000, 0};
+  older.keep_ctime = true;
+  ASSERT_TRUE(fs_->setattr(f, older).ok());
+  EXPECT_TRUE(due(*fs_, AtimeUpdate::kRelative)) << "atime older than mtime";
+  EXPECT_TRUE(due(*fs_, AtimeUpdate::kAlways));
+  close_and_check();
+  auto ro = Filesystem::open(image_, Options{});
+  ASSERT_TRUE(ro.ok()) << ro.error().message();
+  EXPECT_FALSE(due(**ro, AtimeUpdate::kAlways)) << "nothing changes on a read-only filesystem";
+}
+
 TEST_F(NamespaceErrors, ReadOnlyRefusesChanges) {
   file(kRootIno, "f", "x");
   close_and_check();

@@ -183,6 +183,24 @@ inline uint32_t mode_without_setid(uint32_t mode) {
   return mode;
 }
 
+// How reading a file or listing a directory changes its atime: the mount
+// options of these names.
+enum class AtimeUpdate {
+  kNever,     // noatime
+  kRelative,  // relatime (Linux's default): when atime is not newer than mtime or ctime, or is a day old
+  kAlways,    // strictatime: every time
+};
+
+// The second form of read(): what a server of reads (the FUSE daemon)
+// asks of it.
+struct ReadOptions {
+  // The reader's atime policy. read() itself changes nothing: it only
+  // finds out, under the lock it holds anyway, whether this read is due to
+  // change atime, and sets `atime_due`; the server then calls touch_atime().
+  AtimeUpdate atime = AtimeUpdate::kNever;
+  bool atime_due = false;  // set by read()
+};
+
 // The second form of write(): what a server (the FUSE daemon) asks of it.
 struct WriteOptions {
   // For a server that answers its own client as soon as the write is
@@ -215,14 +233,6 @@ struct SetAttr {
   // Leave ctime alone: for the access-time update a read makes (relatime),
   // which is not a change of the inode in POSIX's sense.
   bool keep_ctime = false;
-};
-
-// How reading a file or listing a directory changes its atime: the mount
-// options of these names.
-enum class AtimeUpdate {
-  kNever,     // noatime
-  kRelative,  // relatime (Linux's default): when atime is not newer than mtime or ctime, or is a day old
-  kAlways,    // strictatime: every time
 };
 
 // statfs(2).
@@ -276,6 +286,8 @@ class Filesystem {
   // Reads up to buf.size() bytes at `offset`; returns the count, short only
   // at end of file. Holes and unwritten extents read as zeros. EISDIR for a directory.
   virtual Result<size_t> read(Ino ino, uint64_t offset, std::span<std::byte> buf) = 0;
+  // read() as a server needs it; see ReadOptions.
+  virtual Result<size_t> read(Ino ino, uint64_t offset, std::span<std::byte> buf, ReadOptions& options) = 0;
 
   // Lists a directory in on-disk order, "." and ".." included. `visit`
   // returns false to stop early. `cookie` resumes a listing: pass 0 to
@@ -349,7 +361,8 @@ class Filesystem {
   // touch_atime: atime becomes now, ctime stays (a read changes nothing).
   // read() and the directory calls leave atime alone, so that a program
   // reading an image changes nothing it did not ask for; a server of reads
-  // (uext mount) calls this after each. Nothing on a read-only filesystem.
+  // (uext mount) calls this after a read that ReadOptions found due, and
+  // after listing a directory. Nothing on a read-only filesystem.
   virtual Status touch_atime(Ino ino, AtimeUpdate policy) = 0;
   // Whether a read of `ino` now would change its atime under `policy`
   // (false on a read-only filesystem). A server that lets a client cache

@@ -274,6 +274,10 @@ bool FilesystemImpl::atime_due_locked(const InodeRecord& rec, AtimeUpdate policy
   // Times from the page cache count (a write not yet on disk).
   Stat st = to_stat(vol_->sb(), rec);
   overlay_cached(st);
+  return atime_due_for(st, policy, t);
+}
+
+bool FilesystemImpl::atime_due_for(const Stat& st, AtimeUpdate policy, const disk::Timestamp& t) {
   if (policy == AtimeUpdate::kAlways) return !(st.atime == Time{t.sec, t.nsec});
   // relatime_need_update's rule: atime not newer than mtime or ctime, or a day old.
   auto before = [](const Time& a, const Time& b) { return a.sec < b.sec || (a.sec == b.sec && a.nsec < b.nsec); };

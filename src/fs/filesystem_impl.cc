@@ -217,19 +217,38 @@ Stat FilesystemImpl::to_stat(const disk::Superblock& sb, const InodeRecord& rec)
 }
 
 Result<size_t> FilesystemImpl::read(Ino ino, uint64_t offset, std::span<std::byte> buf) {
-  if (vm::in_mapping(buf.data(), buf.size())) return bounce_read(ino, offset, buf);
+  ReadOptions options;
+  return read(ino, offset, buf, options);
+}
+
+Result<size_t> FilesystemImpl::read(Ino ino, uint64_t offset, std::span<std::byte> buf, ReadOptions& options) {
+  options.atime_due = false;
+  if (vm::in_mapping(buf.data(), buf.size())) return bounce_read(ino, offset, buf, options);
   auto lock = itable_.lock_shared(ino);
   UEXT_ASSIGN_OR_RETURN(InodeRecord rec, load_inode(ino));
   if (S_ISDIR(rec.inode.i_mode)) return Error(EISDIR, fmt::format("inode {}: Is a directory", ino));
   if (!S_ISREG(rec.inode.i_mode)) {
     return Error(EINVAL, fmt::format("inode {}: not a regular file", ino));
   }
+  // Whether the read is due to change atime is found out here, under the
+  // locks the read takes anyway, so that the many reads that are not due
+  // cost nothing more (touch_atime would take them again).
+  const bool check_atime = options.atime != AtimeUpdate::kNever && vol_->writable();
   auto file = cache_ ? cache_->get(ino, false) : nullptr;
-  if (!file) return read_data(rec, offset, buf);
+  if (!file) {
+    UEXT_ASSIGN_OR_RETURN(size_t n, read_data(rec, offset, buf));
+    if (check_atime) options.atime_due = atime_due_for(to_stat(vol_->sb(), rec), options.atime, now());
+    return n;
+  }
   // The cache is newer than the disk: read the disk, then lay the cached
   // pages over it, all under the file's page mutex so writeback cannot
   // move data between the two meanwhile.
   std::lock_guard page_lock(file->mu);
+  if (check_atime) {
+    Stat st = to_stat(vol_->sb(), rec);
+    overlay_locked(st, *file);
+    options.atime_due = atime_due_for(st, options.atime, now());
+  }
   if (file->size_known) rec.inode.i_size = file->size;
   const uint64_t size = rec.inode.i_size;
   if (offset >= size || buf.empty()) return size_t{0};
@@ -276,16 +295,20 @@ void FilesystemImpl::overlay_cached(Stat& st) {
   auto file = cache_ ? cache_->get(st.ino, false) : nullptr;
   if (!file) return;
   std::lock_guard page_lock(file->mu);
-  if (file->size_known) st.size = file->size;
-  if (file->times_pending) {
+  overlay_locked(st, *file);
+}
+
+void FilesystemImpl::overlay_locked(Stat& st, const cache::CachedFile& file) {
+  if (file.size_known) st.size = file.size;
+  if (file.times_pending) {
     // The write's time is the mtime; ctime is whichever change came last
     // (a chmod after the write moves it on).
-    const Time w{file->mtime_sec, file->mtime_nsec};
+    const Time w{file.mtime_sec, file.mtime_nsec};
     st.mtime = w;
     if (w.sec > st.ctime.sec || (w.sec == st.ctime.sec && w.nsec > st.ctime.nsec)) st.ctime = w;
   }
   // Delayed blocks count in st_blocks already, as the kernel reports them.
-  st.blocks += file->delayed_pages() * (cache::kPageSize / 512);
+  st.blocks += file.delayed_pages() * (cache::kPageSize / 512);
 }
 
 Status FilesystemImpl::readdir(Ino dir, uint64_t cookie, const DirVisitor& visit) {

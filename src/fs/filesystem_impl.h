@@ -59,6 +59,7 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   Result<Ino> resolve(std::string_view path, bool follow_last) override;
   Result<Stat> stat(Ino ino) override;
   Result<size_t> read(Ino ino, uint64_t offset, std::span<std::byte> buf) override;
+  Result<size_t> read(Ino ino, uint64_t offset, std::span<std::byte> buf, ReadOptions& options) override;
   Status readdir(Ino dir, uint64_t cookie, const DirVisitor& visit) override;
   Result<std::string> readlink(Ino ino) override;
   Result<std::vector<std::string>> listxattr(Ino ino) override;
@@ -196,6 +197,8 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   // atime_due() for an inode the caller holds locked, at time `t`, once
   // atime_due() has ruled out kNever and a read-only volume.
   bool atime_due_locked(const InodeRecord& rec, AtimeUpdate policy, const disk::Timestamp& t);
+  // The rule itself, for the times of `st` (the cache's view applied).
+  static bool atime_due_for(const Stat& st, AtimeUpdate policy, const disk::Timestamp& t);
   // setattr() under the inode lock the caller holds; `rec` is updated.
   Status setattr_locked(InodeRecord& rec, const SetAttr& attr);
   // WriteOptions::drop_setid, under the inode lock the caller holds.
@@ -245,8 +248,10 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   // (which moves on), or, with no sample, after the last fsync(ino).
   Status check_wb_error(Ino ino, uint64_t* since);
   Status fsync_impl(Ino ino, bool datasync, uint64_t* since);
-  // Applies the cache's view (size, delayed blocks) to a stat of `rec`.
+  // Applies the cache's view (size, times, delayed blocks) to a stat of `rec`.
   void overlay_cached(Stat& st);
+  // The same, for a cached file whose page mutex the caller holds.
+  static void overlay_locked(Stat& st, const cache::CachedFile& file);
   uint32_t extents_per_handle(const InodeRecord& rec);
   // Debug builds: aborts, naming both numbers, when the reservations do not
   // add up to the counter (and, when `idle`, when the cached files' do not).
@@ -261,7 +266,7 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   static void note_store(cache::CachedFile& file);
   // read()/write() with a buffer inside a uext mapping: through a copy.
   Result<size_t> bounce_write(Ino ino, uint64_t offset, std::span<const std::byte> buf);
-  Result<size_t> bounce_read(Ino ino, uint64_t offset, std::span<std::byte> buf);
+  Result<size_t> bounce_read(Ino ino, uint64_t offset, std::span<std::byte> buf, ReadOptions& options);
 
   // ---- namespace helpers (namespace_ops.cc) ----
   Result<Stat> make_node(Ino dir, std::string_view name, uint32_t mode, const Owner& owner,

@@ -259,12 +259,16 @@ Result<size_t> FilesystemImpl::bounce_write(Ino ino, uint64_t offset, std::span<
   return done;
 }
 
-Result<size_t> FilesystemImpl::bounce_read(Ino ino, uint64_t offset, std::span<std::byte> buf) {
+Result<size_t> FilesystemImpl::bounce_read(Ino ino, uint64_t offset, std::span<std::byte> buf,
+                                           ReadOptions& options) {
   std::vector<std::byte> bounce(std::min(buf.size(), kBounceBytes));
   size_t done = 0;
+  bool atime_due = false;
   while (done < buf.size()) {
     const size_t n = std::min(bounce.size(), buf.size() - done);
-    auto got = read(ino, offset + done, std::span<std::byte>(bounce.data(), n));
+    auto got = read(ino, offset + done, std::span<std::byte>(bounce.data(), n), options);
+    atime_due = atime_due || options.atime_due;
+    options.atime_due = atime_due;
     if (!got.ok()) {
       if (done > 0) return done;
       return std::move(got).error();

@@ -307,6 +307,13 @@ class Daemon {
     Status s = fs_->touch_atime(ino, policy);
     if (!s.ok() && !atime_failed_.exchange(true)) report(op, names_.path(ino), ino, s.error());
   }
+  // For READ, which finds out itself whether atime is due (ReadOptions), so
+  // that the many reads that are not due cost no second look at the inode.
+  ReadOptions read_options() const {
+    ReadOptions o;
+    if (!opts_.read_only && !forced_ro_.load() && !panicked_.load()) o.atime = opts_.file_atime();
+    return o;
+  }
 
   // errors=remount-ro and errors=panic.
   void on_failure() {
@@ -623,10 +630,11 @@ class Daemon {
     const Ino ino = to_ext(fino);
     thread_local std::vector<std::byte> buf;
     if (buf.size() < size) buf.resize(size);
-    auto n = fs_->read(ino, static_cast<uint64_t>(off), std::span(buf.data(), size));
+    ReadOptions ro = read_options();
+    auto n = fs_->read(ino, static_cast<uint64_t>(off), std::span(buf.data(), size), ro);
     if (!n) return fail(req, "read", ino, n.error());
     fuse_reply_buf(req, reinterpret_cast<const char*>(buf.data()), *n);
-    accessed("read", ino, opts_.file_atime());
+    if (ro.atime_due) accessed("read", ino, ro.atime);
   }
 
   void write(fuse_req_t req, fuse_ino_t fino, const char* data, size_t size, off_t off) {
