@@ -22,6 +22,7 @@ enum class LockLevel : int {
   kBufferEdit = 55,
   kVolumeState = 57,
   kJournalState = 58,
+  kJournalSuperblock = 59,
   kBufferCacheShard = 60,
   kInodeTable = 65,
   kPageCacheMap = 66,

@@ -86,7 +86,8 @@ Result<std::unique_ptr<Journal>> Journal::open(BlockDevice& device, buffer::Buff
   j->map_ = map;
   auto first = map.physical(0);
   if (!first) return Error(kErrCorrupted, "journal: block 0 (its superblock) is not mapped");
-  std::vector<std::byte> raw(j->block_size_);
+  std::vector<std::byte>& raw = j->jsb_block_;
+  raw.resize(j->block_size_);
   UEXT_TRY(device.read(*first * j->block_size_, raw));
   UEXT_ASSIGN_OR_RETURN(j->jsb_, disk::decode_journal_superblock(raw, j->block_size_, map.mapped_prefix()));
   disk::JournalSuperblock& jsb = j->jsb_;
@@ -460,13 +461,21 @@ Status Journal::write_log_blocks(uint32_t first_log_block, const std::vector<std
 }
 
 Status Journal::write_journal_superblock(uint32_t start, uint32_t sequence) {
-  jsb_.s_start = start;
-  jsb_.s_sequence = sequence;
-  auto phys = map_.physical(0);
-  std::vector<std::byte> raw(block_size_);
-  UEXT_TRY(device_.read(*phys * block_size_, raw));
-  disk::encode_journal_superblock(jsb_, raw);
-  return device_.write(*phys * block_size_, raw);
+  return rewrite_journal_superblock([&](disk::JournalSuperblock& jsb) {
+    jsb.s_start = start;
+    jsb.s_sequence = sequence;
+  });
+}
+
+Status Journal::rewrite_journal_superblock(const std::function<void(disk::JournalSuperblock&)>& change) {
+  // The commit path writes it with mu_ released, an abort under mu_: the
+  // fields and the block are guarded by a lock of their own.
+  std::lock_guard lock(jsb_mu_);
+  change(jsb_);
+  // The block as read at open, with the fields uext keeps laid over it
+  // (the bytes it does not decode stay as they were): no read per write.
+  disk::encode_journal_superblock(jsb_, jsb_block_);
+  return device_.write(*map_.physical(0) * block_size_, jsb_block_);
 }
 
 Status Journal::clear_recorded_errno() {
@@ -474,8 +483,7 @@ Status Journal::clear_recorded_errno() {
   std::lock_guard lock(mu_);
   // A later abort's errno is this session's to keep.
   if (!sticky_error_.ok()) return {};
-  jsb_.s_errno = 0;
-  UEXT_TRY(write_journal_superblock(jsb_.s_start, jsb_.s_sequence));
+  UEXT_TRY(rewrite_journal_superblock([](disk::JournalSuperblock& jsb) { jsb.s_errno = 0; }));
   UEXT_TRY(device_.flush());
   errno_at_open_ = 0;
   return {};
@@ -492,8 +500,10 @@ void Journal::record_abort(int code) {
   if (!has_log_) return;
   // Best effort: the device has just failed. s_start and s_sequence stay as
   // last written, so the next open replays what committed before.
-  jsb_.s_errno = -(code > 0 ? code : EIO);
-  if (write_journal_superblock(jsb_.s_start, jsb_.s_sequence).ok()) (void)device_.flush();
+  const int32_t recorded = -(code > 0 ? code : EIO);
+  if (rewrite_journal_superblock([&](disk::JournalSuperblock& jsb) { jsb.s_errno = recorded; }).ok()) {
+    (void)device_.flush();
+  }
 }
 
 // ---- Checkpoint -----------------------------------------------------------

@@ -22,6 +22,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -211,6 +212,8 @@ class Journal {
   Status write_home(const std::map<uint64_t, buffer::BlockRef>& blocks);
   Status checkpoint_locked();
   Status write_journal_superblock(uint32_t start, uint32_t sequence);
+  // Applies `change` to the journal superblock and writes it (not flushed).
+  Status rewrite_journal_superblock(const std::function<void(disk::JournalSuperblock&)>& change);
   // After a failed commit, as jbd2's abort: records -code in the journal
   // superblock's s_errno, which survives the replay; the next read-write
   // open turns it into the superblock's "with errors" state
@@ -233,7 +236,11 @@ class Journal {
   bool has_log_ = false;
   int32_t errno_at_open_ = 0;
   JournalMap map_;
+  // The journal superblock: its fields that change (s_start, s_sequence,
+  // s_errno) and its block as read at open, rewritten in place.
+  base::OrderedMutex jsb_mu_{base::LockLevel::kJournalSuperblock};
   disk::JournalSuperblock jsb_;
+  std::vector<std::byte> jsb_block_;
   disk::JournalFormat format_;
   uint32_t block_size_ = 0;
   uint32_t max_transaction_ = 0;
