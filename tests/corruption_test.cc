@@ -497,6 +497,41 @@ TEST_F(Corruption, AnEntryNamingAnImpossibleInodeIsRecorded) {
                                  {"First error inode #", std::to_string(dir)}});
 }
 
+// An entry naming an inode that is not in use (freed: its slot cleared) is
+// the directory's damage: the lookup fails naming it and records it once,
+// against the directory, as ext4's lookup records "deleted inode
+// referenced" (the cleared inode's own checksum is not reported as well).
+TEST_F(Corruption, AnEntryNamingAFreedInodeIsRecordedOnce) {
+  use("ext4-4k");
+  const uint64_t block = first_block("/links/hl");
+  const uint32_t dir = inode_number(image_, "/links/hl");
+  std::string b = read_bytes(image_, block * bs_, 64);
+  uint64_t third = le16(b, 4);
+  third += le16(b, third + 4);
+  const std::string entry = read_bytes(image_, block * bs_ + third, 8);
+  const std::string name = read_bytes(image_, block * bs_ + third + 8, static_cast<uint8_t>(entry[6]));
+  const uint32_t freed = inode_number(image_, "/links/hl/" + name);
+  run_ok({"debugfs", "-w", "-R", "clri <" + std::to_string(freed) + ">", image_});
+  {
+    auto fs = open_writable(image_);
+    ASSERT_TRUE(fs);
+    auto r = fs->lookup(dir, name);
+    ASSERT_FALSE(r.ok()) << name;
+    EXPECT_EQ(r.error().code(), kErrCorrupted) << r.error().message();
+    EXPECT_NE(r.error().message().find("names inode " + std::to_string(freed) + ", which is not in use"),
+              std::string::npos)
+        << r.error().message();
+    // The other names of the directory still resolve.
+    EXPECT_TRUE(fs->lookup(dir, ".").ok());
+    ASSERT_TRUE(fs->close().ok());
+  }
+  expect_dumpe2fs_shows(image_, {{"Filesystem state", "clean with errors"},
+                                 {"FS Error count", "1"},
+                                 {"First error function", "lookup"},
+                                 {"First error inode #", std::to_string(dir)},
+                                 {"First error err", "EFSCORRUPTED"}});
+}
+
 // With background writeback (uext mount's default) the record reaches the
 // superblock without waiting for a sync or the close, and each error
 // found counts.

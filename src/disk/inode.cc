@@ -101,6 +101,10 @@ uint32_t inode_checksum(const Superblock& sb, uint32_t ino, Bytes raw) {
   return crc32c(crc, raw.subspan(off::kChecksumHi + 2, size - (off::kChecksumHi + 2)));
 }
 
+InodeUse peek_inode_use(Bytes raw) {
+  return InodeUse{le16(raw, off::kMode), le16(raw, off::kLinksCount), le32(raw, off::kDtime)};
+}
+
 Result<Inode> decode_inode(const Superblock& sb, uint32_t ino, Bytes raw) {
   const size_t size = sb.inode_size();
   if (raw.size() < size) {

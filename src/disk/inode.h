@@ -86,6 +86,22 @@ struct Inode {
 // fine (its mode is 0); callers judge whether the inode is in use.
 Result<Inode> decode_inode(const Superblock& sb, uint32_t ino, Bytes raw);
 
+// The fields that say whether an inode is in use, read from its slot
+// without decoding or checking the rest (see inode_in_use).
+struct InodeUse {
+  uint16_t mode = 0;
+  uint16_t links = 0;
+  uint32_t dtime = 0;
+};
+InodeUse peek_inode_use(Bytes raw);
+// Whether an inode with these fields is in use: it has a mode, and links
+// unless it is unlinked but still open (an orphan, `allow_unlinked`, whose
+// i_dtime links the orphan list). A freed inode keeps its mode and gets
+// no links and a dtime.
+inline bool inode_in_use(const InodeUse& u, bool allow_unlinked) {
+  return u.mode != 0 && !(u.links == 0 && u.dtime != 0 && !allow_unlinked);
+}
+
 // Writes `inode` into `raw` (s_inode_size bytes), leaving unknown bytes,
 // and recomputes the checksum with metadata_csum.
 void encode_inode(const Superblock& sb, uint32_t ino, const Inode& inode, MutableBytes raw);

@@ -428,6 +428,16 @@ Result<Ino> FilesystemImpl::lookup_in(const InodeRecord& dir, std::string_view n
                                                                 sb.s_inodes_count)),
                                "lookup", dir.ino, 0);
   }
+  // An entry naming a free inode is the directory's damage (ext4_lookup's
+  // "deleted inode referenced"); the inode's own damage is found when it is
+  // read, so this check records nothing else.
+  UEXT_ASSIGN_OR_RETURN(bool in_use, vol_->inode_in_use(ino, orphans_.contains(ino)));
+  if (!in_use) {
+    return vol_->found_corrupt(Error(kErrCorrupted, fmt::format("directory inode {}: entry \"{}\" names inode {}, "
+                                                                "which is not in use (deleted inode referenced)",
+                                                                dir.ino, name, ino)),
+                               "lookup", dir.ino, 0);
+  }
   return ino;
 }
 

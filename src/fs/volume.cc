@@ -371,7 +371,7 @@ Result<BlockRef> Volume::read_meta_block(uint64_t block, const char* what) {
   return cache_->get(block);
 }
 
-Result<InodeRecord> Volume::read_inode(uint32_t ino, bool allow_unlinked) {
+Result<Volume::InodeSlot> Volume::inode_slot(uint32_t ino) const {
   if (ino == 0 || ino > sb_.s_inodes_count) {
     return Error(kErrCorrupted, fmt::format("inode {} is out of range (the filesystem has {} inodes)",
                                             ino, sb_.s_inodes_count));
@@ -388,17 +388,33 @@ Result<InodeRecord> Volume::read_inode(uint32_t ino, bool allow_unlinked) {
   }
   bool csum_groups = sb_.has_metadata_csum() || sb_.has_ro_compat(disk::ro_compat::kGdtCsum);
   uint32_t index_in_group = (ino - 1) % sb_.s_inodes_per_group;
-  if (csum_groups && ((bg_flags & disk::kBgInodeUninit) ||
-                      index_in_group >= sb_.s_inodes_per_group - itable_unused)) {
+  InodeSlot slot;
+  slot.group = loc.group;
+  slot.initialised = !(csum_groups && ((bg_flags & disk::kBgInodeUninit) ||
+                                       index_in_group >= sb_.s_inodes_per_group - itable_unused));
+  slot.block = gd.bg_inode_table + loc.table_offset / block_size();
+  slot.offset = static_cast<uint32_t>(loc.table_offset % block_size());
+  return slot;
+}
+
+Result<bool> Volume::inode_in_use(uint32_t ino, bool allow_unlinked) {
+  UEXT_ASSIGN_OR_RETURN(InodeSlot where, inode_slot(ino));
+  if (!where.initialised) return false;
+  UEXT_ASSIGN_OR_RETURN(BlockRef data, read_meta_block(where.block, "inode table"));
+  auto use = disk::peek_inode_use(disk::Bytes(*data).subspan(where.offset, sb_.inode_size()));
+  return disk::inode_in_use(use, allow_unlinked);
+}
+
+Result<InodeRecord> Volume::read_inode(uint32_t ino, bool allow_unlinked) {
+  UEXT_ASSIGN_OR_RETURN(InodeSlot where, inode_slot(ino));
+  if (!where.initialised) {
     // The table slot was never initialised: the inode cannot be in use.
     return Error(kErrCorrupted, fmt::format("inode {} is not in use (group {} has not initialised it)",
-                                            ino, loc.group));
+                                            ino, where.group));
   }
-  uint32_t bs = block_size();
-  uint64_t block = gd.bg_inode_table + loc.table_offset / bs;
+  const uint64_t block = where.block;
   UEXT_ASSIGN_OR_RETURN(BlockRef data, read_meta_block(block, "inode table"));
-  uint32_t in_block = static_cast<uint32_t>(loc.table_offset % bs);
-  disk::Bytes slot = disk::Bytes(*data).subspan(in_block, sb_.inode_size());
+  disk::Bytes slot = disk::Bytes(*data).subspan(where.offset, sb_.inode_size());
 
   InodeRecord rec;
   rec.ino = ino;
@@ -412,7 +428,7 @@ Result<InodeRecord> Volume::read_inode(uint32_t ino, bool allow_unlinked) {
   }
   if (!inode.ok()) return found_corrupt(std::move(inode).error(), "read_inode", ino, block);
   rec.inode = *inode;
-  if (rec.inode.i_mode == 0 || (rec.inode.i_links_count == 0 && rec.inode.i_dtime != 0 && !allow_unlinked)) {
+  if (!disk::inode_in_use({rec.inode.i_mode, rec.inode.i_links_count, rec.inode.i_dtime}, allow_unlinked)) {
     return Error(kErrCorrupted, fmt::format("inode {} is not in use (mode {:o}, links {}, dtime {})",
                                             ino, rec.inode.i_mode, rec.inode.i_links_count,
                                             rec.inode.i_dtime));

@@ -145,9 +145,23 @@ class Volume {
   // `allow_unlinked` accepts an inode with no links whose i_dtime is set:
   // an orphan, whose i_dtime links the orphan list.
   Result<InodeRecord> read_inode(uint32_t ino, bool allow_unlinked = false);
+  // Whether inode `ino` is in use, by the same rule as read_inode, without
+  // decoding or verifying it and without recording anything: for a
+  // directory entry's check of what it names (whose damage is the
+  // entry's), before the inode itself is read and judged.
+  Result<bool> inode_in_use(uint32_t ino, bool allow_unlinked = false);
 
  private:
   Volume(std::unique_ptr<BlockDevice> device, const Options& options, const disk::Superblock& sb);
+  // Where inode `ino`'s table slot is, and whether its group initialised
+  // it (uninit_bg/metadata_csum); EUCLEAN past s_inodes_count.
+  struct InodeSlot {
+    uint32_t group = 0;
+    bool initialised = true;
+    uint64_t block = 0;
+    uint32_t offset = 0;
+  };
+  Result<InodeSlot> inode_slot(uint32_t ino) const;
   static Result<std::unique_ptr<Volume>> load(std::unique_ptr<BlockDevice> device,
                                               const Options& options);
   Status load_group_descriptors();
