@@ -35,6 +35,54 @@ PageCache::~PageCache() {
     munmap(s.map, s.map_pages * kPageSize);
     ::close(s.fd);
   }
+  for (const Arena& a : arenas_) {
+    munmap(a.map, kArenaSlots * kSlotPages * kPageSize);
+    ::close(a.fd);
+  }
+}
+
+bool PageCache::take_slot(Slot& out) {
+  std::lock_guard lock(spare_mu_);
+  if (free_slots_.empty()) {
+    if (arenas_.size() >= kMaxArenas) return false;
+    // A new arena: sparse, so only the pages written take memory.
+    const uint64_t bytes = kArenaSlots * kSlotPages * kPageSize;
+    const int fd = memfd_create("uext-page-cache-arena", MFD_CLOEXEC);
+    if (fd < 0) return false;
+    void* map = MAP_FAILED;
+    if (ftruncate(fd, static_cast<off_t>(bytes)) == 0) {
+      map = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    }
+    if (map == MAP_FAILED) {
+      ::close(fd);
+      return false;
+    }
+    arenas_.push_back({fd, static_cast<std::byte*>(map)});
+    const int64_t first = static_cast<int64_t>((arenas_.size() - 1) * kArenaSlots);
+    // Lowest slots last, so that they are taken first.
+    for (int64_t i = static_cast<int64_t>(kArenaSlots) - 1; i >= 0; --i) free_slots_.push_back(first + i);
+  }
+  const int64_t id = free_slots_.back();
+  free_slots_.pop_back();
+  const Arena& a = arenas_[static_cast<size_t>(id) / kArenaSlots];
+  const uint64_t offset = (static_cast<uint64_t>(id) % kArenaSlots) * kSlotPages * kPageSize;
+  out = Slot{id, a.fd, a.map + offset, offset};
+  return true;
+}
+
+void PageCache::give_slot(int64_t id) {
+  int fd;
+  {
+    std::lock_guard lock(spare_mu_);
+    fd = arenas_[static_cast<size_t>(id) / kArenaSlots].fd;
+  }
+  // Its pages go (the next file starts from zeros) before anyone can take
+  // it; outside the lock, as the hole punch frees them.
+  const uint64_t offset = (static_cast<uint64_t>(id) % kArenaSlots) * kSlotPages * kPageSize;
+  fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+            static_cast<off_t>(kSlotPages * kPageSize));
+  std::lock_guard lock(spare_mu_);
+  free_slots_.push_back(id);
 }
 
 bool PageCache::take_spare(SpareMemfd& out) {
@@ -67,6 +115,15 @@ CachedFile::~CachedFile() {
 }
 
 void CachedFile::release_memory() {
+  if (slot_ >= 0) {
+    cache_.give_slot(slot_);
+    slot_ = -1;
+    base_ = 0;
+    map_ = nullptr;
+    memfd_ = -1;
+    map_pages_ = memfd_pages_ = 0;
+    return;
+  }
   if (memfd_ >= 0) --cache_.open_memfds_;
   const bool pooled = memfd_ >= 0 && map_ && !ever_mapped_ && mappers_.empty() &&
                       cache_.give_spare({memfd_, map_, map_pages_});
@@ -80,7 +137,66 @@ void CachedFile::release_memory() {
   map_pages_ = memfd_pages_ = 0;
 }
 
-Status CachedFile::ensure(uint64_t end_index) {
+Status CachedFile::ensure(uint64_t end_index) { return ensure_memfd(end_index, false); }
+
+Status CachedFile::ensure_mappable(uint64_t end_index) { return ensure_memfd(end_index, true); }
+
+Status CachedFile::leave_arena() {
+  // The pages move: not under a writeback reading them.
+  wait_writeback();
+  const int old_fd = memfd_;
+  const uint64_t old_base = base_;
+  const int64_t old_slot = slot_;
+  std::byte* const old_map = map_;
+  slot_ = -1;
+  base_ = 0;
+  memfd_ = -1;
+  map_ = nullptr;
+  map_pages_ = memfd_pages_ = 0;
+  Status made = ensure_memfd(PageCache::kSlotPages, true);
+  if (made.ok()) {
+    // Copied through the descriptors, so that neither mapping faults the
+    // pages in (see copy_in).
+    std::byte page[kPageSize];
+    for (const auto& [index, p] : pages_) {
+      const off_t at = static_cast<off_t>(index * kPageSize);
+      ssize_t n = ::pread(old_fd, page, kPageSize, static_cast<off_t>(old_base) + at);
+      if (n == static_cast<ssize_t>(kPageSize)) n = ::pwrite(memfd_, page, kPageSize, at);
+      if (n != static_cast<ssize_t>(kPageSize)) {
+        const int err = n < 0 ? errno : EIO;
+        made = Error(err, fmt::format("page cache: moving inode {}'s pages to a memfd of their own: {}", ino_,
+                                      std::strerror(err)));
+        break;
+      }
+    }
+  }
+  if (!made.ok()) {
+    // Back to the slot, pages intact; the new memfd (if any) goes.
+    release_memory();
+    slot_ = old_slot;
+    base_ = old_base;
+    memfd_ = old_fd;
+    map_ = old_map;
+    map_pages_ = memfd_pages_ = PageCache::kSlotPages;
+    return made;
+  }
+  cache_.give_slot(old_slot);
+  return {};
+}
+
+Status CachedFile::ensure_memfd(uint64_t end_index, bool own) {
+  if (slot_ >= 0 && (own || end_index > PageCache::kSlotPages)) UEXT_TRY(leave_arena());
+  if (memfd_ < 0 && !own && end_index <= PageCache::kSlotPages) {
+    PageCache::Slot slot{};
+    if (cache_.take_slot(slot)) {
+      slot_ = slot.id;
+      memfd_ = slot.fd;
+      map_ = slot.map;
+      base_ = slot.fd_offset;
+      map_pages_ = memfd_pages_ = PageCache::kSlotPages;
+      return {};
+    }
+  }
   if (memfd_ < 0) {
     PageCache::SpareMemfd spare{};
     if (cache_.take_spare(spare)) {
@@ -131,9 +247,13 @@ Page& CachedFile::add(uint64_t index, bool zero) {
 }
 
 Result<size_t> CachedFile::copy_in(uint64_t offset, std::span<const std::byte> bytes) {
+  if (offset + bytes.size() > memfd_pages_ * kPageSize) {
+    return Error(EINVAL, fmt::format("page cache: copying into inode {}'s pages at byte {}: past the {} pages made "
+                                     "room for", ino_, offset, memfd_pages_));
+  }
   size_t done = 0;
   while (done < bytes.size()) {
-    ssize_t n = ::pwrite(memfd_, bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
+    ssize_t n = ::pwrite(memfd_, bytes.data() + done, bytes.size() - done, static_cast<off_t>(base_ + offset + done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       if (done > 0) break;  // a short write: what was copied stands
@@ -147,9 +267,12 @@ Result<size_t> CachedFile::copy_in(uint64_t offset, std::span<const std::byte> b
 }
 
 Status CachedFile::copy_out(uint64_t offset, std::span<std::byte> dst) const {
+  if (offset + dst.size() > memfd_pages_ * kPageSize) {
+    return Error(EIO, fmt::format("page cache: reading inode {}'s pages at byte {}: end of the memfd", ino_, offset));
+  }
   size_t done = 0;
   while (done < dst.size()) {
-    ssize_t n = ::pread(memfd_, dst.data() + done, dst.size() - done, static_cast<off_t>(offset + done));
+    ssize_t n = ::pread(memfd_, dst.data() + done, dst.size() - done, static_cast<off_t>(base_ + offset + done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       const int err = n < 0 ? errno : EIO;
@@ -252,7 +375,7 @@ uint64_t CachedFile::drop_now(uint64_t first, uint64_t end) {
   // Give the memory back (the memfd keeps its size).
   if (memfd_ >= 0 && first < memfd_pages_) {
     uint64_t stop = std::min(end, memfd_pages_);
-    fallocate(memfd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(first * kPageSize),
+    fallocate(memfd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(base_ + first * kPageSize),
               static_cast<off_t>((stop - first) * kPageSize));
   }
   return delayed;

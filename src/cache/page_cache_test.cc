@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -75,6 +76,67 @@ TEST(PageCacheCopy, CopyOutReadsWhatCopyInWroteWithoutMappingIt) {
   s = f->copy_out(1u << 30, past);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.error().message().find("inode 7"), std::string::npos) << s.error().message();
+}
+
+// Small files share an arena memfd, a slot each: their bytes stay apart,
+// a copy past the slot is refused rather than spilling into the next one,
+// a file growing past its slot or about to be mapped moves to a memfd of
+// its own with its bytes, and a slot given back reads as zeros to the next
+// file.
+TEST(PageCacheArena, SmallFilesShareAMemfdAndMoveOutWhole) {
+  PageCache cache(bounded(1024));
+  auto fill = [](std::shared_ptr<CachedFile>& f, uint64_t pages, int value) {
+    std::lock_guard lock(f->mu);
+    ASSERT_TRUE(f->ensure(pages).ok());
+    for (uint64_t i = 0; i < pages; ++i) f->add(i, false);
+    std::vector<std::byte> bytes(pages * kPageSize, std::byte(value));
+    auto n = f->copy_in(0, bytes);
+    ASSERT_TRUE(n.ok()) << n.error().message();
+  };
+  auto holds = [](std::shared_ptr<CachedFile>& f, uint64_t pages, int value) {
+    std::lock_guard lock(f->mu);
+    std::vector<std::byte> out(pages * kPageSize);
+    Status s = f->copy_out(0, out);
+    EXPECT_TRUE(s.ok()) << s.error().message();
+    return std::all_of(out.begin(), out.end(), [&](std::byte b) { return b == std::byte(value); });
+  };
+  auto a = cache.get(1, true), b = cache.get(2, true);
+  fill(a, 3, 0xaa);
+  fill(b, 2, 0xbb);
+  CachedFile::Source sa = a->source(), sb = b->source();
+  EXPECT_EQ(sa.fd, sb.fd) << "one arena";
+  EXPECT_NE(sa.fd_offset, sb.fd_offset);
+  EXPECT_TRUE(holds(a, 3, 0xaa));
+  EXPECT_TRUE(holds(b, 2, 0xbb));
+  {
+    std::lock_guard lock(a->mu);
+    std::vector<std::byte> too_far(kPageSize);
+    EXPECT_FALSE(a->copy_in(16 * kPageSize, too_far).ok()) << "past the slot";
+    EXPECT_FALSE(a->copy_out(16 * kPageSize, too_far).ok());
+    // Growing past the slot: a memfd of its own, pages at file offsets.
+    ASSERT_TRUE(a->ensure(40).ok());
+    EXPECT_NE(a->source().fd, sb.fd);
+    EXPECT_EQ(a->source().fd_offset, 0u);
+  }
+  EXPECT_TRUE(holds(a, 3, 0xaa)) << "moved with its bytes";
+  EXPECT_TRUE(holds(b, 2, 0xbb)) << "the neighbour untouched";
+  {
+    std::lock_guard lock(b->mu);
+    ASSERT_TRUE(b->ensure_mappable(2).ok());
+    EXPECT_EQ(b->source().fd_offset, 0u);
+    EXPECT_EQ(b->memfd(), b->source().fd);
+    EXPECT_NE(b->memfd(), sa.fd);
+  }
+  EXPECT_TRUE(holds(b, 2, 0xbb));
+  // a's old slot went back emptied: the next small file reads zeros there.
+  auto c = cache.get(3, true);
+  {
+    std::lock_guard lock(c->mu);
+    ASSERT_TRUE(c->ensure(3).ok());
+    for (uint64_t i = 0; i < 3; ++i) c->add(i, false);
+  }
+  EXPECT_EQ(c->source().fd, sa.fd);
+  EXPECT_TRUE(holds(c, 3, 0));
 }
 
 // Eviction no longer passes over a file with a writeback in flight: it

@@ -224,7 +224,7 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   uint32_t writeback_credits(const InodeRecord& rec, const WritebackChunk& c);
   Result<std::vector<BlockRun>> map_for_writeback(journal::Handle& h, InodeRecord& rec, cache::CachedFile& file,
                                                   const WritebackChunk& c);
-  Status write_mapped_runs(const std::byte* file_bytes, int memfd, const std::vector<BlockRun>& runs);
+  Status write_mapped_runs(const cache::CachedFile::Source& pages, const std::vector<BlockRun>& runs);
   // A data write into blocks a handle has just mapped failed: with
   // Options::data_err_abort the journal aborts before that handle stops.
   // Returns `failure`.

@@ -267,7 +267,7 @@ Result<std::unique_ptr<Mapping>> Mapper::map(MapRequest request) {
   std::unique_lock file_lock(file.mu);
   // The memfd covers the whole mapping, so that pages past the end of the
   // file fault (and get SIGBUS from the pager) rather than the kernel's.
-  UEXT_TRY(file.ensure(end));
+  UEXT_TRY(file.ensure_mappable(end));
   const int prot = mode_ == FaultHandling::kSignal ? PROT_NONE : native_prot(request.prot);
   const int flags = (request.flags & kMapShared) ? MAP_SHARED : MAP_PRIVATE;
   void* base = ::mmap(nullptr, length, prot, flags, file.memfd(), static_cast<off_t>(request.offset));
