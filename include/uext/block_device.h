@@ -10,6 +10,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "uext/status.h"
 
@@ -33,6 +34,18 @@ class BlockDevice {
     (void)fd;
     (void)fd_offset;
     return write_data(offset, buf);
+  }
+  // Writes `pieces` one after another from `offset`, as one write() of
+  // their concatenation would (and, by default, is): the journal writes its
+  // log and checkpoint from the cached block versions without first copying
+  // them together, where a device can take them as they are (pwritev).
+  virtual Status write_gather(uint64_t offset, std::span<const std::span<const std::byte>> pieces) {
+    size_t total = 0;
+    for (const auto& p : pieces) total += p.size();
+    std::vector<std::byte> joined;
+    joined.reserve(total);
+    for (const auto& p : pieces) joined.insert(joined.end(), p.begin(), p.end());
+    return write(offset, joined);
   }
   // Makes every completed write durable.
   virtual Status flush() = 0;

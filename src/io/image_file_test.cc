@@ -3,8 +3,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -73,6 +76,34 @@ TEST_F(ImageFileTest, WriteDataFromFileCopiesTheMemfdBytes) {
   EXPECT_EQ(read_image(5u << 20, len), bytes);
   EXPECT_EQ(read_image((5u << 20) - 4096, 4096), std::vector<std::byte>(4096));
   EXPECT_EQ(read_image(6u << 20, 4096), std::vector<std::byte>(4096));
+}
+
+// write_gather lays its pieces one after another, as write() of their
+// concatenation: more pieces than one pwritev takes (IOV_MAX), pieces of
+// odd and zero sizes; past the end of the image it fails naming the
+// offset, writing nothing; direct_io joins them and writes the same bytes.
+TEST_F(ImageFileTest, WriteGatherWritesThePiecesInOrder) {
+  for (bool direct : {false, true}) {
+    SCOPED_TRACE(direct ? "direct_io" : "buffered");
+    auto dev = open_image_file(path_, {.read_only = false, .direct_io = direct});
+    ASSERT_TRUE(dev.ok()) << dev.error().message();
+    const auto all = pattern(3000 * 4096 + 4096, direct ? 9 : 8);
+    std::vector<std::span<const std::byte>> pieces;
+    size_t at = 0;
+    for (size_t i = 0; at < all.size(); ++i) {
+      const size_t len = std::min(all.size() - at, i % 7 == 3 ? size_t{0} : i % 5 == 0 ? size_t{8192} : size_t{4096});
+      pieces.emplace_back(all.data() + at, len);
+      at += len;
+    }
+    ASSERT_GT(pieces.size(), size_t{IOV_MAX});
+    ASSERT_TRUE((*dev)->write_gather(1u << 20, pieces).ok());
+    EXPECT_EQ(read_image(1u << 20, all.size()), all);
+    Status past = (*dev)->write_gather(kImageBytes - 4096, pieces);
+    ASSERT_FALSE(past.ok());
+    EXPECT_NE(past.error().message().find(std::to_string(kImageBytes - 4096)), std::string::npos)
+        << past.error().message();
+    EXPECT_EQ(read_image(kImageBytes - 4096, 4096), std::vector<std::byte>(4096));
+  }
 }
 
 // Small and unaligned writes come from the memfd too (into the host's

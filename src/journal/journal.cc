@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
+#include <deque>
 
 #include "base/quiet_thread.h"
 
@@ -344,7 +345,11 @@ uint32_t Journal::log_free() const {
 Status Journal::write_transaction(const Transaction& tx, const std::vector<buffer::BlockRef>& versions) {
   const uint32_t bs = block_size_;
   const uint32_t tid = tx.tid;
-  std::vector<std::byte> log;  // descriptor and data blocks, in log order
+  // The log's blocks in order: descriptors, revoke blocks and escaped
+  // copies live in `owned` (a deque: its elements never move); the data
+  // blocks are the cached versions themselves, written without a copy.
+  std::deque<std::vector<std::byte>> owned;
+  std::vector<std::span<const std::byte>> log;
   size_t tag = format_.tag_bytes();
   size_t usable = format_.usable_bytes();
 
@@ -355,17 +360,19 @@ Status Journal::write_transaction(const Transaction& tx, const std::vector<buffe
     disk::DescriptorBlock desc;
     desc.header = {disk::kJbd2Magic, disk::kJbd2DescriptorBlock, tid};
     size_t used = disk::kJbd2HeaderSize;
-    std::vector<std::vector<std::byte>> data;
+    std::vector<std::span<const std::byte>> data;
     while (index < versions.size()) {
       size_t need = tag + (desc.tags.empty() ? 16 : 0);
       if (used + need > usable) break;
-      std::vector<std::byte> copy(*versions[index]);
+      std::span<const std::byte> block(*versions[index]);
       disk::JournalBlockTag t;
       t.t_blocknr = *blocks_it;
       // A block that starts with the journal magic would read as a journal
-      // block on replay: log it with the magic zeroed, flagged as escaped.
-      if (disk::be32(copy, 0) == disk::kJbd2Magic) {
+      // block on replay: log a copy with the magic zeroed, flagged as escaped.
+      if (disk::be32(block, 0) == disk::kJbd2Magic) {
+        std::vector<std::byte>& copy = owned.emplace_back(block.begin(), block.end());
         disk::put_be32(copy, 0, 0);
+        block = copy;
         t.t_flags |= disk::kJbd2FlagEscape;
       }
       if (desc.tags.empty()) {
@@ -373,18 +380,18 @@ Status Journal::write_transaction(const Transaction& tx, const std::vector<buffe
       } else {
         t.t_flags |= disk::kJbd2FlagSameUuid;
       }
-      t.t_checksum = disk::tag_checksum(format_, tid, copy);
+      t.t_checksum = disk::tag_checksum(format_, tid, block);
       desc.tags.push_back(t);
-      data.push_back(std::move(copy));
+      data.push_back(block);
       used += need;
       ++index;
       ++blocks_it;
     }
     desc.tags.back().t_flags |= disk::kJbd2FlagLastTag;
-    size_t at = log.size();
-    log.resize(at + bs);
-    UEXT_TRY(disk::encode_descriptor_block(desc, format_, std::span(log).subspan(at, bs)));
-    for (auto& d : data) log.insert(log.end(), d.begin(), d.end());
+    std::vector<std::byte>& descriptor = owned.emplace_back(bs);
+    UEXT_TRY(disk::encode_descriptor_block(desc, format_, descriptor));
+    log.push_back(descriptor);
+    log.insert(log.end(), data.begin(), data.end());
   }
   if (!tx.revoked.empty()) {
     std::vector<uint64_t> all(tx.revoked.begin(), tx.revoked.end());
@@ -393,9 +400,9 @@ Status Journal::write_transaction(const Transaction& tx, const std::vector<buffe
       disk::RevokeBlock r;
       r.header = {disk::kJbd2Magic, disk::kJbd2RevokeBlock, tid};
       r.blocks.assign(all.begin() + i, all.begin() + std::min(all.size(), i + per));
-      size_t at = log.size();
-      log.resize(at + bs);
-      UEXT_TRY(disk::encode_revoke_block(r, format_, std::span(log).subspan(at, bs)));
+      std::vector<std::byte>& revoke = owned.emplace_back(bs);
+      UEXT_TRY(disk::encode_revoke_block(r, format_, revoke));
+      log.push_back(revoke);
     }
   }
 
@@ -419,12 +426,13 @@ Status Journal::write_transaction(const Transaction& tx, const std::vector<buffe
     c.h_chksum_size = 4;
   }
   disk::encode_commit_block(c, format_, commit);
-  uint32_t log_blocks = static_cast<uint32_t>(log.size() / bs);
+  uint32_t log_blocks = static_cast<uint32_t>(log.size());
   uint32_t commit_at = start;
   for (uint32_t i = 0; i < log_blocks; ++i) {
     if (++commit_at == jsb_.log_end()) commit_at = jsb_.s_first;
   }
-  UEXT_TRY(write_log_blocks(commit_at, commit));
+  const std::span<const std::byte> commit_block(commit);
+  UEXT_TRY(write_log_blocks(commit_at, std::span(&commit_block, 1)));
   UEXT_TRY(device_.flush());
 
   head_ = commit_at + 1 == jsb_.log_end() ? jsb_.s_first : commit_at + 1;
@@ -436,9 +444,9 @@ Status Journal::write_transaction(const Transaction& tx, const std::vector<buffe
   return {};
 }
 
-Status Journal::write_log_blocks(uint32_t first_log_block, const std::vector<std::byte>& bytes) {
+Status Journal::write_log_blocks(uint32_t first_log_block, std::span<const std::span<const std::byte>> blocks) {
   const uint32_t bs = block_size_;
-  size_t count = bytes.size() / bs;
+  size_t count = blocks.size();
   size_t i = 0;
   uint32_t log_block = first_log_block;
   while (i < count) {
@@ -452,7 +460,7 @@ Status Journal::write_log_blocks(uint32_t first_log_block, const std::vector<std
       if (!next || *next != *phys + run) break;
       ++run;
     }
-    UEXT_TRY(device_.write(*phys * bs, std::span(bytes).subspan(i * bs, run * bs)));
+    UEXT_TRY(device_.write_gather(*phys * bs, blocks.subspan(i, run)));
     i += run;
     log_block += static_cast<uint32_t>(run);
     if (log_block >= jsb_.log_end()) log_block = jsb_.s_first;
@@ -510,18 +518,19 @@ void Journal::record_abort(int code) {
 
 Status Journal::write_home(const std::map<uint64_t, buffer::BlockRef>& blocks) {
   const uint32_t bs = block_size_;
-  // Blocks are sorted: coalesce neighbours into one write.
+  // Blocks are sorted: neighbours go in one write, from the versions
+  // themselves.
   auto it = blocks.begin();
-  std::vector<std::byte> run;
+  std::vector<std::span<const std::byte>> run;
   while (it != blocks.end()) {
     uint64_t first = it->first;
-    run.assign(it->second->begin(), it->second->end());
+    run.assign(1, *it->second);
     auto next = std::next(it);
-    while (next != blocks.end() && next->first == first + run.size() / bs) {
-      run.insert(run.end(), next->second->begin(), next->second->end());
+    while (next != blocks.end() && next->first == first + run.size()) {
+      run.push_back(*next->second);
       ++next;
     }
-    UEXT_TRY(device_.write(first * bs, run));
+    UEXT_TRY(device_.write_gather(first * bs, run));
     it = next;
   }
   return {};

@@ -219,7 +219,9 @@ class Journal {
   // open turns it into the superblock's "with errors" state
   // (recorded_errno).
   void record_abort(int code);
-  Status write_log_blocks(uint32_t first_log_block, const std::vector<std::byte>& bytes);
+  // Writes log blocks (block_size bytes each) from `first_log_block` on,
+  // wrapping at the log's end.
+  Status write_log_blocks(uint32_t first_log_block, std::span<const std::span<const std::byte>> blocks);
   uint32_t log_blocks_needed(const Transaction& tx) const;
   // Log blocks for n logged blocks and r revoke records: descriptors, the
   // blocks, revoke blocks and the commit block.
