@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <optional>
 #include <utility>
@@ -120,17 +122,26 @@ Result<bool> BlockAllocator::try_group(journal::Handle& handle, uint32_t g, cons
     for (const Window& w : *q.avoid) mark(w.first, w.end());
   }
   if (!view.empty()) search = view;
+  // Nothing is free below the group's floor: the searches start there.
+  const uint32_t floor = groups_.first_free_block(g);
+#ifdef UEXT_DEBUG_CHECKS
+  if (uint32_t z = bits::next_zero(map.bytes, 0, floor); z < floor) {
+    std::fprintf(stderr, "uext: group %u: block %u is free below the group's floor %u\n", g, z, floor);
+    std::abort();
+  }
+#endif
+  const uint32_t from = std::max(q.from, floor);
   Run run;
   if (q.whole) {
-    uint32_t s = find_run(search, q.from, limit, q.search);
+    uint32_t s = find_run(search, from, limit, q.search);
     if (q.exact && s != q.from) return false;
-    if (s >= limit && q.from > 0) s = find_run(search, 0, limit, q.search);
+    if (s >= limit && q.from > floor) s = find_run(search, floor, limit, q.search);
     if (s >= limit) return false;
     run = {s, q.want};
   } else {
-    run = longest_run(search, q.from, limit, q.want);
-    if (run.length < q.want && q.from > 0) {
-      Run before = longest_run(search, 0, q.from, q.want);
+    run = longest_run(search, from, limit, q.want);
+    if (run.length < q.want && q.from > floor) {
+      Run before = longest_run(search, floor, q.from, q.want);
       if (before.length > run.length) run = before;
     }
     // Only busy blocks (or windows, which the caller drops) left.

@@ -260,6 +260,14 @@ Status GroupBitmaps::store_block_bitmap(journal::Handle& handle, uint32_t g, con
     }));
   }
   state_[g].free_blocks.fetch_add(static_cast<uint32_t>(delta));
+  std::atomic<uint32_t>& floor = state_[g].first_free_block;
+  if (delta < 0) {
+    // Only bits set since: the first clear one is at or after the old floor.
+    floor.store(bits::next_zero(map.bytes, floor.load(std::memory_order_relaxed), blocks_in_group(g)),
+                std::memory_order_relaxed);
+  } else {
+    floor.store(0, std::memory_order_relaxed);
+  }
   return {};
 }
 
