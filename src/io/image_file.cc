@@ -80,9 +80,9 @@ class ImageFile final : public BlockDevice {
     while (first < iov.size()) {
       const int count = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
       ssize_t n = ::pwritev(fd_, iov.data() + first, count, static_cast<off_t>(at));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        const int err = errno;
+      if (n <= 0) {
+        if (n < 0 && errno == EINTR) continue;
+        const int err = n < 0 ? errno : EIO;  // nothing written: never loop on it
         return Error(err, path_ + ": write at offset " + std::to_string(at) + ": " + errno_text(err));
       }
       at += static_cast<uint64_t>(n);
