@@ -65,6 +65,21 @@ class Corruption : public ::testing::Test {
   }
 
   uint64_t gdt_offset() const { return (bs_ == 1024 ? 2 : 1) * bs_; }
+  // The first entry after "." and ".." in a directory's first block: its
+  // byte offset in the image and its name.
+  struct Entry {
+    uint64_t at;
+    std::string name;
+  };
+  Entry third_entry(const std::string& dir) {
+    const uint64_t block = first_block(dir);
+    const std::string b = read_bytes(image_, block * bs_, 64);
+    uint64_t third = le16(b, 4);
+    third += le16(b, third + 4);
+    const uint64_t at = block * bs_ + third;
+    const std::string head = read_bytes(image_, at, 8);
+    return {at, read_bytes(image_, at + 8, static_cast<uint8_t>(head[6]))};
+  }
   uint64_t first_block(const std::string& path) {
     std::string out = debugfs(image_, "blocks \"" + path + "\"");
     auto t = std::stoull(out.substr(0, out.find_first_of(" \n")));
@@ -416,11 +431,7 @@ TEST_F(Corruption, DirectoryBlocks) {
 
 TEST_F(Corruption, DirectoryBlockChecksum) {
   use("ext4-4k");
-  uint64_t block = first_block("/links/hl");
-  std::string b = read_bytes(image_, block * bs_, 64);
-  uint64_t third = le16(b, 4);
-  third += le16(b, third + 4);
-  flip_bit(image_, block * bs_ + third + 8, 1);  // a letter of a name
+  flip_bit(image_, third_entry("/links/hl").at + 8, 1);  // a letter of a name
   check("directory block bit flip (a name)", true, {{"checksum"}}, "", false);
   GuardedResult r = run_uext({"ls", image_, "/links/hl"});
   EXPECT_EQ(1, r.exit_code) << r.describe();
@@ -435,10 +446,7 @@ TEST_F(Corruption, FoundByAReadWriteOpenIsRecordedInTheSuperblock) {
   use("ext4-4k");
   const uint64_t block = first_block("/links/hl");
   const uint32_t dir = inode_number(image_, "/links/hl");
-  std::string b = read_bytes(image_, block * bs_, 64);
-  uint64_t third = le16(b, 4);
-  third += le16(b, third + 4);
-  flip_bit(image_, block * bs_ + third + 8, 1);  // a letter of a name: the checksum fails
+  flip_bit(image_, third_entry("/links/hl").at + 8, 1);  // a letter of a name: the checksum fails
   {
     Options ro;
     ro.read_only = true;
@@ -475,14 +483,9 @@ TEST_F(Corruption, FoundByAReadWriteOpenIsRecordedInTheSuperblock) {
 // recorded (function "lookup", the directory), as ext4's lookup records it.
 TEST_F(Corruption, AnEntryNamingAnImpossibleInodeIsRecorded) {
   use("ext4-4k-nocsum");  // no checksum to give the damage away first
-  const uint64_t block = first_block("/links/hl");
   const uint32_t dir = inode_number(image_, "/links/hl");
-  std::string b = read_bytes(image_, block * bs_, 64);
-  uint64_t third = le16(b, 4);
-  third += le16(b, third + 4);
-  const std::string entry = read_bytes(image_, block * bs_ + third, 8);
-  const std::string name = read_bytes(image_, block * bs_ + third + 8, static_cast<uint8_t>(entry[6]));
-  write_bytes(image_, block * bs_ + third, std::string("\xf0\xff\xff\x7f", 4));
+  const auto [at, name] = third_entry("/links/hl");
+  write_bytes(image_, at, std::string("\xf0\xff\xff\x7f", 4));
   {
     auto fs = open_writable(image_);
     ASSERT_TRUE(fs);
@@ -503,13 +506,8 @@ TEST_F(Corruption, AnEntryNamingAnImpossibleInodeIsRecorded) {
 // referenced" (the cleared inode's own checksum is not reported as well).
 TEST_F(Corruption, AnEntryNamingAFreedInodeIsRecordedOnce) {
   use("ext4-4k");
-  const uint64_t block = first_block("/links/hl");
   const uint32_t dir = inode_number(image_, "/links/hl");
-  std::string b = read_bytes(image_, block * bs_, 64);
-  uint64_t third = le16(b, 4);
-  third += le16(b, third + 4);
-  const std::string entry = read_bytes(image_, block * bs_ + third, 8);
-  const std::string name = read_bytes(image_, block * bs_ + third + 8, static_cast<uint8_t>(entry[6]));
+  const std::string name = third_entry("/links/hl").name;
   const uint32_t freed = inode_number(image_, "/links/hl/" + name);
   run_ok({"debugfs", "-w", "-R", "clri <" + std::to_string(freed) + ">", image_});
   {
