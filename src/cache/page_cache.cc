@@ -29,7 +29,9 @@ PageCache::PageCache(const CacheOptions& options) : options_(options) {
 
 PageCache::~PageCache() {
   // The files first: each gives its memfd back to the pool, which must
-  // still be there.
+  // still be there. Their arena slots are not punched one by one: the
+  // arenas close just below.
+  closing_ = true;
   files_.clear();
   for (const SpareMemfd& s : spares_) {
     munmap(s.map, s.map_pages * kPageSize);
@@ -71,6 +73,7 @@ bool PageCache::take_slot(Slot& out) {
 }
 
 void PageCache::give_slot(int64_t id) {
+  if (closing_) return;
   int fd;
   {
     std::lock_guard lock(spare_mu_);
@@ -117,11 +120,7 @@ CachedFile::~CachedFile() {
 void CachedFile::release_memory() {
   if (slot_ >= 0) {
     cache_.give_slot(slot_);
-    slot_ = -1;
-    base_ = 0;
-    map_ = nullptr;
-    memfd_ = -1;
-    map_pages_ = memfd_pages_ = 0;
+    forget_memory();
     return;
   }
   if (memfd_ >= 0) --cache_.open_memfds_;
@@ -132,6 +131,12 @@ void CachedFile::release_memory() {
     if (memfd_ >= 0) ::close(memfd_);
   }
   ever_mapped_ = false;
+  forget_memory();
+}
+
+void CachedFile::forget_memory() {
+  slot_ = -1;
+  base_ = 0;
   map_ = nullptr;
   memfd_ = -1;
   map_pages_ = memfd_pages_ = 0;
@@ -148,11 +153,7 @@ Status CachedFile::leave_arena() {
   const uint64_t old_base = base_;
   const int64_t old_slot = slot_;
   std::byte* const old_map = map_;
-  slot_ = -1;
-  base_ = 0;
-  memfd_ = -1;
-  map_ = nullptr;
-  map_pages_ = memfd_pages_ = 0;
+  forget_memory();
   Status made = ensure_memfd(PageCache::kSlotPages, true);
   if (made.ok()) {
     // Copied through the descriptors, so that neither mapping faults the
@@ -268,7 +269,8 @@ Result<size_t> CachedFile::copy_in(uint64_t offset, std::span<const std::byte> b
 
 Status CachedFile::copy_out(uint64_t offset, std::span<std::byte> dst) const {
   if (offset + dst.size() > memfd_pages_ * kPageSize) {
-    return Error(EIO, fmt::format("page cache: reading inode {}'s pages at byte {}: end of the memfd", ino_, offset));
+    return Error(EIO, fmt::format("page cache: reading inode {}'s pages at byte {}: {}", ino_, offset,
+                                  memfd_ < 0 ? "the file has no pages" : "past the end of its memfd"));
   }
   size_t done = 0;
   while (done < dst.size()) {

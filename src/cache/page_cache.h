@@ -203,6 +203,8 @@ class CachedFile {
   // Lets the memfd and mapping go (no pages left): back to the cache's
   // pool when nothing else may still see them, else closed.
   void release_memory();
+  // Forgets the memfd, slot and mapping (already given back or closed).
+  void forget_memory();
   // Forgets every page of a file with nothing dirty, in flight or mapped,
   // and lets its memory go; cheaper than dropping the pages run by run.
   void discard_clean();
@@ -325,6 +327,7 @@ class PageCache {
   };
   std::vector<Arena> arenas_;          // under spare_mu_
   std::vector<int64_t> free_slots_;    // under spare_mu_
+  bool closing_ = false;               // set by ~PageCache: slots are not given back
 };
 
 template <typename Fn>
