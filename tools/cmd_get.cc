@@ -28,16 +28,8 @@ struct GetOptions {
   bool force = false;
 };
 
-constexpr size_t kChunk = 8u << 20;
+constexpr size_t kGetChunk = 8u << 20;
 constexpr uint32_t kInlineDataFlag = 0x10000000;  // EXT4_INLINE_DATA_FL
-
-std::string join_host_path(const std::string& dir, std::string_view name) {
-  std::string out = dir;
-  while (out.size() > 1 && out.back() == '/') out.pop_back();
-  if (out.empty() || out.back() != '/') out += '/';
-  out += name;
-  return out;
-}
 
 // An errno from the host that means "this host will not store that", which
 // cp -a also treats as a warning.
@@ -197,7 +189,7 @@ class Copier {
   }
 
   std::byte* buffer() {
-    if (!buf_) buf_ = std::make_unique_for_overwrite<std::byte[]>(kChunk);
+    if (!buf_) buf_ = std::make_unique_for_overwrite<std::byte[]>(kGetChunk);
     return buf_.get();
   }
 
@@ -242,7 +234,7 @@ class Copier {
     for (auto [start, end] : ranges) {
       uint64_t off = start;
       while (ok && off < end) {
-        size_t want = static_cast<size_t>(std::min<uint64_t>(kChunk, end - off));
+        size_t want = static_cast<size_t>(std::min<uint64_t>(kGetChunk, end - off));
         auto n = fs_.read(ino, off, std::span<std::byte>(buf, want));
         if (!n) {
           fail_image(src, n.error());

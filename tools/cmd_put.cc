@@ -32,15 +32,7 @@ struct PutOptions {
 };
 
 // Big writes: each write() is one journal handle and one extent update.
-constexpr size_t kChunk = 1u << 20;
-
-std::string join_host_path(const std::string& dir, std::string_view name) {
-  std::string out = dir;
-  while (out.size() > 1 && out.back() == '/') out.pop_back();
-  if (out.empty() || out.back() != '/') out += '/';
-  out += name;
-  return out;
-}
+constexpr size_t kPutChunk = 1u << 20;
 
 // Errors after which going on would only repeat the same failure for every
 // file left (the image is full, damaged or unwritable).
@@ -265,7 +257,7 @@ class Putter {
   }
 
   std::byte* buffer() {
-    if (!buf_) buf_ = std::make_unique_for_overwrite<std::byte[]>(kChunk);
+    if (!buf_) buf_ = std::make_unique_for_overwrite<std::byte[]>(kPutChunk);
     return buf_.get();
   }
 
@@ -299,7 +291,7 @@ class Putter {
       uint64_t end = std::min<uint64_t>(static_cast<uint64_t>(hole), size);
       uint64_t off = static_cast<uint64_t>(data);
       while (off < end) {
-        size_t want = static_cast<size_t>(std::min<uint64_t>(kChunk, end - off));
+        size_t want = static_cast<size_t>(std::min<uint64_t>(kPutChunk, end - off));
         ssize_t n = ::pread(fd, buf, want, static_cast<off_t>(off));
         if (n < 0) {
           if (errno == EINTR) continue;

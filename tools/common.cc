@@ -140,6 +140,14 @@ std::string join_image_path(std::string_view dir, std::string_view name) {
   return out;
 }
 
+std::string join_host_path(const std::string& dir, std::string_view name) {
+  std::string out = dir;
+  while (out.size() > 1 && out.back() == '/') out.pop_back();
+  if (out.empty() || out.back() != '/') out += '/';
+  out += name;
+  return out;
+}
+
 std::string image_basename(std::string_view path) {
   while (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
   if (path == "/" || path.empty()) return "/";

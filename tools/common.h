@@ -62,6 +62,8 @@ std::string trim_trailing_slashes(std::string_view path);
 std::string absolute_image_path(std::string_view path);
 // "/a" + "b" = "/a/b", "/" + "b" = "/b".
 std::string join_image_path(std::string_view dir, std::string_view name);
+// The same for a host path, whose trailing slashes are dropped first.
+std::string join_host_path(const std::string& dir, std::string_view name);
 // Last component of an image path ("/" for the root).
 std::string image_basename(std::string_view path);
 
