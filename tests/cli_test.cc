@@ -6,12 +6,12 @@
 
 #include <algorithm>
 #include <map>
-#include <regex>
 #include <set>
 #include <sstream>
 
 #include "support/images.h"
 #include "support/tree.h"
+#include "support/regex.h"
 
 namespace uext::testing {
 namespace {
@@ -158,18 +158,17 @@ TEST_F(Cli, LsHidesDotfilesUnlessAskedAndShowsInodes) {
 }
 
 TEST_F(Cli, StatAgreesWithGnuStat) {
-  std::regex size_re(R"(Size:\s*(\d+))"), inode_re(R"(Inode:\s*(\d+))"), links_re(R"(Links:\s*(\d+))"),
+  Regex size_re(R"(Size:\s*(\d+))"), inode_re(R"(Inode:\s*(\d+))"), links_re(R"(Links:\s*(\d+))"),
       access_re(R"(Access:\s*\((\d+)/([-a-zA-Z]+)\))"), uid_re(R"(Uid:\s*\(\s*(\d+))"),
       gid_re(R"(Gid:\s*\(\s*(\d+))"),
       time_re(R"((Access|Modify|Change):\s*(-?\d+-\d\d-\d\d \d\d:\d\d:\d\d\.\d{9}))");
-  auto grab = [](const std::string& text, const std::regex& re, int group = 1) {
-    std::smatch m;
-    return std::regex_search(text, m, re) ? m[group].str() : std::string("(none)");
+  auto grab = [](const std::string& text, const Regex& re, int group = 1) {
+    RegexMatch m;
+    return regex_search(text, m, re) ? m[group].str() : std::string("(none)");
   };
   auto times = [&](const std::string& text) {
     std::map<std::string, std::string> t;
-    for (auto it = std::sregex_iterator(text.begin(), text.end(), time_re); it != std::sregex_iterator(); ++it)
-      t[(*it)[1]] = (*it)[2];
+    for (const auto& m : regex_find_all(text, time_re)) t[m[1]] = m[2];
     return t;
   };
   for (std::string p : {"sizes/f4097", "sizes", "links/sym100", "modes/setuid", "modes/sticky", "special/null",

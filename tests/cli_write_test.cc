@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <memory>
-#include <regex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -18,6 +17,7 @@
 #include "support/images.h"
 #include "support/process.h"
 #include "support/tree.h"
+#include "support/regex.h"
 
 namespace uext::testing {
 namespace {
@@ -80,21 +80,21 @@ Probe probe(const std::string& image, const std::string& path) {
   GuardedResult r = run_uext({"stat", image, path});
   if (r.exit_code != 0) return p;
   p.exists = true;
-  std::smatch m;
+  RegexMatch m;
   const std::string& s = r.out;
-  if (std::regex_search(s, m, std::regex(R"(Size:\s*(\d+)\s+Blocks:\s*\d+\s+IO Block:\s*\d+\s+(.*)\n)"))) {
+  if (regex_search(s, m, Regex(R"(Size:\s*(\d+)\s+Blocks:\s*\d+\s+IO Block:\s*\d+\s+(.*)\n)"))) {
     p.size = std::stoull(m[1]);
     p.type = m[2];
     if (p.type == "regular empty file") p.type = "regular file";
   }
-  if (std::regex_search(s, m, std::regex(R"(Inode:\s*(\d+)\s+Links:\s*(\d+))"))) {
+  if (regex_search(s, m, Regex(R"(Inode:\s*(\d+)\s+Links:\s*(\d+))"))) {
     p.ino = std::stoull(m[1]);
     p.links = std::stoull(m[2]);
   }
-  if (std::regex_search(s, m, std::regex(R"(Access:\s*\((\d+)/)"))) p.mode = std::stoul(m[1], nullptr, 8);
-  if (std::regex_search(s, m, std::regex(R"(Uid:\s*\(\s*(\d+)/)"))) p.uid = std::stoul(m[1]);
-  if (std::regex_search(s, m, std::regex(R"(Gid:\s*\(\s*(\d+)/)"))) p.gid = std::stoul(m[1]);
-  if (std::regex_search(s, m, std::regex(R"(File: .* -> (.*)\n)"))) p.target = m[1];
+  if (regex_search(s, m, Regex(R"(Access:\s*\((\d+)/)"))) p.mode = std::stoul(m[1], nullptr, 8);
+  if (regex_search(s, m, Regex(R"(Uid:\s*\(\s*(\d+)/)"))) p.uid = std::stoul(m[1]);
+  if (regex_search(s, m, Regex(R"(Gid:\s*\(\s*(\d+)/)"))) p.gid = std::stoul(m[1]);
+  if (regex_search(s, m, Regex(R"(File: .* -> (.*)\n)"))) p.target = m[1];
   return p;
 }
 
@@ -224,8 +224,8 @@ TEST_F(CliWrite, PutFollowsCpSemantics) {
   ok({"put", img, source() + "/sparse", "/"});
   GuardedResult st = run_uext({"stat", img, "/sparse/far"});
   ASSERT_EQ(0, st.exit_code) << st.describe();
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(st.out, m, std::regex(R"(Blocks:\s*(\d+))"))) << st.out;
+  RegexMatch m;
+  ASSERT_TRUE(regex_search(st.out, m, Regex(R"(Blocks:\s*(\d+))"))) << st.out;
   EXPECT_LT(std::stoull(m[1]), 200u) << "5 GiB sparse file with 10 KB of data: " << st.out;
   // Usage errors.
   fails({"put", img, source()}, 2, {});

@@ -9,7 +9,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <regex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -18,6 +17,7 @@
 #include "support/tree.h"
 #include "support/writable.h"
 #include "uext/filesystem.h"
+#include "support/regex.h"
 
 namespace uext::testing {
 namespace {
@@ -87,9 +87,9 @@ class Corruption : public ::testing::Test {
   }
   uint64_t stat_block(const std::string& path, const std::string& re_text) {
     std::string out = debugfs(image_, "stat \"" + path + "\"");
-    std::smatch m;
-    std::regex re(re_text);
-    if (!std::regex_search(out, m, re)) {
+    RegexMatch m;
+    Regex re(re_text);
+    if (!regex_search(out, m, re)) {
       ADD_FAILURE() << "debugfs stat " << path << ": no match for " << re_text << "\n" << out.substr(0, 1500);
       return 0;
     }
@@ -222,10 +222,10 @@ TEST_F(Corruption, GroupDescriptorChecksum) {
 TEST_F(Corruption, BitmapsDoNotMatterForReading) {
   use("ext4-4k-nocsum");
   std::string out = run({"dumpe2fs", image_}).out;
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(out, m, std::regex(R"(Block bitmap at (\d+))"))) << out.substr(0, 2000);
+  RegexMatch m;
+  ASSERT_TRUE(regex_search(out, m, Regex(R"(Block bitmap at (\d+))"))) << out.substr(0, 2000);
   write_bytes(image_, std::stoull(m[1]) * bs_, std::string(bs_, '\xff'));
-  ASSERT_TRUE(std::regex_search(out, m, std::regex(R"(Inode bitmap at (\d+))")));
+  ASSERT_TRUE(regex_search(out, m, Regex(R"(Inode bitmap at (\d+))")));
   write_bytes(image_, std::stoull(m[1]) * bs_, std::string(bs_, '\0'));
   check("scribbled bitmaps", false, {});
 }
@@ -685,19 +685,20 @@ std::vector<std::pair<uint64_t, uint64_t>> metadata_ranges(const std::string& im
   r.push_back({(bs == 1024 ? 2 : 1) * bs, bs});
   uint64_t it = inode_offset(image, "<1>");
   r.push_back({it, 64 * inode_size});
-  std::regex num(R"((\d+))");
+  Regex num(R"((\d+))");
   for (auto& d : dirs) {
     std::string out = debugfs(image, "blocks \"" + d + "\"");
-    int n = 0;
-    for (auto i = std::sregex_iterator(out.begin(), out.end(), num); i != std::sregex_iterator() && n < 3; ++i, ++n)
-      r.push_back({std::stoull((*i)[1]) * bs, bs});
+    const auto found = regex_find_all(out, num);
+    for (size_t i = 0; i < found.size() && i < 3; ++i) r.push_back({std::stoull(found[i][1]) * bs, bs});
   }
-  std::regex meta(R"(\((?:ETB\d+|IND|DIND|TIND)\):(\d+)|File ACL: ([1-9]\d*))");
+  Regex meta(R"(\((?:ETB\d+|IND|DIND|TIND)\):(\d+)|File ACL: ([1-9]\d*))");
   for (auto& f : files) {
     std::string out = debugfs(image, "stat \"" + f + "\"");
-    int n = 0;
-    for (auto i = std::sregex_iterator(out.begin(), out.end(), meta); i != std::sregex_iterator() && n < 6; ++i, ++n)
-      r.push_back({std::stoull((*i)[(*i)[1].matched ? 1 : 2]) * bs, bs});
+    const auto found = regex_find_all(out, meta);
+    for (size_t i = 0; i < found.size() && i < 6; ++i) {
+      const auto& m = found[i];
+      r.push_back({std::stoull(m[m[1].matched ? 1 : 2]) * bs, bs});
+    }
   }
   return r;
 }

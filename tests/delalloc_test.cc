@@ -15,7 +15,6 @@
 #include <cstring>
 #include <map>
 #include <mutex>
-#include <regex>
 #include <sstream>
 #include <optional>
 #include <filesystem>
@@ -32,6 +31,7 @@
 #include "support/images.h"
 #include "support/process.h"
 #include "uext/filesystem.h"
+#include "support/regex.h"
 
 namespace uext::testing {
 namespace {
@@ -103,10 +103,10 @@ int count_extents(const std::string& image, const std::string& path) {
   std::istringstream in(out);
   std::string line;
   int n = 0;
-  static const std::regex re(R"(^\s*(\d+)/\s*(\d+)\s)");
+  static const Regex re(R"(^\s*(\d+)/\s*(\d+)\s)");
   while (std::getline(in, line)) {
-    std::smatch m;
-    if (std::regex_search(line, m, re) && m[1] == m[2]) ++n;
+    RegexMatch m;
+    if (regex_search(line, m, re) && m[1] == m[2]) ++n;
   }
   return n;
 }

@@ -27,7 +27,6 @@
 
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <string>
 #include <vector>
 
@@ -36,6 +35,7 @@
 
 #include "support/images.h"
 #include "support/process.h"
+#include "support/regex.h"
 
 namespace uext::testing {
 namespace {
@@ -96,8 +96,8 @@ std::vector<FioCase> cases() {
 // The first number after `key` in fio's JSON output (--group_reporting
 // makes one job entry), or -1.
 long long json_number(const std::string& json, const std::string& key_regex) {
-  std::smatch m;
-  if (!std::regex_search(json, m, std::regex(key_regex + R"(\s*:\s*\{?\s*(?:"io_bytes"\s*:\s*)?(-?\d+))"))) return -1;
+  RegexMatch m;
+  if (!regex_search(json, m, Regex(key_regex + R"(\s*:\s*\{?\s*(?:"io_bytes"\s*:\s*)?(-?\d+))"))) return -1;
   return std::stoll(m[1]);
 }
 
@@ -175,9 +175,9 @@ class FioMmap : public ::testing::TestWithParam<FioCase> {
 
   // The shim's stats line: the fault handling it used and how many mappings.
   void expect_stats(const CommandResult& r, bool mapped) {
-    static const std::regex re(R"(uext_preload: stats: .* (\d+) opens, (\d+) mappings \((\w+)\), closed clean)");
-    std::smatch m;
-    ASSERT_TRUE(std::regex_search(r.err, m, re)) << r.err;
+    static const Regex re(R"(uext_preload: stats: .* (\d+) opens, (\d+) mappings \((\w+)\), closed clean)");
+    RegexMatch m;
+    ASSERT_TRUE(regex_search(r.err, m, re)) << r.err;
     EXPECT_GT(std::stoi(m[1]), 0) << r.err;
     if (mapped) {
       EXPECT_GE(std::stoi(m[2]), GetParam().jobs) << r.err;
@@ -228,8 +228,8 @@ TEST_P(FioMmap, VerifiesThroughUextMappingsAndTheKernelReadsTheSameBytes) {
   EXPECT_FALSE(std::filesystem::exists(prefix_)) << prefix_ << " appeared on the host";
   for (const auto& name : file_names()) {
     const std::string st = debugfs(image_, "stat /" + name);
-    std::smatch m;
-    ASSERT_TRUE(std::regex_search(st, m, std::regex(R"(Type: regular[\s\S]*?Size: (\d+))"))) << name << ":\n" << st;
+    RegexMatch m;
+    ASSERT_TRUE(regex_search(st, m, Regex(R"(Type: regular[\s\S]*?Size: (\d+))"))) << name << ":\n" << st;
     EXPECT_EQ(std::stoll(m[1]), bytes) << name;
   }
 
@@ -382,8 +382,8 @@ TEST(PreloadShim, CopyFileRangeAtThePositionsMovesTheSourceByTheBytesCopied) {
   ASSERT_EQ(fill.exit_code, 0) << fill.out << fill.err;
   CommandResult r = run_shell(env + " " + UEXT_COPY_RANGE_HELPER + " " + prefix + "/src " + prefix + "/dst 1048576");
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(r.out, m, std::regex(R"(copied=(\d+) src_pos=(\d+) dst_pos=(\d+))"))) << r.out << r.err;
+  RegexMatch m;
+  ASSERT_TRUE(regex_search(r.out, m, Regex(R"(copied=(\d+) src_pos=(\d+) dst_pos=(\d+))"))) << r.out << r.err;
   const long long copied = std::stoll(m[1]);
   EXPECT_GT(copied, 0) << r.out;
   EXPECT_LT(copied, 1 << 20) << r.out << " (the write was to be short)";

@@ -8,7 +8,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <regex>
 #include <string>
 #include <vector>
 
@@ -18,6 +17,7 @@
 #include "support/crash.h"
 #include "support/images.h"
 #include "support/process.h"
+#include "support/regex.h"
 
 namespace uext::testing {
 namespace {
@@ -67,12 +67,12 @@ TEST_P(MmapDemo, SigbusAtTheFirstPageWithoutSpaceAndNothingLost) {
   ASSERT_EQ(r.exit_code, 0) << r.describe();
 
   // The last line, and the file's size in pages from the progress lines.
-  static const std::regex last_re(R"(stored (\d+) pages; SIGBUS at page (\d+); lost (\d+) pages\n$)");
-  static const std::regex size_re(R"(file /mmap-enospc: .* sparse \((\d+) pages\))");
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(r.out, m, last_re)) << r.out;
+  static const Regex last_re(R"(stored (\d+) pages; SIGBUS at page (\d+); lost (\d+) pages\n$)");
+  static const Regex size_re(R"(file /mmap-enospc: .* sparse \((\d+) pages\))");
+  RegexMatch m;
+  ASSERT_TRUE(regex_search(r.out, m, last_re)) << r.out;
   const uint64_t n = std::stoull(m[1]), k = std::stoull(m[2]), lost = std::stoull(m[3]);
-  ASSERT_TRUE(std::regex_search(r.out, m, size_re)) << r.out;
+  ASSERT_TRUE(regex_search(r.out, m, size_re)) << r.out;
   const uint64_t pages = std::stoull(m[1]);
   EXPECT_GT(n, 0u) << r.out;
   EXPECT_EQ(k, n) << r.out;

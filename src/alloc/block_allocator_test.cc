@@ -9,7 +9,6 @@
 #include <map>
 #include <mutex>
 #include <random>
-#include <regex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -17,6 +16,7 @@
 #include "alloc/inode_allocator.h"
 #include "support/images.h"
 #include "support/process.h"
+#include "support/regex.h"
 
 namespace uext::alloc {
 namespace {
@@ -87,9 +87,8 @@ struct Expected {
 
 // "+(100--120) +130 -7" -> the numbers, by sign.
 void parse_differences(const std::string& text, std::set<uint64_t>& plus, std::set<uint64_t>& minus) {
-  static const std::regex token(R"(([+-])(?:\((\d+)--(\d+)\)|(\d+)))");
-  for (std::sregex_iterator it(text.begin(), text.end(), token), end; it != end; ++it) {
-    const auto& m = *it;
+  static const testing::Regex token(R"(([+-])(?:\((\d+)--(\d+)\)|(\d+)))");
+  for (const auto& m : regex_find_all(text, token)) {
     uint64_t a, b;
     if (m[2].matched) {
       a = std::stoull(m[2]);
@@ -109,24 +108,24 @@ void expect_e2fsck_sees(const std::string& image, const Expected& want) {
   std::set<uint64_t> block_plus, block_minus, inode_plus, inode_minus;
   std::map<uint32_t, int64_t> block_delta, inode_delta, dir_delta;  // counted - recorded per group
   int64_t sb_block_delta = 0, sb_inode_delta = 0;
-  static const std::regex group_count(R"(^(Free blocks|Free inodes|Directories) count wrong for group #(\d+) \((\d+), counted=(\d+)\)\.$)");
-  static const std::regex total_count(R"(^(Free blocks|Free inodes) count wrong \((\d+), counted=(\d+)\)\.$)");
-  static const std::regex benign(R"(^(Pass \d.*|Fix\? no|\s*|.*WARNING: Filesystem still has errors.*|\S+: \d+/\d+ files .*)$)");
+  static const testing::Regex group_count(R"(^(Free blocks|Free inodes|Directories) count wrong for group #(\d+) \((\d+), counted=(\d+)\)\.$)");
+  static const testing::Regex total_count(R"(^(Free blocks|Free inodes) count wrong \((\d+), counted=(\d+)\)\.$)");
+  static const testing::Regex benign(R"(^(Pass \d.*|Fix\? no|\s*|.*WARNING: Filesystem still has errors.*|\S+: \d+/\d+ files .*)$)");
   std::istringstream lines(r.out);
   std::string line;
-  std::smatch m;
+  testing::RegexMatch m;
   while (std::getline(lines, line)) {
     if (line.rfind("Block bitmap differences:", 0) == 0) {
       parse_differences(line.substr(25), block_plus, block_minus);
     } else if (line.rfind("Inode bitmap differences:", 0) == 0) {
       parse_differences(line.substr(25), inode_plus, inode_minus);
-    } else if (std::regex_match(line, m, group_count)) {
+    } else if (regex_match(line, m, group_count)) {
       int64_t d = std::stoll(m[4]) - std::stoll(m[3]);
       uint32_t g = static_cast<uint32_t>(std::stoul(m[2]));
       (m[1] == "Free blocks" ? block_delta : m[1] == "Free inodes" ? inode_delta : dir_delta)[g] = d;
-    } else if (std::regex_match(line, m, total_count)) {
+    } else if (regex_match(line, m, total_count)) {
       (m[1] == "Free blocks" ? sb_block_delta : sb_inode_delta) = std::stoll(m[3]) - std::stoll(m[2]);
-    } else if (!std::regex_match(line, benign)) {
+    } else if (!regex_match(line, benign)) {
       ADD_FAILURE() << "e2fsck complains about something else: " << line;
     }
   }
@@ -142,12 +141,12 @@ void expect_e2fsck_sees(const std::string& image, const Expected& want) {
   auto dumped = testing::run_ok({"dumpe2fs", "-h", image});
   uint32_t bpg = 0, first = 0, ipg = 0;
   {
-    std::smatch h;
-    static const std::regex bpg_re(R"(Blocks per group:\s+(\d+))"), first_re(R"(First block:\s+(\d+))"),
+    testing::RegexMatch h;
+    static const testing::Regex bpg_re(R"(Blocks per group:\s+(\d+))"), first_re(R"(First block:\s+(\d+))"),
         ipg_re(R"(Inodes per group:\s+(\d+))");
-    if (std::regex_search(dumped, h, bpg_re)) bpg = std::stoul(h[1]);
-    if (std::regex_search(dumped, h, first_re)) first = std::stoul(h[1]);
-    if (std::regex_search(dumped, h, ipg_re)) ipg = std::stoul(h[1]);
+    if (regex_search(dumped, h, bpg_re)) bpg = std::stoul(h[1]);
+    if (regex_search(dumped, h, first_re)) first = std::stoul(h[1]);
+    if (regex_search(dumped, h, ipg_re)) ipg = std::stoul(h[1]);
   }
   ASSERT_GT(bpg, 0u);
   std::map<uint32_t, int64_t> want_blocks, want_inodes, want_dirs;
@@ -184,11 +183,11 @@ struct GroupCounts {
 
 std::vector<GroupCounts> dumpe2fs_groups(const std::string& image) {
   auto out = testing::run_ok({"dumpe2fs", image});
-  static const std::regex re(R"(\n\s+(\d+) free (?:blocks|clusters), (\d+) free inodes, (\d+) directories)");
+  static const testing::Regex re(R"(\n\s+(\d+) free (?:blocks|clusters), (\d+) free inodes, (\d+) directories)");
   std::vector<GroupCounts> groups;
-  for (std::sregex_iterator it(out.begin(), out.end(), re), end; it != end; ++it) {
-    groups.push_back({static_cast<uint32_t>(std::stoul((*it)[1])), static_cast<uint32_t>(std::stoul((*it)[2])),
-                      static_cast<uint32_t>(std::stoul((*it)[3]))});
+  for (const auto& m : regex_find_all(out, re)) {
+    groups.push_back({static_cast<uint32_t>(std::stoul(m[1])), static_cast<uint32_t>(std::stoul(m[2])),
+                      static_cast<uint32_t>(std::stoul(m[3]))});
   }
   return groups;
 }

@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
-#include <regex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -17,6 +16,7 @@
 #include "disk/bytes.h"
 #include "disk/checksum.h"
 #include "support/process.h"
+#include "support/regex.h"
 
 namespace uext::disk::testimg {
 
@@ -73,14 +73,14 @@ class Image {
   // The inode's number and its raw bytes (inode_size of them).
   uint32_t inode_number(const std::string& file) const {
     std::string out = debugfs("stat " + file);
-    std::smatch m;
-    EXPECT_TRUE(std::regex_search(out, m, std::regex("Inode: (\\d+)"))) << out;
+    uext::testing::RegexMatch m;
+    EXPECT_TRUE(regex_search(out, m, uext::testing::Regex("Inode: (\\d+)"))) << out;
     return m.empty() ? 0 : static_cast<uint32_t>(std::stoul(m[1]));
   }
   Bytes inode(const std::string& file) const {
     std::string out = debugfs("imap " + file);
-    std::smatch m;
-    if (!std::regex_search(out, m, std::regex("located at block (\\d+), offset (0x[0-9a-fA-F]+)"))) {
+    uext::testing::RegexMatch m;
+    if (!regex_search(out, m, uext::testing::Regex("located at block (\\d+), offset (0x[0-9a-fA-F]+)"))) {
       ADD_FAILURE() << "imap: " << out;
       return {};
     }
@@ -98,10 +98,10 @@ class Image {
   // leaf extents debugfs reports ("blocks" would mix in tree blocks).
   std::vector<uint64_t> data_blocks(const std::string& file) const {
     std::string out = debugfs("ex -l " + file);
-    std::regex re("(\\d+) -\\s*(\\d+)\\s+(\\d+) -\\s*(\\d+)\\s+(\\d+)");
+    uext::testing::Regex re("(\\d+) -\\s*(\\d+)\\s+(\\d+) -\\s*(\\d+)\\s+(\\d+)");
     std::vector<uint64_t> map;
-    for (auto it = std::sregex_iterator(out.begin(), out.end(), re); it != std::sregex_iterator(); ++it) {
-      uint64_t lstart = std::stoull((*it)[1]), lend = std::stoull((*it)[2]), pstart = std::stoull((*it)[3]);
+    for (const auto& m : regex_find_all(out, re)) {
+      uint64_t lstart = std::stoull(m[1]), lend = std::stoull(m[2]), pstart = std::stoull(m[3]);
       if (map.size() <= lend) map.resize(lend + 1);
       for (uint64_t l = lstart; l <= lend; ++l) map[l] = pstart + (l - lstart);
     }

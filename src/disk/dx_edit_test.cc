@@ -7,7 +7,6 @@
 #include <fstream>
 #include <map>
 #include <random>
-#include <regex>
 #include <functional>
 #include <set>
 #include <unordered_map>
@@ -22,6 +21,7 @@
 #include "disk/disk_test_image.h"
 #include "support/process.h"
 #include "uext/filesystem.h"
+#include "support/regex.h"
 
 namespace uext::disk {
 namespace {
@@ -488,13 +488,13 @@ void run_case(const Case& c, uint32_t seed) {
   std::cerr << c.label << ": " << entries.size() << " names, " << d.blocks.size() << " blocks, " << d.leaf_splits
             << " leaf splits, " << d.node_splits << " node splits, " << d.levels_added << " levels added\n";
 
-  std::smatch m;
+  testing::RegexMatch m;
   std::string st = img.debugfs("stat /big");
-  ASSERT_TRUE(std::regex_search(st, m, std::regex("Size: (\\d+)")));
+  ASSERT_TRUE(regex_search(st, m, testing::Regex("Size: (\\d+)")));
   const size_t have = std::stoull(m[1]) / f.block_size;
   ASSERT_LE(have, d.blocks.size());
   std::vector<std::string> cmds(d.blocks.size() - have, "expand_dir /big");
-  ASSERT_TRUE(std::regex_search(st, m, std::regex("Flags: (0x[0-9a-f]+)")));
+  ASSERT_TRUE(regex_search(st, m, testing::Regex("Flags: (0x[0-9a-f]+)")));
   uint32_t flags = static_cast<uint32_t>(std::stoul(m[1], nullptr, 16)) | 0x1000;  // EXT4_INDEX_FL
   cmds.push_back(fmt::format("sif /big flags {:#x}", flags));
   if (c.links) cmds.push_back(fmt::format("sif /f links_count {}", 1 + c.links));

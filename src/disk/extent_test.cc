@@ -2,7 +2,6 @@
 
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -11,6 +10,7 @@
 
 #include "disk/disk_test_image.h"
 #include "support/process.h"
+#include "support/regex.h"
 
 namespace uext::disk {
 namespace {
@@ -34,13 +34,13 @@ std::ostream& operator<<(std::ostream& os, const Row& r) {
 
 std::vector<Row> debugfs_rows(const Image& img, const std::string& file) {
   std::istringstream in(img.debugfs("ex " + file));
-  std::regex re(
+  testing::Regex re(
       "^\\s*(\\d+)/\\s*(\\d+)\\s+(\\d+)/\\s*(\\d+)\\s+(\\d+) -\\s*(\\d+)\\s+(\\d+)(?: -\\s*(\\d+))?\\s+(\\d+)(.*)$");
   std::vector<Row> rows;
   std::string line;
   while (std::getline(in, line)) {
-    std::smatch m;
-    if (!std::regex_match(line, m, re)) continue;
+    testing::RegexMatch m;
+    if (!regex_match(line, m, re)) continue;
     Row r{};
     r.level = std::stoi(m[1]);
     r.depth = std::stoi(m[2]);

@@ -5,11 +5,11 @@
 #include <fstream>
 #include <map>
 #include <optional>
-#include <regex>
 #include <sstream>
 
 #include "disk/checksum.h"
 #include "support/process.h"
+#include "support/regex.h"
 
 namespace uext::disk {
 namespace {
@@ -55,18 +55,18 @@ struct DumpedGroup {
 };
 
 std::vector<DumpedGroup> dumpe2fs_groups(const std::string& image) {
-  static const std::regex head(R"(^Group (\d+): \(Blocks \d+-\d+\)(?: csum 0x([0-9a-f]+))?(?: \[(.*)\])?)");
-  static const std::regex desc(R"(Group descriptors? at (\d+))");
-  static const std::regex bmap(R"(^  (Block|Inode) bitmap at (\d+)[^,]*(?:, csum 0x([0-9a-f]+))?)");
-  static const std::regex itable(R"(^  Inode table at (\d+)-(\d+))");
-  static const std::regex counts(
+  static const testing::Regex head(R"(^Group (\d+): \(Blocks \d+-\d+\)(?: csum 0x([0-9a-f]+))?(?: \[(.*)\])?)");
+  static const testing::Regex desc(R"(Group descriptors? at (\d+))");
+  static const testing::Regex bmap(R"(^  (Block|Inode) bitmap at (\d+)[^,]*(?:, csum 0x([0-9a-f]+))?)");
+  static const testing::Regex itable(R"(^  Inode table at (\d+)-(\d+))");
+  static const testing::Regex counts(
       R"(^  (\d+) free (?:blocks|clusters), (\d+) free inodes, (\d+) directories(?:, (\d+) unused inodes)?)");
   std::vector<DumpedGroup> groups;
   std::istringstream in(run_ok({"dumpe2fs", image}));
   std::string line;
-  std::smatch m;
+  testing::RegexMatch m;
   while (std::getline(in, line)) {
-    if (std::regex_search(line, m, head)) {
+    if (regex_search(line, m, head)) {
       groups.emplace_back();
       if (m[2].matched) groups.back().csum = std::stoul(m[2], nullptr, 16);
       const std::string flags = m[3];
@@ -78,17 +78,17 @@ std::vector<DumpedGroup> dumpe2fs_groups(const std::string& image) {
     if (groups.empty()) continue;
     DumpedGroup& g = groups.back();
     if (line.find("superblock at") != std::string::npos) g.has_superblock = true;
-    if (std::regex_search(line, m, desc)) g.desc_block = std::stoull(m[1]);
-    if (std::regex_search(line, m, bmap)) {
+    if (regex_search(line, m, desc)) g.desc_block = std::stoull(m[1]);
+    if (regex_search(line, m, bmap)) {
       const bool block = m[1] == "Block";
       (block ? g.block_bitmap : g.inode_bitmap) = std::stoull(m[2]);
       if (m[3].matched) (block ? g.block_bitmap_csum : g.inode_bitmap_csum) = std::stoul(m[3], nullptr, 16);
     }
-    if (std::regex_search(line, m, itable)) {
+    if (regex_search(line, m, itable)) {
       g.itable_first = std::stoull(m[1]);
       g.itable_last = std::stoull(m[2]);
     }
-    if (std::regex_search(line, m, counts)) {
+    if (regex_search(line, m, counts)) {
       g.free_blocks = std::stoul(m[1]);
       g.free_inodes = std::stoul(m[2]);
       g.dirs = std::stoul(m[3]);

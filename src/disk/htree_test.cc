@@ -4,7 +4,6 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
-#include <regex>
 #include <string>
 #include <vector>
 
@@ -13,6 +12,7 @@
 #include "disk/dirent.h"
 #include "disk/disk_test_image.h"
 #include "support/process.h"
+#include "support/regex.h"
 
 namespace uext::disk {
 namespace {
@@ -117,7 +117,7 @@ DebugfsDump parse_debugfs_htree(const std::string& out) {
   DebugfsDump d;
   std::istringstream in(out);
   std::string line;
-  std::regex leaf_re("(\\d+) 0x([0-9a-f]{8})-([0-9a-f]{8}) \\((\\d+)\\) (\\S+)");
+  testing::Regex leaf_re("(\\d+) 0x([0-9a-f]{8})-([0-9a-f]{8}) \\((\\d+)\\) (\\S+)");
   int pending_count = -1;
   while (std::getline(in, line)) {
     if (line.rfind("Entry #", 0) == 0) {
@@ -126,8 +126,7 @@ DebugfsDump parse_debugfs_htree(const std::string& out) {
     } else if (int limit; std::sscanf(line.c_str(), "Number of entries (limit): %d", &limit) == 1) {
       d.count_limits.push_back({pending_count, limit});
     } else {
-      for (auto it = std::sregex_iterator(line.begin(), line.end(), leaf_re); it != std::sregex_iterator(); ++it) {
-        const auto& m = *it;
+      for (const auto& m : regex_find_all(line, leaf_re)) {
         d.leaf_entries.push_back({static_cast<uint32_t>(std::stoul(m[1])),
                                   static_cast<uint32_t>(std::stoul(m[2], nullptr, 16)),
                                   static_cast<uint32_t>(std::stoul(m[3], nullptr, 16)),

@@ -8,11 +8,11 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <regex>
 #include <sstream>
 
 #include "disk/group_desc.h"
 #include "support/process.h"
+#include "support/regex.h"
 
 namespace uext::disk {
 namespace {
@@ -83,7 +83,7 @@ struct Image {
 std::map<std::string, std::string> debugfs_stat(const std::string& image, uint32_t ino) {
   std::map<std::string, std::string> out;
   std::istringstream in(run_ok({"debugfs", "-R", "stat <" + std::to_string(ino) + ">", image}));
-  static const std::regex field(R"(([A-Za-z][A-Za-z /()-]*?):\s+(\S+(?: -- .*)?))");
+  static const testing::Regex field(R"(([A-Za-z][A-Za-z /()-]*?):\s+(\S+(?: -- .*)?))");
   std::string line;
   while (std::getline(in, line)) {
     if (line.rfind("Fast link dest:", 0) == 0) out["Fast link dest"] = line.substr(16);
@@ -92,12 +92,12 @@ std::map<std::string, std::string> debugfs_stat(const std::string& image, uint32
       out["Device"] = value.substr(0, value.find(' '));
       continue;
     }
-    for (std::sregex_iterator it(line.begin(), line.end(), field), end; it != end; ++it) {
-      std::string key = (*it)[1];
+    for (const auto& m : regex_find_all(line, field)) {
+      std::string key = m[1];
       key.erase(0, key.find_first_not_of(' '));
       // "Type: block special    Mode: ..." : the key is what follows the gap.
       if (auto gap = key.rfind("  "); gap != std::string::npos) key = key.substr(gap + 2);
-      out.emplace(key, (*it)[2]);
+      out.emplace(key, m[2]);
     }
   }
   return out;
@@ -217,8 +217,8 @@ TEST_P(InodeVsDebugfs, LocationMatchesImap) {
                        img.sb.s_inodes_count}) {
     if (ino > img.sb.s_inodes_count) continue;  // a single-group image
     const std::string out = run_ok({"debugfs", "-R", "imap <" + std::to_string(ino) + ">", img.path});
-    std::smatch m;
-    ASSERT_TRUE(std::regex_search(out, m, std::regex(R"(group (\d+)\s+located at block (\d+), offset (0x[0-9a-f]+))")))
+    testing::RegexMatch m;
+    ASSERT_TRUE(regex_search(out, m, testing::Regex(R"(group (\d+)\s+located at block (\d+), offset (0x[0-9a-f]+))")))
         << out;
     const InodeLocation loc = inode_location(img.sb, ino);
     EXPECT_EQ(loc.group, num(m[1])) << ino;

@@ -4,12 +4,12 @@
 #include <fmt/format.h>
 
 #include <map>
-#include <regex>
 #include <sstream>
 
 #include "disk/checksum.h"
 #include "support/images.h"
 #include "support/process.h"
+#include "support/regex.h"
 
 namespace uext::disk {
 namespace {
@@ -116,17 +116,17 @@ TEST(KernelWrittenJournal, BlocksMatchLogdumpChecksumsVerify) {
 
   std::istringstream in(uext::testing::debugfs(img, "logdump -a"));
   std::string line;
-  std::smatch m;
-  static const std::regex desc_re("Dumping descriptor block, sequence (\\d+), at block (\\d+):");
-  static const std::regex revoke_re("Dumping revoke block, sequence (\\d+), at block (\\d+):");
-  static const std::regex commit_re("Found expected sequence (\\d+), type 2 \\(commit block\\) at block (\\d+)");
-  static const std::regex tag_re("FS block (\\d+) logged at journal block (\\d+) \\(flags 0x([0-9a-f]+)\\)");
-  static const std::regex rec_re("Revoke FS block (\\d+)");
+  testing::RegexMatch m;
+  static const testing::Regex desc_re("Dumping descriptor block, sequence (\\d+), at block (\\d+):");
+  static const testing::Regex revoke_re("Dumping revoke block, sequence (\\d+), at block (\\d+):");
+  static const testing::Regex commit_re("Found expected sequence (\\d+), type 2 \\(commit block\\) at block (\\d+)");
+  static const testing::Regex tag_re("FS block (\\d+) logged at journal block (\\d+) \\(flags 0x([0-9a-f]+)\\)");
+  static const testing::Regex rec_re("Revoke FS block (\\d+)");
   std::vector<std::string> lines;
   while (std::getline(in, line)) lines.push_back(line);
   int descriptors = 0, revokes = 0, commits = 0, tags = 0;
   for (size_t i = 0; i < lines.size(); ++i) {
-    if (std::regex_search(lines[i], m, desc_re)) {
+    if (regex_search(lines[i], m, desc_re)) {
       uint32_t seq = static_cast<uint32_t>(std::stoul(m[1]));
       uint64_t at = std::stoull(m[2]);
       Bytes blk = j.block(at);
@@ -134,7 +134,7 @@ TEST(KernelWrittenJournal, BlocksMatchLogdumpChecksumsVerify) {
       EXPECT_EQ(d.header.h_sequence, seq);
       EXPECT_TRUE(verify_block_tail(blk, f)) << "descriptor at " << at;
       size_t k = 0;
-      for (size_t n = i + 1; n < lines.size() && std::regex_search(lines[n], m, tag_re); ++n, ++k) {
+      for (size_t n = i + 1; n < lines.size() && regex_search(lines[n], m, tag_re); ++n, ++k) {
         ASSERT_LT(k, d.tags.size());
         EXPECT_EQ(d.tags[k].t_blocknr, std::stoull(m[1]));
         EXPECT_EQ(d.tags[k].t_flags, std::stoul(m[3], nullptr, 16));
@@ -155,14 +155,14 @@ TEST(KernelWrittenJournal, BlocksMatchLogdumpChecksumsVerify) {
       copy[20] ^= std::byte{1};
       EXPECT_FALSE(verify_block_tail(copy, f));
       ++descriptors;
-    } else if (std::regex_search(lines[i], m, revoke_re)) {
+    } else if (regex_search(lines[i], m, revoke_re)) {
       uint64_t at = std::stoull(m[2]);
       auto r = decode_revoke_block(j.block(at), f);
       ASSERT_TRUE(r.ok()) << r.error().message();
       EXPECT_EQ(r->header.h_sequence, std::stoul(m[1]));
       EXPECT_TRUE(verify_block_tail(j.block(at), f));
       size_t k = 0;
-      for (size_t n = i + 1; n < lines.size() && std::regex_search(lines[n], m, rec_re); ++n, ++k) {
+      for (size_t n = i + 1; n < lines.size() && regex_search(lines[n], m, rec_re); ++n, ++k) {
         ASSERT_LT(k, r->blocks.size());
         EXPECT_EQ(r->blocks[k], std::stoull(m[1]));
       }
@@ -171,7 +171,7 @@ TEST(KernelWrittenJournal, BlocksMatchLogdumpChecksumsVerify) {
       EXPECT_TRUE(encode_revoke_block(*r, f, zero).ok());
       EXPECT_EQ(zero, j.copy(at));
       ++revokes;
-    } else if (std::regex_search(lines[i], m, commit_re)) {
+    } else if (regex_search(lines[i], m, commit_re)) {
       uint64_t at = std::stoull(m[2]);
       Bytes blk = j.block(at);
       CommitBlock c = decode_commit_block(blk);

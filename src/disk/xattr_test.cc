@@ -5,7 +5,6 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <regex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -14,6 +13,7 @@
 
 #include "disk/disk_test_image.h"
 #include "support/process.h"
+#include "support/regex.h"
 
 namespace uext::disk {
 namespace {
@@ -145,8 +145,8 @@ TEST_F(XattrImage, AclDiskFormMatchesDebugfs) {
   Image img(dir / "img", dir / "src", 4096, "16M", {"-I", "256"});
   // debugfs prints the raw (disk form) ACL bytes in hex.
   std::string out = img.debugfs("ea_list /acl");
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(out, m, std::regex("system.posix_acl_access \\((\\d+)\\) = ((?:[0-9a-f]{2} )+)")))
+  testing::RegexMatch m;
+  ASSERT_TRUE(regex_search(out, m, testing::Regex("system.posix_acl_access \\((\\d+)\\) = ((?:[0-9a-f]{2} )+)")))
       << out;
   std::string hex = m[2];
   hex.erase(std::remove(hex.begin(), hex.end(), ' '), hex.end());

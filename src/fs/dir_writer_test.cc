@@ -12,7 +12,6 @@
 #include <cstring>
 #include <map>
 #include <random>
-#include <regex>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -30,6 +29,7 @@
 #include "support/process.h"
 #include "uext/block_device.h"
 #include "uext/filesystem.h"
+#include "support/regex.h"
 
 namespace uext::fs {
 namespace {
@@ -87,8 +87,8 @@ std::map<std::string, uint32_t> debugfs_names(const std::string& image, const st
 // "Number of entries (count): N" of the htree root (-1 when not indexed).
 int htree_root_count(const std::string& image, const std::string& path) {
   std::string out = testing::debugfs(image, "htree \"" + path + "\"");
-  std::smatch m;
-  if (std::regex_search(out, m, std::regex(R"(Number of entries \(count\):\s*(\d+))"))) return std::stoi(m[1]);
+  testing::RegexMatch m;
+  if (regex_search(out, m, testing::Regex(R"(Number of entries \(count\):\s*(\d+))"))) return std::stoi(m[1]);
   return -1;
 }
 

@@ -10,13 +10,13 @@
 #include <cstring>
 #include <map>
 #include <optional>
-#include <regex>
 #include <sstream>
 
 #include "alloc/block_allocator.h"
 #include "alloc/group_bitmaps.h"
 #include "support/images.h"
 #include "support/process.h"
+#include "support/regex.h"
 
 namespace uext::fs {
 namespace {
@@ -528,10 +528,10 @@ INSTANTIATE_TEST_SUITE_P(
 // The data blocks "debugfs stat" lists for an indirect-mapped file.
 std::map<uint64_t, uint64_t> debugfs_data_blocks(const std::string& stat) {
   std::map<uint64_t, uint64_t> out;
-  std::regex re(R"(\((\d+)(?:-(\d+))?\):(\d+)(?:-(\d+))?)");
-  for (auto it = std::sregex_iterator(stat.begin(), stat.end(), re); it != std::sregex_iterator(); ++it) {
-    uint64_t l0 = std::stoull((*it)[1]), l1 = (*it)[2].matched ? std::stoull((*it)[2]) : l0;
-    uint64_t p0 = std::stoull((*it)[3]);
+  testing::Regex re(R"(\((\d+)(?:-(\d+))?\):(\d+)(?:-(\d+))?)");
+  for (const auto& m : regex_find_all(stat, re)) {
+    uint64_t l0 = std::stoull(m[1]), l1 = m[2].matched ? std::stoull(m[2]) : l0;
+    uint64_t p0 = std::stoull(m[3]);
     for (uint64_t l = l0; l <= l1; ++l) out[l] = p0 + (l - l0);
   }
   return out;

@@ -7,7 +7,6 @@
 #include <functional>
 #include <fstream>
 #include <map>
-#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -20,6 +19,7 @@
 #include "fs/volume.h"
 #include "support/images.h"
 #include "support/process.h"
+#include "support/regex.h"
 
 namespace uext::journal {
 namespace {
@@ -211,13 +211,13 @@ Logdump logdump(const std::string& image) {
   Logdump d;
   std::istringstream in(uext::testing::debugfs(image, "logdump -a"));
   std::string line;
-  std::smatch m;
+  testing::RegexMatch m;
   uint32_t seq = 0;
-  static const std::regex start_re("Journal starts at block (\\d+)");
-  static const std::regex found_re("Found expected sequence (\\d+), type (\\d+) .* at block (\\d+)");
+  static const testing::Regex start_re("Journal starts at block (\\d+)");
+  static const testing::Regex found_re("Found expected sequence (\\d+), type (\\d+) .* at block (\\d+)");
   while (std::getline(in, line)) {
-    if (std::regex_search(line, m, start_re)) d.start_block = static_cast<uint32_t>(std::stoul(m[1]));
-    if (std::regex_search(line, m, found_re)) {
+    if (regex_search(line, m, start_re)) d.start_block = static_cast<uint32_t>(std::stoul(m[1]));
+    if (regex_search(line, m, found_re)) {
       seq = static_cast<uint32_t>(std::stoul(m[1]));
       if (std::stoul(m[3]) < d.start_block) d.wrapped = true;
       if (m[2] == "2") d.commits.push_back(seq);

@@ -1,4 +1,5 @@
 #include "support/images.h"
+#include "support/regex.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -15,7 +16,6 @@
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <regex>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -452,39 +452,39 @@ std::map<std::string, std::string> expect_dumpe2fs_shows(const std::string& imag
 
 int extent_depth(const std::string& image, const std::string& path) {
   std::string out = debugfs(image, "ex \"" + path + "\"");
-  std::regex re(R"(^\s*\d+/\s*(\d+)\s)");
+  Regex re(R"(^\s*\d+/\s*(\d+)\s)");
   std::istringstream in(out);
   std::string line;
   int depth = -1;
   while (std::getline(in, line)) {
-    std::smatch m;
-    if (std::regex_search(line, m, re)) depth = std::max(depth, std::stoi(m[1]));
+    RegexMatch m;
+    if (regex_search(line, m, re)) depth = std::max(depth, std::stoi(m[1]));
   }
   return depth;
 }
 
 int htree_levels(const std::string& image, const std::string& path) {
   std::string out = debugfs(image, "htree \"" + path + "\"");
-  std::smatch m;
-  std::regex re(R"(Indirect levels:\s*(\d+))");
-  if (std::regex_search(out, m, re)) return std::stoi(m[1]);
+  RegexMatch m;
+  Regex re(R"(Indirect levels:\s*(\d+))");
+  if (regex_search(out, m, re)) return std::stoi(m[1]);
   return -1;
 }
 
 uint64_t inode_offset(const std::string& image, const std::string& path) {
   std::string out = debugfs(image, "imap \"" + path + "\"");
-  std::smatch m;
-  std::regex re(R"(located at block (\d+), offset 0x([0-9a-fA-F]+))");
-  if (!std::regex_search(out, m, re)) throw std::runtime_error("debugfs imap " + path + ": " + out);
+  RegexMatch m;
+  Regex re(R"(located at block (\d+), offset 0x([0-9a-fA-F]+))");
+  if (!regex_search(out, m, re)) throw std::runtime_error("debugfs imap " + path + ": " + out);
   uint64_t bs = std::stoull(dumpe2fs_header(image)["Block size"]);
   return std::stoull(m[1]) * bs + std::stoull(m[2], nullptr, 16);
 }
 
 uint32_t inode_number(const std::string& image, const std::string& path) {
   std::string out = debugfs(image, "imap \"" + path + "\"");
-  std::smatch m;
-  std::regex re(R"(Inode (\d+) is part)");
-  if (!std::regex_search(out, m, re)) throw std::runtime_error("debugfs imap " + path + ": " + out);
+  RegexMatch m;
+  Regex re(R"(Inode (\d+) is part)");
+  if (!regex_search(out, m, re)) throw std::runtime_error("debugfs imap " + path + ": " + out);
   return static_cast<uint32_t>(std::stoul(m[1]));
 }
 
