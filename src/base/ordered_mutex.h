@@ -29,6 +29,7 @@ enum class LockLevel : int {
   kPreallocWindows = 67,
   kReservations = 68,
   kMemfdPool = 69,
+  kBlockPool = 70,
 };
 
 namespace lock_order {

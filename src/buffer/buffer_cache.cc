@@ -9,6 +9,8 @@ namespace uext::buffer {
 BufferCache::BufferCache(BlockDevice& device, uint32_t block_size, size_t capacity_bytes)
     : device_(device),
       block_size_(block_size),
+      // Spares for a burst of changes; beyond that memory goes back to malloc.
+      pool_(BlockPool::create(block_size, 4u << 20)),
       blocks_per_shard_(std::max<size_t>(4, capacity_bytes / block_size / kShards)) {
   edit_locks_.reserve(kEditLocks);
   for (size_t i = 0; i < kEditLocks; ++i) {
@@ -32,7 +34,7 @@ Result<BlockRef> BufferCache::get(uint64_t block) {
     // Read outside the lock. If a writer installed or dropped a version of
     // any block of this shard meanwhile, the bytes read may predate it:
     // read again rather than cache them.
-    auto data = std::make_shared<BlockData>(block_size_);
+    std::shared_ptr<BlockData> data = pool_->take();
     UEXT_TRY(device_.read(block * block_size_, *data));
     std::lock_guard lock(shard.mu);
     auto [it, inserted] = shard.map.try_emplace(block);
@@ -51,8 +53,10 @@ Result<BlockRef> BufferCache::get(uint64_t block) {
 
 Result<BlockRef> BufferCache::modify(uint64_t block, bool fresh, const BlockEdit& edit) {
   std::lock_guard edit_lock(*edit_locks_[block % kEditLocks]);
-  auto copy = std::make_shared<BlockData>(block_size_);
-  if (!fresh) {
+  std::shared_ptr<BlockData> copy = pool_->take();
+  if (fresh) {
+    std::memset(copy->data(), 0, block_size_);
+  } else {
     UEXT_ASSIGN_OR_RETURN(BlockRef current, get(block));
     std::memcpy(copy->data(), current->data(), block_size_);
   }

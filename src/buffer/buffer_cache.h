@@ -21,12 +21,12 @@
 #include <vector>
 
 #include "base/ordered_mutex.h"
+#include "buffer/block_pool.h"
 #include "uext/block_device.h"
 #include "uext/status.h"
 
 namespace uext::buffer {
 
-using BlockData = std::vector<std::byte>;
 using BlockRef = std::shared_ptr<const BlockData>;
 using BlockEdit = std::function<void(std::span<std::byte>)>;
 
@@ -78,6 +78,7 @@ class BufferCache {
 
   BlockDevice& device_;
   uint32_t block_size_;
+  std::shared_ptr<BlockPool> pool_;
   size_t blocks_per_shard_;
   Shard shards_[kShards];
   std::vector<std::unique_ptr<base::OrderedMutex>> edit_locks_;
