@@ -288,15 +288,26 @@ class Daemon {
     }
   }
 
-  void fail(fuse_req_t req, const char* op, const std::string& path, Ino ino, const Error& err) {
-    report(op, path, ino, err);
+  // Whether report() writes anything for an error: only then is the path
+  // that names it built (a walk up the name table). Most errors are plain
+  // answers, ENOENT to a LOOKUP or ENODATA to a GETXATTR, one per new file.
+  bool reported(int code) const { return serious(code) || code == ENOSPC || opts_.debug; }
+  static void reply_error(fuse_req_t req, const Error& err) {
     int code = err.code();
     if (code <= 0 || code >= 512) code = EIO;
     fuse_reply_err(req, code);
   }
-  void fail(fuse_req_t req, const char* op, Ino ino, const Error& err) { fail(req, op, names_.path(ino), ino, err); }
+  void fail(fuse_req_t req, const char* op, const std::string& path, Ino ino, const Error& err) {
+    report(op, path, ino, err);
+    reply_error(req, err);
+  }
+  void fail(fuse_req_t req, const char* op, Ino ino, const Error& err) {
+    if (reported(err.code())) report(op, names_.path(ino), ino, err);
+    reply_error(req, err);
+  }
   void fail_at(fuse_req_t req, const char* op, Ino dir, std::string_view name, const Error& err) {
-    fail(req, op, names_.path(dir, name), dir, err);
+    if (reported(err.code())) report(op, names_.path(dir, name), dir, err);
+    reply_error(req, err);
   }
 
   // After a read was answered: the atime update the mount's atime options
