@@ -210,11 +210,6 @@ Result<Verification> verify(const std::string& image, uint64_t pages_before, boo
 
 // ---------------------------------------------------------------- the demo
 
-int demo_fail(const std::string& image, std::string_view what, const Error& err) {
-  report({image, what, describe(err)});
-  return kExitFailure;
-}
-
 int run_mmap_enospc(const DemoArgs& args) {
   Options o;
   o.read_only = false;
@@ -240,7 +235,7 @@ int run_mmap_enospc(const DemoArgs& args) {
     o.delayed_allocation = !args.nodelalloc && has("extent");
   }
   auto opened = Filesystem::open(args.image, o);
-  if (!opened) return demo_fail(args.image, "cannot open read-write", opened.error());
+  if (!opened) return fail_with(args.image, "cannot open read-write", opened.error());
   std::unique_ptr<Filesystem> fs = std::move(opened).value();
   if (fs->info().read_only) {
     report({args.image, "cannot open read-write", fs->info().read_only_reason});
@@ -252,17 +247,17 @@ int run_mmap_enospc(const DemoArgs& args) {
                                   : "no delayed allocation: page_mkwrite allocates blocks");
 
   for (const char* name : {kFileName, kFillerName}) {
-    if (Status st = remove_leftover(*fs, name); !st) return demo_fail(args.image, fmt::format("/{}", name), st.error());
+    if (Status st = remove_leftover(*fs, name); !st) return fail_with(args.image, fmt::format("/{}", name), st.error());
   }
   const Owner me{static_cast<uint32_t>(::geteuid()), static_cast<uint32_t>(::getegid())};
   auto start = settled_available(*fs);
-  if (!start) return demo_fail(args.image, "statfs", start.error());
+  if (!start) return fail_with(args.image, "statfs", start.error());
   fmt::print("available at start: {}\n", mib(*start));
 
   auto filler = fs->create(kRootIno, kFillerName, S_IFREG | 0644, me);
-  if (!filler) return demo_fail(args.image, fmt::format("/{}", kFillerName), filler.error());
+  if (!filler) return fail_with(args.image, fmt::format("/{}", kFillerName), filler.error());
   auto avail = fill_to_target(*fs, filler->ino, block_size);
-  if (!avail) return demo_fail(args.image, fmt::format("filling /{}", kFillerName), avail.error());
+  if (!avail) return fail_with(args.image, fmt::format("filling /{}", kFillerName), avail.error());
   auto filler_st = fs->stat(filler->ino);
   fmt::print("filler /{}: {}; available now: {} ({} blocks)\n", kFillerName,
              mib(filler_st ? filler_st->size : 0), mib(*avail), *avail / block_size);
@@ -275,13 +270,13 @@ int run_mmap_enospc(const DemoArgs& args) {
   const uint64_t size = (4 * *avail + kMiB + kPage - 1) / kPage * kPage;
   const uint64_t pages = size / kPage;
   auto file = fs->create(kRootIno, kFileName, S_IFREG | 0644, me);
-  if (!file) return demo_fail(args.image, fmt::format("/{}", kFileName), file.error());
+  if (!file) return fail_with(args.image, fmt::format("/{}", kFileName), file.error());
   const Ino ino = file->ino;
-  if (Status st = fs->truncate(ino, size); !st) return demo_fail(args.image, "truncate", st.error());
+  if (Status st = fs->truncate(ino, size); !st) return fail_with(args.image, "truncate", st.error());
   fmt::print("file /{}: {} sparse ({} pages)\n", kFileName, mib(size), pages);
 
   auto mapped = fs->mmap(ino, 0, size, kProtRead | kProtWrite, kMapShared);
-  if (!mapped) return demo_fail(args.image, "mmap", mapped.error());
+  if (!mapped) return fail_with(args.image, "mmap", mapped.error());
   std::unique_ptr<Mapping> map = std::move(mapped).value();
   fmt::print("mapped shared read-write at {}; fault handling: {}\n", static_cast<void*>(map->data()),
              handling_name(map->fault_handling()));
@@ -309,11 +304,11 @@ int run_mmap_enospc(const DemoArgs& args) {
   if (auto after = fs->statfs(); after) {
     fmt::print("available after msync: {}\n", mib(after->available_blocks * after->block_size));
   }
-  if (Status st = fs->close(); !st) return demo_fail(args.image, "close", st.error());
+  if (Status st = fs->close(); !st) return fail_with(args.image, "close", st.error());
   fs.reset();
 
   auto v = verify(args.image, out.faulted ? out.page : out.stored, out.faulted);
-  if (!v) return demo_fail(args.image, "reopened read-only", v.error());
+  if (!v) return fail_with(args.image, "reopened read-only", v.error());
   fmt::print("reopened read-only: checked pages 0-{} of /{}\n", out.stored == 0 ? 0 : out.stored - 1, kFileName);
   if (v->size != size) problems.push_back(fmt::format("the file's size is {}, not {}", v->size, size));
   if (v->lost > 0) {

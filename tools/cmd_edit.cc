@@ -17,10 +17,7 @@
 namespace uext::cli {
 namespace {
 
-int fail(const std::string& image, const std::string& path, const Error& err) {
-  report_error(image, path, err);
-  return kExitFailure;
-}
+int fail(const std::string& image, const std::string& path, const Error& err) { return fail_with(image, path, err); }
 
 int fail(const std::string& image, const std::string& path, std::string_view why) {
   report({image, path, why});

@@ -54,6 +54,11 @@ void report_error(std::string_view image, std::string_view path, const Error& er
   report({image, path, describe(err)});
 }
 
+int fail_with(std::string_view image, std::string_view path, const Error& err) {
+  report_error(image, path, err);
+  return kExitFailure;
+}
+
 std::unique_ptr<Filesystem> open_image(const ImageOptions& opts) {
   Options o;
   o.read_only = true;

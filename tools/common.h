@@ -34,6 +34,8 @@ std::string describe_errno(int code);
 void report(std::initializer_list<std::string_view> parts);
 void report_error(std::string_view context, const Error& err);
 void report_error(std::string_view image, std::string_view path, const Error& err);
+// report_error(image, path, err), then kExitFailure: a command's last word.
+int fail_with(std::string_view image, std::string_view path, const Error& err);
 void warn(std::initializer_list<std::string_view> parts);
 
 // Opens the image read-only; reports the failure and returns null on error.

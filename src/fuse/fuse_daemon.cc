@@ -266,11 +266,21 @@ class Daemon {
   void forget(Ino ino, uint64_t count) {
     names_.forget(ino, count);
     Status s = fs_->release(ino, count);
-    if (!s.ok()) report("forget", names_.path(ino), ino, s.error());
+    if (!s.ok()) report("forget", ino, s.error());
   }
 
-  // Logs what deserves it and applies errors=.
-  void report(const char* op, const std::string& path, Ino ino, const Error& err) {
+  // Logs what deserves it and applies errors=. The path that names the
+  // inode (a walk up the name table) is built only for an error that is
+  // logged: most are plain answers, ENOENT to a LOOKUP or ENODATA to a
+  // GETXATTR, one of each per new file.
+  void report(const char* op, Ino ino, const Error& err) {
+    if (reported(err.code())) log_error(op, names_.path(ino), ino, err);
+  }
+  void report_at(const char* op, Ino dir, std::string_view name, const Error& err) {
+    if (reported(err.code())) log_error(op, names_.path(dir, name), dir, err);
+  }
+  bool reported(int code) const { return serious(code) || code == ENOSPC || opts_.debug; }
+  void log_error(const char* op, const std::string& path, Ino ino, const Error& err) {
     const int code = err.code();
     if (serious(code)) {
       log_.error(fmt::format("{}: {} {} (inode {}): {}", opts_.fsname, op, path, ino, err.message()));
@@ -288,25 +298,17 @@ class Daemon {
     }
   }
 
-  // Whether report() writes anything for an error: only then is the path
-  // that names it built (a walk up the name table). Most errors are plain
-  // answers, ENOENT to a LOOKUP or ENODATA to a GETXATTR, one per new file.
-  bool reported(int code) const { return serious(code) || code == ENOSPC || opts_.debug; }
   static void reply_error(fuse_req_t req, const Error& err) {
     int code = err.code();
     if (code <= 0 || code >= 512) code = EIO;
     fuse_reply_err(req, code);
   }
-  void fail(fuse_req_t req, const char* op, const std::string& path, Ino ino, const Error& err) {
-    report(op, path, ino, err);
-    reply_error(req, err);
-  }
   void fail(fuse_req_t req, const char* op, Ino ino, const Error& err) {
-    if (reported(err.code())) report(op, names_.path(ino), ino, err);
+    report(op, ino, err);
     reply_error(req, err);
   }
   void fail_at(fuse_req_t req, const char* op, Ino dir, std::string_view name, const Error& err) {
-    if (reported(err.code())) report(op, names_.path(dir, name), dir, err);
+    report_at(op, dir, name, err);
     reply_error(req, err);
   }
 
@@ -316,7 +318,7 @@ class Daemon {
   void accessed(const char* op, Ino ino, AtimeUpdate policy) {
     if (policy == AtimeUpdate::kNever || opts_.read_only || forced_ro_.load() || panicked_.load()) return;
     Status s = fs_->touch_atime(ino, policy);
-    if (!s.ok() && !atime_failed_.exchange(true)) report(op, names_.path(ino), ino, s.error());
+    if (!s.ok() && !atime_failed_.exchange(true)) report(op, ino, s.error());
   }
   // For READ, which finds out itself whether atime is due (ReadOptions), so
   // that the many reads that are not due cost no second look at the inode.
@@ -679,7 +681,7 @@ class Daemon {
     }
     auto n = fs_->write(ino, static_cast<uint64_t>(off), bytes, wo);
     forget_mode();
-    if (!n && replied) return report("write", names_.path(ino), ino, n.error());  // the fsync hears of it
+    if (!n && replied) return report("write", ino, n.error());  // the fsync hears of it
     if (!n) return fail(req, "write", ino, n.error());
     if (!replied) fuse_reply_write(req, *n);
   }

@@ -65,11 +65,7 @@ class ImageFile final : public BlockDevice {
     if (direct_io_ && direct_fd_ >= 0) return BlockDevice::write_gather(offset, pieces);
     size_t total = 0;
     for (const auto& p : pieces) total += p.size();
-    if (read_only_) return Error(EROFS, path_ + ": image is open read-only");
-    if (offset > size_ || total > size_ - offset) {
-      return Error(ENOSPC, path_ + ": write of " + std::to_string(total) + " bytes at offset " +
-                               std::to_string(offset) + " is beyond the end of the image");
-    }
+    UEXT_TRY(check_write(offset, total));
     std::vector<iovec> iov;
     iov.reserve(pieces.size());
     for (const auto& p : pieces) {
@@ -143,19 +139,23 @@ class ImageFile final : public BlockDevice {
 
  private:
   // O_DIRECT only for requests it can serve; the rest go through the cache.
-  Status write_via(int fd, uint64_t offset, std::span<const std::byte> buf) {
+  // What every write must pass: a writable image, and bytes within it.
+  Status check_write(uint64_t offset, uint64_t len) const {
     if (read_only_) return Error(EROFS, path_ + ": image is open read-only");
-    if (offset > size_ || buf.size() > size_ - offset) {
-      return Error(ENOSPC, path_ + ": write of " + std::to_string(buf.size()) +
-                               " bytes at offset " + std::to_string(offset) +
-                               " is beyond the end of the image");
+    if (offset > size_ || len > size_ - offset) {
+      return Error(ENOSPC, path_ + ": write of " + std::to_string(len) + " bytes at offset " +
+                               std::to_string(offset) + " is beyond the end of the image");
     }
+    return {};
+  }
+  Status write_via(int fd, uint64_t offset, std::span<const std::byte> buf) {
+    UEXT_TRY(check_write(offset, buf.size()));
     size_t done = 0;
     while (done < buf.size()) {
       ssize_t n = ::pwrite(fd, buf.data() + done, buf.size() - done, offset + done);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        int err = errno;
+      if (n <= 0) {
+        if (n < 0 && errno == EINTR) continue;
+        const int err = n < 0 ? errno : EIO;  // nothing written: never loop on it
         return Error(err, path_ + ": write at offset " + std::to_string(offset + done) + ": " +
                               errno_text(err));
       }
