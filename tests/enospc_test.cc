@@ -25,6 +25,7 @@
 #include "support/images.h"
 #include "support/process.h"
 #include "support/tree.h"
+#include "uext/caller.h"
 #include "uext/filesystem.h"
 
 namespace uext::testing {
@@ -597,6 +598,92 @@ TEST(WriteBugs, SpaceRunningOutAfterAChunkEndsTheWriteShort) {
   Status read;
   EXPECT_TRUE(read_all(*fs, f->ino, *w, &read) == data.substr(0, *w)) << "the file holds what the write said";
   EXPECT_TRUE(read.ok());
+  ASSERT_TRUE(fs->close().ok());
+  FsckVerdict v = e2fsck_clean(image);
+  EXPECT_TRUE(v.clean) << v.report;
+}
+
+// The blocks kept for root (mke2fs -m): ext4 lets a process allocate from
+// them when its fsuid is the image's reserved uid (s_def_resuid), it is in
+// the reserved group (s_def_resgid, when not 0), or it holds
+// CAP_SYS_RESOURCE. The library asks the caller a server names for this
+// thread (uext/caller.h), and only once the space outside runs out.
+class TestCaller final : public Caller {
+ public:
+  TestCaller(uint32_t uid, uint32_t group, bool sys_resource) : uid_(uid), group_(group), cap_(sys_resource) {}
+  uint32_t fsuid() const override { return uid_; }
+  bool in_group(uint32_t gid) const override { return gid == group_; }
+  bool has_sys_resource() const override {
+    ++cap_asked;
+    return cap_;
+  }
+  mutable int cap_asked = 0;
+
+ private:
+  uint32_t uid_, group_;
+  bool cap_;
+};
+
+TEST(RootReserve, TheCallerNamedForTheThreadDecides) {
+  TempDir tmp;
+  const std::string image = tmp / "img";
+  // 16 MiB with 20% for root; members of group 4242 may use it too.
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-m", "20", image, "16M"});
+  run_ok({"tune2fs", "-g", "4242", image});
+  auto fs = open_rw(image);
+  ASSERT_TRUE(fs);
+  const std::string chunk(64 << 10, 'u');
+  auto fill = [&](Ino ino, uint64_t* at) -> Error {
+    for (;;) {
+      auto n = fs->write(ino, *at, bytes_of(chunk));
+      if (!n.ok()) return n.error();
+      *at += *n;
+    }
+  };
+  TestCaller user(1000, 1000, false);
+  auto f = [&] {
+    CallerScope scope(&user);
+    return fs->create(kRootIno, "user", 0644, {1000, 1000, 0});
+  }();
+  ASSERT_TRUE(f.ok()) << f.error().message();
+  uint64_t user_bytes = 0;
+  {
+    CallerScope scope(&user);
+    Error e = fill(f->ino, &user_bytes);
+    EXPECT_EQ(e.code(), ENOSPC) << e.message();
+    EXPECT_NE(e.message().find("root reserve"), std::string::npos) << e.message();
+    EXPECT_GE(user.cap_asked, 1) << "the capability is asked once the space outside the reserve is gone";
+    // A new name needs no block here, but a directory does.
+    auto d = fs->mkdir(kRootIno, "dir", 0755, {1000, 1000, 0});
+    ASSERT_FALSE(d.ok());
+    EXPECT_EQ(d.error().code(), ENOSPC);
+  }
+  auto st = fs->statfs();
+  ASSERT_TRUE(st.ok());
+  EXPECT_LT(st->available_blocks, 16u) << "what a write's worst-case tree blocks still need";
+  EXPECT_GT(st->free_blocks, 700u) << "a fifth of the 4,096 blocks (819) stays for root";
+  // Without a caller the options decide (use_root_reserve is off).
+  auto n = fs->write(f->ino, user_bytes, bytes_of(chunk));
+  EXPECT_FALSE(n.ok());
+  // A member of the reserved group, then root (the reserved uid), then a
+  // process with CAP_SYS_RESOURCE: each writes 64 KiB into the reserve.
+  TestCaller member(1001, 4242, false), root(0, 0, false), capable(1002, 1002, true);
+  int k = 0;
+  for (const Caller* who : {static_cast<const Caller*>(&member), static_cast<const Caller*>(&root),
+                            static_cast<const Caller*>(&capable)}) {
+    CallerScope scope(who);
+    auto g = fs->create(kRootIno, "reserve" + std::to_string(k++), 0644, {who->fsuid(), 0, 0});
+    ASSERT_TRUE(g.ok()) << g.error().message();
+    auto w = fs->write(g->ino, 0, bytes_of(chunk));
+    EXPECT_TRUE(w.ok() && *w == chunk.size()) << "caller " << k << ": "
+                                              << (w.ok() ? std::to_string(*w) : w.error().message());
+  }
+  EXPECT_EQ(root.cap_asked, 0) << "the reserved uid needs no capability check";
+  {
+    CallerScope scope(&root);
+    auto d = fs->mkdir(kRootIno, "rootdir", 0755, {});
+    EXPECT_TRUE(d.ok()) << d.error().message();
+  }
   ASSERT_TRUE(fs->close().ok());
   FsckVerdict v = e2fsck_clean(image);
   EXPECT_TRUE(v.clean) << v.report;

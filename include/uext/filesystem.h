@@ -40,6 +40,7 @@ struct Options {
   uint32_t commit_interval_ms = 5000;
   // Read-write: allocations may use the blocks the superblock reserves for
   // root (s_r_blocks_count), as a process with CAP_SYS_RESOURCE may.
+  // Without it, a server decides per caller (uext/caller.h).
   bool use_root_reserve = false;
   // Read-write: delayed allocation for extent-mapped regular files, as
   // ext4 does by default. write() reserves space and caches the data;

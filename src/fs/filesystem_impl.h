@@ -134,6 +134,10 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   // Sets aside `blocks` blocks for the operation about to run, committing
   // the journal once when freed-but-busy blocks are all that is missing.
   Result<alloc::Reservation> reserve(uint64_t blocks);
+  // Whether this thread's allocations may take the root reserve: by the
+  // options, or by the caller a server names (uext/caller.h), asked only
+  // when the space outside the reserve falls short.
+  bool may_use_root_reserve() const;
   // Worst-case tree or indirect blocks that mapping `data_blocks` new
   // blocks may add.
   uint64_t map_overhead(uint64_t data_blocks) const;

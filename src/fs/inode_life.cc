@@ -14,6 +14,7 @@
 #include "fs/dir_writer.h"
 #include "fs/filesystem_impl.h"
 #include "fs/map_writer.h"
+#include "uext/caller.h"
 #include "fs/xattr_writer.h"
 #include "vm/mapper.h"
 
@@ -120,10 +121,24 @@ Status FilesystemImpl::close() {
   return first;
 }
 
+bool FilesystemImpl::may_use_root_reserve() const {
+  if (vol_->options().use_root_reserve) return true;
+  const Caller* caller = CallerScope::current();
+  if (!caller) return false;
+  // As ext4_has_free_clusters decides, cheapest question first.
+  const disk::Superblock& sb = vol_->sb();
+  return caller->fsuid() == sb.s_def_resuid || (sb.s_def_resgid != 0 && caller->in_group(sb.s_def_resgid)) ||
+         caller->has_sys_resource();
+}
+
 Result<alloc::Reservation> FilesystemImpl::reserve(uint64_t blocks) {
   alloc::AllocOptions options;
   options.use_reserved = vol_->options().use_root_reserve;
   auto r = blocks_->reserve(blocks, options);
+  if (!r.ok() && r.error().code() == ENOSPC && !options.use_reserved && may_use_root_reserve()) {
+    options.use_reserved = true;
+    r = blocks_->reserve(blocks, options);
+  }
   if (!r.ok() && r.error().code() == ENOSPC && blocks_->busy_blocks() > 0) {
     // Blocks freed by the running transaction come back once it commits.
     UEXT_TRY(vol_->sync());

@@ -21,7 +21,6 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -35,6 +34,7 @@
 #include "fuse/image_guard.h"
 #include "fuse/killpriv.h"
 #include "fuse/mountinfo.h"
+#include "fuse/request_caller.h"
 #include "fuse/request_loop.h"
 #include "fuse/uring_transport.h"
 #include "uext/filesystem.h"
@@ -365,18 +365,7 @@ class Daemon {
   // clears the setgid bit, as posix_acl_update_mode does. (The kernel's
   // FUSE_SETXATTR_ACL_KILL_SGID does not reach libfuse's setxattr.)
   static bool in_group_or_root(fuse_req_t req, uint32_t gid) {
-    const fuse_ctx* ctx = fuse_req_ctx(req);
-    if (ctx->uid == 0 || static_cast<uint32_t>(ctx->gid) == gid) return true;
-    std::vector<gid_t> groups(64);
-    int n = fuse_req_getgroups(req, static_cast<int>(groups.size()), groups.data());
-    if (n > static_cast<int>(groups.size())) {
-      groups.resize(static_cast<size_t>(n));
-      n = fuse_req_getgroups(req, static_cast<int>(groups.size()), groups.data());
-    }
-    for (int i = 0; i < n && i < static_cast<int>(groups.size()); ++i) {
-      if (static_cast<uint32_t>(groups[static_cast<size_t>(i)]) == gid) return true;
-    }
-    return false;
+    return fuse_req_ctx(req)->uid == 0 || caller_in_group(req, gid);
   }
 
   // Clearing setuid/setgid ourselves (fuse/killpriv.h): as a write,
@@ -399,18 +388,7 @@ class Daemon {
   // Whether the caller holds CAP_FSETID (in its effective set, as the
   // kernel's capable() looks), for the changes the kernel does not flag
   // (copy_file_range, fallocate). Only asked of files with setuid/setgid.
-  static bool caller_may_keep_setid(fuse_req_t req) {
-    const fuse_ctx* ctx = fuse_req_ctx(req);
-    std::ifstream status("/proc/" + std::to_string(ctx->pid) + "/status");
-    std::string line;
-    while (ctx->pid > 0 && std::getline(status, line)) {
-      if (line.rfind("CapEff:", 0) == 0) {
-        constexpr int kCapFsetid = 4;
-        return (std::strtoull(line.c_str() + 7, nullptr, 16) >> kCapFsetid) & 1;
-      }
-    }
-    return ctx->uid == 0;  // no /proc entry (the caller is gone): by its uid
-  }
+  static bool caller_may_keep_setid(fuse_req_t req) { return caller_has_capability(req, kCapFsetid); }
 
   // Before a change that ext4 treats as a write (file_modified): what the
   // kernel left to us under FUSE_HANDLE_KILLPRIV_V2.
@@ -490,6 +468,7 @@ class Daemon {
   }
 
   void setattr(fuse_req_t req, fuse_ino_t fino, const struct stat* attr, int to_set) {
+    ActingFor acting(req);
     const Ino ino = to_ext(fino);
     SetAttr a;
     if (to_set & FUSE_SET_ATTR_MODE) a.mode = attr->st_mode & 07777;
@@ -526,6 +505,7 @@ class Daemon {
   }
 
   void mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+    ActingFor acting(req);
     const Ino dir = to_ext(parent);
     if (refuse_change(req)) return;
     if ((mode & S_IFMT) == 0) mode |= S_IFREG;
@@ -535,6 +515,7 @@ class Daemon {
   }
 
   void mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+    ActingFor acting(req);
     const Ino dir = to_ext(parent);
     if (refuse_change(req)) return;
     auto st = fs_->mkdir(dir, name, mode & 07777, owner(req));
@@ -543,6 +524,7 @@ class Daemon {
   }
 
   void symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
+    ActingFor acting(req);
     const Ino dir = to_ext(parent);
     if (refuse_change(req)) return;
     auto st = fs_->symlink(dir, name, target, owner(req));
@@ -551,6 +533,7 @@ class Daemon {
   }
 
   void link(fuse_req_t req, fuse_ino_t fino, fuse_ino_t new_parent, const char* new_name) {
+    ActingFor acting(req);
     const Ino ino = to_ext(fino), dir = to_ext(new_parent);
     if (refuse_change(req)) return;
     auto st = fs_->link(ino, dir, new_name);
@@ -576,6 +559,7 @@ class Daemon {
 
   void rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent, const char* new_name,
               unsigned flags) {
+    ActingFor acting(req);
     const Ino dir = to_ext(parent), new_dir = to_ext(new_parent);
     if (refuse_change(req)) return;
     // The kernel checked CAP_MKNOD for RENAME_WHITEOUT; the whiteout is the caller's.
@@ -607,6 +591,7 @@ class Daemon {
   }
 
   void create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
+    ActingFor acting(req);
     const Ino dir = to_ext(parent);
     if (refuse_change(req)) return;
     auto st = fs_->create(dir, name, mode, owner(req));
@@ -651,6 +636,7 @@ class Daemon {
   }
 
   void write(fuse_req_t req, fuse_ino_t fino, const char* data, size_t size, off_t off) {
+    ActingFor acting(req);
     const Ino ino = to_ext(fino);
     if (refuse_change(req)) return;
     const std::span bytes(reinterpret_cast<const std::byte*>(data), size);
@@ -770,6 +756,7 @@ class Daemon {
   }
 
   void setxattr(fuse_req_t req, fuse_ino_t fino, const char* name, const char* value, size_t size, int flags) {
+    ActingFor acting(req);
     const Ino ino = to_ext(fino);
     if (refuse_change(req)) return;
     if (is_caps_name(name)) no_caps_.drop(ino);
@@ -833,6 +820,7 @@ class Daemon {
   }
 
   void fallocate(fuse_req_t req, fuse_ino_t fino, int mode, off_t off, off_t len) {
+    ActingFor acting(req);
     const Ino ino = to_ext(fino);
     if (refuse_change(req)) return;
     if (off < 0 || len <= 0) return fuse_reply_err(req, EINVAL), void();
@@ -855,6 +843,7 @@ class Daemon {
   // No reflinks in ext4: a copy through the library, without the bytes
   // crossing into the kernel twice.
   void copy_file_range(fuse_req_t req, fuse_ino_t in, off_t off_in, fuse_ino_t out, off_t off_out, size_t len) {
+    ActingFor acting(req);
     const Ino src = to_ext(in), dst = to_ext(out);
     if (refuse_change(req)) return;
     if (off_in < 0 || off_out < 0) return fuse_reply_err(req, EINVAL), void();

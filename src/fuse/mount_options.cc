@@ -264,7 +264,10 @@ std::string mount_options_help() {
   data_err=ignore|abort  a file data write that fails: reported to fsync while
                          the metadata commits (ignore, the default, as ext4's),
                          or the journal aborts so nothing after it commits
-  use_root_reserve       allocations may use the root-reserved blocks
+  use_root_reserve       every caller's allocations may use the blocks kept
+                         for root; without it (default) only those ext4
+                         lets: the image's reserved uid (root unless tune2fs
+                         -u) and group (tune2fs -g), and CAP_SYS_RESOURCE
   nochecksums            accept wrong metadata checksums (only with ro)
   read_ahead_kb=KIB      the kernel's readahead for the mount (default 1024,
                          the largest READ; 0: the kernel's 128); set only

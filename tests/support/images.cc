@@ -351,7 +351,7 @@ std::optional<uint16_t> superblock_state(const std::string& image) {
 
 // ---------------------------------------------------------------- LoopMount
 
-LoopMount::LoopMount(const std::string& image, const std::string& dir, bool read_only)
+LoopMount::LoopMount(const std::string& image, const std::string& dir, bool read_only, const std::string& options)
     : image_(image), dir_(dir) {
   std::vector<std::string> losetup = {"losetup", "-f", "--show"};
   if (read_only) losetup.push_back("-r");
@@ -368,7 +368,9 @@ LoopMount::LoopMount(const std::string& image, const std::string& dir, bool read
     return;
   }
   device_ = r.out.substr(0, r.out.find('\n'));
-  std::vector<std::string> mount = {"mount", "-o", read_only ? "ro,noatime" : "rw", device_, dir};
+  std::string how = read_only ? "ro,noatime" : "rw";
+  if (!options.empty()) how += "," + options;
+  std::vector<std::string> mount = {"mount", "-o", how, device_, dir};
   r = run(mount);
   if (r.exit_code != 0) {
     error_ = failed(mount, r);

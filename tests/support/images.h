@@ -79,7 +79,8 @@ std::optional<uint16_t> superblock_state(const std::string& image);
 // A loop mount that always unmounts and detaches, even when a test fails.
 class LoopMount {
  public:
-  LoopMount(const std::string& image, const std::string& dir, bool read_only);
+  // `options`: more mount options for the kernel's ext4 (comma-separated).
+  LoopMount(const std::string& image, const std::string& dir, bool read_only, const std::string& options = {});
   ~LoopMount();
   LoopMount(const LoopMount&) = delete;
   LoopMount& operator=(const LoopMount&) = delete;
