@@ -689,5 +689,62 @@ TEST(RootReserve, TheCallerNamedForTheThreadDecides) {
   EXPECT_TRUE(v.clean) << v.report;
 }
 
+// A full filesystem (for the caller: nothing left outside the root
+// reserve) still takes a name its directory has room for, as ext4 does,
+// which reserves nothing for a directory's growth: create, rename, link,
+// symlink and mknod go in; mkdir, which needs a block, does not; and once
+// the directory itself must grow, the create fails with ENOSPC, leaves no
+// name and no inode behind, and records no error.
+TEST(FullFilesystem, NamesThatFitStillGoIn) {
+  TempDir tmp;
+  const std::string image = tmp / "img";
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", image, "16M"});
+  auto fs = open_rw(image);
+  ASSERT_TRUE(fs);
+  auto big = fs->create(kRootIno, "big", 0644, {});
+  ASSERT_TRUE(big.ok()) << big.error().message();
+  const std::string chunk(64 << 10, 'f');
+  uint64_t at = 0;
+  for (;;) {
+    auto n = fs->write(big->ino, at, bytes_of(chunk));
+    if (!n.ok()) {
+      ASSERT_EQ(n.error().code(), ENOSPC) << n.error().message();
+      break;
+    }
+    at += *n;
+  }
+  ASSERT_TRUE(fs->fsync(big->ino, false).ok());
+  auto files_before = fs->statfs();
+  ASSERT_TRUE(files_before.ok());
+  auto a = fs->create(kRootIno, "a", 0644, {});
+  ASSERT_TRUE(a.ok()) << a.error().message();
+  EXPECT_TRUE(fs->rename(kRootIno, "a", kRootIno, "b", 0).ok());
+  EXPECT_TRUE(fs->link(a->ino, kRootIno, "c").ok());
+  EXPECT_TRUE(fs->symlink(kRootIno, "s", "b", {}).ok());
+  EXPECT_TRUE(fs->mknod(kRootIno, "p", S_IFIFO | 0644, {}).ok());
+  auto d = fs->mkdir(kRootIno, "d", 0755, {});
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.error().code(), ENOSPC) << d.error().message();
+  // Names of 200 bytes: a 4 KiB block holds 19 of them.
+  int made = 0;
+  Error last{0, ""};
+  for (; made < 1000; ++made) {
+    auto f = fs->create(kRootIno, std::string(190, 'n') + std::to_string(1000 + made), 0644, {});
+    if (!f.ok()) {
+      last = f.error();
+      break;
+    }
+  }
+  EXPECT_EQ(last.code(), ENOSPC) << "after " << made << " names: " << last.message();
+  EXPECT_GT(made, 0);
+  EXPECT_FALSE(fs->lookup(kRootIno, std::string(190, 'n') + std::to_string(1000 + made)).ok());
+  auto after = fs->statfs();
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(files_before->free_files - after->free_files, static_cast<uint64_t>(made) + 3)
+      << "the inodes of a, s, p and the names made, and none for the create that failed";
+  ASSERT_TRUE(fs->close().ok());
+  EXPECT_TRUE(image_is_clean(image));
+}
+
 }  // namespace
 }  // namespace uext::testing

@@ -850,8 +850,9 @@ for f in *; do printf '%s %s ' "$f" "$(stat -c '%a %u:%g %s' "$f")"; getfattr --
 }
 
 // The blocks kept for root: once a user has filled what is left outside
-// them, the user cannot write another MiB, while root (the image's reserved
-// uid) and a member of the reserved group (tune2fs -g) still can; the same
+// them, the user cannot write another MiB (but can still make names that
+// fit the directory), while root (the image's reserved uid) and a member of
+// the reserved group (tune2fs -g) still write; the same
 // verdicts on the kernel's ext4 and through the mount. (The kernel here,
 // 6.18, mounts with resgid=0 whatever the superblock's s_def_resgid says,
 // so it is given resgid=4242 explicitly; ext4's documentation and e2fsprogs
@@ -863,6 +864,7 @@ TEST(FuseRootReserve, RootAndTheReservedGroupWriteWhereUsersCannot) {
 mib='dd if=/dev/zero of="$0" bs=64k count=16 2>/dev/null && sync "$0" && echo ok || echo refused'
 setpriv --reuid=1000 --regid=1000 --clear-groups sh -c 'dd if=/dev/zero of=user bs=64k count=1000; dd if=/dev/zero of=user bs=4k count=1000 oflag=append conv=notrunc; sync user' 2>/dev/null
 echo "user: $(setpriv --reuid=1000 --regid=1000 --clear-groups sh -c "$mib" more)"
+echo "user's new names: $(setpriv --reuid=1000 --regid=1000 --clear-groups sh -c 'touch n1 && mv n1 n2 && ln n2 n3 && ln -s n2 n4 && mkfifo n5 && echo ok || echo refused')"
 echo "group member: $(setpriv --reuid=1001 --regid=1001 --groups=4242 sh -c "$mib" group)"
 echo "root: $(sh -c "$mib" root)"
 mkdir rootdir && echo "root mkdir: ok")SH";
@@ -880,7 +882,7 @@ mkdir rootdir && echo "root mkdir: ok")SH";
     run_ok({"chmod", "777", t / "k"});
     expected = run_ok({"sh", "-c", script, "sh", t / "k"});
   }
-  EXPECT_EQ(expected, "user: refused\ngroup member: ok\nroot: ok\nroot mkdir: ok\n");
+  EXPECT_EQ(expected, "user: refused\nuser's new names: ok\ngroup member: ok\nroot: ok\nroot mkdir: ok\n");
   const std::string img = t / "u.img";
   prepare(img);
   FuseMount m(img, t / "mnt");

@@ -194,14 +194,20 @@ Result<BlockExtent> BlockAllocator::allocate(journal::Handle& handle, uint64_t g
   const disk::Superblock& sb = groups_.sb();
   const uint64_t keep = options.use_reserved ? 0 : sb.s_r_blocks_count;
   Reservation* reservation = current_reservation;
+  // What an allocation past a used-up reservation leaves free.
+  uint64_t keep_past = 0;
   if (reservation && reservation->left_ == 0) {
     // A worst-case estimate fell short: take what is needed from the pool,
     // root reserve included (as ext4 keeps blocks back for metadata), rather
-    // than fail an operation that has already changed blocks.
+    // than fail an operation that has already changed blocks. One that
+    // knew it might fall short (allow_short) can fail cleanly instead.
+    if (reservation->short_) {
+      keep_past = metadata_pool() + (reservation->short_use_reserved_ ? 0 : sb.s_r_blocks_count);
+    }
     reservation = nullptr;
   }
   const uint64_t claimed = reservation ? std::min<uint64_t>(count, reservation->left_)
-                                       : groups_.claim_blocks(count, current_reservation ? 0 : keep);
+                                       : groups_.claim_blocks(count, current_reservation ? keep_past : keep);
   if (claimed == 0) {
     int64_t left = groups_.unclaimed_free_blocks();
     if (left > 0 && !options.use_reserved) {
@@ -290,6 +296,8 @@ Result<BlockExtent> BlockAllocator::allocate(journal::Handle& handle, uint64_t g
 Reservation& Reservation::operator=(Reservation&& other) noexcept {
   if (this != &other) {
     release();
+    short_ = other.short_;
+    short_use_reserved_ = other.short_use_reserved_;
     if (other.allocator_) {
       other.allocator_->moved(other, *this);
     } else {
@@ -358,13 +366,11 @@ Result<Reservation> BlockAllocator::reserve(uint64_t blocks, const AllocOptions&
 Status BlockAllocator::grow(Reservation& r, uint64_t blocks, const AllocOptions& options) {
   if (blocks == 0) return {};
   r.allocator_ = this;
-  // Reservations never take the metadata pool (ext4's s_resv_clusters:
-  // 2% of the blocks, at most 4096): it is what lets writeback convert
-  // unwritten extents, or a worst-case estimate fall short, on a
+  // Reservations never take the metadata pool: it is what lets writeback
+  // convert unwritten extents, or a worst-case estimate fall short, on a
   // filesystem that is otherwise full. Without use_reserved, the root
   // reserve stays too.
-  const uint64_t pool = std::min<uint64_t>(groups_.sb().s_blocks_count / 50, 4096);
-  const uint64_t keep = pool + (options.use_reserved ? 0 : groups_.sb().s_r_blocks_count);
+  const uint64_t keep = metadata_pool() + (options.use_reserved ? 0 : groups_.sb().s_r_blocks_count);
   const uint64_t claimed = groups_.claim_blocks(blocks, keep);
   if (claimed < blocks) {
     groups_.unclaim_blocks(claimed);

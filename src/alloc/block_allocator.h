@@ -13,6 +13,7 @@
 //     blocks costs no credits.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <unordered_set>
 #include <vector>
@@ -61,11 +62,23 @@ class Reservation {
   void release();
   // Hands back `n` blocks of it (at most what is left).
   void give_back(uint64_t n);
+  // For an operation that could not reserve its worst case and goes ahead
+  // with what it surely needs (a new name, which nearly always fits a block
+  // its directory has): once this is used up, allocations are claimed from
+  // the free space on a reservation's terms (the metadata pool kept, and
+  // the root reserve unless `use_reserved`) and fail with ENOSPC past
+  // them, rather than dipping into what an exhausted worst case may take.
+  void allow_short(bool use_reserved) {
+    short_ = true;
+    short_use_reserved_ = use_reserved;
+  }
 
  private:
   friend class BlockAllocator;
   BlockAllocator* allocator_ = nullptr;
   uint64_t left_ = 0;
+  bool short_ = false;
+  bool short_use_reserved_ = false;
 };
 
 // Makes allocations on this thread draw from `r` (nullptr: from the pool)
@@ -155,6 +168,10 @@ class BlockAllocator {
   uint64_t busy_blocks() const { return busy_total_.load(std::memory_order_relaxed); }
 
  private:
+  // Blocks no reservation takes (ext4's s_resv_clusters: 2% of the blocks,
+  // at most 4096), kept for what must not fail for space: writeback
+  // converting unwritten extents, a worst-case estimate falling short.
+  uint64_t metadata_pool() const { return std::min<uint64_t>(groups_.sb().s_blocks_count / 50, 4096); }
   // What a group search looks for: `want` blocks, from `from` on; with
   // `whole`, only a free run of `search` (>= want) blocks will do. Blocks in
   // `avoid` count as used; with `exact` only a run at `from` will do.

@@ -296,8 +296,14 @@ class Adder {
     name_ = name;
     ino_ = ino;
     type_ = ed_.format().filetype ? file_type : 0;
-    if (is_indexed(vol_, dir_)) return dx_add();
-    return linear_add();
+    Status added = is_indexed(vol_, dir_) ? dx_add() : linear_add();
+    // Out of space, the directory is as its last completed step left it (a
+    // step allocates before it changes a block): whole, unless the map
+    // writer said otherwise.
+    if (!added.ok() && added.error().code() == ENOSPC && h_.verdict() != journal::Handle::Verdict::kBroken) {
+      h_.step_consistent(changes_before_);
+    }
+    return added;
   }
 
  private:

@@ -133,7 +133,10 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   static Stat to_stat(const disk::Superblock& sb, const InodeRecord& rec);
   // Sets aside `blocks` blocks for the operation about to run, committing
   // the journal once when freed-but-busy blocks are all that is missing.
-  Result<alloc::Reservation> reserve(uint64_t blocks);
+  // `unlikely` of them (a directory's worst-case growth) may be left out
+  // when the whole does not fit: the operation then fails with ENOSPC if
+  // it does need them (alloc::Reservation::allow_short).
+  Result<alloc::Reservation> reserve(uint64_t blocks, uint64_t unlikely = 0);
   // Whether this thread's allocations may take the root reserve: by the
   // options, or by the caller a server names (uext/caller.h), asked only
   // when the space outside the reserve falls short.

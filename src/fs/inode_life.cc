@@ -131,7 +131,7 @@ bool FilesystemImpl::may_use_root_reserve() const {
          caller->has_sys_resource();
 }
 
-Result<alloc::Reservation> FilesystemImpl::reserve(uint64_t blocks) {
+Result<alloc::Reservation> FilesystemImpl::reserve(uint64_t blocks, uint64_t unlikely) {
   alloc::AllocOptions options;
   options.use_reserved = vol_->options().use_root_reserve;
   auto r = blocks_->reserve(blocks, options);
@@ -143,6 +143,16 @@ Result<alloc::Reservation> FilesystemImpl::reserve(uint64_t blocks) {
     // Blocks freed by the running transaction come back once it commits.
     UEXT_TRY(vol_->sync());
     r = blocks_->reserve(blocks, options);
+  }
+  if (!r.ok() && r.error().code() == ENOSPC && unlikely > 0) {
+    // A full filesystem still takes a name its directory has room for, as
+    // ext4 does (it reserves nothing for a directory's growth): go ahead
+    // with the rest, and let a growth that does come fail cleanly.
+    auto certain = blocks_->reserve(blocks - std::min(unlikely, blocks), options);
+    if (certain.ok()) {
+      certain->allow_short(options.use_reserved);
+      return certain;
+    }
   }
   return r;
 }

@@ -140,7 +140,7 @@ Result<Stat> FilesystemImpl::make_node(Ino dir, std::string_view name, uint32_t 
   uint64_t need = kDirGrowthBlocks;
   if (is_dir || slow_symlink) need += 1 + map_overhead(1);
   if (acl_count > 0) need += 1;  // an xattr block, when they do not fit in the inode
-  UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, reserve(need));
+  UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, reserve(need, kDirGrowthBlocks));
   alloc::ReservationScope scope(&space);
 
   uint32_t credits = kNewInodeCredits + dir_add_credits(*vol_, parent) + 3;
@@ -221,7 +221,7 @@ Result<Stat> FilesystemImpl::link(Ino ino, Ino new_dir, std::string_view new_nam
   if (child.inode.i_links_count >= kMaxLinks) return Error(EMLINK, fmt::format("inode {}: Too many links", ino));
   UEXT_ASSIGN_OR_RETURN(auto existing, dir_lookup(*vol_, parent, new_name));
   if (existing) return Error(EEXIST, fmt::format("{}: File exists", new_name));
-  UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, reserve(kDirGrowthBlocks));
+  UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, reserve(kDirGrowthBlocks, kDirGrowthBlocks));
   alloc::ReservationScope scope(&space);
   UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(dir_add_credits(*vol_, parent) + 3));
   const disk::Timestamp t = now();
@@ -409,7 +409,10 @@ Status FilesystemImpl::rename(Ino old_dir, std::string_view old_name, Ino new_di
   if (!same_dir && src_dir) UEXT_TRY(check_dotdot(src, old_dir));
   if (!same_dir && exchange && dst_dir) UEXT_TRY(check_dotdot(dst, new_dir));
 
-  UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, reserve(dst_ino ? 0 : kDirGrowthBlocks));
+  // A name the directory has room for goes in on a full filesystem (the
+  // growth is left out of the reservation when it does not fit), but not
+  // with a whiteout, whose inode comes first and would be left unnamed.
+  UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, reserve(dst_ino ? 0 : kDirGrowthBlocks, whiteout ? 0 : kDirGrowthBlocks));
   alloc::ReservationScope scope(&space);
   const uint32_t credits = dir_add_credits(*vol_, new_parent) + dir_change_credits(*vol_, old_parent) +
                            dir_change_credits(*vol_, new_parent) + 2 * dir_change_credits(*vol_, src) + 6 +
