@@ -852,7 +852,7 @@ for f in *; do printf '%s %s ' "$f" "$(stat -c '%a %u:%g %s' "$f")"; getfattr --
 // The blocks kept for root: once a user has filled what is left outside
 // them, the user cannot write another MiB (but can still make names that
 // fit the directory), while root (the image's reserved uid) and a member of
-// the reserved group (tune2fs -g) still write; the same
+// the reserved group (tune2fs -g, or the mount's resgid=) still write; the same
 // verdicts on the kernel's ext4 and through the mount. (The kernel here,
 // 6.18, mounts with resgid=0 whatever the superblock's s_def_resgid says,
 // so it is given resgid=4242 explicitly; ext4's documentation and e2fsprogs
@@ -868,12 +868,12 @@ echo "user's new names: $(setpriv --reuid=1000 --regid=1000 --clear-groups sh -c
 echo "group member: $(setpriv --reuid=1001 --regid=1001 --groups=4242 sh -c "$mib" group)"
 echo "root: $(sh -c "$mib" root)"
 mkdir rootdir && echo "root mkdir: ok")SH";
-  auto prepare = [&](const std::string& img) {
+  auto prepare = [&](const std::string& img, bool reserved_group) {
     make_image(img, "64M", {"-m", "20"});
-    run_ok({"tune2fs", "-g", "4242", img});
+    if (reserved_group) run_ok({"tune2fs", "-g", "4242", img});
   };
   const std::string kimg = t / "k.img";
-  prepare(kimg);
+  prepare(kimg, true);
   ::mkdir((t / "k").c_str(), 0755);
   std::string expected;
   {
@@ -883,15 +883,18 @@ mkdir rootdir && echo "root mkdir: ok")SH";
     expected = run_ok({"sh", "-c", script, "sh", t / "k"});
   }
   EXPECT_EQ(expected, "user: refused\nuser's new names: ok\ngroup member: ok\nroot: ok\nroot mkdir: ok\n");
-  const std::string img = t / "u.img";
-  prepare(img);
-  FuseMount m(img, t / "mnt");
-  ASSERT_TRUE(m.ok()) << m.log();
-  run_ok({"chmod", "777", m.dir()});
-  const std::string seen = run_ok({"sh", "-c", script, "sh", m.dir()});
-  EXPECT_EQ(seen, expected);
-  ASSERT_EQ(m.unmount(), 0) << m.log();
-  EXPECT_TRUE(image_is_clean(img));
+  // The group from the superblock, then from the option (as ext4's resgid=).
+  for (bool from_option : {false, true}) {
+    const std::string img = t / (from_option ? "opt.img" : "u.img");
+    prepare(img, !from_option);
+    FuseMount m(img, t / "mnt", from_option ? "resgid=4242" : "");
+    ASSERT_TRUE(m.ok()) << m.log();
+    run_ok({"chmod", "777", m.dir()});
+    const std::string seen = run_ok({"sh", "-c", script, "sh", m.dir()});
+    EXPECT_EQ(seen, expected) << (from_option ? "with -o resgid=4242" : "with tune2fs -g 4242");
+    ASSERT_EQ(m.unmount(), 0) << m.log();
+    EXPECT_TRUE(image_is_clean(img));
+  }
 }
 
 TEST_F(FusePosix, StickyAndSetgidDirectories) {

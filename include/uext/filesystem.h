@@ -40,8 +40,11 @@ struct Options {
   uint32_t commit_interval_ms = 5000;
   // Read-write: allocations may use the blocks the superblock reserves for
   // root (s_r_blocks_count), as a process with CAP_SYS_RESOURCE may.
-  // Without it, a server decides per caller (uext/caller.h).
+  // Without it, a server decides per caller (uext/caller.h), by these ids
+  // (ext4's resuid= and resgid=; unset: the superblock's s_def_resuid and
+  // s_def_resgid).
   bool use_root_reserve = false;
+  std::optional<uint32_t> reserved_uid, reserved_gid;
   // Read-write: delayed allocation for extent-mapped regular files, as
   // ext4 does by default. write() reserves space and caches the data;
   // blocks are allocated at writeback, a run of pages at a time.

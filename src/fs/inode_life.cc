@@ -126,9 +126,10 @@ bool FilesystemImpl::may_use_root_reserve() const {
   const Caller* caller = CallerScope::current();
   if (!caller) return false;
   // As ext4_has_free_clusters decides, cheapest question first.
-  const disk::Superblock& sb = vol_->sb();
-  return caller->fsuid() == sb.s_def_resuid || (sb.s_def_resgid != 0 && caller->in_group(sb.s_def_resgid)) ||
-         caller->has_sys_resource();
+  const Options& o = vol_->options();
+  const uint32_t uid = o.reserved_uid.value_or(vol_->sb().s_def_resuid);
+  const uint32_t gid = o.reserved_gid.value_or(vol_->sb().s_def_resgid);
+  return caller->fsuid() == uid || (gid != 0 && caller->in_group(gid)) || caller->has_sys_resource();
 }
 
 Result<alloc::Reservation> FilesystemImpl::reserve(uint64_t blocks, uint64_t unlikely) {

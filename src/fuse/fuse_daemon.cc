@@ -1155,6 +1155,8 @@ int run_mount(MountOptions opts) {
   fo.dirty_limit_bytes = opts.dirty_limit_bytes;
   fo.commit_interval_ms = opts.commit_seconds * 1000;
   fo.use_root_reserve = opts.use_root_reserve;
+  fo.reserved_uid = opts.reserved_uid;
+  fo.reserved_gid = opts.reserved_gid;
   fo.data_err_abort = opts.data_err_abort;
   fo.posix_acl = opts.acl;
   auto opened = Filesystem::open(opts.image, fo);

@@ -118,6 +118,11 @@ Status parse_mount_option_list(const std::string& list, MountOptions& opts) {
     else if (key == "auto_unmount") s = flag(opts.auto_unmount, true);
     else if (key == "default_permissions") s = flag(always_on, true);
     else if (key == "use_root_reserve" || key == "reservation") s = flag(opts.use_root_reserve, true);
+    else if (key == "resuid" || key == "resgid") {
+      uint32_t id = 0;
+      s = count(id, UINT32_MAX, "a numeric user or group id");
+      if (s.ok()) (key == "resuid" ? opts.reserved_uid : opts.reserved_gid) = id;
+    }
     else if (key == "clone_fd") s = flag(opts.clone_fd, true);
     else if (key == "entry_timeout") s = seconds(opts.entry_timeout);
     else if (key == "attr_timeout") s = seconds(opts.attr_timeout);
@@ -268,6 +273,8 @@ std::string mount_options_help() {
                          for root; without it (default) only those ext4
                          lets: the image's reserved uid (root unless tune2fs
                          -u) and group (tune2fs -g), and CAP_SYS_RESOURCE
+  resuid=UID, resgid=GID the user and group that may use the blocks kept
+                         for root, instead of the image's (as ext4's options)
   nochecksums            accept wrong metadata checksums (only with ro)
   read_ahead_kb=KIB      the kernel's readahead for the mount (default 1024,
                          the largest READ; 0: the kernel's 128); set only

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,9 @@ struct MountOptions {
   bool allow_root = false;
   bool auto_unmount = false;
   bool use_root_reserve = false;
+  // ext4's resuid= and resgid=: who may use the root reserve, instead of
+  // the superblock's s_def_resuid and s_def_resgid.
+  std::optional<uint32_t> reserved_uid, reserved_gid;
   bool data_err_abort = false;  // ext4's data_err=abort
   // POSIX ACLs enforced by the kernel and inherited at create (ext4's
   // `acl`, its default); false is `noacl`.
