@@ -1367,14 +1367,31 @@ TEST_F(FuseLife, KilledDaemonLeavesAnImageThatReplays) {
   fsck.replay = Replay::kE2fsck;
   FsckVerdict v = e2fsck_clean(img_, fsck);
   EXPECT_TRUE(v.clean) << v.report;
-  // A read-only mount leaves the journal alone, and says so.
+  // A read-only mount, and the read-only commands, replay the journal in
+  // memory only: the fsynced file is there, the image is left as it was
+  // (still needing recovery). norecovery and --no-replay show it as it
+  // lies, where the file's name has not reached its directory block.
+  const std::string image_sum = run_ok({"sha256sum", img_});
   {
     FuseMount ro(img_, t_ / "mnt", "ro");
     ASSERT_TRUE(ro.ok()) << ro.log();
+    EXPECT_EQ(read_file(ro.path("durable")), read_file(t_ / "data"));
     EXPECT_EQ(ro.unmount(), 0);
-    EXPECT_NE(ro.log().find("does not replay"), std::string::npos) << ro.log();
-    EXPECT_TRUE(has_needs_recovery(img_));
+    EXPECT_NE(ro.log().find("transactions in memory"), std::string::npos) << ro.log();
   }
+  {
+    FuseMount raw(img_, t_ / "mnt", "ro,norecovery");
+    ASSERT_TRUE(raw.ok()) << raw.log();
+    EXPECT_NE(::access(raw.path("durable").c_str(), F_OK), 0);
+    EXPECT_EQ(raw.unmount(), 0);
+  }
+  FuseMount refused(img_, t_ / "mnt", "norecovery");
+  EXPECT_FALSE(refused.ok());
+  EXPECT_NE(refused.log().find("needs 'ro'"), std::string::npos) << refused.log();
+  EXPECT_EQ(run_ok({uext_cli(), "cat", img_, "/durable"}), read_file(t_ / "data"));
+  EXPECT_EQ(run_ok({uext_cli(), "ls", "--no-replay", img_, "/"}).find("durable"), std::string::npos);
+  EXPECT_EQ(run_ok({"sha256sum", img_}), image_sum);
+  EXPECT_TRUE(has_needs_recovery(img_));
   // The next read-write mount replays, and the fsynced file is there.
   FuseMount again(img_, t_ / "mnt");
   ASSERT_TRUE(again.ok()) << again.log();

@@ -25,7 +25,9 @@ void field(std::string_view label, std::string_view value) {
   fmt::print("{:<26}{}\n", label, value);
 }
 
-int run_info(const ImageOptions& opts) {
+int run_info(ImageOptions opts) {
+  // The superblock as on disk, as dumpe2fs -h shows it.
+  opts.no_replay = true;
   auto fs = open_image(opts);
   if (!fs) return kExitFailure;
   VolumeInfo v = fs->info();

@@ -63,6 +63,7 @@ std::unique_ptr<Filesystem> open_image(const ImageOptions& opts) {
   Options o;
   o.read_only = true;
   o.verify_checksums = !opts.no_checksums;
+  o.replay_read_only = !opts.no_replay;
   auto fs = Filesystem::open(opts.image, o);
   if (!fs) {
     // The library names the image in open errors already; say it once.
@@ -74,6 +75,15 @@ std::unique_ptr<Filesystem> open_image(const ImageOptions& opts) {
       report_error(opts.image, err);
     }
     return nullptr;
+  }
+  const VolumeInfo v = (*fs)->info();
+  if (v.replayed_in_memory && v.replayed_transactions > 0) {
+    warn({opts.image, fmt::format("the journal needs recovery: {} transactions replayed in memory, the image "
+                                    "left as it is (--no-replay shows it without them)",
+                                    v.replayed_transactions)});
+  } else if (!v.replay_problem.empty()) {
+    warn({opts.image, "the journal needs recovery but cannot be replayed (" + v.replay_problem +
+                            "): showing the image as it lies"});
   }
   return std::move(fs).value();
 }
@@ -242,6 +252,10 @@ void add_image_options(CLI::App* sub, ImageOptions& opts) {
       ->required();
   sub->add_flag("--no-checksums", opts.no_checksums,
                 "Do not verify metadata checksums (to salvage data from a damaged image)");
+  if (sub->get_name() != "info") {
+    sub->add_flag("--no-replay", opts.no_replay,
+                  "Show the image as it lies on disk, without replaying in memory a journal that needs recovery");
+  }
 }
 
 void add_image_rw_option(CLI::App* sub, std::string& image) {

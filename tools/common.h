@@ -23,6 +23,10 @@ inline constexpr int kExitUsage = 2;
 struct ImageOptions {
   std::string image;
   bool no_checksums = false;
+  // Show the image as it lies, without replaying in memory a journal that
+  // needs recovery (uext info always does: it shows the superblock as on
+  // disk, as dumpe2fs -h).
+  bool no_replay = false;
 };
 
 // The text for an Error: strerror for plain errno errors, the library's

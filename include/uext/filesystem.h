@@ -29,6 +29,12 @@ inline constexpr Ino kRootIno = 2;
 
 struct Options {
   bool read_only = true;
+  // Read-only: an image whose journal needs recovery is replayed in memory,
+  // the image never written, so that reads show what the last commit left,
+  // as the kernel's read-only mount does. Off: the image as it lies on disk
+  // (what dumpe2fs and debugfs show). A journal that cannot be replayed
+  // leaves the image as it lies, and VolumeInfo says why.
+  bool replay_read_only = true;
   // Verify metadata checksums (metadata_csum images). Off only to salvage
   // data from a damaged image.
   bool verify_checksums = true;
@@ -146,8 +152,14 @@ struct VolumeInfo {
   uint16_t errors_behavior = 1;
   bool needs_recovery = false;  // the journal holds transactions not yet replayed
   bool read_only = true;        // how uext opened it
-  // Journal transactions replayed when the image was opened read-write.
+  // Journal transactions replayed when the image was opened: into the
+  // image (read-write), or, read-only, in memory only (replayed_in_memory;
+  // the image still needs recovery).
   uint32_t replayed_transactions = 0;
+  bool replayed_in_memory = false;
+  // Read-only: why the journal could not be replayed in memory (empty: it
+  // was, or needed no replay).
+  std::string replay_problem;
   std::string read_only_reason;  // why uext chose read-only, if it did
   int64_t mkfs_time = 0, mount_time = 0, write_time = 0;
   uint32_t mount_count = 0;

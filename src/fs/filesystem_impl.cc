@@ -85,6 +85,8 @@ VolumeInfo FilesystemImpl::info() const {
   v.needs_recovery = !vol_->writable() && sb.has_incompat(disk::incompat::kRecover);
   v.read_only = !vol_->writable();
   v.replayed_transactions = vol_->recovery().transactions;
+  v.replayed_in_memory = vol_->replayed_in_memory();
+  v.replay_problem = vol_->replay_problem();
   v.read_only_reason = vol_->features().read_only_reason;
   v.mkfs_time = sb.s_mkfs_time;
   v.mount_time = sb.s_mtime;

@@ -308,7 +308,11 @@ TEST(JournalInfo, KernelShutdownLeavesTransactionsToReplay) {
                               "/f1; xfs_io -x -c 'shutdown -f' " + mnt);
   testing::run({"umount", mnt});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  auto fs = Filesystem::open(img, {});
+  const std::string before = testing::run_ok({"sha256sum", img});
+  // As the image lies (what uext info shows).
+  Options raw;
+  raw.replay_read_only = false;
+  auto fs = Filesystem::open(img, raw);
   ASSERT_TRUE(fs.ok()) << fs.error().message();
   VolumeInfo v = (*fs)->info();
   EXPECT_TRUE(v.needs_recovery);
@@ -316,6 +320,25 @@ TEST(JournalInfo, KernelShutdownLeavesTransactionsToReplay) {
   EXPECT_NE(v.journal.start, 0u);
   EXPECT_GT(v.journal.pending_transactions, 0u);
   EXPECT_GT(v.journal.pending_blocks, 0u);
+  const uint32_t pending = v.journal.pending_transactions;
+  fs->reset();
+  // A read-only open replays the kernel's journal in memory: the file the
+  // kernel fsynced is there, and the image is not written.
+  auto replayed = Filesystem::open(img, {});
+  ASSERT_TRUE(replayed.ok()) << replayed.error().message();
+  VolumeInfo w = (*replayed)->info();
+  EXPECT_TRUE(w.replayed_in_memory);
+  EXPECT_EQ(w.replayed_transactions, pending);
+  EXPECT_TRUE(w.replay_problem.empty()) << w.replay_problem;
+  EXPECT_FALSE(w.needs_recovery);
+  auto f1 = (*replayed)->resolve("/f1");
+  ASSERT_TRUE(f1.ok()) << f1.error().message();
+  std::vector<std::byte> buf(16);
+  auto n = (*replayed)->read(*f1, 0, buf);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(buf.data()), *n), "1\n");
+  replayed->reset();
+  EXPECT_EQ(testing::run_ok({"sha256sum", img}), before);
 }
 
 }  // namespace

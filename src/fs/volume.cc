@@ -1,6 +1,7 @@
 #include "fs/volume.h"
 
 #include "fs/block_map.h"
+#include "io/overlay_device.h"
 
 #include <fmt/format.h>
 
@@ -17,7 +18,7 @@ Volume::Volume(std::unique_ptr<BlockDevice> device, const Options& options,
   cache_ = std::make_unique<buffer::BufferCache>(*device_, sb_.block_size(), options_.metadata_cache_bytes);
 }
 
-Result<std::unique_ptr<Volume>> Volume::load(std::unique_ptr<BlockDevice> device,
+Result<std::unique_ptr<Volume>> Volume::load(std::unique_ptr<BlockDevice>& device,
                                              const Options& options) {
   if (device->size() < disk::kSuperblockOffset + disk::kSuperblockSize) {
     return Error(kErrCorrupted, fmt::format("image is too small to hold a superblock ({} bytes)",
@@ -42,14 +43,24 @@ Result<std::unique_ptr<Volume>> Volume::load(std::unique_ptr<BlockDevice> device
                                                            sb->s_feature_incompat));
   std::unique_ptr<Volume> volume(new Volume(std::move(device), options, *sb));
   volume->features_ = verdict;
-  UEXT_TRY(volume->load_group_descriptors());
+  Status loaded = volume->load_group_descriptors();
+  if (!loaded.ok()) {
+    device = std::move(volume->device_);  // the caller's again
+    return std::move(loaded).error();
+  }
   return volume;
 }
 
 Result<std::unique_ptr<Volume>> Volume::open(std::unique_ptr<BlockDevice> device,
                                              const Options& options) {
-  UEXT_ASSIGN_OR_RETURN(auto volume, load(std::move(device), options));
-  if (options.read_only) return volume;
+  UEXT_ASSIGN_OR_RETURN(auto volume, load(device, options));
+  if (options.read_only) {
+    if (!options.replay_read_only || !volume->sb_.has_incompat(disk::incompat::kRecover) ||
+        !volume->sb_.has_compat(disk::compat::kHasJournal)) {
+      return volume;
+    }
+    return replay_in_memory(std::move(volume), options);
+  }
   if (volume->features_.access == disk::Access::kReadOnly) {
     return Error(EROFS, "cannot open read-write: " + volume->features_.read_only_reason);
   }
@@ -66,11 +77,49 @@ Result<std::unique_ptr<Volume>> Volume::open(std::unique_ptr<BlockDevice> device
     UEXT_TRY(journal::clear_needs_recovery(*volume->device_, report->needs_fsck()));
     // The replay rewrote metadata under the loaded copies: load afresh.
     auto replayed = *report;
-    UEXT_ASSIGN_OR_RETURN(volume, load(std::move(volume->device_), options));
+    UEXT_ASSIGN_OR_RETURN(volume, load(volume->device_, options));
     volume->recovery_ = replayed;
   }
   UEXT_TRY(volume->open_for_writing());
   return volume;
+}
+
+Result<std::unique_ptr<Volume>> Volume::replay_in_memory(std::unique_ptr<Volume> volume, const Options& options) {
+  const uint32_t bs = volume->block_size();
+  auto map = volume->journal_map();
+  auto overlay = std::make_unique<io::OverlayDevice>(std::move(volume->device_), bs);
+  journal::RecoveryReport report;
+  std::string problem;
+  if (!map.ok()) {
+    problem = map.error().message();
+  } else {
+    journal::RecoveryOptions ropts;
+    ropts.fs_blocks = volume->sb_.s_blocks_count;
+    auto replayed = journal::recover_journal(*overlay, bs, *map, ropts);
+    Status cleared = replayed.ok() ? journal::clear_needs_recovery(*overlay, replayed->needs_fsck())
+                                   : Status(replayed.error());
+    if (cleared.ok()) {
+      report = *replayed;
+    } else {
+      problem = cleared.error().message();
+    }
+  }
+  // A journal that cannot be replayed does not stop reading: the image is
+  // shown as it lies, with the reason. So is one whose replay leaves a
+  // filesystem that cannot be loaded.
+  if (!problem.empty()) overlay->discard();
+  std::unique_ptr<BlockDevice> device = std::move(overlay);
+  auto reloaded = load(device, options);
+  if (!reloaded.ok() && problem.empty()) {
+    problem = "the replayed filesystem cannot be loaded: " + reloaded.error().message();
+    static_cast<io::OverlayDevice&>(*device).discard();
+    reloaded = load(device, options);
+  }
+  if (!reloaded.ok()) return std::move(reloaded).error();
+  if (problem.empty()) (*reloaded)->recovery_ = report;
+  (*reloaded)->replayed_in_memory_ = problem.empty();
+  (*reloaded)->replay_problem_ = problem;
+  return std::move(*reloaded);
 }
 
 Volume::~Volume() {

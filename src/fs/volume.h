@@ -49,6 +49,10 @@ class Volume {
   journal::Journal* journal() { return journal_.get(); }
   // What the replay at open did (needed == false when nothing was replayed).
   const journal::RecoveryReport& recovery() const { return recovery_; }
+  // Read-only opens: whether the replay above went to memory only, or why
+  // it could not be made.
+  bool replayed_in_memory() const { return replayed_in_memory_; }
+  const std::string& replay_problem() const { return replay_problem_; }
 
   // Starts a journal handle (read-write volumes only).
   Result<journal::Handle> start(uint32_t credits);
@@ -162,8 +166,11 @@ class Volume {
     uint32_t offset = 0;
   };
   Result<InodeSlot> inode_slot(uint32_t ino) const;
-  static Result<std::unique_ptr<Volume>> load(std::unique_ptr<BlockDevice> device,
-                                              const Options& options);
+  // Read-only opens: the journal replayed into an overlay of the device
+  // (io/overlay_device.h), the volume loaded again on it.
+  static Result<std::unique_ptr<Volume>> replay_in_memory(std::unique_ptr<Volume> volume, const Options& options);
+  // Takes `device` on success; on failure it stays the caller's.
+  static Result<std::unique_ptr<Volume>> load(std::unique_ptr<BlockDevice>& device, const Options& options);
   Status load_group_descriptors();
   Status open_for_writing();
   // Writes the in-memory superblock to its home location at once, outside
@@ -186,6 +193,8 @@ class Volume {
   std::unique_ptr<buffer::BufferCache> cache_;
   std::unique_ptr<journal::Journal> journal_;
   journal::RecoveryReport recovery_;
+  bool replayed_in_memory_ = false;
+  std::string replay_problem_;
   bool closed_ = false;
   // Guards the allocation-time fields of groups_ and the counters of sb_.
   mutable base::OrderedMutex sb_mu_{base::LockLevel::kVolumeState};

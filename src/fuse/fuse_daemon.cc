@@ -1148,6 +1148,7 @@ int run_mount(MountOptions opts) {
 
   Options fo;
   fo.read_only = opts.read_only;
+  fo.replay_read_only = !opts.no_recovery;
   fo.verify_checksums = opts.verify_checksums;
   fo.direct_io = opts.direct_io;
   fo.metadata_cache_bytes = opts.cache_bytes;
@@ -1182,8 +1183,17 @@ int run_mount(MountOptions opts) {
     notes.push_back(fmt::format("{}: mounted read-only: {}", opts.image, info.read_only_reason));
     opts.read_only = true;
   }
-  if (info.replayed_transactions > 0) {
+  if (info.replayed_transactions > 0 && info.replayed_in_memory) {
+    notes.push_back(fmt::format("{}: replayed {} journal transactions in memory; the image is left as it is and "
+                                "still needs recovery (a read-write mount or e2fsck replays it)",
+                                opts.image, info.replayed_transactions));
+  } else if (info.replayed_transactions > 0) {
     notes.push_back(fmt::format("{}: replayed {} journal transactions", opts.image, info.replayed_transactions));
+  }
+  if (!info.replay_problem.empty()) {
+    notes.push_back(fmt::format("{}: the journal needs recovery but cannot be replayed ({}); showing the image as "
+                                "it lies, without its newest changes",
+                                opts.image, info.replay_problem));
   }
   if (info.state.find("with errors") != std::string::npos) {
     std::string first;
@@ -1193,11 +1203,6 @@ int run_mount(MountOptions opts) {
     }
     notes.push_back(fmt::format("{}: the image records filesystem errors{}; running e2fsck -f on it is recommended",
                                 opts.image, first));
-  }
-  if (opts.read_only && info.needs_recovery) {
-    notes.push_back(fmt::format("{}: the journal holds {} transactions that a read-only mount does not replay; "
-                                "the newest changes are not visible (mount read-write once to replay them)",
-                                opts.image, info.journal.pending_transactions));
   }
 
   Daemon daemon(std::move(*opened), opts, log);

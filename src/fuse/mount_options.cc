@@ -100,6 +100,7 @@ Status parse_mount_option_list(const std::string& list, MountOptions& opts) {
     Status s;
     if (key == "ro") s = flag(opts.read_only, true);
     else if (key == "rw") s = flag(opts.read_only, false);
+    else if (key == "norecovery" || key == "noload") s = flag(opts.no_recovery, true);
     else if (key == "debug" || key == "fuse2fs_debug") s = flag(opts.debug, true);
     else if (key == "foreground") s = flag(opts.foreground, true);
     else if (key == "nochecksums" || key == "no_checksums") s = flag(opts.verify_checksums, false);
@@ -182,6 +183,11 @@ Status parse_mount_option_list(const std::string& list, MountOptions& opts) {
     }
     if (!s.ok()) return s;
   }
+  // ext4 mounts read-write without replaying and leaves the inconsistency
+  // to e2fsck; uext does not write an image whose journal it ignored.
+  if (opts.no_recovery && !opts.read_only) {
+    return Error(EINVAL, "option 'norecovery' needs 'ro': a read-write mount always replays the journal");
+  }
   return {};
 }
 
@@ -233,8 +239,10 @@ std::vector<std::string> fuse_arguments(const MountOptions& opts) {
 
 std::string mount_options_help() {
   return R"(Mount options (-o, comma-separated; repeatable):
-  ro                     mount read-only; the journal is not replayed (a warning
-                         says so when it holds transactions)
+  ro                     mount read-only; a journal that needs recovery is
+                         replayed in memory only, the image left as it is
+  norecovery | noload    with ro: show the image as it lies, without replaying
+                         the journal (as ext4's)
   rw                     mount read-write (default); replays the journal first
   debug                  trace every request (libfuse's trace and uext's own) on
                          stderr; implies foreground.  fuse2fs_debug: the same

@@ -28,6 +28,7 @@ struct MountOptions {
   std::string mountpoint;
 
   bool read_only = false;
+  bool no_recovery = false;  // ext4's norecovery: with ro, no replay in memory
   bool foreground = false;
   bool debug = false;
   bool verify_checksums = true;
