@@ -16,27 +16,29 @@ Status OverlayDevice::check(uint64_t offset, size_t len, const char* what) const
   return {};
 }
 
+OverlayDevice::Piece OverlayDevice::piece(uint64_t at, size_t left) const {
+  const size_t in_block = static_cast<size_t>(at % block_size_);
+  return {at / block_size_, in_block, std::min<size_t>(left, block_size_ - in_block)};
+}
+
 Status OverlayDevice::read(uint64_t offset, std::span<std::byte> buf) {
   UEXT_TRY(check(offset, buf.size(), "read"));
   // Runs of blocks the overlay does not hold are read from the base in one
   // request each.
   size_t done = 0;
   while (done < buf.size()) {
-    const uint64_t at = offset + done;
-    const uint64_t block = at / block_size_;
-    const size_t in_block = static_cast<size_t>(at % block_size_);
-    const size_t n = std::min<size_t>(buf.size() - done, block_size_ - in_block);
-    auto it = blocks_.find(block);
+    const Piece p = piece(offset + done, buf.size() - done);
+    auto it = blocks_.find(p.block);
     if (it != blocks_.end()) {
-      std::memcpy(buf.data() + done, it->second.data() + in_block, n);
-      done += n;
+      std::memcpy(buf.data() + done, it->second.data() + p.in_block, p.len);
+      done += p.len;
       continue;
     }
-    size_t run = n;
-    while (done + run < buf.size() && !blocks_.contains((at + run) / block_size_)) {
+    size_t run = p.len;
+    while (done + run < buf.size() && !blocks_.contains((offset + done + run) / block_size_)) {
       run += std::min<size_t>(buf.size() - done - run, block_size_);
     }
-    UEXT_TRY(base_->read(at, buf.subspan(done, run)));
+    UEXT_TRY(base_->read(offset + done, buf.subspan(done, run)));
     done += run;
   }
   return {};
@@ -46,24 +48,21 @@ Status OverlayDevice::write(uint64_t offset, std::span<const std::byte> buf) {
   UEXT_TRY(check(offset, buf.size(), "write"));
   size_t done = 0;
   while (done < buf.size()) {
-    const uint64_t at = offset + done;
-    const uint64_t block = at / block_size_;
-    const size_t in_block = static_cast<size_t>(at % block_size_);
-    const size_t n = std::min<size_t>(buf.size() - done, block_size_ - in_block);
-    auto it = blocks_.find(block);
+    const Piece p = piece(offset + done, buf.size() - done);
+    auto it = blocks_.find(p.block);
     if (it == blocks_.end()) {
       std::vector<std::byte> copy(block_size_);
       // A block written in part keeps the rest of what the base holds (up to
       // the device's end, should its size not be a whole number of blocks).
-      if (n < block_size_) {
-        const uint64_t start = block * block_size_;
+      if (p.len < block_size_) {
+        const uint64_t start = p.block * block_size_;
         const size_t have = static_cast<size_t>(std::min<uint64_t>(block_size_, base_->size() - start));
         UEXT_TRY(base_->read(start, std::span(copy).first(have)));
       }
-      it = blocks_.emplace(block, std::move(copy)).first;
+      it = blocks_.emplace(p.block, std::move(copy)).first;
     }
-    std::memcpy(it->second.data() + in_block, buf.data() + done, n);
-    done += n;
+    std::memcpy(it->second.data() + p.in_block, buf.data() + done, p.len);
+    done += p.len;
   }
   return {};
 }

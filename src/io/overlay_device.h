@@ -42,6 +42,13 @@ class OverlayDevice : public BlockDevice {
 
  private:
   Status check(uint64_t offset, size_t len, const char* what) const;
+  // The part of a request at byte `at`, `left` bytes long, inside one block.
+  struct Piece {
+    uint64_t block;
+    size_t in_block;
+    size_t len;
+  };
+  Piece piece(uint64_t at, size_t left) const;
   std::unique_ptr<BlockDevice> base_;
   const uint32_t block_size_;
   std::unordered_map<uint64_t, std::vector<std::byte>> blocks_;
