@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <fstream>
 #include <map>
 #include <random>
 #include <set>
@@ -339,6 +340,19 @@ TEST(JournalInfo, KernelShutdownLeavesTransactionsToReplay) {
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(buf.data()), *n), "1\n");
   replayed->reset();
   EXPECT_EQ(testing::run_ok({"sha256sum", img}), before);
+  // A journal that cannot be replayed (its superblock's magic zeroed) does
+  // not stop a read-only open: the image is shown as it lies, and why.
+  const uint64_t jblock = std::stoull(testing::run_ok({"debugfs", "-R", "bmap <8> 0", img}));
+  std::fstream f(img, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(static_cast<std::streamoff>(jblock * v.block_size));
+  f.write("\0\0\0\0", 4);
+  f.close();
+  auto damaged = Filesystem::open(img, {});
+  ASSERT_TRUE(damaged.ok()) << damaged.error().message();
+  VolumeInfo d = (*damaged)->info();
+  EXPECT_FALSE(d.replayed_in_memory);
+  EXPECT_NE(d.replay_problem.find("journal superblock"), std::string::npos) << d.replay_problem;
+  EXPECT_TRUE((*damaged)->resolve("/").ok());
 }
 
 }  // namespace
