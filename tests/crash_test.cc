@@ -771,6 +771,80 @@ TEST(CrashBugs, FreedDirectoryBlockIsNotCheckpointedOverReusedData) {
 namespace uext::testing {
 namespace {
 
+// Names on a full image (the directory's growth left out of the
+// reservation, namespace_ops.cc): creates that fit go in, the one whose
+// directory must grow fails with ENOSPC and frees its inode through the
+// orphan list. Every crash state of that must open (replay, orphans) and
+// close e2fsck-clean, holding the names the last sync made durable.
+TEST(CrashFull, NamesOnAFullImage) {
+  TempDir tmp;
+  const std::string base = tmp / "base.img";
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-b", "1024", base, "8M"});
+  Options o;
+  o.read_only = false;
+  o.commit_interval_ms = 0;
+  {
+    // Fill the image for a caller without the root reserve, untimed.
+    auto fs = Filesystem::open(base, o);
+    ASSERT_TRUE(fs.ok()) << fs.error().message();
+    auto big = (*fs)->create(kRootIno, "big", 0644, {});
+    ASSERT_TRUE(big.ok());
+    const std::string chunk(16 << 10, 'b');
+    for (uint64_t at = 0;;) {
+      auto n = (*fs)->write(big->ino, at, bytes_of(chunk));
+      if (!n.ok()) break;
+      at += *n;
+    }
+    ASSERT_TRUE((*fs)->close().ok());
+  }
+  CrashOptions opts;
+  opts.max_states = static_cast<uint64_t>(env_or("UEXT_CRASH_FULL_STATES", 120));
+  opts.workers = static_cast<int>(env_or("UEXT_CRASH_WORKERS", 3));
+  opts.exhaustive_writes = 4;
+  opts.random_states_per_epoch = 40;
+  CrashHarness h(base, opts);
+  int made = 0;
+  Status recorded = h.record([&](CrashHarness& hh) -> Status {
+    UEXT_ASSIGN_OR_RETURN(auto fs, Filesystem::open(hh.borrow_device(), o));
+    // 200-byte names: a 1 KiB block holds four; the root directory fills
+    // its blocks, then cannot grow.
+    for (; made < 400; ++made) {
+      auto f = fs->create(kRootIno, fmt::format("{:0>200}", made), 0644, {});
+      if (!f.ok()) {
+        if (f.error().code() != ENOSPC) return f.error();
+        break;
+      }
+      if (made % 8 == 7) {
+        UEXT_TRY(fs->sync());
+        hh.mark_durable(std::to_string(made));
+      }
+    }
+    return fs->close();
+  });
+  ASSERT_TRUE(recorded.ok()) << recorded.error().message();
+  ASSERT_GT(made, 8);
+  ASSERT_LT(made, 400) << "the directory never ran out of room";
+  CrashReport r = h.check([&](const CrashCheckContext& c) {
+    std::vector<std::string> problems;
+    {
+      auto fs = Filesystem::open(c.image, o);
+      if (!fs.ok()) return std::vector<std::string>{"uext open: " + fs.error().message()};
+      for (const std::string& tag : c.durable_tags()) {
+        const std::string name = fmt::format("{:0>200}", std::stoi(tag));
+        if (!(*fs)->lookup(kRootIno, name).ok()) problems.push_back("synced name " + tag + " is missing");
+      }
+      Status closed = (*fs)->close();
+      if (!closed.ok()) problems.push_back("uext close: " + closed.error().message());
+    }
+    FsckVerdict v = e2fsck_clean(c.image);
+    if (!v.clean) problems.push_back(v.report);
+    return problems;
+  });
+  std::printf("%d names before ENOSPC; %zu crash states checked of %zu planned\n", made, r.checked, r.planned);
+  EXPECT_TRUE(r.ok()) << r.summary();
+  EXPECT_GT(r.checked, 20u) << r.summary();
+}
+
 // A minimal reproduction of a library bug the crash suite hits on ext3 and
 // ext4: a truncate interrupted by a crash after its first handle (new
 // i_size + orphan entry) committed, before the blocks past the new size
