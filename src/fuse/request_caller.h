@@ -2,9 +2,12 @@
 // (uext/caller.h), and the capability checks the daemon makes itself.
 //
 // The kernel sends the caller's uid, gid and pid with each request; its
-// supplementary groups and capabilities are read from /proc only when asked,
-// which for the library is only when an allocation reaches the root reserve.
+// supplementary groups and capabilities are read from /proc/PID/status only
+// when asked, which for the library is only when an allocation reaches the
+// root reserve.
 #pragma once
+
+#include <sys/types.h>
 
 #include <cstdint>
 
@@ -29,15 +32,18 @@ bool caller_has_capability(Request req, int cap);
 // or one of its supplementary groups.
 bool caller_in_group(Request req, uint32_t gid);
 
+// Takes what it needs from the request when made, so that it may be asked
+// after the request was answered (a WRITE answered early).
 class RequestCaller final : public Caller {
  public:
-  explicit RequestCaller(Request req) : req_(req) {}
-  uint32_t fsuid() const override;
-  bool in_group(uint32_t gid) const override { return caller_in_group(req_, gid); }
-  bool has_sys_resource() const override { return caller_has_capability(req_, kCapSysResource); }
+  explicit RequestCaller(Request req);
+  uint32_t fsuid() const override { return uid_; }
+  bool in_group(uint32_t gid) const override;
+  bool has_sys_resource() const override;
 
  private:
-  Request req_;
+  uint32_t uid_ = 0, gid_ = 0;
+  pid_t pid_ = 0;
 };
 
 // For the handlers of requests that may allocate: names the request's
