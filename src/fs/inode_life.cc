@@ -14,8 +14,8 @@
 #include "fs/dir_writer.h"
 #include "fs/filesystem_impl.h"
 #include "fs/map_writer.h"
-#include "uext/caller.h"
 #include "fs/xattr_writer.h"
+#include "uext/caller.h"
 #include "vm/mapper.h"
 
 namespace uext::fs {
