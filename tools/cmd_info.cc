@@ -108,7 +108,7 @@ int run_info(ImageOptions opts) {
 Command add_info_command(CLI::App& parent) {
   auto opts = std::make_shared<ImageOptions>();
   auto* sub = parent.add_subcommand("info", "Show a summary of the superblock (like dumpe2fs -h)");
-  add_image_options(sub, *opts);
+  add_image_options(sub, *opts, /*replay_flag=*/false);
   return {sub, [opts] { return run_info(*opts); }};
 }
 

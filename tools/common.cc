@@ -247,12 +247,12 @@ bool write_all(int fd, const void* data, size_t size) {
 
 namespace uext::cli {
 
-void add_image_options(CLI::App* sub, ImageOptions& opts) {
+void add_image_options(CLI::App* sub, ImageOptions& opts, bool replay_flag) {
   sub->add_option("IMG", opts.image, "Image file or block device holding the filesystem")
       ->required();
   sub->add_flag("--no-checksums", opts.no_checksums,
                 "Do not verify metadata checksums (to salvage data from a damaged image)");
-  if (sub->get_name() != "info") {
+  if (replay_flag) {
     sub->add_flag("--no-replay", opts.no_replay,
                   "Show the image as it lies on disk, without replaying in memory a journal that needs recovery");
   }

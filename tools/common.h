@@ -100,7 +100,8 @@ struct Command {
 };
 
 // Adds the IMG positional (first) and --no-checksums to a subcommand.
-void add_image_options(CLI::App* sub, ImageOptions& opts);
+// IMG and --no-checksums; `replay_flag`: --no-replay too.
+void add_image_options(CLI::App* sub, ImageOptions& opts, bool replay_flag = true);
 // Adds only the IMG positional: commands that write verify checksums always.
 void add_image_rw_option(CLI::App* sub, std::string& image);
 

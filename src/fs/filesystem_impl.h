@@ -137,6 +137,10 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   // when the whole does not fit: the operation then fails with ENOSPC if
   // it does need them (alloc::Reservation::allow_short).
   Result<alloc::Reservation> reserve(uint64_t blocks, uint64_t unlikely = 0);
+  // Grows `r` by `blocks`, taking the root reserve too when the space
+  // outside it falls short and may_use_root_reserve(); `options` then says
+  // whether it did, for any retry on the same terms.
+  Status grow_reservation(alloc::Reservation& r, uint64_t blocks, alloc::AllocOptions& options);
   // Whether this thread's allocations may take the root reserve: by the
   // options, or by the caller a server names (uext/caller.h), asked only
   // when the space outside the reserve falls short.

@@ -7,12 +7,12 @@
 
 #include <algorithm>
 #include <atomic>
-#include <fstream>
 #include <map>
 #include <random>
 #include <set>
 #include <thread>
 
+#include "support/images.h"
 #include "support/process.h"
 
 namespace uext {
@@ -343,10 +343,7 @@ TEST(JournalInfo, KernelShutdownLeavesTransactionsToReplay) {
   // A journal that cannot be replayed (its superblock's magic zeroed) does
   // not stop a read-only open: the image is shown as it lies, and why.
   const uint64_t jblock = std::stoull(testing::run_ok({"debugfs", "-R", "bmap <8> 0", img}));
-  std::fstream f(img, std::ios::in | std::ios::out | std::ios::binary);
-  f.seekp(static_cast<std::streamoff>(jblock * v.block_size));
-  f.write("\0\0\0\0", 4);
-  f.close();
+  testing::write_bytes(img, jblock * v.block_size, std::string(4, '\0'));
   auto damaged = Filesystem::open(img, {});
   ASSERT_TRUE(damaged.ok()) << damaged.error().message();
   VolumeInfo d = (*damaged)->info();

@@ -132,29 +132,34 @@ bool FilesystemImpl::may_use_root_reserve() const {
   return caller->fsuid() == uid || (gid != 0 && caller->in_group(gid)) || caller->has_sys_resource();
 }
 
-Result<alloc::Reservation> FilesystemImpl::reserve(uint64_t blocks, uint64_t unlikely) {
-  alloc::AllocOptions options;
+Status FilesystemImpl::grow_reservation(alloc::Reservation& r, uint64_t blocks, alloc::AllocOptions& options) {
   options.use_reserved = vol_->options().use_root_reserve;
-  auto r = blocks_->reserve(blocks, options);
-  if (!r.ok() && r.error().code() == ENOSPC && !options.use_reserved && may_use_root_reserve()) {
+  Status grown = blocks_->grow(r, blocks, options);
+  if (!grown.ok() && grown.error().code() == ENOSPC && !options.use_reserved && may_use_root_reserve()) {
     options.use_reserved = true;
-    r = blocks_->reserve(blocks, options);
+    grown = blocks_->grow(r, blocks, options);
   }
-  if (!r.ok() && r.error().code() == ENOSPC && blocks_->busy_blocks() > 0) {
+  return grown;
+}
+
+Result<alloc::Reservation> FilesystemImpl::reserve(uint64_t blocks, uint64_t unlikely) {
+  UEXT_ASSIGN_OR_RETURN(alloc::Reservation r, blocks_->reserve(0));
+  alloc::AllocOptions options;
+  Status grown = grow_reservation(r, blocks, options);
+  if (!grown.ok() && grown.error().code() == ENOSPC && blocks_->busy_blocks() > 0) {
     // Blocks freed by the running transaction come back once it commits.
     UEXT_TRY(vol_->sync());
-    r = blocks_->reserve(blocks, options);
+    grown = blocks_->grow(r, blocks, options);
   }
-  if (!r.ok() && r.error().code() == ENOSPC && unlikely > 0) {
+  if (!grown.ok() && grown.error().code() == ENOSPC && unlikely > 0 &&
+      blocks_->grow(r, blocks - std::min(unlikely, blocks), options).ok()) {
     // A full filesystem still takes a name its directory has room for, as
     // ext4 does (it reserves nothing for a directory's growth): go ahead
     // with the rest, and let a growth that does come fail cleanly.
-    auto certain = blocks_->reserve(blocks - std::min(unlikely, blocks), options);
-    if (certain.ok()) {
-      certain->allow_short(options.use_reserved);
-      return certain;
-    }
+    r.allow_short(options.use_reserved);
+    return r;
   }
+  UEXT_TRY(grown);
   return r;
 }
 

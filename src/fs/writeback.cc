@@ -84,13 +84,7 @@ Status FilesystemImpl::reserve_delayed(const InodeRecord& rec, CachedFile& file,
   const uint64_t meta = delalloc_meta(rec, total);
   const uint64_t extra_meta = meta > file.reserved_meta ? meta - file.reserved_meta : 0;
   alloc::AllocOptions options;
-  options.use_reserved = vol_->options().use_root_reserve;
-  Status grown = blocks_->grow(file.reservation, new_pages * bpp + extra_meta, options);
-  if (!grown.ok() && grown.error().code() == ENOSPC && !options.use_reserved && may_use_root_reserve()) {
-    options.use_reserved = true;
-    grown = blocks_->grow(file.reservation, new_pages * bpp + extra_meta, options);
-  }
-  UEXT_TRY(grown);
+  UEXT_TRY(grow_reservation(file.reservation, new_pages * bpp + extra_meta, options));
   file.reserved_meta += extra_meta;
   return {};
 }
