@@ -2,10 +2,10 @@
 # The project's test command (README line 2; .ci/run calls it):
 # installs the Debian packages, builds uext three ways and runs every test:
 #   1. optimised build: the system tests (and a few unit tests);
-#   2. ASan+UBSan build: the unit tests and the system tests that feed uext
+#   2. ASan+UBSan build: the unit tests, the system tests that feed uext
 #      bad input (corrupt images, crash states), where sanitizers earn their
-#      keep;
-#   3. TSan build: the tests that run threads;
+#      keep, and the FUSE daemon's tests;
+#   3. TSan build: the tests that run threads, the FUSE daemon's among them;
 #   4. the fuzz targets for a short while, plus their regression inputs.
 # A test that fails is run once more on its own; one that passes then is
 # named as flaky at the end (and counted as passed), one that fails again
@@ -78,9 +78,10 @@ run_ctest() {
 }
 
 echo "== optimised build (at ${SECONDS}s)"
-# Every test runs once, in the build where it can find the most. This one
-# builds what users run, and runs the system tests, which drive it through
-# the CLI, the FUSE daemon and the kernel. The unit tests run in the
+# Every test runs once, in the build where it can find the most (the FUSE
+# daemon's tests run in all three: optimised timing, memory errors, races).
+# This one builds what users run, and runs the system tests, which drive it
+# through the CLI, the FUSE daemon and the kernel. The unit tests run in the
 # ASan+UBSan build below, with the debug checks on, but for some that run
 # here (only their files are compiled among the unit tests): three bulk
 # directory workloads (20,000+ names), a minute each under ASan, and the
@@ -108,13 +109,31 @@ echo "== ASan+UBSan build (at ${SECONDS}s)"
 # run below).
 bad_input='Corruption|Crash|WriteErrors'
 bad_input_files=$(grep -lE "^TEST(_F|_P)?\((${bad_input})" $(find tests -maxdepth 1 -name '*_test.cc' | sort) | paste -sd';')
+# The FUSE daemon's system tests run under both sanitizers too: the daemon
+# is the busiest threaded code (request threads, the writeback thread, the
+# commit timer) and the one most users run. Its processes are the daemon
+# under test, whose stderr goes to a log the test may not print, so their
+# sanitizer reports go to files (sanitizer_reports, below).
+fuse_files=$(grep -lE '^TEST(_F|_P)?\(Fuse' $(find tests -maxdepth 1 -name '*_test.cc' | sort) | paste -sd';')
+# sanitizer_reports DIR: names every report file a sanitizer left in DIR and
+# prints its start; a report counts as one failure, whatever the tests said.
+sanitizer_reports() {
+  local f
+  for f in "$1"/*; do
+    [ -e "$f" ] || continue
+    echo "== sanitizer report $f:"
+    head -n 60 "$f"
+    failed=$((failed + 1))
+    failures+="  [sanitizer] $f"$'\n'
+  done
+}
 # The library at -Og (register allocation, simple inlining): the
 # corruption tests a fifth faster and the unit tests an eighth, for 16%
 # more compile time when everything was -Og; the test bodies and the CLI
 # stay at -O0 (CMakeLists.txt), where that cost was. The debug checks stay
 # on.
 bash scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-g1 -Og" -DUEXT_SANITIZE=address,undefined \
-  "-DUEXT_SYSTEM_TEST_SOURCES=${bad_input_files}"
+  "-DUEXT_SYSTEM_TEST_SOURCES=${bad_input_files};${fuse_files}"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # What ran in the optimised build is left out (the smaller DirWriter and
 # DxEdit tests cover the bulk workloads' code paths here), and so are the
@@ -124,6 +143,11 @@ run_ctest build-asan -L unit -E "^(${opt_unit}|Images/Concurrency\.)"
 # process, several times slower under the sanitizers); the optimised build
 # ran them all.
 UEXT_BITFLIP_PERCENT=10 run_ctest build-asan -R "^(${bad_input})"
+rm -rf build-asan/sanitizer-reports && mkdir -p build-asan/sanitizer-reports
+ASAN_OPTIONS=$ASAN_OPTIONS:log_path=$PWD/build-asan/sanitizer-reports/asan \
+  UBSAN_OPTIONS=$UBSAN_OPTIONS:log_path=$PWD/build-asan/sanitizer-reports/ubsan \
+  run_ctest build-asan -L system -R '^Fuse'
+sanitizer_reports build-asan/sanitizer-reports
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
 echo "== TSan build (threaded tests) (at ${SECONDS}s)"
@@ -131,14 +155,19 @@ echo "== TSan build (threaded tests) (at ${SECONDS}s)"
 # pattern the run selects by).
 threaded='Concurren|Thread|Parallel|MmapFsx'
 threaded_files=$(grep -lE "^TEST(_F|_P)?\(.*(${threaded})" $(find src -name '*_test.cc' | sort) | paste -sd';')
-UEXT_TARGETS=uext_unit_tests bash scripts/build.sh build-tsan -DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-g1" -DUEXT_SANITIZE=thread \
-  "-DUEXT_UNIT_TEST_SOURCES=${threaded_files}"
+UEXT_TARGETS="uext_unit_tests uext_cli uext_system_tests" bash scripts/build.sh build-tsan -DCMAKE_BUILD_TYPE=Debug \
+  "-DCMAKE_CXX_FLAGS_DEBUG=-g1" -DUEXT_SANITIZE=thread \
+  "-DUEXT_UNIT_TEST_SOURCES=${threaded_files}" "-DUEXT_SYSTEM_TEST_SOURCES=${fuse_files}"
 # report_signal_unsafe=0: the signal fallback of mappings serves a fault
 # inside the faulting thread's SIGSEGV handler on purpose (allocating, taking
 # locks): the fault is synchronous, at a store of the program's, never inside
 # the allocator or a uext lock (docs/DESIGN.md, "Mappings"). Races are still
 # reported.
 TSAN_OPTIONS=halt_on_error=1:report_signal_unsafe=0 run_ctest build-tsan -L unit -R "$threaded"
+rm -rf build-tsan/sanitizer-reports && mkdir -p build-tsan/sanitizer-reports
+TSAN_OPTIONS=halt_on_error=1:report_signal_unsafe=0:log_path=$PWD/build-tsan/sanitizer-reports/tsan \
+  run_ctest build-tsan -L system -R '^Fuse'
+sanitizer_reports build-tsan/sanitizer-reports
 
 fuzz_seconds=${UEXT_FUZZ_SECONDS:-20}
 if [ "$fuzz_seconds" -gt 0 ] && [ -x scripts/fuzz.sh ]; then
