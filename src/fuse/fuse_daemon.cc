@@ -198,6 +198,33 @@ struct OpenFile {
   uint64_t wb_err_seen;
 };
 
+// The descriptions the kernel holds. Each goes with its RELEASE, but one
+// whose RELEASE was still queued when the session ended (a close() just
+// before the unmount: the kernel sends RELEASE in the background) is never
+// answered; those go with the daemon.
+class OpenFiles {
+ public:
+  OpenFile* add(Ino ino, uint64_t sample) {
+    auto file = std::make_unique<OpenFile>(ino, sample);
+    OpenFile* raw = file.get();
+    std::lock_guard lock(mu_);
+    live_.emplace(raw, std::move(file));
+    return raw;
+  }
+  void remove(OpenFile* file) {
+    std::unique_ptr<OpenFile> gone;  // freed outside the lock
+    std::lock_guard lock(mu_);
+    auto it = live_.find(file);
+    if (it == live_.end()) return;
+    gone = std::move(it->second);
+    live_.erase(it);
+  }
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<OpenFile*, std::unique_ptr<OpenFile>> live_;
+};
+
 // ------------------------------------------------------------------ the daemon
 
 Ino to_ext(fuse_ino_t ino) { return ino == FUSE_ROOT_ID ? kRootIno : static_cast<Ino>(ino); }
@@ -585,9 +612,9 @@ class Daemon {
     auto due = fs_->atime_due(ino, opts_.read_only || !reads ? AtimeUpdate::kNever : opts_.file_atime());
     fi->keep_cache = !(due.ok() && *due);
     fi->noflush = flush_unneeded();
-    auto* file = new OpenFile(ino, fs_->wb_err_sample(ino));
+    OpenFile* file = open_files_.add(ino, fs_->wb_err_sample(ino));
     fi->fh = reinterpret_cast<uint64_t>(file);
-    if (fuse_reply_open(req, fi) != 0) delete file;  // the opener was interrupted: no release follows
+    if (fuse_reply_open(req, fi) != 0) open_files_.remove(file);  // the opener was interrupted: no release follows
   }
 
   void create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
@@ -614,12 +641,12 @@ class Daemon {
     fuse_entry_param e = entry(*st);
     fi->keep_cache = 1;
     fi->noflush = flush_unneeded();
-    auto* file = new OpenFile(st->ino, fs_->wb_err_sample(st->ino));
+    OpenFile* file = open_files_.add(st->ino, fs_->wb_err_sample(st->ino));
     fi->fh = reinterpret_cast<uint64_t>(file);
     fs_->retain(st->ino);
     names_.add(st->ino, dir, name);
     if (fuse_reply_create(req, &e, fi) != 0) {
-      delete file;
+      open_files_.remove(file);
       forget(st->ino, 1);
     }
   }
@@ -878,6 +905,7 @@ class Daemon {
   uint32_t block_size_ = 4096;
   std::string image_path_;
   NameTable names_;
+  OpenFiles open_files_;
   NoCapsCache no_caps_;
   fuse_session* se_ = nullptr;
   std::atomic<bool> forced_ro_{false};
@@ -928,7 +956,7 @@ const fuse_lowlevel_ops& Daemon::ops() {
       fuse_reply_err(r, of(r).flush_unneeded() ? 0 : ENOSYS);
     };
     o.release = [](fuse_req_t r, fuse_ino_t, fuse_file_info* fi) {
-      delete reinterpret_cast<OpenFile*>(fi->fh);
+      of(r).open_files_.remove(reinterpret_cast<OpenFile*>(fi->fh));
       fuse_reply_err(r, 0);
     };
     o.fsync = [](fuse_req_t r, fuse_ino_t i, int d, fuse_file_info* fi) {

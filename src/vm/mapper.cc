@@ -25,9 +25,6 @@ namespace uext::vm {
 namespace {
 
 constexpr uint64_t kPage = cache::kPageSize;
-// Pages a read fault brings in around the faulting one (the kernel's
-// fault-around, which minor-fault registration turns off).
-constexpr uint64_t kFaultAround = 16;
 // Threads reading userfaultfd events: a fault that waits (for a lock, or
 // for writeback to make room) does not hold up faults of other files.
 constexpr int kHandlerThreads = 2;
