@@ -300,6 +300,12 @@ Status GroupBitmaps::store_inode_bitmap(journal::Handle& handle, uint32_t g, con
   }
   state_[g].free_inodes.fetch_add(static_cast<uint32_t>(delta));
   state_[g].used_dirs.fetch_add(static_cast<uint32_t>(dirs_delta));
+  std::atomic<uint32_t>& floor = state_[g].first_free_inode;
+  if (delta < 0) {
+    floor.store(bits::next_zero(map.bytes, floor.load(std::memory_order_relaxed), ipg), std::memory_order_relaxed);
+  } else if (delta > 0) {
+    floor.store(0, std::memory_order_relaxed);
+  }
   total_free_inodes_.fetch_add(delta);
   total_dirs_.fetch_add(dirs_delta);
   return {};

@@ -95,6 +95,10 @@ class GroupBitmaps {
   // every allocation walk all the blocks before it). store_block_bitmap
   // keeps it: an allocation moves it on, a free sends it back to 0.
   uint32_t first_free_block(uint32_t g) const { return state_[g].first_free_block.load(std::memory_order_relaxed); }
+  // The same for inodes (an index within the group), kept by
+  // store_inode_bitmap: a tree unpacked into one group searched past every
+  // inode it had already taken.
+  uint32_t first_free_inode(uint32_t g) const { return state_[g].first_free_inode.load(std::memory_order_relaxed); }
   int64_t total_free_inodes() const { return total_free_inodes_.load(std::memory_order_relaxed); }
   int64_t total_dirs() const { return total_dirs_.load(std::memory_order_relaxed); }
   // Free blocks not yet claimed by an allocation in progress.
@@ -139,6 +143,7 @@ class GroupBitmaps {
     std::atomic<uint32_t> free_inodes{0};
     std::atomic<uint32_t> used_dirs{0};
     std::atomic<uint32_t> first_free_block{0};
+    std::atomic<uint32_t> first_free_inode{0};
   };
   struct Extent {
     uint64_t first;

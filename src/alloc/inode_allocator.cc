@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 
@@ -138,7 +139,7 @@ Result<std::optional<uint32_t>> InodeAllocator::try_group(journal::Handle& handl
   if (sb.s_first_ino > group_base + 1) {
     from = static_cast<uint32_t>(std::min<uint64_t>(ipg, sb.s_first_ino - 1 - group_base));
   }
-  const uint32_t idx = bits::next_zero(map.bytes, from, ipg);
+  const uint32_t idx = bits::next_zero(map.bytes, std::max(from, groups_.first_free_inode(g)), ipg);
   if (idx >= ipg) {
     return Error(kErrCorrupted, fmt::format("group {}: the descriptor counts {} free inodes but the bitmap has none",
                                             g, groups_.free_inodes(g)));

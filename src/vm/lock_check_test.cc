@@ -14,7 +14,7 @@
 namespace uext {
 namespace {
 
-void touch_mapping_holding_a_lock(FaultHandling handling) {
+[[maybe_unused]] void touch_mapping_holding_a_lock(FaultHandling handling) {  // debug builds only
   testing::TempDir tmp;
   const std::string image = tmp / "fs.img";
   testing::make_image(image, {"-t", "ext4", "-b", "4096"}, "16M");
