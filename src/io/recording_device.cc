@@ -37,7 +37,10 @@ size_t sectors_of(uint64_t offset, size_t len) {
 
 std::string join(const std::vector<size_t>& v) {
   std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(v[i]);
+  }
   return s;
 }
 
