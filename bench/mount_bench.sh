@@ -252,11 +252,8 @@ do_mount() {
     uext|uext-wb)
       local opts=$uext_opts
       [ "$1" = uext-wb ] && opts=writeback_cache${uext_opts:+,$uext_opts}
-      if [ -n "$opts" ]; then
-        "$uext" mount "$img" "$mnt" -o "$opts" > "$work/uext.log" 2>&1 || { cat "$work/uext.log" >&2; die "$1 mount failed"; }
-      else
-        "$uext" mount "$img" "$mnt" > "$work/uext.log" 2>&1 || { cat "$work/uext.log" >&2; die "$1 mount failed"; }
-      fi
+      "$uext" mount "$img" "$mnt" ${opts:+-o "$opts"} > "$work/uext.log" 2>&1 ||
+        { cat "$work/uext.log" >&2; die "$1 mount failed"; }
       wait_mounted || die "$1 did not mount" ;;
     floor)
       "$work/fuse_floor" -f "$mnt" -o allow_other > "$work/floor.log" 2>&1 &

@@ -3,8 +3,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cstdio>
-#include <cstdlib>
 #include <mutex>
 #include <optional>
 #include <utility>
@@ -123,13 +121,7 @@ Result<bool> BlockAllocator::try_group(journal::Handle& handle, uint32_t g, cons
   }
   if (!view.empty()) search = view;
   // Nothing is free below the group's floor: the searches start there.
-  const uint32_t floor = groups_.first_free_block(g);
-#ifdef UEXT_DEBUG_CHECKS
-  if (uint32_t z = bits::next_zero(map.bytes, 0, floor); z < floor) {
-    std::fprintf(stderr, "uext: group %u: block %u is free below the group's floor %u\n", g, z, floor);
-    std::abort();
-  }
-#endif
+  const uint32_t floor = groups_.first_free_block(g, map);
   const uint32_t from = std::max(q.from, floor);
   Run run;
   if (q.whole) {

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 namespace uext::alloc {
@@ -260,14 +262,7 @@ Status GroupBitmaps::store_block_bitmap(journal::Handle& handle, uint32_t g, con
     }));
   }
   state_[g].free_blocks.fetch_add(static_cast<uint32_t>(delta));
-  std::atomic<uint32_t>& floor = state_[g].first_free_block;
-  if (delta < 0) {
-    // Only bits set since: the first clear one is at or after the old floor.
-    floor.store(bits::next_zero(map.bytes, floor.load(std::memory_order_relaxed), blocks_in_group(g)),
-                std::memory_order_relaxed);
-  } else {
-    floor.store(0, std::memory_order_relaxed);
-  }
+  move_floor(state_[g].first_free_block, map, delta, blocks_in_group(g));
   return {};
 }
 
@@ -300,15 +295,41 @@ Status GroupBitmaps::store_inode_bitmap(journal::Handle& handle, uint32_t g, con
   }
   state_[g].free_inodes.fetch_add(static_cast<uint32_t>(delta));
   state_[g].used_dirs.fetch_add(static_cast<uint32_t>(dirs_delta));
-  std::atomic<uint32_t>& floor = state_[g].first_free_inode;
-  if (delta < 0) {
-    floor.store(bits::next_zero(map.bytes, floor.load(std::memory_order_relaxed), ipg), std::memory_order_relaxed);
-  } else if (delta > 0) {
-    floor.store(0, std::memory_order_relaxed);
-  }
+  move_floor(state_[g].first_free_inode, map, delta, ipg);
   total_free_inodes_.fetch_add(delta);
   total_dirs_.fetch_add(dirs_delta);
   return {};
+}
+
+void GroupBitmaps::move_floor(std::atomic<uint32_t>& floor, const Bitmap& map, int64_t delta, uint32_t bits_in_group) {
+  if (delta < 0) {
+    floor.store(bits::next_zero(map.bytes, floor.load(std::memory_order_relaxed), bits_in_group),
+                std::memory_order_relaxed);
+  } else if (delta > 0) {
+    floor.store(0, std::memory_order_relaxed);
+  }
+}
+
+uint32_t GroupBitmaps::checked_floor(uint32_t floor, const Bitmap& map, uint32_t g, const char* what) {
+#ifdef UEXT_DEBUG_CHECKS
+  if (uint32_t z = bits::next_zero(map.bytes, 0, floor); z < floor) {
+    std::fprintf(stderr, "uext: group %u: %s %u is free below the group's floor %u\n", g, what, z, floor);
+    std::abort();
+  }
+#else
+  (void)map;
+  (void)g;
+  (void)what;
+#endif
+  return floor;
+}
+
+uint32_t GroupBitmaps::first_free_block(uint32_t g, const Bitmap& map) const {
+  return checked_floor(state_[g].first_free_block.load(std::memory_order_relaxed), map, g, "block");
+}
+
+uint32_t GroupBitmaps::first_free_inode(uint32_t g, const Bitmap& map) const {
+  return checked_floor(state_[g].first_free_inode.load(std::memory_order_relaxed), map, g, "inode slot");
 }
 
 Status GroupBitmaps::ensure_block_bitmap(journal::Handle& handle, uint32_t g) {

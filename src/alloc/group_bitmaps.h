@@ -89,16 +89,6 @@ class GroupBitmaps {
   uint32_t free_blocks(uint32_t g) const { return state_[g].free_blocks.load(std::memory_order_relaxed); }
   uint32_t free_inodes(uint32_t g) const { return state_[g].free_inodes.load(std::memory_order_relaxed); }
   uint32_t used_dirs(uint32_t g) const { return state_[g].used_dirs.load(std::memory_order_relaxed); }
-  // No block of group `g` below this one is free in its stored bitmap
-  // (exact under the group's lock): searches start here instead of walking
-  // the group's used blocks again (20,000 one-block files in a group made
-  // every allocation walk all the blocks before it). store_block_bitmap
-  // keeps it: an allocation moves it on, a free sends it back to 0.
-  uint32_t first_free_block(uint32_t g) const { return state_[g].first_free_block.load(std::memory_order_relaxed); }
-  // The same for inodes (an index within the group), kept by
-  // store_inode_bitmap: a tree unpacked into one group searched past every
-  // inode it had already taken.
-  uint32_t first_free_inode(uint32_t g) const { return state_[g].first_free_inode.load(std::memory_order_relaxed); }
   int64_t total_free_inodes() const { return total_free_inodes_.load(std::memory_order_relaxed); }
   int64_t total_dirs() const { return total_dirs_.load(std::memory_order_relaxed); }
   // Free blocks not yet claimed by an allocation in progress.
@@ -120,6 +110,17 @@ class GroupBitmaps {
   };
   Result<Bitmap> load_block_bitmap(uint32_t g);
   Result<Bitmap> load_inode_bitmap(uint32_t g);
+  // No block of group `g` below this one is free in its stored bitmap
+  // (exact under the group's lock; `map` is that bitmap, which debug builds
+  // check it against): searches start here instead of walking the group's
+  // used blocks again (20,000 one-block files in a group made every
+  // allocation walk all the blocks before it). store_block_bitmap keeps
+  // it: an allocation moves it on, a free sends it back to 0.
+  uint32_t first_free_block(uint32_t g, const Bitmap& map) const;
+  // The same for inodes (an index within the group), kept by
+  // store_inode_bitmap: a tree unpacked into one group searched past every
+  // inode it had already taken.
+  uint32_t first_free_inode(uint32_t g, const Bitmap& map) const;
 
   // Writes a changed block bitmap of group g through the handle together
   // with its descriptor (free count += delta, bitmap checksum, BLOCK_UNINIT
@@ -137,6 +138,12 @@ class GroupBitmaps {
   Status ensure_block_bitmap(journal::Handle& handle, uint32_t g);
 
  private:
+  // store_*_bitmap: moves a floor on after an allocation (delta < 0;
+  // only bits set since, so the first clear one is at or after it), back
+  // to 0 after a free.
+  static void move_floor(std::atomic<uint32_t>& floor, const Bitmap& map, int64_t delta, uint32_t bits_in_group);
+  // first_free_*: the floor, checked against `map` in debug builds.
+  static uint32_t checked_floor(uint32_t floor, const Bitmap& map, uint32_t g, const char* what);
   struct GroupState {
     base::OrderedMutex mu{base::LockLevel::kAllocatorGroup, /*same_level_ok=*/true};
     std::atomic<uint32_t> free_blocks{0};

@@ -3,8 +3,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <mutex>
 
@@ -142,13 +140,7 @@ Result<std::optional<uint32_t>> InodeAllocator::try_group(journal::Handle& handl
     from = static_cast<uint32_t>(std::min<uint64_t>(ipg, sb.s_first_ino - 1 - group_base));
   }
   // Nothing is free below the group's floor: the search starts there.
-  const uint32_t floor = groups_.first_free_inode(g);
-#ifdef UEXT_DEBUG_CHECKS
-  if (uint32_t z = bits::next_zero(map.bytes, 0, floor); z < floor) {
-    std::fprintf(stderr, "uext: group %u: inode slot %u is free below the group's floor %u\n", g, z, floor);
-    std::abort();
-  }
-#endif
+  const uint32_t floor = groups_.first_free_inode(g, map);
   const uint32_t idx = bits::next_zero(map.bytes, std::max(from, floor), ipg);
   if (idx >= ipg) {
     return Error(kErrCorrupted, fmt::format("group {}: the descriptor counts {} free inodes but the bitmap has none",

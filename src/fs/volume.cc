@@ -88,6 +88,7 @@ Result<std::unique_ptr<Volume>> Volume::replay_in_memory(std::unique_ptr<Volume>
   const uint32_t bs = volume->block_size();
   auto map = volume->journal_map();
   auto overlay = std::make_unique<io::OverlayDevice>(std::move(volume->device_), bs);
+  io::OverlayDevice& replay = *overlay;  // still ours after `device` takes the overlay
   journal::RecoveryReport report;
   std::string problem;
   if (!map.ok()) {
@@ -95,8 +96,8 @@ Result<std::unique_ptr<Volume>> Volume::replay_in_memory(std::unique_ptr<Volume>
   } else {
     journal::RecoveryOptions ropts;
     ropts.fs_blocks = volume->sb_.s_blocks_count;
-    auto replayed = journal::recover_journal(*overlay, bs, *map, ropts);
-    Status cleared = replayed.ok() ? journal::clear_needs_recovery(*overlay, replayed->needs_fsck())
+    auto replayed = journal::recover_journal(replay, bs, *map, ropts);
+    Status cleared = replayed.ok() ? journal::clear_needs_recovery(replay, replayed->needs_fsck())
                                    : Status(replayed.error());
     if (cleared.ok()) {
       report = *replayed;
@@ -107,12 +108,12 @@ Result<std::unique_ptr<Volume>> Volume::replay_in_memory(std::unique_ptr<Volume>
   // A journal that cannot be replayed does not stop reading: the image is
   // shown as it lies, with the reason. So is one whose replay leaves a
   // filesystem that cannot be loaded.
-  if (!problem.empty()) overlay->discard();
+  if (!problem.empty()) replay.discard();
   std::unique_ptr<BlockDevice> device = std::move(overlay);
   auto reloaded = load(device, options);
   if (!reloaded.ok() && problem.empty()) {
     problem = "the replayed filesystem cannot be loaded: " + reloaded.error().message();
-    static_cast<io::OverlayDevice&>(*device).discard();
+    replay.discard();
     reloaded = load(device, options);
   }
   if (!reloaded.ok()) return std::move(reloaded).error();
