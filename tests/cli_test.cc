@@ -321,6 +321,19 @@ TEST(CliErrors, MissingAndNonImageFiles) {
   expect_error({"info", t.path()}, 1, {t.path()});
 }
 
+TEST(CliErrors, ImagesUextCannotOpenSayWhy) {
+  // The reason is the library's (a feature by name), not a bare errno such
+  // as "Operation not supported".
+  TempDir t;
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-O", "inline_data", t / "inline.img", "8M"});
+  expect_error({"info", t / "inline.img"}, 1, {"inline.img", "inline_data"});
+  expect_error({"ls", t / "inline.img", "/"}, 1, {"inline_data"});
+  expect_error({"mkdir", t / "inline.img", "/d"}, 1, {"inline_data"});
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-O", "verity", t / "verity.img", "8M"});
+  expect_error({"mkdir", t / "verity.img", "/d"}, 1, {"read-write", "verity"});
+  expect_error({"demo", "mmap-enospc", t / "verity.img"}, 1, {"verity"});
+}
+
 TEST(CliErrors, WrongPathsInAGoodImage) {
   if (!can_loop_mount()) GTEST_SKIP() << "needs root and loop devices to build the image";
   const SharedImage& img = shared_image("ext2-1k", false);

@@ -235,7 +235,10 @@ int run_mmap_enospc(const DemoArgs& args) {
     o.delayed_allocation = !args.nodelalloc && has("extent");
   }
   auto opened = Filesystem::open(args.image, o);
-  if (!opened) return fail_with(args.image, "cannot open read-write", opened.error());
+  if (!opened) {
+    report_open_error(args.image, opened.error());
+    return kExitFailure;
+  }
   std::unique_ptr<Filesystem> fs = std::move(opened).value();
   if (fs->info().read_only) {
     report({args.image, "cannot open read-write", fs->info().read_only_reason});

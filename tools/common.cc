@@ -59,6 +59,16 @@ int fail_with(std::string_view image, std::string_view path, const Error& err) {
   return kExitFailure;
 }
 
+void report_open_error(const std::string& image, const Error& err) {
+  // Why an image cannot be opened is the library's message (a missing
+  // file, a feature uext does not support, a bad superblock), not just its
+  // errno; it names the image already, which is said once.
+  std::string_view why = err.message();
+  const std::string prefix = image + ": ";
+  if (why.starts_with(prefix)) why.remove_prefix(prefix.size());
+  report({image, why.empty() ? describe_errno(err.code()) : std::string(why)});
+}
+
 std::unique_ptr<Filesystem> open_image(const ImageOptions& opts) {
   Options o;
   o.read_only = true;
@@ -66,14 +76,7 @@ std::unique_ptr<Filesystem> open_image(const ImageOptions& opts) {
   o.replay_read_only = !opts.no_replay;
   auto fs = Filesystem::open(opts.image, o);
   if (!fs) {
-    // The library names the image in open errors already; say it once.
-    const Error& err = fs.error();
-    std::string prefix = opts.image + ": ";
-    if (err.message().starts_with(prefix)) {
-      report_error(opts.image, Error(err.code(), err.message().substr(prefix.size())));
-    } else {
-      report_error(opts.image, err);
-    }
+    report_open_error(opts.image, fs.error());
     return nullptr;
   }
   const VolumeInfo v = (*fs)->info();
@@ -93,13 +96,7 @@ std::unique_ptr<Filesystem> open_image_rw(const std::string& image) {
   o.read_only = false;
   auto fs = Filesystem::open(image, o);
   if (!fs) {
-    const Error& err = fs.error();
-    std::string prefix = image + ": ";
-    if (err.message().starts_with(prefix)) {
-      report_error(image, Error(err.code(), err.message().substr(prefix.size())));
-    } else {
-      report_error(image, err);
-    }
+    report_open_error(image, fs.error());
     return nullptr;
   }
   if ((*fs)->info().read_only) {

@@ -42,6 +42,8 @@ void report_error(std::string_view image, std::string_view path, const Error& er
 int fail_with(std::string_view image, std::string_view path, const Error& err);
 void warn(std::initializer_list<std::string_view> parts);
 
+// Prints why `image` could not be opened: the library's message, else the errno.
+void report_open_error(const std::string& image, const Error& err);
 // Opens the image read-only; reports the failure and returns null on error.
 std::unique_ptr<Filesystem> open_image(const ImageOptions& opts);
 // Opens the image read-write (replaying its journal if needed), as the
