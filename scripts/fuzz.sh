@@ -6,8 +6,8 @@
 #
 # Exit status: 0 when nothing was found, 1 on any crash, leak, sanitizer
 # report, timeout (-timeout=10) or out-of-memory (-rss_limit_mb=2048), with
-# the reproducer's path printed. Both targets run at the same time (one core
-# each), so the fuzzing itself takes SECONDS of wall time, plus the build.
+# the reproducer's path printed. The three targets run at the same time, so
+# the fuzzing itself takes SECONDS of wall time, plus the build.
 #
 # Needs clang 14 with libclang-rt-14-dev and e2fsprogs (scripts/install-deps.sh).
 # UEXT_FUZZ_OPT sets the optimisation level (default -O1; the test command's
@@ -15,12 +15,21 @@
 # Build directory: build-fuzz/ (override with UEXT_FUZZ_BUILD_DIR). The
 # corpora libFuzzer grows are kept in build-fuzz/corpus/ between runs.
 #
+# Targets: image_fuzzer (whole images, read-only), metadata_fuzzer (patches
+# to the seeds' metadata, read-only) and write_fuzzer (the same patches,
+# then read-write: journal replay and a script of changes; fuzz/*.cc).
+#
 # Reproduce a crash:
 #   build-fuzz/image_fuzzer CRASH_FILE
 #   UEXT_FUZZ_SEEDS=$(cat build-fuzz/seeds/list) build-fuzz/metadata_fuzzer CRASH_FILE
-# A metadata_fuzzer crash is also written out as a whole image (CRASH_FILE.img)
-# that image_fuzzer replays on its own. Save small reproducers, gzipped, as
-# fuzz/regressions/<what-it-hits>.img.gz: every run replays them first.
+#   UEXT_FUZZ_SEEDS=$(cat build-fuzz/seeds/list) build-fuzz/write_fuzzer CRASH_FILE
+# A metadata_fuzzer or write_fuzzer crash is also written out as a whole
+# image (CRASH_FILE.img), which does not depend on the seeds:
+#   build-fuzz/image_fuzzer CRASH_FILE.img
+#   UEXT_FUZZ_WHOLE_IMAGE=1 build-fuzz/write_fuzzer CRASH_FILE.img
+# Save small reproducers, gzipped, as fuzz/regressions/<what-it-hits>.img.gz
+# (image_fuzzer replays them all first) or, for the write path,
+# fuzz/regressions/write-<what-it-hits>.img.gz (write_fuzzer replays those).
 set -euo pipefail
 
 duration=${1:-60}
@@ -34,7 +43,7 @@ build=${UEXT_FUZZ_BUILD_DIR:-$root/build-fuzz}
 jobs=${UEXT_FUZZ_BUILD_JOBS:-2}
 opt=${UEXT_FUZZ_OPT:--O1}
 flags="${opt} -gline-tables-only -DNDEBUG"
-targets=(image_fuzzer metadata_fuzzer)
+targets=(image_fuzzer metadata_fuzzer write_fuzzer)
 
 die() { echo "fuzz.sh: $*" >&2; exit 1; }
 
@@ -133,6 +142,26 @@ mkimg ext4-2m-journal 2048 -t ext4 -b 1024 -N 160 -m 0 -J location=1000
 mkimg ext4-inline 1024 -t ext4 -b 1024 -N 160 -m 0 -O ^has_journal,inline_data
 mkimg ext4-4k 1024 -t ext4 -b 4096 -N 160 -m 0 -O ^has_journal
 mkimg ext4-nocsum 1024 -t ext4 -b 1024 -N 160 -m 0 -O ^has_journal,^metadata_csum,^64bit
+# A journal that needs recovery, written by debugfs: one committed
+# transaction rewrites hello.txt's block and the root directory's (with
+# its own bytes), a second revokes the block after hello.txt's. The
+# targets replay it: in memory (read-only) or on the image (write_fuzzer).
+mkimg ext4-2m-pending 2048 -t ext4 -b 1024 -N 160 -m 0 -J location=1000
+pending=$seeds/ext4-2m-pending.img
+hello_block=$(debugfs -R "bmap /hello.txt 0" "$pending" 2>/dev/null)
+root_block=$(debugfs -R "bmap / 0" "$pending" 2>/dev/null)
+[[ "$hello_block" =~ ^[0-9]+$ && "$root_block" =~ ^[0-9]+$ ]] ||
+  die "cannot find the blocks of ext4-2m-pending's hello.txt and root directory"
+{ printf 'replayed data\n' | dd bs=1024 conv=sync status=none
+  dd if="$pending" bs=1024 skip="$root_block" count=1 status=none; } >"$seeds/pending.blocks"
+debugfs -w -f - "$pending" >>"$seeds/ext4-2m-pending.log" 2>&1 <<EOF
+jo -c
+jw -b $hello_block,$root_block $seeds/pending.blocks
+jw -r $((hello_block + 1)) /dev/null
+jc
+EOF
+dumpe2fs -h "$pending" 2>/dev/null | grep -q needs_recovery ||
+  die "debugfs left no transaction to recover in ext4-2m-pending (see $seeds/ext4-2m-pending.log)"
 (IFS=:; echo "${seed_images[*]}") >"$seeds/list"
 export UEXT_FUZZ_SEEDS
 UEXT_FUZZ_SEEDS=$(cat "$seeds/list")
@@ -176,15 +205,35 @@ if ! "$build/image_fuzzer" -timeout=10 -rss_limit_mb=2048 "${replay_inputs[@]}" 
   echo "fuzz.sh: FAILED: a regression input or seed image crashes (full log: $build/replay.log)" >&2
   exit 1
 fi
+# The write path: its own regressions and every seed image, changed whole.
+write_inputs=("$replay"/write-* "${seed_images[@]}")
+if ! UEXT_FUZZ_WHOLE_IMAGE=1 "$build/write_fuzzer" -timeout=10 -rss_limit_mb=2048 "${write_inputs[@]}" \
+  >"$build/replay-write.log" 2>&1; then
+  tail -n 60 "$build/replay-write.log" >&2
+  echo "fuzz.sh: FAILED: a write-path regression input or seed image crashes (full log: $build/replay-write.log)" >&2
+  exit 1
+fi
+# What the script makes of a valid image must be valid too: e2fsck, and a
+# superblock that records no error.
+for img in "${seed_images[@]}"; do
+  result=$replay/result-$(basename "$img")
+  UEXT_FUZZ_WHOLE_IMAGE=1 UEXT_FUZZ_KEEP_RESULT=$result "$build/write_fuzzer" "$img" >/dev/null 2>&1 ||
+    die "write_fuzzer failed on the seed $img"
+  e2fsck -fn "$result" >"$result.fsck" 2>&1 ||
+    { cat "$result.fsck" >&2; die "e2fsck -fn finds errors in what write_fuzzer made of $img: $result"; }
+  dumpe2fs -h "$result" 2>/dev/null | grep -q '^Filesystem state: *clean$' ||
+    die "what write_fuzzer made of $img is not in the clean state: $result"
+done
+echo "fuzz.sh: the write script leaves every seed image e2fsck-clean"
 
 # ---- fuzz -----------------------------------------------------------------------
 [ "$duration" -eq 0 ] && { echo "fuzz.sh: regressions pass; no fuzzing (SECONDS=0)"; exit 0; }
 
-declare -A max_len=([image_fuzzer]=1048576 [metadata_fuzzer]=512)
+declare -A max_len=([image_fuzzer]=1048576 [metadata_fuzzer]=512 [write_fuzzer]=512)
 # Patch lists: let them grow to max_len at once (libFuzzer would otherwise
 # start at a few bytes, one patch, and widen the limit only slowly).
-declare -A len_control=([image_fuzzer]= [metadata_fuzzer]=-len_control=0)
-declare -A seed_dir=([image_fuzzer]=$img_seeds [metadata_fuzzer]=$meta_seeds)
+declare -A len_control=([image_fuzzer]= [metadata_fuzzer]=-len_control=0 [write_fuzzer]=-len_control=0)
+declare -A seed_dir=([image_fuzzer]=$img_seeds [metadata_fuzzer]=$meta_seeds [write_fuzzer]=$meta_seeds)
 pids=()
 for t in "${targets[@]}"; do
   corpus=$build/corpus/$t
@@ -210,9 +259,9 @@ for i in "${!targets[@]}"; do
     grep -E 'ERROR: |SUMMARY: |runtime error|#[0-9]+ 0x' "$build/$t.log" | head -n 40 >&2 || true
     for a in "${artifacts[@]}"; do
       echo "fuzz.sh: FAILED: $t reproducer: $a" >&2
-      if [ "$t" = metadata_fuzzer ]; then
+      if [ "$t" != image_fuzzer ]; then
         UEXT_FUZZ_WRITE_IMAGE=$a.img "$build/$t" "$a" >/dev/null 2>&1 || true
-        [ -s "$a.img" ] && echo "fuzz.sh:   as a whole image (for image_fuzzer): $a.img" >&2
+        [ -s "$a.img" ] && echo "fuzz.sh:   as a whole image: $a.img (save it as fuzz/regressions/${t%_fuzzer}-WHAT.img.gz)" >&2
       fi
     done
     [ ${#artifacts[@]} -eq 0 ] && echo "fuzz.sh: FAILED: $t exited with $status; see $build/$t.log" >&2
