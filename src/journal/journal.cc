@@ -222,9 +222,13 @@ Status Journal::record_revoke(Handle& h, uint64_t block) {
   std::lock_guard lock(mu_);
   Transaction* tx = transaction_of(h.tid_);
   if (!tx) return Error(EINVAL, "journal: handle outlived its transaction");
-  // The block's pending changes are moot: it will not be written home.
+  // The block's changes in this transaction are moot: it will not be
+  // written home. A version an earlier transaction committed stays due for
+  // its checkpoint until this one commits (then commit_locked drops it):
+  // a checkpoint before that, which this transaction's own commit may need
+  // to make room, must still write it, since a crash before this commit
+  // leaves the block in use, holding what it held then.
   tx->blocks.erase(block);
-  checkpoint_.erase(block);
   cache_.forget(block);
   if (has_log_ && tx->revoked.insert(block).second) {
     // Revokes beyond the handle's credits are still recorded (a freed
@@ -314,6 +318,11 @@ Status Journal::commit_locked(std::unique_lock<base::OrderedMutex>& lock) {
       }
       lock.lock();
       if (result.ok() && has_log_) {
+        // The frees are durable: what older transactions logged of the
+        // blocks they revoked need not go home (and must not, once the
+        // blocks hold new data). A block revoked and then changed again by
+        // this transaction is in blocks, not revoked.
+        for (uint64_t b : tx->revoked) checkpoint_.erase(b);
         size_t i = 0;
         for (uint64_t b : tx->blocks) checkpoint_[b] = versions[i++];
       }
