@@ -45,6 +45,12 @@ struct Seed {
 
 inline constexpr size_t kChunk = 1024;
 
+// Writes `image` to `path` (reproducers, results to check).
+inline void write_image(const char* path, std::span<const std::byte> image) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(reinterpret_cast<const char*>(image.data()), static_cast<std::streamsize>(image.size()));
+}
+
 inline std::vector<Seed>& seeds() {
   static std::vector<Seed> s;
   return s;
@@ -117,13 +123,11 @@ inline bool patched_image(const uint8_t* data, size_t size, std::vector<std::byt
   }
 
   if (const char* out = std::getenv("UEXT_FUZZ_WRITE_IMAGE"); out != nullptr && *out != '\0') {
-    std::ofstream f(out, std::ios::binary | std::ios::trunc);
-    f.write(reinterpret_cast<const char*>(image.data()), static_cast<std::streamsize>(image.size()));
     // Keep the option byte meaning the same for image_fuzzer: its bit 0 is
     // verify_checksums too, and byte 0 of the image is in the boot block.
-    f.seekp(0);
-    const char flag = static_cast<char>((std::to_integer<uint8_t>(image[0]) & ~1) | (verify ? 1 : 0));
-    f.write(&flag, 1);
+    std::vector<std::byte> copy = image;
+    copy[0] = (copy[0] & ~std::byte{1}) | std::byte{verify ? uint8_t{1} : uint8_t{0}};
+    write_image(out, copy);
   }
   return verify;
 }

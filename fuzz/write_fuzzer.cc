@@ -28,7 +28,6 @@
 #include <cstdlib>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -245,8 +244,7 @@ void change_and_walk(std::vector<std::byte>& image, bool verify) {
     }
   }
   if (const char* out = std::getenv("UEXT_FUZZ_KEEP_RESULT"); out != nullptr && *out != '\0') {
-    std::ofstream f(out, std::ios::binary | std::ios::trunc);
-    f.write(reinterpret_cast<const char*>(image.data()), static_cast<std::streamsize>(image.size()));
+    uext_fuzz::write_image(out, image);
   }
   if (!opened) return;  // refused (a feature uext does not write, a bad superblock): nothing changed
   // Whatever the changes left, reading it back must not go wrong either.

@@ -212,7 +212,6 @@ Result<Verification> verify(const std::string& image, uint64_t pages_before, boo
 
 int run_mmap_enospc(const DemoArgs& args) {
   Options o;
-  o.read_only = false;
   if (args.fault_handling == "userfaultfd") {
     o.fault_handling = FaultHandling::kUserfaultfd;
   } else if (args.fault_handling == "signal") {
@@ -234,16 +233,8 @@ int run_mmap_enospc(const DemoArgs& args) {
     fs_type = has("extent") ? "ext4" : has("has_journal") ? "ext3" : "ext2";
     o.delayed_allocation = !args.nodelalloc && has("extent");
   }
-  auto opened = Filesystem::open(args.image, o);
-  if (!opened) {
-    report_open_error(args.image, opened.error());
-    return kExitFailure;
-  }
-  std::unique_ptr<Filesystem> fs = std::move(opened).value();
-  if (fs->info().read_only) {
-    report({args.image, "cannot open read-write", fs->info().read_only_reason});
-    return kExitFailure;
-  }
+  std::unique_ptr<Filesystem> fs = open_image_rw(args.image, o);
+  if (!fs) return kExitFailure;
   const uint32_t block_size = fs->info().block_size;
   fmt::print("image: {} ({}, {}-byte blocks); {}\n", args.image, fs_type, block_size,
              o.delayed_allocation ? "delayed allocation: page_mkwrite reserves blocks"

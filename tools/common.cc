@@ -59,6 +59,8 @@ int fail_with(std::string_view image, std::string_view path, const Error& err) {
   return kExitFailure;
 }
 
+namespace {
+// Prints why `image` could not be opened: the library's message, else the errno.
 void report_open_error(const std::string& image, const Error& err) {
   // Why an image cannot be opened is the library's message (a missing
   // file, a feature uext does not support, a bad superblock), not just its
@@ -68,6 +70,7 @@ void report_open_error(const std::string& image, const Error& err) {
   if (why.starts_with(prefix)) why.remove_prefix(prefix.size());
   report({image, why.empty() ? describe_errno(err.code()) : std::string(why)});
 }
+}  // namespace
 
 std::unique_ptr<Filesystem> open_image(const ImageOptions& opts) {
   Options o;
@@ -91,10 +94,9 @@ std::unique_ptr<Filesystem> open_image(const ImageOptions& opts) {
   return std::move(fs).value();
 }
 
-std::unique_ptr<Filesystem> open_image_rw(const std::string& image) {
-  Options o;
-  o.read_only = false;
-  auto fs = Filesystem::open(image, o);
+std::unique_ptr<Filesystem> open_image_rw(const std::string& image, Options options) {
+  options.read_only = false;
+  auto fs = Filesystem::open(image, options);
   if (!fs) {
     report_open_error(image, fs.error());
     return nullptr;

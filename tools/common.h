@@ -42,13 +42,12 @@ void report_error(std::string_view image, std::string_view path, const Error& er
 int fail_with(std::string_view image, std::string_view path, const Error& err);
 void warn(std::initializer_list<std::string_view> parts);
 
-// Prints why `image` could not be opened: the library's message, else the errno.
-void report_open_error(const std::string& image, const Error& err);
 // Opens the image read-only; reports the failure and returns null on error.
 std::unique_ptr<Filesystem> open_image(const ImageOptions& opts);
 // Opens the image read-write (replaying its journal if needed), as the
 // commands that change an image do; null (reported) on error.
-std::unique_ptr<Filesystem> open_image_rw(const std::string& image);
+// `options` (read_only aside) for the commands that need more than the defaults.
+std::unique_ptr<Filesystem> open_image_rw(const std::string& image, Options options = {});
 // Closes a read-write image so that it is clean with nothing to replay.
 // Returns `rc`, or kExitFailure (reported) when the close failed.
 int close_image(std::unique_ptr<Filesystem> fs, const std::string& image, int rc);

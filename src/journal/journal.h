@@ -260,7 +260,9 @@ class Journal {
   uint32_t log_used_ = 0;  // blocks between the oldest uncheckpointed transaction and head_
   uint32_t next_tid_ = 0;
   std::atomic<uint32_t> last_committed_{0};
-  // Committed but not yet written home: block -> its latest committed version.
+  // Committed but not yet written home: block -> its latest committed
+  // version. A block leaves it when written home or when the transaction
+  // that revoked it commits, not before (record_revoke says why).
   std::map<uint64_t, buffer::BlockRef> checkpoint_;
   Transaction* committing_tx_ = nullptr;
   JournalStats stats_;
