@@ -26,10 +26,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
-#include <cerrno>
-#include <cstring>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <string>
 #include <sys/stat.h>
@@ -196,36 +193,6 @@ class Script {
   uext::Owner owner_{1000, 1000, 022};
 };
 
-// The image in the fuzzer's own buffer, so that what the library wrote can
-// be opened again after close. One lock for all calls: the writeback
-// thread and the script's thread may touch the same blocks.
-class BufferDevice final : public uext::BlockDevice {
- public:
-  explicit BufferDevice(std::vector<std::byte>& bytes) : bytes_(bytes) {}
-  uext::Status read(uint64_t offset, std::span<std::byte> buf) override {
-    std::lock_guard lock(mu_);
-    if (!fits(offset, buf.size())) return uext::Error(EIO, "read past the end of the fuzzer's image");
-    std::memcpy(buf.data(), bytes_.data() + offset, buf.size());
-    return {};
-  }
-  uext::Status write(uint64_t offset, std::span<const std::byte> buf) override {
-    std::lock_guard lock(mu_);
-    if (!fits(offset, buf.size())) return uext::Error(EIO, "write past the end of the fuzzer's image");
-    std::memcpy(bytes_.data() + offset, buf.data(), buf.size());
-    return {};
-  }
-  uext::Status flush() override { return {}; }
-  uint64_t size() const override { return bytes_.size(); }
-  bool read_only() const override { return false; }
-
- private:
-  bool fits(uint64_t offset, size_t length) const {
-    return offset <= bytes_.size() && length <= bytes_.size() - offset;
-  }
-  std::mutex mu_;
-  std::vector<std::byte>& bytes_;
-};
-
 void change_and_walk(std::vector<std::byte>& image, bool verify) {
   uext::Options options;
   options.read_only = false;
@@ -236,7 +203,9 @@ void change_and_walk(std::vector<std::byte>& image, bool verify) {
   options.dirty_limit_bytes = 256u << 10;
   bool opened = false;
   {
-    auto fs = uext::Filesystem::open(std::make_unique<BufferDevice>(image), options);
+    // In the fuzzer's own buffer, so that what the library wrote can be
+    // opened again after close.
+    auto fs = uext::Filesystem::open(uext::make_memory_device_over(image), options);
     if (fs) {
       opened = true;
       Script(**fs).run();

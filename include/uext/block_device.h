@@ -73,5 +73,8 @@ Result<std::unique_ptr<BlockDevice>> open_image_file(const std::string& path,
 // A device held in memory; tests and fuzzers build images in it.
 std::unique_ptr<BlockDevice> make_memory_device(uint64_t size);
 std::unique_ptr<BlockDevice> make_memory_device(std::span<const std::byte> contents);
+// A device over memory the caller owns: writes land in `storage`, which must
+// outlive the device (a fuzzer reopens what the library wrote after close).
+std::unique_ptr<BlockDevice> make_memory_device_over(std::span<std::byte> storage);
 
 }  // namespace uext

@@ -1,6 +1,7 @@
 #include <cstring>
 #include <mutex>
 #include <shared_mutex>
+#include <span>
 #include <vector>
 
 #include "uext/block_device.h"
@@ -8,9 +9,11 @@
 namespace uext {
 namespace {
 
+// Over its own bytes, or over a caller's (`storage`, left empty here).
 class MemoryDevice final : public BlockDevice {
  public:
-  explicit MemoryDevice(std::vector<std::byte> data) : data_(std::move(data)) {}
+  explicit MemoryDevice(std::vector<std::byte> data) : owned_(std::move(data)), data_(owned_) {}
+  explicit MemoryDevice(std::span<std::byte> storage) : data_(storage) {}
 
   Status read(uint64_t offset, std::span<std::byte> buf) override {
     std::shared_lock lock(mu_);
@@ -41,10 +44,15 @@ class MemoryDevice final : public BlockDevice {
   }
 
   mutable std::shared_mutex mu_;
-  std::vector<std::byte> data_;
+  std::vector<std::byte> owned_;
+  std::span<std::byte> data_;
 };
 
 }  // namespace
+
+std::unique_ptr<BlockDevice> make_memory_device_over(std::span<std::byte> storage) {
+  return std::make_unique<MemoryDevice>(storage);
+}
 
 std::unique_ptr<BlockDevice> make_memory_device(uint64_t size) {
   return std::make_unique<MemoryDevice>(std::vector<std::byte>(size));
