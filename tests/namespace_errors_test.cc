@@ -503,5 +503,90 @@ TEST_F(NamespaceErrors, StatfsAgreesWithTheKernel) {
                              st->available_blocks, st->files, st->free_files));
 }
 
+// The project feature without quota: a directory marked project-inherit
+// (chattr +P, set here with debugfs as this kernel has no CONFIG_QUOTA to
+// mount such an image) hands its project to every new inode under it, and
+// a name in it may only go to an inode of the same project: EXDEV, as
+// ext4_rename, ext4_cross_rename and ext4_link answer, so that mv copies.
+TEST(ProjectInherit, NewInodesTakeTheProjectAndOthersAreKeptOut) {
+  TempDir tmp;
+  const std::string image = tmp.path() + "/img";
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-O", "project", image, "32M"});
+  Options o;
+  o.read_only = false;
+  auto project_of = [&](const std::string& path) {
+    const std::string out = debugfs(image, "stat " + path);
+    const size_t at = out.find("Project:");
+    if (at == std::string::npos) return std::string("none: " + out.substr(0, 200));
+    return std::to_string(std::stoul(out.substr(at + 8)));
+  };
+  auto err = [](const auto& r) { return r.ok() ? 0 : r.error().code(); };
+  {
+    auto fs = Filesystem::open(image, o);
+    ASSERT_TRUE(fs.ok()) << fs.error().message();
+    ASSERT_TRUE((*fs)->mkdir(kRootIno, "p", 0755, {}).ok());
+    ASSERT_TRUE((*fs)->mkdir(kRootIno, "q", 0755, {}).ok());
+    ASSERT_TRUE((*fs)->create(kRootIno, "out", 0644, {}).ok());
+    ASSERT_TRUE((*fs)->close().ok());
+  }
+  // chattr +P and a project number of 42 on /p (extents flag kept).
+  run_ok({"debugfs", "-w", "-R", "sif /p flags 0x20080000", image});
+  run_ok({"debugfs", "-w", "-R", "sif /p projid 42", image});
+  ASSERT_EQ(project_of("/p"), "42");
+  {
+    auto opened = Filesystem::open(image, o);
+    ASSERT_TRUE(opened.ok()) << opened.error().message();
+    Filesystem& fs = **opened;
+    const Ino p = *fs.lookup(kRootIno, "p");
+    const Ino q = *fs.lookup(kRootIno, "q");
+    const Ino out = *fs.lookup(kRootIno, "out");
+    ASSERT_TRUE(fs.create(p, "f", 0644, {}).ok());
+    auto sub = fs.mkdir(p, "sub", 0755, {});
+    ASSERT_TRUE(sub.ok());
+    ASSERT_TRUE(fs.create(sub->ino, "g", 0644, {}).ok());
+    ASSERT_TRUE(fs.symlink(p, "l", "f", {}).ok());
+    ASSERT_TRUE(fs.create(q, "h", 0644, {}).ok());
+    // Names in /p for an inode of project 0.
+    EXPECT_EQ(err(fs.rename(kRootIno, "out", p, "x")), EXDEV);
+    EXPECT_EQ(err(fs.link(out, p, "y")), EXDEV);
+    EXPECT_EQ(err(fs.rename(kRootIno, "out", sub->ino, "g", kRenameExchange)), EXDEV);
+    EXPECT_EQ(err(fs.rename(q, "h", p, "f")), EXDEV);  // over an existing name too
+    // Out of the project is allowed (q keeps no project), and back in.
+    EXPECT_EQ(err(fs.rename(p, "f", q, "f")), 0);
+    EXPECT_EQ(err(fs.rename(q, "f", p, "f")), 0);
+    EXPECT_EQ(err(fs.link(*fs.lookup(p, "f"), sub->ino, "f2")), 0);
+    ASSERT_TRUE(fs.close().ok());
+  }
+  EXPECT_EQ(project_of("/p/f"), "42");
+  EXPECT_EQ(project_of("/p/sub"), "42");
+  EXPECT_EQ(project_of("/p/sub/g"), "42");
+  EXPECT_EQ(project_of("/p/sub/f2"), "42");
+  EXPECT_EQ(project_of("/p/l"), "42");
+  EXPECT_EQ(project_of("/q/h"), "0");
+  EXPECT_EQ(project_of("/out"), "0");
+  EXPECT_NE(debugfs(image, "stat /p/sub").find("Flags: 0x20080000"), std::string::npos);  // inherited by subdirectories
+  FsckVerdict v = e2fsck_clean(image);
+  EXPECT_TRUE(v.clean) << v.report;
+}
+
+// An image with quota files opens read-only: uext would leave the usage
+// they record wrong after any change. The refusal names the feature.
+TEST(QuotaImage, OpensReadOnlyAndSaysWhy) {
+  TempDir tmp;
+  const std::string image = tmp.path() + "/img";
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-O", "quota", image, "32M"});
+  Options o;
+  o.read_only = false;
+  auto fs = Filesystem::open(image, o);
+  ASSERT_FALSE(fs.ok());
+  EXPECT_EQ(fs.error().code(), EROFS);
+  EXPECT_NE(fs.error().message().find("quota (uext does not keep quota usage up to date)"), std::string::npos)
+      << fs.error().message();
+  o.read_only = true;
+  auto ro = Filesystem::open(image, o);
+  ASSERT_TRUE(ro.ok()) << ro.error().message();
+  EXPECT_TRUE((*ro)->resolve("/lost+found").ok());
+}
+
 }  // namespace
 }  // namespace uext::testing

@@ -208,6 +208,11 @@ Result<InodeRecord> FilesystemImpl::new_inode(journal::Handle& handle, const Ino
     flags |= disk::inode_flag::kExtents;
   }
   const uint32_t generation = random_generation();
+  // A directory marked project-inherit hands its project down (ext4 with
+  // the project feature); any other new inode is in the default project 0.
+  const uint32_t projid = sb.has_ro_compat(disk::ro_compat::kProject) && (parent.inode.i_flags & disk::inode_flag::kProjinherit)
+                              ? parent.inode.i_projid
+                              : 0;
   auto rec = vol_->update_inode(handle, ino, true, [&](disk::Inode& in) {
     in.i_mode = static_cast<uint16_t>(mode);
     in.i_uid = owner.uid;
@@ -216,6 +221,7 @@ Result<InodeRecord> FilesystemImpl::new_inode(journal::Handle& handle, const Ino
     in.i_atime = in.i_mtime = in.i_ctime = in.i_crtime = t;
     in.i_flags = flags;
     in.i_generation = generation;
+    in.i_projid = projid;
     if (flags & disk::inode_flag::kExtents) {
       // An empty extent root: header with no entries, depth 0.
       std::array<std::byte, 12> header{};

@@ -202,6 +202,15 @@ Result<Stat> FilesystemImpl::make_node(Ino dir, std::string_view name, uint32_t 
   return to_stat(vol_->sb(), child);
 }
 
+// ext4 keeps a project-inherit directory's tree in its project: a name in
+// it may only be given to an inode of the same project (EXDEV otherwise, so
+// that mv copies instead).
+static Status check_project(const InodeRecord& dir, const InodeRecord& child, std::string_view name) {
+  if (!(dir.inode.i_flags & disk::inode_flag::kProjinherit) || dir.inode.i_projid == child.inode.i_projid) return {};
+  return Error(EXDEV, fmt::format("{}: inode {} is in project {}, directory inode {} keeps project {}", name, child.ino,
+                                  child.inode.i_projid, dir.ino, dir.inode.i_projid));
+}
+
 Result<Stat> FilesystemImpl::link(Ino ino, Ino new_dir, std::string_view new_name) {
   UEXT_TRY(check_writable());
   UEXT_TRY(check_name(new_name));
@@ -219,6 +228,7 @@ Result<Stat> FilesystemImpl::link(Ino ino, Ino new_dir, std::string_view new_nam
   UEXT_ASSIGN_OR_RETURN(InodeRecord child, load_inode(ino));
   if (child.inode.i_links_count == 0) return Error(ENOENT, fmt::format("inode {}: file was removed", ino));
   if (child.inode.i_links_count >= kMaxLinks) return Error(EMLINK, fmt::format("inode {}: Too many links", ino));
+  UEXT_TRY(check_project(parent, child, new_name));
   UEXT_ASSIGN_OR_RETURN(auto existing, dir_lookup(*vol_, parent, new_name));
   if (existing) return Error(EEXIST, fmt::format("{}: File exists", new_name));
   UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, reserve(kDirGrowthBlocks, kDirGrowthBlocks));
@@ -372,6 +382,8 @@ Status FilesystemImpl::rename(Ino old_dir, std::string_view old_name, Ino new_di
   if (dst_ino) {
     UEXT_ASSIGN_OR_RETURN(dst, load_inode(*dst_ino));
   }
+  UEXT_TRY(check_project(new_parent, src, new_name));
+  if (exchange) UEXT_TRY(check_project(old_parent, dst, old_name));
   const bool src_dir = S_ISDIR(src.inode.i_mode);
   const bool dst_dir = dst_ino && S_ISDIR(dst.inode.i_mode);
   if (dst_ino && !exchange) {
