@@ -329,7 +329,16 @@ Status Journal::commit_locked(std::unique_lock<base::OrderedMutex>& lock) {
       if (result.ok()) stats_.commits++;
     }
   }
-  if (result.ok()) last_committed_.store(tx->tid, std::memory_order_release);
+  if (result.ok() && tx->blocks.empty() && tx->revoked.empty()) {
+    // Nothing was logged (its handles changed nothing): the transaction
+    // leaves no trace, and its tid goes to the next one. The log's
+    // sequence must have no gap, for replay stops at the first tid it
+    // does not find; a commit after a skipped tid was lost at the next
+    // crash, with every commit after it until a checkpoint.
+    if (next_tid_ == tx->tid + 1) next_tid_ = tx->tid;
+  } else if (result.ok()) {
+    last_committed_.store(tx->tid, std::memory_order_release);
+  }
   if (!result.ok() && sticky_error_.ok()) {
     // Like jbd2's abort: later handles fail, the image stays as the last
     // successful commit left it.

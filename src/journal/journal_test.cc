@@ -341,6 +341,43 @@ TEST_P(JournalWrite, CheckpointKeepsABlockWhoseFreeIsNotCommitted) {
   EXPECT_EQ(read_block(by_uext, filler_base, bs)[0], std::byte{2});
 }
 
+// A transaction whose handles changed nothing logs nothing, and must not
+// use up a tid: the next commit takes it, so the log's sequence has no
+// gap. Replay stops at the first tid it does not find, so with a gap every
+// commit after it was lost at a crash (found by the crash suite's quota
+// image, whose sync started a handle with nothing to write).
+TEST_P(JournalWrite, AnEmptyTransactionLeavesNoGapInTheLog) {
+  const std::string image = image_;
+  uint64_t first = 0;
+  uint32_t bs = 0;
+  {
+    Opened o = open_journal(image);
+    first = o.sb.s_blocks_count - 10;  // free blocks at the end of the image
+    bs = o.sb.block_size();
+    for (int i = 0; i < 3; ++i) {
+      auto h = o.journal->start(1);
+      ASSERT_TRUE(h.ok()) << h.error().message();
+      ASSERT_TRUE(h->create(first + i, fill_with(static_cast<uint8_t>(0x10 + i))).ok());
+      ASSERT_TRUE(h->stop().ok());
+      ASSERT_TRUE(o.journal->commit().ok());
+      // A handle that changes nothing, committed alone.
+      auto idle = o.journal->start(4);
+      ASSERT_TRUE(idle.ok()) << idle.error().message();
+      ASSERT_TRUE(idle->stop().ok());
+      ASSERT_TRUE(o.journal->commit().ok());
+    }
+    // Crash: nothing is checkpointed.
+  }
+  mark_needs_recovery(image);
+  const std::string log = run_ok({"debugfs", "-R", "logdump", image});
+  EXPECT_EQ(log.find("(not "), std::string::npos) << log;
+  auto [by_e2fsck, by_uext] = replay();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(read_block(by_e2fsck, first + i, bs)[0], std::byte(0x10 + i)) << "e2fsck, block " << i;
+    EXPECT_EQ(read_block(by_uext, first + i, bs)[0], std::byte(0x10 + i)) << "uext, block " << i;
+  }
+}
+
 // A block that starts with the journal's magic is logged escaped (a copy
 // with the magic zeroed, as jbd2 does) while its neighbours are logged
 // straight from the cached versions; both replays restore every byte, and
