@@ -79,6 +79,9 @@ struct ImageSpec {
   uint32_t block_size = 4096;
   uint64_t big_write = 0;  // bytes of the occasional large append (crosses groups)
   double share = 0.3;      // of UEXT_CRASH_STATES
+  // Files and directories get owners and groups from a few dozen ids, and
+  // some steps chown: for an image whose quota files must follow.
+  bool owners = false;
 };
 
 // What the workload recorded: a snapshot after each operation, and for
@@ -167,10 +170,19 @@ class Workload {
     m_.data.erase(id);
   }
 
+  // Owner{} (root), or one of 40 users in 12 groups for an `owners` image.
+  Owner some_owner() {
+    Owner o;
+    if (!spec_.owners) return o;
+    o.uid = 1000 + static_cast<uint32_t>(rng_.below(40)) * 37;
+    o.gid = 100 + static_cast<uint32_t>(rng_.below(12));
+    return o;
+  }
+
   Status do_create(const std::string& dir) {
     std::string path = join(dir, fmt::format("f{}", next_++));
     UEXT_ASSIGN_OR_RETURN(Ino d, ino_of(dir));
-    UEXT_TRY(fs_.create(d, name_of(path), 0644, {}));
+    UEXT_TRY(fs_.create(d, name_of(path), 0644, some_owner()));
     int id = next_id_++;
     m_.files[path] = id;
     set_data(id, "");
@@ -202,6 +214,18 @@ class Workload {
     uint64_t r = rng_.below(100);
     if (m_.files.size() < 3) r = 0;
     if (full && r < 40) r = 60;  // delete or truncate instead of growing
+    if (spec_.owners && rng_.below(20) == 0) {  // chown, which moves quota usage
+      std::string p = pick(m_.files);
+      UEXT_ASSIGN_OR_RETURN(Ino ino, ino_of(p));
+      const Owner o = some_owner();
+      SetAttr a;
+      a.uid = o.uid;
+      if (rng_.below(2)) a.gid = o.gid;
+      auto changed = fs_.setattr(ino, a);
+      if (!changed.ok()) return std::move(changed).error();
+      snap("chown " + p);
+      return {};
+    }
     if (r < 14) return do_create(dirs[rng_.below(dirs.size())]);
     if (r < 30) {  // append
       std::string p = pick(m_.files);
@@ -328,7 +352,7 @@ class Workload {
     if (r < 92) {  // mkdir
       std::string to = join(dirs[rng_.below(dirs.size())], fmt::format("d{}", next_++));
       UEXT_ASSIGN_OR_RETURN(Ino d, ino_of(parent_of(to)));
-      UEXT_TRY(fs_.mkdir(d, name_of(to), 0755, {}));
+      UEXT_TRY(fs_.mkdir(d, name_of(to), 0755, some_owner()));
       m_.dirs.insert(to);
       snap("mkdir " + to);
       return {};
@@ -647,6 +671,17 @@ std::vector<ImageSpec> specs() {
       {"ext3_1k", {"-t", "ext3", "-b", "1024", "-g", "2048"}, "16M", true, false, 1024, 600 * 1024, 0.32},
       // ext2 has no journal: only states at flush boundaries make sense.
       {"ext2_4k", {"-t", "ext2", "-b", "4096"}, "16M", false, false, 4096, 0, 0.04},
+      // Quota files for users, groups and projects, which e2fsck checks
+      // against the inodes in every state; files owned by many ids.
+      {"ext4_quota",
+       {"-t", "ext4", "-b", "1024", "-O", "quota,project", "-E", "quotatype=usrquota:grpquota:prjquota"},
+       "16M",
+       true,
+       true,
+       1024,
+       0,
+       0.16,
+       true},
   };
 }
 

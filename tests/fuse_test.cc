@@ -897,6 +897,31 @@ mkdir rootdir && echo "root mkdir: ok")SH";
   }
 }
 
+// Quota files kept through the mount: programs of several users make,
+// grow, move and remove files, root chowns a tree; after the unmount
+// e2fsck recounts every id's usage and finds the files right.
+TEST(FuseQuota, UsageFollowsProgramsOfSeveralUsers) {
+  REQUIRE_FUSE();
+  TempDir t;
+  const std::string img = make_image(t / "img", "64M", {"-O", "quota,project", "-E", "quotatype=usrquota:grpquota:prjquota"});
+  FuseMount m(img, t / "mnt");
+  ASSERT_TRUE(m.ok()) << m.log();
+  run_ok({"chmod", "777", m.dir()});
+  const std::string script = R"SH(cd "$0"
+for u in 1000 1001 1002 2000; do
+  # (no cd inside: the temporary directory above the mount is root's alone)
+  setpriv --reuid=$u --regid=$((u + 100)) --clear-groups sh -c "mkdir u$u && dd if=/dev/urandom of=u$u/f bs=4k count=$((u % 7 + 3)) 2>/dev/null && echo x > u$u/small && ln u$u/f u$u/g && mv u$u/small u$u/moved && dd if=/dev/zero of=u$u/big bs=1M count=2 2>/dev/null && truncate -s 5000 u$u/big" || exit 1
+done
+cp -r u1000 tree && chown -R 3000:3100 tree && chgrp 1101 tree/f
+rm -rf u1001 && mv u1002/f u2000/from1002 && sync)SH";
+  run_ok({"sh", "-c", script, m.dir()});
+  ASSERT_EQ(m.unmount(), 0) << m.log();
+  CommandResult r = run({"e2fsck", "-fn", img});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_EQ((r.out + r.err).find("uota"), std::string::npos) << r.out << r.err;
+  EXPECT_TRUE(image_is_clean(img));
+}
+
 TEST_F(FusePosix, StickyAndSetgidDirectories) {
   sh_ok("cd " + mount_->dir() + " && mkdir tmp && chmod 1777 tmp && mkdir grp && chown 0:4242 grp && chmod 2777 grp");
   EXPECT_EQ(as(1000, 1000, "touch tmp/a").exit_code, 0);

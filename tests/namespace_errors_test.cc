@@ -569,24 +569,5 @@ TEST(ProjectInherit, NewInodesTakeTheProjectAndOthersAreKeptOut) {
   EXPECT_TRUE(v.clean) << v.report;
 }
 
-// An image with quota files opens read-only: uext would leave the usage
-// they record wrong after any change. The refusal names the feature.
-TEST(QuotaImage, OpensReadOnlyAndSaysWhy) {
-  TempDir tmp;
-  const std::string image = tmp.path() + "/img";
-  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-O", "quota", image, "32M"});
-  Options o;
-  o.read_only = false;
-  auto fs = Filesystem::open(image, o);
-  ASSERT_FALSE(fs.ok());
-  EXPECT_EQ(fs.error().code(), EROFS);
-  EXPECT_NE(fs.error().message().find("quota (uext does not keep quota usage up to date)"), std::string::npos)
-      << fs.error().message();
-  o.read_only = true;
-  auto ro = Filesystem::open(image, o);
-  ASSERT_TRUE(ro.ok()) << ro.error().message();
-  EXPECT_TRUE((*ro)->resolve("/lost+found").ok());
-}
-
 }  // namespace
 }  // namespace uext::testing

@@ -55,15 +55,10 @@ constexpr uint32_t kIncompatSupported = incompat::kFiletype | incompat::kRecover
 
 // Read-only-compatible features uext keeps consistent when it writes.
 // Anything else (bigalloc, verity, shared_blocks, ...) limits it to reading.
-// quota among them: its usage files (inodes 3, 4 and the project one) would
-// have to change with every allocation, free and chown, in the same
-// transaction, and uext does not keep them, so e2fsck would find them
-// wrong after any change. project alone is only the inodes' project
-// numbers, which uext hands down as ext4 does.
 constexpr uint32_t kRoCompatWritable =
     ro_compat::kSparseSuper | ro_compat::kLargeFile | ro_compat::kHugeFile | ro_compat::kGdtCsum |
     ro_compat::kDirNlink | ro_compat::kExtraIsize | ro_compat::kMetadataCsum |
-    ro_compat::kOrphanPresent | ro_compat::kProject;
+    ro_compat::kOrphanPresent | ro_compat::kQuota | ro_compat::kProject;
 
 }  // namespace
 
@@ -88,7 +83,6 @@ Result<FeatureVerdict> check_features(uint32_t compat, uint32_t ro_compat, uint3
   if (!read_only.empty()) {
     verdict.access = Access::kReadOnly;
     verdict.read_only_reason = "unsupported read-only-compatible feature(s): " + join(read_only);
-    if (ro_compat & ro_compat::kQuota) verdict.read_only_reason += " (uext does not keep quota usage up to date)";
   }
   return verdict;
 }

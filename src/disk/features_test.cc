@@ -112,27 +112,12 @@ TEST(FeatureNames, EveryKnownBit) {
 TEST(CheckFeatures, DefaultExt4IsReadWrite) {
   TempDir dir;
   const std::string image = dir / "fs.img";
-  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-O", "metadata_csum_seed,large_dir,project", image, "64M"});
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-O", "metadata_csum_seed,large_dir,quota,project", image, "64M"});
   const Flags f = read_flags(image);
   auto v = check_features(f.compat, f.ro_compat, f.incompat);
   ASSERT_TRUE(v.ok()) << v.error().message();
   EXPECT_EQ(v->access, Access::kReadWrite);
   EXPECT_EQ(v->read_only_reason, "");
-}
-
-// Quota usage files uext does not keep: such an image opens to be read only,
-// and the reason says why.
-TEST(CheckFeatures, QuotaLimitsToReadingAndSaysWhy) {
-  TempDir dir;
-  const std::string image = dir / "fs.img";
-  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-O", "quota,project", image, "64M"});
-  const Flags f = read_flags(image);
-  ASSERT_TRUE(f.ro_compat & ro_compat::kQuota);
-  auto v = check_features(f.compat, f.ro_compat, f.incompat);
-  ASSERT_TRUE(v.ok()) << v.error().message();
-  EXPECT_EQ(v->access, Access::kReadOnly);
-  EXPECT_EQ(v->read_only_reason,
-            "unsupported read-only-compatible feature(s): quota (uext does not keep quota usage up to date)");
 }
 
 TEST(CheckFeatures, SupportedIncompatSetIsReadWrite) {
@@ -141,7 +126,8 @@ TEST(CheckFeatures, SupportedIncompatSetIsReadWrite) {
                                incompat::kLargedir;
   const uint32_t ro_ok = ro_compat::kSparseSuper | ro_compat::kLargeFile | ro_compat::kHugeFile |
                          ro_compat::kGdtCsum | ro_compat::kDirNlink | ro_compat::kExtraIsize |
-                         ro_compat::kMetadataCsum | ro_compat::kOrphanPresent | ro_compat::kProject;
+                         ro_compat::kMetadataCsum | ro_compat::kOrphanPresent | ro_compat::kQuota |
+                         ro_compat::kProject;
   auto v = check_features(0xFFFFFFFF, ro_ok, incompat_ok);  // compat never restricts
   ASSERT_TRUE(v.ok()) << v.error().message();
   EXPECT_EQ(v->access, Access::kReadWrite);

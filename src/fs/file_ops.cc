@@ -345,6 +345,7 @@ Status FilesystemImpl::setattr_locked(InodeRecord& rec, const SetAttr& attr) {
         UEXT_ASSIGN_OR_RETURN(acl_space, reserve(1));
       }
     }
+    if (attr.uid || attr.gid) UEXT_TRY(prepare_quota(attr.uid, attr.gid, std::nullopt));
     std::optional<alloc::ReservationScope> acl_scope;
     if (chmod_acl) acl_scope.emplace(&acl_space);
     UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(2 + (chmod_acl ? xattr_set_credits(*vol_) : 0)));

@@ -165,6 +165,12 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   static constexpr uint32_t kNewInodeCredits = alloc::InodeAllocator::kAllocateCredits + 1;
   Result<InodeRecord> new_inode(journal::Handle& handle, const InodeRecord& parent, uint32_t mode,
                                 const Owner& owner);
+  // The group and project a new inode under `parent` gets.
+  static uint32_t new_inode_gid(const InodeRecord& parent, const Owner& owner);
+  uint32_t new_inode_projid(const InodeRecord& parent) const;
+  // Quota entries for ids about to be charged (QuotaFiles::prepare); a
+  // no-op without quota files. Before the operation's handle starts.
+  Status prepare_quota(std::optional<uint32_t> uid, std::optional<uint32_t> gid, std::optional<uint32_t> projid);
   // Called with the inode's lock held after its link count reached zero
   // (it is on the orphan list): frees it now unless it is still retained.
   Status maybe_delete(InodeRecord& rec);

@@ -58,9 +58,53 @@ Status FilesystemImpl::start_writing() {
   make_page_cache();
   const Options& o = vol_->options();
   if (o.writeback_interval_ms > 0) writeback_thread_ = base::start_quiet_thread([this] { writeback_loop(); });
+  UEXT_ASSIGN_OR_RETURN(auto quota, QuotaFiles::load(*vol_));
+  if (quota) {
+    // A quota file grows by a block at a time, from the root reserve if
+    // need be (ext4 charges its quota files to nobody).
+    quota->set_grow([this](journal::Handle& h, uint32_t qino, uint64_t logical) -> Result<uint64_t> {
+      UEXT_ASSIGN_OR_RETURN(InodeRecord rec, vol_->read_inode(qino));
+      UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, blocks_->reserve(0));
+      alloc::AllocOptions options;
+      options.use_reserved = true;
+      UEXT_TRY(grow_reservation(space, 1 + map_overhead(1), options));
+      alloc::ReservationScope scope(&space);
+      MapOptions map;
+      map.alloc.owner = qino;
+      map.alloc.use_reserved = true;
+      UEXT_ASSIGN_OR_RETURN(auto runs, map_or_allocate(*vol_, h, rec, logical, 1, *blocks_, map));
+      if (runs.empty() || runs.front().physical == 0) {
+        return Error(EIO, fmt::format("inode {}: quota file block {} left unmapped", qino, logical));
+      }
+      const uint64_t physical = runs.front().physical;
+      UEXT_TRY(h.create(physical, [](std::span<std::byte>) {}));
+      return physical;
+    });
+    vol_->set_quota(std::move(quota));
+  }
   std::string problem;
   UEXT_TRY(orphans_.load(*vol_, &problem));
   return recover_orphans();
+}
+
+Status FilesystemImpl::prepare_quota(std::optional<uint32_t> uid, std::optional<uint32_t> gid,
+                                     std::optional<uint32_t> projid) {
+  QuotaFiles* quota = vol_->quota();
+  if (!quota) return {};
+  return quota->prepare({uid, gid, projid});
+}
+
+uint32_t FilesystemImpl::new_inode_gid(const InodeRecord& parent, const Owner& owner) {
+  // A setgid directory hands its group down (inode_init_owner).
+  return (parent.inode.i_mode & S_ISGID) ? parent.inode.i_gid : owner.gid;
+}
+
+uint32_t FilesystemImpl::new_inode_projid(const InodeRecord& parent) const {
+  // A directory marked project-inherit hands its project down (ext4 with
+  // the project feature); any other new inode is in the default project 0.
+  return vol_->sb().has_ro_compat(disk::ro_compat::kProject) && (parent.inode.i_flags & disk::inode_flag::kProjinherit)
+             ? parent.inode.i_projid
+             : 0;
 }
 
 void FilesystemImpl::make_page_cache() {
@@ -76,6 +120,7 @@ void FilesystemImpl::make_page_cache() {
 
 Status FilesystemImpl::sync() {
   Status written = writeback_all();
+  if (QuotaFiles* quota = vol_->quota(); quota && written.ok()) written = quota->flush();
   check_reservations("at sync", false);
   Status committed = vol_->sync();
   UEXT_TRY(written);
@@ -113,6 +158,10 @@ Status FilesystemImpl::close() {
     // -n does not process the list and would call the size wrong).
     Status orphans = recover_orphans();
     if (first.ok() && !orphans.ok()) first = orphans;
+    if (QuotaFiles* quota = vol_->quota()) {
+      Status q = quota->flush();
+      if (first.ok() && !q.ok()) first = q;
+    }
     // Nothing else runs now: every reserved block is a cached file's.
     check_reservations("at close", true);
   }
@@ -186,13 +235,8 @@ Result<InodeRecord> FilesystemImpl::new_inode(journal::Handle& handle, const Ino
   UEXT_ASSIGN_OR_RETURN(uint32_t ino, inodes_->allocate(handle, parent.ino, is_dir));
   const disk::Superblock& sb = vol_->sb();
   const disk::Timestamp t = now();
-  uint32_t gid = owner.gid;
-  if (parent.inode.i_mode & S_ISGID) {
-    // A setgid directory hands its group down, and its setgid bit to
-    // subdirectories (inode_init_owner).
-    gid = parent.inode.i_gid;
-    if (is_dir) mode |= S_ISGID;
-  }
+  const uint32_t gid = new_inode_gid(parent, owner);
+  if ((parent.inode.i_mode & S_ISGID) && is_dir) mode |= S_ISGID;  // and its setgid bit to subdirectories
   uint32_t flags = parent.inode.i_flags & kInheritedFlags;
   if (is_dir) {
     // as inherited
@@ -208,11 +252,7 @@ Result<InodeRecord> FilesystemImpl::new_inode(journal::Handle& handle, const Ino
     flags |= disk::inode_flag::kExtents;
   }
   const uint32_t generation = random_generation();
-  // A directory marked project-inherit hands its project down (ext4 with
-  // the project feature); any other new inode is in the default project 0.
-  const uint32_t projid = sb.has_ro_compat(disk::ro_compat::kProject) && (parent.inode.i_flags & disk::inode_flag::kProjinherit)
-                              ? parent.inode.i_projid
-                              : 0;
+  const uint32_t projid = new_inode_projid(parent);
   auto rec = vol_->update_inode(handle, ino, true, [&](disk::Inode& in) {
     in.i_mode = static_cast<uint16_t>(mode);
     in.i_uid = owner.uid;
@@ -282,12 +322,13 @@ Status FilesystemImpl::delete_inode(InodeRecord& rec) {
     if (rec.inode.i_file_acl != 0) UEXT_TRY(xattr_release_block(*vol_, h, rec, *blocks_));
     UEXT_TRY(orphans_.remove(*vol_, h, ino));
     const disk::Timestamp t = now();
-    UEXT_TRY(vol_->update_inode(h, ino, false, [&](disk::Inode& in) {
+    UEXT_ASSIGN_OR_RETURN(InodeRecord freed, vol_->update_inode(h, ino, false, [&](disk::Inode& in) {
       in.i_links_count = 0;
       in.i_size = 0;
       // e2fsck expects a deleted inode to say when it died.
       in.i_dtime = static_cast<uint32_t>(t.sec);
     }));
+    if (QuotaFiles* quota = vol_->quota()) quota->discharge(h, ino, freed.inode);
     return inodes_->free(h, ino, is_dir);
   };
   return vol_->finish_handle(h, "delete_inode", ino, run());

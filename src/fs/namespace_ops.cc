@@ -140,6 +140,7 @@ Result<Stat> FilesystemImpl::make_node(Ino dir, std::string_view name, uint32_t 
   uint64_t need = kDirGrowthBlocks;
   if (is_dir || slow_symlink) need += 1 + map_overhead(1);
   if (acl_count > 0) need += 1;  // an xattr block, when they do not fit in the inode
+  UEXT_TRY(prepare_quota(owner.uid, new_inode_gid(parent, owner), new_inode_projid(parent)));
   UEXT_ASSIGN_OR_RETURN(alloc::Reservation space, reserve(need, kDirGrowthBlocks));
   alloc::ReservationScope scope(&space);
 
@@ -421,6 +422,10 @@ Status FilesystemImpl::rename(Ino old_dir, std::string_view old_name, Ino new_di
   if (!same_dir && src_dir) UEXT_TRY(check_dotdot(src, old_dir));
   if (!same_dir && exchange && dst_dir) UEXT_TRY(check_dotdot(dst, new_dir));
 
+  if (whiteout) {
+    UEXT_TRY(prepare_quota(whiteout_owner.uid, new_inode_gid(old_parent, whiteout_owner),
+                           new_inode_projid(old_parent)));
+  }
   // A name the directory has room for goes in on a full filesystem (the
   // growth is left out of the reservation when it does not fit), but not
   // with a whiteout, whose inode comes first and would be left unnamed.

@@ -189,8 +189,11 @@ Status Volume::write_superblock_now() {
 
 Result<journal::Handle> Volume::start(uint32_t credits) {
   if (!journal_) return Error(EROFS, "the filesystem is open read-only");
+  if (quota_) credits += quota_->credits();
   return journal_->start(credits);
 }
+
+void Volume::set_quota(std::unique_ptr<QuotaFiles> quota) { quota_ = std::move(quota); }
 
 disk::GroupDesc Volume::group_snapshot(uint32_t g) const {
   std::lock_guard lock(sb_mu_);
@@ -331,6 +334,7 @@ Result<InodeRecord> Volume::update_inode_slot(journal::Handle& handle, uint32_t 
   InodeRecord rec;
   rec.ino = ino;
   Status failure;
+  QuotaCharge charged_before;  // a fresh slot held a free inode, charged nothing
   UEXT_TRY(handle.modify(block, [&](std::span<std::byte> data) {
     auto slot = data.subspan(in_block, size);
     // Work on a copy so that a failing `change` leaves the block as it was.
@@ -345,6 +349,7 @@ Result<InodeRecord> Volume::update_inode_slot(journal::Handle& handle, uint32_t 
         return;
       }
       inode = *decoded;
+      if (quota_) charged_before = quota_->charge_of(ino, inode);
     } else if (size > disk::kGoodOldInodeSize) {
       // New inodes get the extra fields the filesystem asks for.
       inode.i_extra_isize = std::max<uint16_t>(sb_.s_want_extra_isize, 32);
@@ -361,6 +366,7 @@ Result<InodeRecord> Volume::update_inode_slot(journal::Handle& handle, uint32_t 
   }));
   if (!failure.ok()) return std::move(failure).error().with_context(fmt::format("inode {}", ino));
   if (sb_.has_metadata_csum()) rec.csum_seed = disk::inode_csum_seed(sb_, ino, rec.inode.i_generation);
+  if (quota_) quota_->transfer(handle, charged_before, quota_->charge_of(ino, rec.inode));
   return rec;
 }
 

@@ -13,6 +13,7 @@
 #include "disk/group_desc.h"
 #include "disk/inode.h"
 #include "disk/superblock.h"
+#include "fs/quota.h"
 #include "journal/journal.h"
 #include "journal/recovery.h"
 #include "buffer/buffer_cache.h"
@@ -119,6 +120,11 @@ class Volume {
   using InodeSlotEdit = std::function<Status(disk::Inode&, std::span<std::byte> slot)>;
   Result<InodeRecord> update_inode_slot(journal::Handle& handle, uint32_t ino, bool fresh,
                                         const InodeSlotEdit& change);
+  // The quota files, when the image keeps usage (set once, before the first
+  // change): every inode update then moves the inode's charge in its own
+  // handle, and every handle gets the credits for that.
+  void set_quota(std::unique_ptr<QuotaFiles> quota);
+  QuotaFiles* quota() { return quota_.get(); }
   // Makes every change so far durable (a journal commit).
   Status sync();
   // Commits, checkpoints, empties the log and marks the image clean.
@@ -192,6 +198,7 @@ class Volume {
   std::vector<disk::GroupDesc> loaded_groups_;  // as loaded, never changed: read without a lock
   std::unique_ptr<buffer::BufferCache> cache_;
   std::unique_ptr<journal::Journal> journal_;
+  std::unique_ptr<QuotaFiles> quota_;
   journal::RecoveryReport recovery_;
   bool replayed_in_memory_ = false;
   std::string replay_problem_;

@@ -67,6 +67,9 @@ class Handle {
   Status modify(uint64_t block, const buffer::BlockEdit& edit);
   // Like modify(), for a block just allocated as metadata: starts from zeros.
   Status create(uint64_t block, const buffer::BlockEdit& fill);
+  // Whether changing `block` fits the credits left (a block this handle
+  // already changed costs nothing more).
+  bool can_change(uint64_t block) const { return touched_.count(block) != 0 || used_ < credits_; }
   // The block was freed: no replay may write an older logged copy of it
   // over whatever it holds next.
   Status revoke(uint64_t block);
