@@ -630,6 +630,62 @@ TEST_P(ConcurrentWriteback, WritersPastTheDirtyLimitRaceTruncateAndFsync) {
 INSTANTIATE_TEST_SUITE_P(BlockSizes, ConcurrentWriteback, ::testing::Values("4096", "1024"),
                          [](const auto& info) { return std::string("b") + info.param; });
 
+// Threads making files for ids the quota files have never seen, while
+// others write, chown and remove theirs and a thread syncs: entries are
+// inserted (the trees and the files grow) beside entry rewrites, and
+// e2fsck recounts every id's usage afterwards.
+TEST(QuotaConcurrency, NewIdsFromManyThreadsKeepUsageRight) {
+  TempDir tmp;
+  std::string image =
+      make_image(tmp, {"-t", "ext4", "-b", "1024", "-O", "quota,project", "-E", "quotatype=usrquota:grpquota:prjquota"},
+                 "64M");
+  Problems problems;
+  {
+    auto fs = open_rw(image);
+    ASSERT_TRUE(fs);
+    std::atomic<bool> stop{false};
+    Watchdog dog("NewIdsFromManyThreadsKeepUsageRight");
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 6; ++t) {
+      threads.emplace_back([&, t] {
+        auto dir = fs->mkdir(kRootIno, fmt::format("t{}", t), 0777, {});
+        if (!dir.ok()) return problems.add("mkdir: " + dir.error().message());
+        for (int i = 0; i < 40 && problems.empty(); ++i) {
+          const Owner o{static_cast<uint32_t>(100000 + t * 1000 + i), static_cast<uint32_t>(500 + (t * 7 + i) % 23), 0};
+          auto f = fs->create(dir->ino, fmt::format("f{}", i), 0644, o);
+          if (!f.ok()) return problems.add("create: " + f.error().message());
+          std::string data(500 + 300 * i, 'q');
+          auto w = fs->write(f->ino, 0, std::as_bytes(std::span(data)));
+          if (!w.ok()) return problems.add("write: " + w.error().message());
+          if (i % 3 == 0) {
+            SetAttr a;
+            a.uid = 200000 + t * 1000 + i;
+            auto c = fs->setattr(f->ino, a);
+            if (!c.ok()) return problems.add("chown: " + c.error().message());
+          }
+          if (i % 5 == 4) {
+            Status u = fs->unlink(dir->ino, fmt::format("f{}", i - 1));
+            if (!u.ok()) return problems.add("unlink: " + u.error().message());
+          }
+        }
+      });
+    }
+    std::thread syncer([&] {
+      while (!stop.load()) {
+        Status s = fs->sync();
+        if (!s.ok()) problems.add("sync: " + s.error().message());
+        std::this_thread::sleep_for(std::chrono::milliseconds(3));
+      }
+    });
+    for (auto& th : threads) th.join();
+    stop = true;
+    syncer.join();
+    ASSERT_TRUE(problems.empty()) << problems.text();
+    ASSERT_TRUE(fs->close().ok());
+  }
+  expect_clean(image);
+}
+
 // The third keeps quota files, whose usage every thread's changes move.
 std::string image_name(size_t index) {
   static const char* const kNames[] = {"ext4", "ext3_1k", "ext4_quota"};

@@ -219,6 +219,7 @@ Result<uint32_t> QuotaFiles::take_block(journal::Handle& h, File& f) {
   if (logical >= f.map.size() || f.map[logical] == 0) {
     if (!grow_) return Error(EROFS, "quota file cannot grow: no allocator");
     UEXT_ASSIGN_OR_RETURN(uint64_t physical, grow_(h, f.ino, logical));
+    std::lock_guard lock(mu_);  // transfer() reads the map under it
     if (f.map.size() <= logical) f.map.resize(logical + 1, 0);
     f.map[logical] = physical;
   } else {
@@ -376,15 +377,6 @@ Status QuotaFiles::flush() {
     if (left > 0 && written == 0) return Error(EIO, fmt::format("quota usage of {} ids could not be written", left));
   }
   return {};
-}
-
-std::optional<q::Usage> QuotaFiles::usage(q::Type type, uint32_t id) const {
-  std::lock_guard lock(mu_);
-  const auto& f = files_[static_cast<int>(type)];
-  if (!f) return std::nullopt;
-  auto it = f->ids.find(id);
-  if (it == f->ids.end()) return q::Usage{};
-  return it->second.usage;
 }
 
 }  // namespace uext::fs

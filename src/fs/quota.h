@@ -21,8 +21,9 @@
 //
 // Locking: insert_mu_ (LockLevel::kQuotaInsert) serialises changes of the
 // files' trees, block lists and sizes, and is held across the allocation
-// of new blocks; mu_ (LockLevel::kQuota) guards the usage in memory and is
-// held while an entry is rewritten through the handle.
+// of new blocks; mu_ (LockLevel::kQuota) guards the usage in memory and
+// each file's block map (changed under both), and is held while an entry
+// is rewritten through the handle.
 #pragma once
 
 #include <array>
@@ -84,9 +85,6 @@ class QuotaFiles {
 
   // Writes usage left pending (see above), entries made first.
   Status flush();
-
-  // Usage as kept in memory, for tests and `uext info`.
-  std::optional<disk::quota::Usage> usage(disk::quota::Type type, uint32_t id) const;
 
  private:
   struct IdState {
