@@ -3,7 +3,8 @@
 // its space (i_blocks) and one inode, and each change of an inode moves
 // that charge inside the handle that changes the inode, so every commit
 // holds usage that matches its inodes (what e2fsck checks). Limits and
-// grace times are kept as found; uext does not enforce limits.
+// grace times are kept as found; limits are not enforced (ext4 itself
+// only accounts unless mounted with usrquota, grpquota or prjquota).
 //
 // What counts is e2fsck's rule: the root and the inodes from s_first_ino
 // on, but for the project quota file and the orphan file. An inode counts
