@@ -235,6 +235,15 @@ Result<uint32_t> QuotaFiles::take_block(journal::Handle& h, File& f) {
 }
 
 Status QuotaFiles::insert(journal::Handle& h, File& f, uint32_t id) {
+  Status inserted = insert_entry(h, f, id);
+  // The header follows every block taken, done or not, so that the file
+  // never refers to blocks past the count it gives.
+  Status header = edit_qblock(h, f, 0, [&](std::span<std::byte> b) { q::encode_info(b, f.info); });
+  UEXT_TRY(inserted);
+  return header;
+}
+
+Status QuotaFiles::insert_entry(journal::Handle& h, File& f, uint32_t id) {
   // Down the tree, making the missing tree blocks.
   uint32_t block = q::kTreeRoot;
   for (int depth = 0; depth < q::kTreeDepth - 1; ++depth) {
@@ -297,7 +306,7 @@ Status QuotaFiles::insert(journal::Handle& h, File& f, uint32_t id) {
   st.block = data;
   st.slot = slot;
   st.pending = false;
-  return edit_qblock(h, f, 0, [&](std::span<std::byte> b) { q::encode_info(b, f.info); });
+  return {};
 }
 
 Status QuotaFiles::prepare(const std::array<std::optional<uint32_t>, q::kTypes>& ids) {

@@ -115,6 +115,7 @@ class QuotaFiles {
   // first, else past the end, growing the file).
   Result<uint32_t> take_block(journal::Handle& h, File& f);
   Status insert(journal::Handle& h, File& f, uint32_t id);
+  Status insert_entry(journal::Handle& h, File& f, uint32_t id);
   // Under mu_: rewrites the entry of `id` if it has one and the handle
   // has room; else leaves it pending.
   void write_entry(journal::Handle& h, File& f, uint32_t id, IdState& st);
