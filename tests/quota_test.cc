@@ -173,6 +173,49 @@ TEST(QuotaFiles, ADamagedHeaderRefusesWritingByName) {
   EXPECT_TRUE((*ro)->resolve("/lost+found").ok());
 }
 
+// A full filesystem refuses new files whose ids would need the quota files
+// to grow: ENOSPC, as any create that finds no space, and nothing recorded
+// as damage (the image stays clean, not "clean with errors").
+TEST(QuotaFiles, AFullFilesystemRefusesNewIdsCleanly) {
+  TempDir tmp;
+  const std::string image = tmp / "img";
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-b", "1024", "-m", "0", "-O", "quota", image, "8M"});
+  {
+    Options o;
+    o.read_only = false;
+    auto opened = Filesystem::open(image, o);
+    ASSERT_TRUE(opened.ok()) << opened.error().message();
+    Filesystem& fs = **opened;
+    auto big = fs.create(kRootIno, "big", 0644, Owner{1, 1, 0});
+    ASSERT_TRUE(big.ok());
+    const std::string chunk(64 << 10, 'f');
+    uint64_t at = 0;
+    for (;;) {
+      auto w = fs.write(big->ino, at, bytes_of(chunk));
+      if (!w.ok()) {
+        ASSERT_EQ(w.error().code(), ENOSPC) << w.error().message();
+        break;
+      }
+      at += *w;
+    }
+    ASSERT_TRUE(fs.sync().ok());
+    // New users next to user 1 (their entries go in its data block, the
+    // file need not grow), in groups far apart (each needs tree blocks of
+    // its own): the user's entry is made, then the group's finds no space.
+    int refused = 0;
+    for (uint32_t i = 1; i <= 12 && refused == 0; ++i) {
+      auto f = fs.create(kRootIno, fmt::format("n{}", i), 0644, Owner{1 + i, i << 16, 0});
+      if (!f.ok()) {
+        EXPECT_EQ(f.error().code(), ENOSPC) << f.error().message();
+        ++refused;
+      }
+    }
+    EXPECT_EQ(refused, 1);
+    ASSERT_TRUE(fs.close().ok());
+  }
+  expect_quota_clean(image);
+}
+
 // A tree block that refers back to itself (a loop a damaged file could
 // hold): the load stops at once with the block named, instead of walking
 // the loop.

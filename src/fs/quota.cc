@@ -334,6 +334,10 @@ Status QuotaFiles::prepare(const std::array<std::optional<uint32_t>, q::kTypes>&
       }
     }
   }
+  // A full filesystem stops an insert where the file would grow, before
+  // that step changed anything (the space is reserved first), and every
+  // step before it left the file whole: a refusal, not damage to record.
+  if (!done.ok() && done.error().code() == ENOSPC) h.set_consistent(true);
   return vol_.finish_handle(h, "quota", 0, std::move(done));
 }
 
