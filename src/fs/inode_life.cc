@@ -57,7 +57,7 @@ Status FilesystemImpl::start_writing() {
   inodes_ = std::make_unique<alloc::InodeAllocator>(*groups_);
   make_page_cache();
   const Options& o = vol_->options();
-  if (o.writeback_interval_ms > 0) writeback_thread_ = base::start_quiet_thread([this] { writeback_loop(); });
+  // Quota first: no inode may change before its charge can move.
   UEXT_ASSIGN_OR_RETURN(auto quota, QuotaFiles::load(*vol_));
   if (quota) {
     // A quota file grows by a block at a time, from the root reserve if
@@ -82,6 +82,7 @@ Status FilesystemImpl::start_writing() {
     });
     vol_->set_quota(std::move(quota));
   }
+  if (o.writeback_interval_ms > 0) writeback_thread_ = base::start_quiet_thread([this] { writeback_loop(); });
   std::string problem;
   UEXT_TRY(orphans_.load(*vol_, &problem));
   return recover_orphans();

@@ -203,6 +203,10 @@ void QuotaFiles::write_entry(journal::Handle& h, File& f, uint32_t id, IdState& 
   if (s.ok()) st.pending = false;
 }
 
+Status QuotaFiles::zero_qblock(journal::Handle& h, const File& f, uint32_t qblock) {
+  return edit_qblock(h, f, qblock, [](std::span<std::byte> b) { std::fill(b.begin(), b.end(), std::byte{0}); });
+}
+
 Result<uint32_t> QuotaFiles::take_block(journal::Handle& h, File& f) {
   if (f.info.free_block != 0) {
     const uint32_t blk = f.info.free_block;
@@ -211,7 +215,7 @@ Result<uint32_t> QuotaFiles::take_block(journal::Handle& h, File& f) {
     }
     UEXT_ASSIGN_OR_RETURN(auto bytes, read_qblock(f, blk));
     f.info.free_block = q::decode_data_header(bytes).next_free;
-    UEXT_TRY(edit_qblock(h, f, blk, [](std::span<std::byte> b) { std::fill(b.begin(), b.end(), std::byte{0}); }));
+    UEXT_TRY(zero_qblock(h, f, blk));
     return blk;
   }
   const uint32_t blk = f.info.blocks;
@@ -223,7 +227,7 @@ Result<uint32_t> QuotaFiles::take_block(journal::Handle& h, File& f) {
     if (f.map.size() <= logical) f.map.resize(logical + 1, 0);
     f.map[logical] = physical;
   } else {
-    UEXT_TRY(edit_qblock(h, f, blk, [](std::span<std::byte> b) { std::fill(b.begin(), b.end(), std::byte{0}); }));
+    UEXT_TRY(zero_qblock(h, f, blk));
   }
   const uint64_t end = uint64_t{blk + 1} * q::kBlockSize;
   if (end > f.size) {

@@ -111,6 +111,7 @@ class QuotaFiles {
   Result<std::vector<std::byte>> read_qblock(const File& f, uint32_t qblock);
   Status edit_qblock(journal::Handle& h, const File& f, uint32_t qblock,
                      const std::function<void(std::span<std::byte>)>& edit);
+  Status zero_qblock(journal::Handle& h, const File& f, uint32_t qblock);
   // Under insert_mu_: a block for a new tree or data block (free list
   // first, else past the end, growing the file).
   Result<uint32_t> take_block(journal::Handle& h, File& f);
