@@ -267,7 +267,10 @@ do_umount() {
   case $1 in
     kernel) umount "$mnt" ;;
     fuse2fs|floor)
-      fusermount3 -u "$mnt"
+      # A program's last close can still be on its way (EBUSY): try again.
+      local _
+      for _ in 1 2 3 4 5 6 7 8 9 10; do fusermount3 -u "$mnt" 2> /dev/null && break; sleep 0.2; done
+      mountpoint -q "$mnt" && { fusermount3 -u "$mnt"; die "$1: cannot unmount $mnt"; }
       wait "$fuse_pid" || echo "$me: $1 exited with status $?" >&2
       fuse_pid= ;;
     uext|uext-wb)
