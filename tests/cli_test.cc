@@ -261,6 +261,25 @@ TEST_F(Cli, InfoAgreesWithDumpe2fs) {
   }
 }
 
+// The quota feature's files, named as dumpe2fs names them; the kinds an
+// image has not are not printed, by either.
+TEST_F(Cli, InfoNamesTheQuotaFilesAsDumpe2fsDoes) {
+  TempDir t;
+  const std::string image = t / "quota.img";
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-O", "quota,project", "-E", "quotatype=usrquota:prjquota", image, "16M"});
+  GuardedResult r = run_uext({"info", image});
+  ASSERT_EQ(0, r.exit_code) << r.describe();
+  auto got = labels(r.out);
+  auto want = dumpe2fs_header(image);
+  for (const char* key : {"User quota inode", "Project quota inode"}) {
+    ASSERT_TRUE(want.count(key)) << "dumpe2fs has no \"" << key << ":\" line";
+    ASSERT_TRUE(got.count(key)) << "uext info has no \"" << key << ":\" line:\n" << r.out;
+    EXPECT_EQ(want[key], got[key]) << key;
+  }
+  EXPECT_FALSE(want.count("Group quota inode"));
+  EXPECT_FALSE(got.count("Group quota inode"));
+}
+
 // The superblock's error record (written here with debugfs) as dumpe2fs
 // prints it: the count, and each record's lines, those that are 0 left out.
 TEST_F(Cli, InfoShowsTheErrorRecordAsDumpe2fsDoes) {

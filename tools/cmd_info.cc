@@ -65,6 +65,9 @@ int run_info(ImageOptions opts) {
   fmt::print("Inode size:\t          {}\n", v.inode_size);
   if (v.journal_inum != 0) field("Journal inode:", fmt::format("{}", v.journal_inum));
   if (!v.default_hash.empty()) field("Default directory hash:", v.default_hash);
+  if (v.user_quota_inum != 0) field("User quota inode:", fmt::format("{}", v.user_quota_inum));
+  if (v.group_quota_inum != 0) field("Group quota inode:", fmt::format("{}", v.group_quota_inum));
+  if (v.project_quota_inum != 0) field("Project quota inode:", fmt::format("{}", v.project_quota_inum));
   if (v.mkfs_time != 0) field("Filesystem created:", ctime_string(v.mkfs_time));
   field("Last mount time:", v.mount_time != 0 ? ctime_string(v.mount_time) : "n/a");
   field("Last write time:", ctime_string(v.write_time));

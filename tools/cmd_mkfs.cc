@@ -201,8 +201,24 @@ int run_mkfs(const MkfsArgs& a) {
         auto u = parse_uuid(item.substr(10));
         if (!u) return usage("invalid hash_seed: " + u.error().message());
         o.hash_seed = *u;
+      } else if (item.rfind("quotatype=", 0) == 0) {
+        // Colon-separated, as mke2fs: usr[quota], grp[quota], prj[quota].
+        o.quota_types = 0;
+        std::string list = item.substr(10);
+        size_t q = 0;
+        while (q <= list.size()) {
+          size_t qend = list.find(':', q);
+          if (qend == std::string::npos) qend = list.size();
+          std::string name = list.substr(q, qend - q);
+          q = qend + 1;
+          if (name == "usr" || name == "usrquota") o.quota_types |= kQuotaUser;
+          else if (name == "grp" || name == "grpquota") o.quota_types |= kQuotaGroup;
+          else if (name == "prj" || name == "prjquota") o.quota_types |= kQuotaProject;
+          else return usage("invalid quota type '" + name + "' in '" + item + "' (want usrquota, grpquota, prjquota, joined by ':')");
+        }
       } else {
-        return usage("invalid extended option '" + item + "' (supported: root_owner=UID:GID, hash_seed=UUID)");
+        return usage("invalid extended option '" + item +
+                     "' (supported: root_owner=UID:GID, hash_seed=UUID, quotatype=usrquota:grpquota:prjquota)");
       }
     }
   }
@@ -303,7 +319,7 @@ Command add_mkfs_command(CLI::App& parent) {
   sub->add_option("-L,--label", a->label, "Volume label (at most 16 bytes)");
   sub->add_option("-U,--uuid", a->uuid, "Filesystem UUID (default random; 'null' for all zeros)");
   sub->add_option("-J,--journal", a->journal, "Journal options: size=MiB");
-  sub->add_option("-E,--extended", a->extended, "Extended options: root_owner=UID:GID, hash_seed=UUID");
+  sub->add_option("-E,--extended", a->extended, "Extended options: root_owner=UID:GID, hash_seed=UUID, quotatype=usrquota:grpquota:prjquota (which quota files -O quota makes; default user and group, and project with -O project)");
   sub->add_flag("-F,--force", a->force, "Overwrite an existing filesystem");
   sub->add_flag("-q,--quiet", a->quiet, "Print nothing on success");
   sub->footer(

@@ -164,6 +164,8 @@ struct VolumeInfo {
   int64_t mkfs_time = 0, mount_time = 0, write_time = 0;
   uint32_t mount_count = 0;
   uint32_t journal_inum = 0;
+  // The quota feature's files (0: that kind has none).
+  uint32_t user_quota_inum = 0, group_quota_inum = 0, project_quota_inum = 0;
   JournalInfo journal;
   std::string default_hash;
   // The error record the superblock keeps (ext4_error's, and uext's when a

@@ -31,6 +31,8 @@ namespace uext {
 
 enum class FsType { kExt2, kExt3, kExt4 };
 
+inline constexpr uint32_t kQuotaUser = 1, kQuotaGroup = 2, kQuotaProject = 4;
+
 struct MkfsOptions {
   FsType type = FsType::kExt4;
   uint32_t block_size = 0;       // 0: by size class (1024 below 512 MiB, else 4096)
@@ -53,6 +55,11 @@ struct MkfsOptions {
   std::optional<int64_t> creation_time;
   uint32_t root_uid = 0;
   uint32_t root_gid = 0;
+  // Which quota files the quota feature gets, as mke2fs -E quotatype=
+  // (kQuotaUser | kQuotaGroup | kQuotaProject); 0: user and group, and
+  // project with the project feature. Asking for project quota turns the
+  // project feature on.
+  uint32_t quota_types = 0;
   // The device already reads as zeros (a freshly created sparse file):
   // skip zeroing inode tables, the journal and reserved GDT backups.
   bool assume_zeroed = false;

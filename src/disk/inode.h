@@ -12,6 +12,8 @@
 namespace uext::disk {
 
 inline constexpr uint32_t kRootIno = 2;
+inline constexpr uint32_t kUserQuotaIno = 3;   // the quota feature's files
+inline constexpr uint32_t kGroupQuotaIno = 4;
 inline constexpr uint32_t kResizeIno = 7;
 inline constexpr uint32_t kJournalIno = 8;
 inline constexpr size_t kGoodOldInodeSize = 128;

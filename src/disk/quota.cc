@@ -100,4 +100,51 @@ void set_entry_usage(MutableBytes entry, uint32_t id, const Usage& usage) {
   if (entry_unused(entry)) put_le64(entry, entry_off::kInodeTime, 1);
 }
 
+std::vector<std::byte> build_file(Type type, std::vector<IdUsage> ids) {
+  std::sort(ids.begin(), ids.end(), [](const IdUsage& a, const IdUsage& b) { return a.id < b.id; });
+  std::vector<std::byte> file(2 * kBlockSize, std::byte{0});
+  auto block = [&](uint32_t n) { return MutableBytes(file.data() + size_t{n} * kBlockSize, kBlockSize); };
+  auto new_block = [&]() {
+    file.resize(file.size() + kBlockSize, std::byte{0});
+    return static_cast<uint32_t>(file.size() / kBlockSize - 1);
+  };
+  uint32_t data = 0;  // the data block being filled
+  uint16_t in_data = kEntriesPerBlock;
+  for (const IdUsage& e : ids) {
+    // Down the tree from the root, making the tree blocks this id needs;
+    // the last level points at the data block (a new one once the last is
+    // full), made after the tree blocks above it, as the kernel and
+    // e2fsprogs order them.
+    uint32_t node = kTreeRoot;
+    for (int depth = 0; depth < kTreeDepth; depth++) {
+      const uint32_t slot = tree_index(e.id, depth);
+      uint32_t next = tree_ref(block(node), slot);
+      if (next == 0) {
+        if (depth == kTreeDepth - 1) {
+          if (in_data == kEntriesPerBlock) {
+            data = new_block();
+            in_data = 0;
+          }
+          next = data;
+        } else {
+          next = new_block();
+        }
+        set_tree_ref(block(node), slot, next);
+      }
+      node = next;
+    }
+    set_entry_usage(block(data).subspan(entry_offset(in_data), kEntrySize), e.id, e.usage);
+    in_data++;
+    encode_data_header(block(data), DataHeader{0, 0, in_data});
+  }
+  put_le32(block(0), off::kMagic, kMagic[static_cast<int>(type)]);
+  put_le32(block(0), off::kVersion, kVersion);
+  Info info;
+  info.block_grace = info.inode_grace = 7 * 24 * 3600;
+  info.blocks = static_cast<uint32_t>(file.size() / kBlockSize);
+  if (data != 0 && in_data < kEntriesPerBlock) info.free_entry = data;
+  encode_info(block(0), info);
+  return file;
+}
+
 }  // namespace uext::disk::quota

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "disk/bytes.h"
 #include "uext/status.h"
@@ -68,6 +69,17 @@ struct Usage {
 Usage entry_usage(Bytes entry);
 // Sets the usage of the entry for `id`, keeping its limits and deadlines.
 void set_entry_usage(MutableBytes entry, uint32_t id, const Usage& usage);
+
+// A whole quota file of `type` holding the usage of `ids` (no limits), as a
+// new filesystem starts with it: block 0 with the header and an info of
+// seven days' grace for both limits, block 1 the tree's root, then each id's
+// tree blocks and the data blocks, filled in id order, the last one (if it
+// has room left) on the free-entry list. Ids must be distinct.
+struct IdUsage {
+  uint32_t id = 0;
+  Usage usage;
+};
+std::vector<std::byte> build_file(Type type, std::vector<IdUsage> ids);
 
 // The tree slot of `id` at `depth` (0 = root).
 inline constexpr uint32_t tree_index(uint32_t id, int depth) {

@@ -4,6 +4,7 @@
 
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <vector>
 
 #include "support/process.h"
@@ -118,6 +119,56 @@ TEST(QuotaFormat, TreeIndexTakesTheIdMostSignificantByteFirst) {
   EXPECT_EQ(tree_index(0x12345678, 2), 0x56u);
   EXPECT_EQ(tree_index(0x12345678, 3), 0x78u);
   EXPECT_EQ(kEntriesPerBlock, 14u);
+}
+
+TEST(QuotaFormat, ANewFileIsWhatMke2fsWrites) {
+  TempDir dir;
+  const auto mke2fs_file = mke2fs_user_quota_file(dir);
+  const auto built = build_file(Type::kUser, {{0, Usage{13 * 1024, 2}}});
+  EXPECT_EQ(built, mke2fs_file);
+}
+
+// Finds `id` by walking the tree of `file`; nullopt when it has no entry.
+std::optional<Usage> lookup(const std::vector<std::byte>& file, uint32_t id) {
+  uint32_t block = kTreeRoot;
+  for (int depth = 0; depth < kTreeDepth; ++depth) {
+    block = tree_ref(std::span(file).subspan(block * kBlockSize, kBlockSize), tree_index(id, depth));
+    if (block == 0) return std::nullopt;
+  }
+  auto data = std::span<const std::byte>(file).subspan(block * kBlockSize, kBlockSize);
+  for (uint32_t slot = 0; slot < kEntriesPerBlock; ++slot) {
+    auto entry = data.subspan(entry_offset(slot), kEntrySize);
+    if (!entry_unused(entry) && entry_id(entry) == id) return entry_usage(entry);
+  }
+  return std::nullopt;
+}
+
+TEST(QuotaFormat, ANewFileFindsEveryIdThroughItsTree) {
+  std::vector<IdUsage> ids;
+  // Ids sharing tree blocks, spread over them, and more than one data
+  // block's worth; given out of order.
+  for (uint32_t i = 0; i < 20; ++i) ids.push_back({1000 + i, Usage{4096u * (i + 1), i + 1}});
+  ids.push_back({70000, Usage{1024, 1}});
+  ids.push_back({0xFFFFFFFE, Usage{2048, 3}});
+  ids.push_back({0, Usage{0, 0}});  // id 0, charged nothing, still findable
+  const auto file = build_file(Type::kGroup, ids);
+  ASSERT_EQ(file.size() % kBlockSize, 0u);
+  auto info = decode_info(std::span(file).first(kBlockSize), Type::kGroup);
+  ASSERT_TRUE(info.ok()) << info.error().message();
+  EXPECT_EQ(info->blocks, file.size() / kBlockSize);
+  for (const auto& e : ids) {
+    auto u = lookup(file, e.id);
+    ASSERT_TRUE(u.has_value()) << "id " << e.id;
+    EXPECT_EQ(u->space, e.usage.space) << "id " << e.id;
+    EXPECT_EQ(u->inodes, e.usage.inodes) << "id " << e.id;
+  }
+  EXPECT_FALSE(lookup(file, 1020).has_value());
+  // 23 entries: one full data block and one with 9, which is the one on
+  // the free-entry list.
+  ASSERT_NE(info->free_entry, 0u);
+  auto last = std::span<const std::byte>(file).subspan(info->free_entry * kBlockSize, kBlockSize);
+  EXPECT_EQ(decode_data_header(last).entries, 23 - kEntriesPerBlock);
+  EXPECT_EQ(decode_data_header(last).next_free, 0u);
 }
 
 }  // namespace

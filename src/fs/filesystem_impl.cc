@@ -93,6 +93,11 @@ VolumeInfo FilesystemImpl::info() const {
   v.write_time = sb.s_wtime;
   v.mount_count = sb.s_mnt_count;
   v.journal_inum = sb.has_compat(disk::compat::kHasJournal) ? sb.s_journal_inum : 0;
+  if (sb.has_ro_compat(disk::ro_compat::kQuota)) {
+    v.user_quota_inum = sb.s_usr_quota_inum;
+    v.group_quota_inum = sb.s_grp_quota_inum;
+    v.project_quota_inum = sb.s_prj_quota_inum;
+  }
   v.journal = journal_;
   v.default_hash = hash_name(sb.s_def_hash_version);
   v.error_count = sb.s_error_count;

@@ -27,6 +27,7 @@
 #include "disk/group_desc.h"
 #include "disk/inode.h"
 #include "disk/jbd2.h"
+#include "disk/quota.h"
 #include "disk/superblock.h"
 
 namespace uext {
@@ -69,11 +70,11 @@ constexpr FeatureName kFeatureNames[] = {
     {"gdt_csum", 1, ro_compat::kGdtCsum, true},
     {"dir_nlink", 1, ro_compat::kDirNlink, true},
     {"extra_isize", 1, ro_compat::kExtraIsize, true},
-    {"quota", 1, ro_compat::kQuota, false},
+    {"quota", 1, ro_compat::kQuota, true},
     {"bigalloc", 1, ro_compat::kBigalloc, false},
     {"metadata_csum", 1, ro_compat::kMetadataCsum, true},
     {"read-only", 1, ro_compat::kReadonly, false},
-    {"project", 1, ro_compat::kProject, false},
+    {"project", 1, ro_compat::kProject, true},
     {"verity", 1, ro_compat::kVerity, false},
     {"filetype", 2, incompat::kFiletype, true},
     {"journal_dev", 2, incompat::kJournalDev, false},
@@ -435,6 +436,10 @@ Result<Params> resolve_params(uint64_t device_bytes, const MkfsOptions& opt) {
   }
   UEXT_TRY(edit_features(opt.features, p.features));
   if (opt.journal_size_mib) p.features[0] |= compat::kHasJournal;
+  if (opt.quota_types & ~(kQuotaUser | kQuotaGroup | kQuotaProject)) {
+    return invalid("invalid quota types " + std::to_string(opt.quota_types));
+  }
+  if (opt.quota_types & kQuotaProject) p.features[1] |= ro_compat::kProject;
 
   p.block_size = opt.block_size ? opt.block_size : class_bs;
   if (!opt.block_size) count /= p.block_size / 1024;
@@ -475,6 +480,10 @@ Result<Params> resolve_params(uint64_t device_bytes, const MkfsOptions& opt) {
   if (p.inode_size < 128 || p.inode_size > p.block_size || !std::has_single_bit(p.inode_size)) {
     return invalid("invalid inode size " + std::to_string(p.inode_size) + " (min 128/max " +
                    std::to_string(p.block_size) + ", a power of two)");
+  }
+  // The project id lives in the inode's extra fields.
+  if ((p.features[1] & ro_compat::kProject) && p.inode_size == 128) {
+    return invalid("128-byte inodes are too small for project quota: use -I 256 or leave out the project feature");
   }
   if (opt.inode_count) {
     p.inodes_count = opt.inode_count;
@@ -894,6 +903,106 @@ Status create_resize_inode(Plan& pl) {
   return {};
 }
 
+// The quota files of the quota feature (create_quota_inodes): user and
+// group in their reserved inodes 3 and 4, project in the first free inode,
+// each holding the usage of what mkfs made (the root directory and
+// lost+found; the quota files themselves are not charged).
+Status create_quota_files(Plan& pl) {
+  auto& sb = pl.sb;
+  uint32_t types = pl.opt.quota_types ? pl.opt.quota_types : kQuotaUser | kQuotaGroup;
+  if (sb.has_ro_compat(ro_compat::kProject)) types |= kQuotaProject;
+  // Usage by id of each kind, from the inodes charged.
+  struct Charged {
+    uint32_t ino;
+    uint32_t id[disk::quota::kTypes];
+  };
+  const uint32_t lpf = sb.s_first_ino;
+  const Charged charged[] = {{disk::kRootIno, {pl.opt.root_uid, pl.opt.root_gid, 0}}, {lpf, {0, 0, 0}}};
+  auto inode_blocks = [&](uint32_t ino) {
+    return ino == disk::kRootIno ? uint64_t{1} : static_cast<uint64_t>(pl.lpf_blocks.size());
+  };
+  for (int t = 0; t < disk::quota::kTypes; t++) {
+    if (!(types & (1u << t))) continue;
+    std::map<uint32_t, disk::quota::Usage> by_id;
+    for (const auto& c : charged) {
+      auto& u = by_id[c.id[t]];
+      u.space += inode_blocks(c.ino) * pl.bs;
+      u.inodes += 1;
+    }
+    std::vector<disk::quota::IdUsage> ids;
+    for (const auto& [id, usage] : by_id) ids.push_back({id, usage});
+    const auto file = disk::quota::build_file(static_cast<disk::quota::Type>(t), ids);
+
+    uint32_t ino = t == 0 ? disk::kUserQuotaIno : t == 1 ? disk::kGroupQuotaIno : 0;
+    if (ino == 0) {  // ext2fs_new_inode: the first free one past the reserved
+      auto free = pl.imap.first_zero(sb.s_first_ino - 1, sb.s_inodes_count - 1);
+      if (!free) return Error(ENOSPC, "project quota file: no free inode");
+      ino = static_cast<uint32_t>(*free + 1);
+    }
+    pl.use_inode(ino, false);
+    const uint32_t nblocks = ceil_div(file.size(), pl.bs);
+    // Blocks in the order e2fsprogs first writes the quota blocks: the
+    // header, the tree's lower blocks and the data as they are made, the
+    // root last; each the first free at or after the block before it in
+    // the file, or after the (flex) group's start when that one is not
+    // placed yet. Then the image is mke2fs's, byte for byte.
+    std::vector<uint64_t> blks(nblocks, 0);
+    uint32_t grp = (ino - 1) / sb.s_inodes_per_group;
+    if (sb.s_log_groups_per_flex) grp &= ~((1u << sb.s_log_groups_per_flex) - 1);
+    const uint64_t group_goal = pl.first_block_of(grp);
+    const uint32_t qblocks = static_cast<uint32_t>(file.size() / disk::quota::kBlockSize);
+    std::vector<uint32_t> order{0};
+    for (uint32_t q = 2; q < qblocks; q++) order.push_back(q);
+    order.push_back(1);
+    for (uint32_t q : order) {
+      const uint32_t lblk = static_cast<uint32_t>(uint64_t{q} * disk::quota::kBlockSize / pl.bs);
+      if (blks[lblk]) continue;
+      const uint64_t goal = lblk > 0 && blks[lblk - 1] ? blks[lblk - 1] : group_goal;
+      UEXT_ASSIGN_OR_RETURN(blks[lblk], pl.alloc_block(goal));
+      auto& buf = pl.block_buffer(blks[lblk]);
+      const size_t off = size_t{lblk} * pl.bs;
+      std::memcpy(buf.data(), file.data() + off, std::min<size_t>(pl.bs, file.size() - off));
+    }
+    disk::Inode in;
+    in.i_mode = 0100600;
+    in.i_links_count = 1;
+    in.i_size = file.size();
+    in.i_blocks = uint64_t{nblocks} * (pl.bs / 512);
+    in.i_flags = disk::inode_flag::kImmutable;
+    in.i_atime = in.i_ctime = in.i_mtime = pl.ts();
+    if (sb.s_inode_size > 128) {
+      in.i_extra_isize = 32;
+      in.i_crtime = pl.ts();
+    }
+    if (sb.has_incompat(incompat::kExtents)) {
+      // The runs of the file's blocks, as extents in the inode.
+      disk::ExtentNode node;
+      node.header.eh_max = 4;
+      for (uint32_t i = 0; i < nblocks; i++) {
+        auto& ex = node.extents;
+        if (!ex.empty() && ex.back().physical + ex.back().length == blks[i]) {
+          ex.back().length++;
+        } else {
+          if (ex.size() == 4) return Error(ENOSPC, "quota file: its blocks lie in more than four runs");
+          ex.push_back({i, 1, blks[i], false});
+        }
+      }
+      node.header.eh_entries = static_cast<uint16_t>(node.extents.size());
+      std::array<std::byte, 60> raw{};
+      disk::encode_extent_node(node, raw);
+      in.i_flags |= disk::inode_flag::kExtents;
+      for (int i = 0; i < 15; i++) in.i_block[i] = disk::le32(raw, i * 4);
+    } else {
+      for (size_t i = 0; i < blks.size(); i++) in.i_block[i] = static_cast<uint32_t>(blks[i]);
+    }
+    pl.put_inode(ino, in);
+    if (t == 0) sb.s_usr_quota_inum = ino;
+    if (t == 1) sb.s_grp_quota_inum = ino;
+    if (t == 2) sb.s_prj_quota_inum = ino;
+  }
+  return {};
+}
+
 // get_midpoint_journal_block.
 uint64_t journal_goal(const Plan& pl) {
   uint32_t group = pl.group_of((pl.blocks - pl.sb.s_first_data_block) / 2);
@@ -1228,6 +1337,7 @@ Result<Plan> make_plan(uint64_t device_bytes, const MkfsOptions& opt) {
   if (sb.has_compat(compat::kHasJournal) && pl.journal_blocks) UEXT_TRY(create_journal(pl, zero));
   pl.overhead += pl.journal_blocks + sb.s_first_data_block;
   sb.s_overhead_clusters = static_cast<uint32_t>(pl.overhead);
+  if (sb.has_ro_compat(ro_compat::kQuota)) UEXT_TRY(create_quota_files(pl));
   return pl;
 }
 

@@ -61,6 +61,12 @@ std::vector<Case> cases() {
       // double indirect blocks.
       {"ext4_noflex_journal_index", "256M", 256 * M, {"-t", "ext4", "-O", "^flex_bg", "-J", "size=40"}},
       {"ext3_1k_triple_indirect_journal", "200M", 200 * M, {"-t", "ext3", "-J", "size=72"}},
+      // Quota files: user and group; with project quota too; on 4 KiB
+      // blocks; on ext3 (mapped by block numbers).
+      {"ext4_1k_quota", "64M", 64 * M, {"-t", "ext4", "-O", "quota"}},
+      {"ext4_1k_quota_project", "64M", 64 * M, {"-t", "ext4", "-O", "quota,project"}},
+      {"ext4_4k_quota", "256M", 256 * M, {"-t", "ext4", "-b", "4096", "-O", "quota"}},
+      {"ext3_quota_usr", "100M", 100 * M, {"-t", "ext3", "-O", "quota", "-E", "quotatype=usrquota"}},
   };
 }
 
@@ -124,6 +130,7 @@ MkfsOptions options_for(const Case& c) {
     else if (a == "-O") o.features = v, i++;
     else if (a == "-L") o.label = v, i++;
     else if (a == "-J") o.journal_size_mib = static_cast<uint32_t>(std::stoul(v.substr(5))), i++;
+    else if (a == "-E" && v == "quotatype=usrquota") o.quota_types = kQuotaUser, i++;
   }
   o.uuid = *parse_uuid(kUuid);
   o.hash_seed = *parse_uuid(kSeed);
@@ -143,9 +150,15 @@ TEST_P(MkfsMatchesMke2fs, Dumpe2fsAndBytes) {
   const std::string ours = dir / "uext.img", theirs = dir / "mke2fs.img";
   testing::run_ok({"truncate", "-s", c.size, ours});
   testing::run_ok({"truncate", "-s", c.size, theirs});
-  std::string cmd = "E2FSPROGS_FAKE_TIME=" + std::to_string(kTime) + " mke2fs -q -F -U " + kUuid +
-                    " -E hash_seed=" + kSeed;
-  for (const auto& a : c.args) cmd += " '" + a + "'";
+  // mke2fs takes one -E: a case's extended options join the hash seed.
+  std::string extended = std::string("hash_seed=") + kSeed;
+  std::string args;
+  for (size_t i = 0; i < c.args.size(); i++) {
+    if (c.args[i] == "-E" && i + 1 < c.args.size()) extended += "," + c.args[++i];
+    else args += " '" + c.args[i] + "'";
+  }
+  std::string cmd = "E2FSPROGS_FAKE_TIME=" + std::to_string(kTime) + " mke2fs -q -F -U " + kUuid + " -E " +
+                    extended + args;
   cmd += " " + theirs + " 2>&1";
   CommandResult m = testing::run_shell(cmd);
   ASSERT_EQ(m.exit_code, 0) << m.out;
@@ -374,6 +387,45 @@ TEST(MkfsCli, CreateRefuseForceAndErrors) {
   for (const char* opt : {"-t", "-b", "-I", "-i", "-N", "-m", "-O", "-L", "-U", "-J", "-E", "-F", "-q"}) {
     EXPECT_NE(r.out.find(opt), std::string::npos) << opt;
   }
+}
+
+// Quota files from the CLI: which ones -E quotatype= asks for, charged
+// as e2fsck counts (root directory to its owner, lost+found to root), and
+// an image that uext's own changes keep e2fsck-clean.
+TEST(MkfsCli, QuotaFilesAsAskedAndKeptByLaterChanges) {
+  TempDir dir;
+  const std::string img = dir / "q.img";
+  auto r = testing::run_uext({"mkfs", "-q", img, "64M", "-O", "quota", "-E",
+                              "root_owner=1000:100,quotatype=usrquota:prjquota"});
+  ASSERT_EQ(r.exit_code, 0) << r.describe();
+  auto h = testing::dumpe2fs_header(img);
+  EXPECT_NE(h["Filesystem features"].find("quota"), std::string::npos);
+  EXPECT_NE(h["Filesystem features"].find("project"), std::string::npos);  // prjquota turns it on
+  EXPECT_EQ(h["User quota inode"], "3");
+  EXPECT_EQ(h.count("Group quota inode"), 0u);
+  EXPECT_EQ(h["Project quota inode"], "12");
+  EXPECT_TRUE(testing::image_is_clean(img));
+  auto users = testing::run({"debugfs", "-R", "list_quota user", img});
+  EXPECT_NE(users.out.find("      1000       1024"), std::string::npos) << users.out;  // the root directory
+  EXPECT_NE(users.out.find("         0      12288"), std::string::npos) << users.out;  // lost+found
+
+  // uext's changes keep the files right: e2fsck checks usage against them.
+  const std::string host = dir / "host.txt";
+  testing::run_ok({"sh", "-c", "head -c 100000 /dev/urandom > " + host});
+  ASSERT_EQ(testing::run_uext({"put", img, host, "/f"}).exit_code, 0);
+  ASSERT_EQ(testing::run_uext({"chown", img, "4242:77", "/f"}).exit_code, 0);
+  ASSERT_EQ(testing::run_uext({"mkdir", img, "/d"}).exit_code, 0);
+  EXPECT_TRUE(testing::image_is_clean(img));
+  users = testing::run({"debugfs", "-R", "list_quota user", img});
+  EXPECT_NE(users.out.find("      4242"), std::string::npos) << users.out;
+
+  // What cannot be made is refused by name.
+  r = testing::run_uext({"mkfs", "-q", "-F", img, "64M", "-O", "quota", "-E", "quotatype=usrquota:bogus"});
+  EXPECT_EQ(r.exit_code, 2) << r.describe();
+  EXPECT_NE(r.err.find("bogus"), std::string::npos) << r.err;
+  r = testing::run_uext({"mkfs", "-q", "-F", "-I", "128", img, "64M", "-O", "project"});
+  EXPECT_NE(r.exit_code, 0) << r.describe();
+  EXPECT_NE(r.err.find("128-byte inodes"), std::string::npos) << r.err;
 }
 
 }  // namespace
