@@ -8,6 +8,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev
   e2fsprogs fuse2fs xfsprogs util-linux attr acl
+  # sfdisk: disk images with MBR and GPT partition tables (offset= tests)
+  fdisk
   # what the FUSE tests drive a mounted image with
   coreutils tar rsync git sqlite3 fio stress-ng
   # bench/mount_bench.sh with UEXT_BENCH_LATENCY (FUSE request latencies)

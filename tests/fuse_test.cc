@@ -922,6 +922,94 @@ rm -rf u1001 && mv u1002/f u2000/from1002 && sync)SH";
   EXPECT_TRUE(image_is_clean(img));
 }
 
+// A filesystem in the first partition of a whole-disk image (an MBR made
+// by sfdisk, a second partition after it): uext mkfs -E offset= makes it,
+// the mount with offset= and sizelimit= fills it through ordinary programs,
+// and nothing outside the partition changes. e2fsck and the kernel, both
+// given the partition through a loop device at its offset, agree. Without
+// the offset, the refusal lists the partitions and where they start.
+TEST(FusePartition, APartitionOfADiskImageMountsAndNothingAroundItChanges) {
+  REQUIRE_FUSE();
+  TempDir t;
+  const std::string disk = t / "disk.img";
+  constexpr uint64_t kStart = 2048 * 512, kSize = 163840ull * 512;  // 1 MiB, 80 MiB
+  const std::string start = std::to_string(kStart), size = std::to_string(kSize);
+  run_ok({"truncate", "-s", "200M", disk});
+  run_ok({"sh", "-c", "printf 'label: dos\\nstart=2048, size=163840, type=83\\nstart=165888, type=83\\n' | "
+                      "sfdisk -q " + sh_quote(disk)});
+  // What lies around the partition: the table, and data in the second.
+  sh_ok("head -c 4194304 /dev/urandom | dd of=" + sh_quote(disk) + " bs=512 seek=165888 conv=notrunc status=none");
+  const std::string around = "{ head -c " + start + " " + sh_quote(disk) + "; tail -c +" +
+                             std::to_string(kStart + kSize + 1) + " " + sh_quote(disk) + "; } | md5sum";
+  const std::string before = sh_ok(around);
+
+  CommandResult r = run({uext_cli(), "mkfs", "-q", disk, "80M", "-E", "offset=" + start});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  const std::string partition = disk + "?offset=" + start;  // e2fsprogs' way to name it
+  r = run({"e2fsck", "-fn", partition});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+
+  // Without the offset: refused, naming both partitions and where they start.
+  r = run({uext_cli(), "ls", disk, "/"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("MBR partition table"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("1 at offset 1048576, 83886080 bytes"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("2 at offset 84934656"), std::string::npos) << r.err;
+
+  const std::string src = t / "src";
+  make_sample_tree(src);
+  std::string tree;
+  {
+    FuseMount m(disk, t / "mnt", "offset=" + start + ",sizelimit=" + size);
+    ASSERT_TRUE(m.ok()) << m.log();
+    run_ok({"cp", "-a", src + "/.", m.dir()});
+    run_ok({"rm", "-rf", m.dir() + "/lost+found"});
+    tree = describe_tree(m.dir());
+    ASSERT_EQ(m.unmount(), 0) << m.log();
+  }
+  r = run({"e2fsck", "-fn", partition});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(run({"dumpe2fs", "-h", partition}).out.find("Filesystem state:         clean\n"), std::string::npos);
+  EXPECT_EQ(sh_ok(around), before) << "bytes outside the partition changed";
+
+  // The kernel, given the partition by a loop device at its offset.
+  if (can_loop_mount()) {
+    r = run({"losetup", "-f", "--show", "-r", "-o", start, "--sizelimit", size, disk});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const std::string dev = r.out.substr(0, r.out.find('\n'));
+    EXPECT_TRUE(image_is_clean(dev));
+    const std::string kmnt = t / "kmnt";
+    ::mkdir(kmnt.c_str(), 0755);
+    r = run({"mount", "-o", "ro", dev, kmnt});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    if (r.exit_code == 0) {
+      EXPECT_EQ(describe_tree(kmnt), tree) << "the kernel sees a different tree";
+      run({"umount", kmnt});
+    }
+    run({"losetup", "-d", dev});
+  }
+
+  // The CLI reaches it the same way.
+  r = run({uext_cli(), "ls", "--offset", "1M", disk, "/d"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("hard"), std::string::npos) << r.out;
+  r = run({uext_cli(), "mkdir", "--offset", "1M", disk, "/from-cli"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  run_ok({uext_cli(), "rm", "--offset", start, disk, "/from-cli"});
+  EXPECT_EQ(sh_ok(around), before);
+  r = run({"e2fsck", "-fn", partition});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+
+  // Offsets that cannot be: past the end, and O_DIRECT off a 4 KiB boundary.
+  FuseMount past(disk, t / "past", "offset=300M");
+  EXPECT_FALSE(past.ok());
+  EXPECT_NE(past.log().find("beyond its end"), std::string::npos) << past.log();
+  FuseMount unaligned(disk, t / "unaligned", "offset=512,direct_io");
+  EXPECT_FALSE(unaligned.ok());
+  EXPECT_NE(unaligned.log().find("multiple of 4096"), std::string::npos) << unaligned.log();
+  EXPECT_EQ(run({uext_cli(), "ls", "--offset", "1Q", disk, "/"}).exit_code, 2);
+}
+
 TEST_F(FusePosix, StickyAndSetgidDirectories) {
   sh_ok("cd " + mount_->dir() + " && mkdir tmp && chmod 1777 tmp && mkdir grp && chown 0:4242 grp && chmod 2777 grp");
   EXPECT_EQ(as(1000, 1000, "touch tmp/a").exit_code, 0);

@@ -95,11 +95,11 @@ bool parse_u32(const std::string& text, uint32_t& out) {
 }
 
 // What an existing ext2/3/4 superblock at byte 1024 calls itself, or "".
-std::string existing_filesystem(const std::string& path) {
+std::string existing_filesystem(const std::string& path, uint64_t offset) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return {};
   std::vector<std::byte> raw(disk::kSuperblockSize);
-  ssize_t n = ::pread(fd, raw.data(), raw.size(), static_cast<off_t>(disk::kSuperblockOffset));
+  ssize_t n = ::pread(fd, raw.data(), raw.size(), static_cast<off_t>(offset + disk::kSuperblockOffset));
   ::close(fd);
   if (n != static_cast<ssize_t>(raw.size())) return {};
   if (disk::le16(raw, 0x38) != disk::kSuperblockMagic) return {};
@@ -177,6 +177,7 @@ int run_mkfs(const MkfsArgs& a) {
       }
     }
   }
+  uint64_t offset = 0;  // -E offset=: where the filesystem starts in IMG
   for (const auto& e : a.extended) {
     size_t pos = 0;
     while (pos <= e.size()) {
@@ -201,6 +202,10 @@ int run_mkfs(const MkfsArgs& a) {
         auto u = parse_uuid(item.substr(10));
         if (!u) return usage("invalid hash_seed: " + u.error().message());
         o.hash_seed = *u;
+      } else if (item.rfind("offset=", 0) == 0) {
+        if (!parse_size(item.substr(7), 1, offset)) {
+          return usage("invalid offset '" + item.substr(7) + "' (bytes, with K, M, G or T)");
+        }
       } else if (item.rfind("quotatype=", 0) == 0) {
         // Colon-separated, as mke2fs: usr[quota], grp[quota], prj[quota].
         o.quota_types = 0;
@@ -218,7 +223,7 @@ int run_mkfs(const MkfsArgs& a) {
         }
       } else {
         return usage("invalid extended option '" + item +
-                     "' (supported: root_owner=UID:GID, hash_seed=UUID, quotatype=usrquota:grpquota:prjquota)");
+                     "' (supported: root_owner=UID:GID, hash_seed=UUID, quotatype=usrquota:grpquota:prjquota, offset=BYTES)");
       }
     }
   }
@@ -243,7 +248,7 @@ int run_mkfs(const MkfsArgs& a) {
     if (!size) return failure(a.image + ": the file does not exist and no size was given");
     int fd = ::open(a.image.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd < 0) return failure(a.image + ": cannot create: " + describe_errno(errno));
-    int rc = ::ftruncate(fd, static_cast<off_t>(size));
+    int rc = ::ftruncate(fd, static_cast<off_t>(offset + size));
     int err = errno;
     ::close(fd);
     if (rc != 0) {
@@ -253,20 +258,23 @@ int run_mkfs(const MkfsArgs& a) {
     created = true;
   } else {
     if (!a.force) {
-      std::string fs = existing_filesystem(a.image);
+      std::string fs = existing_filesystem(a.image, offset);
       if (!fs.empty()) {
         return failure(a.image + " already contains " + fs + "; use -F to overwrite it");
       }
     }
-    if (S_ISREG(st.st_mode) && size > static_cast<uint64_t>(st.st_size)) {
-      if (::truncate(a.image.c_str(), static_cast<off_t>(size)) != 0) {
-        return failure(a.image + ": cannot grow it to " + std::to_string(size) + " bytes: " + describe_errno(errno));
+    if (S_ISREG(st.st_mode) && size && offset + size > static_cast<uint64_t>(st.st_size)) {
+      if (::truncate(a.image.c_str(), static_cast<off_t>(offset + size)) != 0) {
+        return failure(a.image + ": cannot grow it to " + std::to_string(offset + size) + " bytes: " +
+                       describe_errno(errno));
       }
     }
   }
   o.assume_zeroed = created;
 
-  auto dev = open_image_file(a.image, ImageFileOptions{.read_only = false});
+  // With a size, the device ends there: nothing past the partition is
+  // read or written.
+  auto dev = open_image_file(a.image, ImageFileOptions{.read_only = false, .offset = offset, .size_limit = size});
   if (!dev) return failure(a.image + ": " + dev.error().message());
   auto layout = compute_mkfs_layout((*dev)->size(), o);
   if (!layout) {
@@ -291,7 +299,7 @@ int run_mkfs(const MkfsArgs& a) {
     for (const auto& f : l.features) feats += (feats.empty() ? "" : " ") + f;
     fmt::print("Features: {}\n", feats);
     if (l.journal_blocks) fmt::print("Journal: {} blocks\n", l.journal_blocks);
-    fmt::print("Filesystem: {}\n", existing_filesystem(a.image).substr(3));
+    fmt::print("Filesystem: {}\n", existing_filesystem(a.image, offset).substr(3));
   }
   return kExitOk;
 }
@@ -314,12 +322,15 @@ Command add_mkfs_command(CLI::App& parent) {
   sub->add_option("-N,--inodes", a->inodes, "Number of inodes (overrides -i)");
   sub->add_option("-m,--reserved-percent", a->reserved, "Blocks reserved for root, in percent (default 5)")
       ->check(CLI::Range(0.0, 50.0));
+  // One value per -O, -J and -E, repeatable (as mke2fs): IMG and SIZE may follow.
   sub->add_option("-O,--features", a->features,
-                  "Feature edits, e.g. ^metadata_csum,^64bit or meta_bg,^resize_inode");
+                  "Feature edits, e.g. ^metadata_csum,^64bit or meta_bg,^resize_inode")
+      ->allow_extra_args(false);
   sub->add_option("-L,--label", a->label, "Volume label (at most 16 bytes)");
   sub->add_option("-U,--uuid", a->uuid, "Filesystem UUID (default random; 'null' for all zeros)");
-  sub->add_option("-J,--journal", a->journal, "Journal options: size=MiB");
-  sub->add_option("-E,--extended", a->extended, "Extended options: root_owner=UID:GID, hash_seed=UUID, quotatype=usrquota:grpquota:prjquota (which quota files -O quota makes; default user and group, and project with -O project)");
+  sub->add_option("-J,--journal", a->journal, "Journal options: size=MiB")->allow_extra_args(false);
+  sub->add_option("-E,--extended", a->extended, "Extended options: root_owner=UID:GID, hash_seed=UUID, quotatype=usrquota:grpquota:prjquota (which quota files -O quota makes; default user and group, and project with -O project), offset=BYTES (the filesystem starts this far into IMG: a partition of a disk image; SIZE is then the partition's)")
+      ->allow_extra_args(false);
   sub->add_flag("-F,--force", a->force, "Overwrite an existing filesystem");
   sub->add_flag("-q,--quiet", a->quiet, "Print nothing on success");
   sub->footer(

@@ -61,7 +61,8 @@ Command add_mount_command(CLI::App& parent) {
               "the calling process's uid and gid (or the setgid directory's group).\n"
               "Unmount with 'fusermount3 -u MOUNTPOINT' (or umount as root); the daemon then flushes and\n"
               "exits, and its lock on IMG goes: 'uext umount MOUNTPOINT' unmounts and waits for that. A second\n"
-              "mount of the same image is refused while one is running.\n");
+              "mount of the same image file is refused while one is running (with offset=, of any partition\n"
+              "of it).\n");
   return {sub, [args] { return run_mount_command(*args); }};
 }
 

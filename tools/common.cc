@@ -72,8 +72,14 @@ void report_open_error(const std::string& image, const Error& err) {
 }
 }  // namespace
 
+uint64_t& image_offset() {
+  static uint64_t offset = 0;
+  return offset;
+}
+
 std::unique_ptr<Filesystem> open_image(const ImageOptions& opts) {
   Options o;
+  o.image_offset = image_offset();
   o.read_only = true;
   o.verify_checksums = !opts.no_checksums;
   o.replay_read_only = !opts.no_replay;
@@ -96,6 +102,7 @@ std::unique_ptr<Filesystem> open_image(const ImageOptions& opts) {
 
 std::unique_ptr<Filesystem> open_image_rw(const std::string& image, Options options) {
   options.read_only = false;
+  options.image_offset = image_offset();
   auto fs = Filesystem::open(image, options);
   if (!fs) {
     report_open_error(image, fs.error());
@@ -246,9 +253,41 @@ bool write_all(int fd, const void* data, size_t size) {
 
 namespace uext::cli {
 
+namespace {
+void add_offset_option(CLI::App* sub) {
+  sub->add_option_function<std::string>(
+         "--offset",
+         [](const std::string& text) {
+           // Bytes, or with a 1024-based K/M/G/T suffix.
+           size_t i = 0;
+           uint64_t n = 0;
+           while (i < text.size() && text[i] >= '0' && text[i] <= '9') {
+             const auto d = static_cast<uint64_t>(text[i] - '0');
+             if (n > (UINT64_MAX - d) / 10) throw CLI::ValidationError("--offset", "'" + text + "' is too large");
+             n = n * 10 + d;
+             ++i;
+           }
+           const std::string suffix = text.substr(i);
+           unsigned shift = 0;
+           if (suffix == "K" || suffix == "k") shift = 10;
+           else if (suffix == "M" || suffix == "m") shift = 20;
+           else if (suffix == "G" || suffix == "g") shift = 30;
+           else if (suffix == "T" || suffix == "t") shift = 40;
+           else if (!suffix.empty() || i == 0) {
+             throw CLI::ValidationError("--offset", "'" + text + "' is not a byte count (digits, then K, M, G or T)");
+           }
+           if (shift && n > (UINT64_MAX >> shift)) throw CLI::ValidationError("--offset", "'" + text + "' is too large");
+           image_offset() = n << shift;
+         },
+         "Where the filesystem starts in IMG, in bytes (K, M, G, T: 1024-based): a partition of a disk image")
+      ->type_name("BYTES");
+}
+}  // namespace
+
 void add_image_options(CLI::App* sub, ImageOptions& opts, bool replay_flag) {
   sub->add_option("IMG", opts.image, "Image file or block device holding the filesystem")
       ->required();
+  add_offset_option(sub);
   sub->add_flag("--no-checksums", opts.no_checksums,
                 "Do not verify metadata checksums (to salvage data from a damaged image)");
   if (replay_flag) {
@@ -260,6 +299,7 @@ void add_image_options(CLI::App* sub, ImageOptions& opts, bool replay_flag) {
 void add_image_rw_option(CLI::App* sub, std::string& image) {
   sub->add_option("IMG", image, "Image file or block device holding the filesystem (opened read-write)")
       ->required();
+  add_offset_option(sub);
 }
 
 }  // namespace uext::cli

@@ -42,6 +42,10 @@ void report_error(std::string_view image, std::string_view path, const Error& er
 int fail_with(std::string_view image, std::string_view path, const Error& err);
 void warn(std::initializer_list<std::string_view> parts);
 
+// Where the filesystem starts in IMG (--offset, a partition of a disk
+// image): one command runs per process, so one value for all of it.
+uint64_t& image_offset();
+
 // Opens the image read-only; reports the failure and returns null on error.
 std::unique_ptr<Filesystem> open_image(const ImageOptions& opts);
 // Opens the image read-write (replaying its journal if needed), as the
@@ -100,10 +104,11 @@ struct Command {
   std::function<int()> run;
 };
 
-// Adds the IMG positional (first) and --no-checksums to a subcommand.
-// IMG and --no-checksums; `replay_flag`: --no-replay too.
+// Adds the IMG positional (first), --offset and --no-checksums to a
+// subcommand; `replay_flag`: --no-replay too.
 void add_image_options(CLI::App* sub, ImageOptions& opts, bool replay_flag = true);
-// Adds only the IMG positional: commands that write verify checksums always.
+// Adds the IMG positional and --offset: commands that write verify
+// checksums always.
 void add_image_rw_option(CLI::App* sub, std::string& image);
 
 Command add_info_command(CLI::App& parent);

@@ -64,6 +64,12 @@ struct ImageFileOptions {
   // and the host's page cache is not filled with what uext caches anyway.
   // Small ones, and hosts without O_DIRECT, keep buffered writes.
   bool direct_data_writes = true;
+  // The device starts this many bytes into the file: a filesystem in a
+  // partition of a whole-disk image (mount's and fuse2fs's offset=).
+  uint64_t offset = 0;
+  // At most this many bytes from `offset` (mount's sizelimit=); 0: up to
+  // the end of the file.
+  uint64_t size_limit = 0;
 };
 
 // An image file (or a block device node) accessed with pread/pwrite.

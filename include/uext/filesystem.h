@@ -40,6 +40,11 @@ struct Options {
   bool verify_checksums = true;
   // Bypass the host page cache for file data (image files only).
   bool direct_io = false;
+  // Opening by path: the filesystem starts `image_offset` bytes into the
+  // file (a partition of a disk image) and the device spans at most
+  // `image_size_limit` bytes (0: the rest of the file).
+  uint64_t image_offset = 0;
+  uint64_t image_size_limit = 0;
   // Bytes of metadata blocks kept in memory.
   size_t metadata_cache_bytes = 64u << 20;
   // Read-write: commit the journal this often (0: only on sync/close).

@@ -3,7 +3,9 @@
 // lock shared, so they never see a change half-made.
 #include "fs/filesystem_impl.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <fmt/format.h>
 
@@ -13,6 +15,7 @@
 
 #include "disk/dirent.h"
 #include "disk/jbd2.h"
+#include "disk/partition_table.h"
 #include "disk/xattr.h"
 #include "fs/block_map.h"
 #include "fs/directory.h"
@@ -552,15 +555,66 @@ namespace uext {
 
 using fs::FilesystemImpl;
 
+namespace {
+
+// When an image that is no filesystem at its start holds a partition
+// table, the partitions and their offsets: what to tell a user who gave a
+// whole-disk image. Empty when there is none (or it cannot be read).
+std::string partition_hint(const std::string& image_path) {
+  int fd = ::open(image_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return {};
+  auto read_at = [&](uint64_t offset, size_t len) {
+    std::vector<std::byte> buf(len);
+    ssize_t n = ::pread(fd, buf.data(), len, static_cast<off_t>(offset));
+    buf.resize(n > 0 ? static_cast<size_t>(n) : 0);
+    return buf;
+  };
+  const auto sector0 = read_at(0, disk::kSectorSize);
+  uint64_t gpt_lba = 0;
+  std::vector<disk::Partition> parts = disk::decode_mbr(sector0, &gpt_lba);
+  if (gpt_lba != 0) {
+    disk::GptHeader header;
+    if (disk::decode_gpt_header(read_at(gpt_lba * disk::kSectorSize, disk::kSectorSize), header)) {
+      // The array is 16 KiB in every GPT written; read at most 1 MiB of it.
+      const size_t len = static_cast<size_t>(
+          std::min<uint64_t>(uint64_t{header.entry_count} * header.entry_size, 1u << 20));
+      parts = disk::decode_gpt_entries(read_at(header.entries_lba * disk::kSectorSize, len), header);
+    }
+  }
+  ::close(fd);
+  if (parts.empty()) return {};
+  std::string list;
+  for (const auto& p : parts) {
+    if (!list.empty()) list += ", ";
+    list += fmt::format("{} at offset {}, {} bytes ({} MiB), type {}", p.number, p.offset, p.size, p.size >> 20,
+                        p.type);
+  }
+  return fmt::format("; the image starts with {} partition table, not a filesystem: partition {}; give the "
+                     "partition's offset (uext mount -o offset=BYTES[,sizelimit=BYTES], or --offset BYTES)",
+                     gpt_lba != 0 ? "a GPT" : "an MBR", list);
+}
+
+}  // namespace
+
 
 Result<std::unique_ptr<Filesystem>> Filesystem::open(const std::string& image_path,
                                                      const Options& options) {
   ImageFileOptions io;
   io.read_only = options.read_only;
   io.direct_io = options.direct_io;
+  io.offset = options.image_offset;
+  io.size_limit = options.image_size_limit;
   UEXT_ASSIGN_OR_RETURN(auto device, open_image_file(image_path, io));
   auto fs = open(std::move(device), options);
-  if (!fs.ok()) return std::move(fs).error().with_context(image_path);
+  if (!fs.ok()) {
+    Error err = std::move(fs).error();
+    if (options.image_offset == 0) {
+      if (std::string hint = partition_hint(image_path); !hint.empty()) {
+        err = Error(err.code(), err.message() + hint);
+      }
+    }
+    return std::move(err).with_context(image_path);
+  }
   return fs;
 }
 

@@ -1179,6 +1179,8 @@ int run_mount(MountOptions opts) {
   fo.replay_read_only = !opts.no_recovery;
   fo.verify_checksums = opts.verify_checksums;
   fo.direct_io = opts.direct_io;
+  fo.image_offset = opts.offset;
+  fo.image_size_limit = opts.size_limit;
   fo.metadata_cache_bytes = opts.cache_bytes;
   fo.page_cache_bytes = opts.page_cache_bytes;
   fo.dirty_limit_bytes = opts.dirty_limit_bytes;

@@ -143,6 +143,13 @@ Status parse_mount_option_list(const std::string& list, MountOptions& opts) {
       else if (value == "on") opts.io_uring = IoUringMode::kOn;
       else if (value == "off") opts.io_uring = IoUringMode::kOff;
       else s = bad_value(key, value, "auto, on or off");
+    } else if (key == "offset" || key == "sizelimit") {
+      uint64_t v = 0;
+      if (!has_value || !parse_uint(value, v) || (key == "sizelimit" && v == 0)) {
+        s = bad_value(key, value, key == "offset" ? "bytes (suffixes k, m, g)" : "bytes, more than 0 (suffixes k, m, g)");
+      } else {
+        (key == "offset" ? opts.offset : opts.size_limit) = v;
+      }
     } else if (key == "cache_size") {
       uint64_t v = 0;
       if (!has_value || !parse_uint(value, v) || v < (1u << 20)) s = bad_value(key, value, "bytes, at least 1M (suffixes k, m, g)");
@@ -265,6 +272,12 @@ std::string mount_options_help() {
   noacl                  no ACLs: the umask always applies; getfacl shows the
                          mode, setfacl fails (EOPNOTSUPP), as ext4's noacl
   direct_io | directio   read and write the image with O_DIRECT
+  offset=BYTES           the filesystem starts this far into IMG: a partition
+                         of a whole-disk image (as fuse2fs's and mount's
+                         offset=; the partition table's start sector times
+                         512; suffixes k, m, g)
+  sizelimit=BYTES        with offset=: the partition's length (default: to
+                         the end of IMG), so nothing past it is touched
   cache_size=BYTES       metadata cache size (default 64M; suffixes k, m, g)
   page_cache=BYTES       file data cached in the daemon (default a quarter of
                          RAM, at least 256M)

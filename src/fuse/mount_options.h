@@ -33,6 +33,9 @@ struct MountOptions {
   bool debug = false;
   bool verify_checksums = true;
   bool direct_io = false;
+  // The filesystem's place in the image file: a partition of a disk image.
+  uint64_t offset = 0;
+  uint64_t size_limit = 0;  // 0: the rest of the file
   bool writeback_cache = false;
   bool allow_other = false;  // defaulted to true below when run as root
   bool allow_other_set = false;

@@ -22,8 +22,14 @@ std::string errno_text(int err) { return std::strerror(err); }
 
 class ImageFile final : public BlockDevice {
  public:
-  ImageFile(std::string path, int fd, int direct_fd, bool direct_io, uint64_t size, bool read_only)
-      : path_(std::move(path)), fd_(fd), direct_fd_(direct_fd), direct_io_(direct_io), size_(size), read_only_(read_only) {}
+  ImageFile(std::string path, int fd, int direct_fd, bool direct_io, uint64_t base, uint64_t size, bool read_only)
+      : path_(std::move(path)),
+        fd_(fd),
+        direct_fd_(direct_fd),
+        direct_io_(direct_io),
+        base_(base),
+        size_(size),
+        read_only_(read_only) {}
 
   ~ImageFile() override {
     if (direct_fd_ >= 0) ::close(direct_fd_);
@@ -39,16 +45,16 @@ class ImageFile final : public BlockDevice {
     int fd = pick_fd(offset, buf.data(), buf.size());
     size_t done = 0;
     while (done < buf.size()) {
-      ssize_t n = ::pread(fd, buf.data() + done, buf.size() - done, offset + done);
+      ssize_t n = ::pread(fd, buf.data() + done, buf.size() - done, base_ + offset + done);
       if (n < 0) {
         if (errno == EINTR) continue;
         int err = errno;
-        return Error(err, path_ + ": read at offset " + std::to_string(offset + done) + ": " +
+        return Error(err, path_ + ": read at offset " + std::to_string(base_ + offset + done) + ": " +
                               errno_text(err));
       }
       if (n == 0) {
         return Error(EIO, path_ + ": unexpected end of file at offset " +
-                              std::to_string(offset + done));
+                              std::to_string(base_ + offset + done));
       }
       done += static_cast<size_t>(n);
     }
@@ -72,7 +78,7 @@ class ImageFile final : public BlockDevice {
       if (!p.empty()) iov.push_back({const_cast<std::byte*>(p.data()), p.size()});
     }
     size_t first = 0;  // iov[first] is the next piece, already advanced past what was written
-    uint64_t at = offset;
+    uint64_t at = base_ + offset;  // in the file
     while (first < iov.size()) {
       const int count = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
       ssize_t n = ::pwritev(fd_, iov.data() + first, count, static_cast<off_t>(at));
@@ -152,11 +158,11 @@ class ImageFile final : public BlockDevice {
     UEXT_TRY(check_write(offset, buf.size()));
     size_t done = 0;
     while (done < buf.size()) {
-      ssize_t n = ::pwrite(fd, buf.data() + done, buf.size() - done, offset + done);
+      ssize_t n = ::pwrite(fd, buf.data() + done, buf.size() - done, base_ + offset + done);
       if (n <= 0) {
         if (n < 0 && errno == EINTR) continue;
         const int err = n < 0 ? errno : EIO;  // nothing written: never loop on it
-        return Error(err, path_ + ": write at offset " + std::to_string(offset + done) + ": " +
+        return Error(err, path_ + ": write at offset " + std::to_string(base_ + offset + done) + ": " +
                               errno_text(err));
       }
       done += static_cast<size_t>(n);
@@ -191,7 +197,7 @@ class ImageFile final : public BlockDevice {
     thread_local SplicePipe pipe;
     if (!pipe.ready()) return Error(EINVAL, path_ + ": no pipe for splice");
     loff_t in = static_cast<loff_t>(src_offset);
-    loff_t out = static_cast<loff_t>(offset);
+    loff_t out = static_cast<loff_t>(base_ + offset);
     size_t done = 0;
     while (done < len) {
       ssize_t got = ::splice(src_fd, &in, pipe.w, nullptr, len - done, 0);
@@ -201,7 +207,7 @@ class ImageFile final : public BlockDevice {
         pipe.reset();
         if (done == 0 && (err == EINVAL || err == ENOSYS)) return Error(EINVAL, path_ + ": cannot splice");
         return Error(err, path_ + ": reading the page cache at offset " + std::to_string(src_offset + done) +
-                              " for a write at offset " + std::to_string(offset + done) + ": " +
+                              " for a write at offset " + std::to_string(base_ + offset + done) + ": " +
                               (got == 0 ? "end of file" : errno_text(err)));
       }
       for (ssize_t put = 0; put < got;) {
@@ -213,7 +219,7 @@ class ImageFile final : public BlockDevice {
           if (done == 0 && put == 0 && (err == EINVAL || err == ENOSYS)) {
             return Error(EINVAL, path_ + ": cannot splice");
           }
-          return Error(err, path_ + ": write at offset " + std::to_string(offset + done + put) + ": " +
+          return Error(err, path_ + ": write at offset " + std::to_string(base_ + offset + done + put) + ": " +
                                 errno_text(err));
         }
         put += n;
@@ -236,6 +242,11 @@ class ImageFile final : public BlockDevice {
   int fd_;
   int direct_fd_;   // O_DIRECT, or -1
   bool direct_io_;  // every aligned request goes through direct_fd_, not only write_data
+  // Where the device starts in the file (a partition of a disk image), a
+  // multiple of 4096 whenever direct_fd_ is open, so that a device offset
+  // aligned for O_DIRECT is aligned in the file too. Offsets are the
+  // device's everywhere but at the system calls and in their messages.
+  uint64_t base_;
   uint64_t size_;
   bool read_only_;
 };
@@ -256,7 +267,7 @@ Result<std::unique_ptr<BlockDevice>> open_image_file(const std::string& path,
     ::close(fd);
     return Error(err, path + ": " + errno_text(err));
   }
-  uint64_t size = 0;
+  uint64_t size = 0;  // of the whole file or device, then of the window
   if (S_ISREG(st.st_mode)) {
     size = static_cast<uint64_t>(st.st_size);
   } else if (S_ISBLK(st.st_mode)) {
@@ -270,6 +281,20 @@ Result<std::unique_ptr<BlockDevice>> open_image_file(const std::string& path,
     return Error(S_ISDIR(st.st_mode) ? EISDIR : EINVAL,
                  path + ": not a regular file or block device");
   }
+  if (options.offset > size) {
+    ::close(fd);
+    return Error(EINVAL, path + ": offset " + std::to_string(options.offset) + " is beyond its end (" +
+                             std::to_string(size) + " bytes)");
+  }
+  size -= options.offset;
+  if (options.size_limit != 0) size = std::min(size, options.size_limit);
+  // O_DIRECT wants file offsets aligned as the device's are.
+  const bool direct_possible = options.offset % kDirectAlign == 0;
+  if (options.direct_io && !direct_possible) {
+    ::close(fd);
+    return Error(EINVAL, path + ": direct I/O needs an offset that is a multiple of " + std::to_string(kDirectAlign) +
+                             " (offset " + std::to_string(options.offset) + ")");
+  }
   int direct_fd = -1;
   if (options.direct_io) {
     direct_fd = ::open(path.c_str(), flags | O_DIRECT);
@@ -278,12 +303,12 @@ Result<std::unique_ptr<BlockDevice>> open_image_file(const std::string& path,
       ::close(fd);
       return Error(err, path + ": cannot open with O_DIRECT: " + errno_text(err));
     }
-  } else if (options.direct_data_writes && !options.read_only && S_ISREG(st.st_mode)) {
+  } else if (options.direct_data_writes && !options.read_only && S_ISREG(st.st_mode) && direct_possible) {
     // Best effort: a host filesystem without O_DIRECT keeps buffered writes.
     direct_fd = ::open(path.c_str(), flags | O_DIRECT);
   }
   return std::unique_ptr<BlockDevice>(
-      std::make_unique<ImageFile>(path, fd, direct_fd, options.direct_io, size, options.read_only));
+      std::make_unique<ImageFile>(path, fd, direct_fd, options.direct_io, options.offset, size, options.read_only));
 }
 
 }  // namespace uext

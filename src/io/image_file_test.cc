@@ -62,6 +62,65 @@ class ImageFileTest : public ::testing::Test {
   int memfd_ = -1;
 };
 
+// A window of the file (a partition of a disk image): every kind of read
+// and write lands `offset` bytes further into the file, the device is only
+// as long as the window, and nothing outside it is touched.
+TEST_F(ImageFileTest, AWindowOfTheFileIsTheWholeDevice) {
+  constexpr uint64_t kOffset = 1u << 20, kLimit = 8u << 20;
+  const auto outside = pattern(kImageBytes, 9);
+  {
+    int fd = ::open(path_.c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::pwrite(fd, outside.data(), outside.size(), 0), static_cast<ssize_t>(outside.size()));
+    ::close(fd);
+  }
+  auto dev = open_image_file(path_, {.read_only = false, .offset = kOffset, .size_limit = kLimit});
+  ASSERT_TRUE(dev.ok()) << dev.error().message();
+  EXPECT_EQ((*dev)->size(), kLimit);
+  std::vector<std::byte> got(4096);
+  ASSERT_TRUE((*dev)->read(0, got).ok());
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), outside.begin() + kOffset));
+
+  const auto small = pattern(4096, 2), big = pattern(1u << 20, 3), gathered = pattern(8192, 4);
+  ASSERT_TRUE((*dev)->write(4096, small).ok());
+  put_in_memfd(0, big);
+  ASSERT_TRUE((*dev)->write_data_from_file(2u << 20, big, memfd_, 0).ok());  // spliced, O_DIRECT
+  ASSERT_TRUE((*dev)->write_data(4u << 20, big).ok());
+  const std::span<const std::byte> halves[] = {std::span(gathered).first(4096), std::span(gathered).subspan(4096)};
+  ASSERT_TRUE((*dev)->write_gather(kLimit - 8192, halves).ok());
+  ASSERT_TRUE((*dev)->flush().ok());
+  EXPECT_EQ(read_image(kOffset + 4096, 4096), small);
+  EXPECT_EQ(read_image(kOffset + (2u << 20), big.size()), big);
+  EXPECT_EQ(read_image(kOffset + (4u << 20), big.size()), big);
+  EXPECT_EQ(read_image(kOffset + kLimit - 8192, 8192), gathered);
+  // Before and after the window: as they were.
+  EXPECT_EQ(read_image(0, kOffset), std::vector<std::byte>(outside.begin(), outside.begin() + kOffset));
+  EXPECT_EQ(read_image(kOffset + kLimit, kImageBytes - kOffset - kLimit),
+            std::vector<std::byte>(outside.begin() + kOffset + kLimit, outside.end()));
+  // The window's end is the device's.
+  Status past = (*dev)->write(kLimit, small);
+  ASSERT_FALSE(past.ok());
+  EXPECT_EQ(past.error().code(), ENOSPC);
+  EXPECT_FALSE((*dev)->read(kLimit - 2048, got).ok());
+
+  // Without a limit the window runs to the end of the file.
+  auto rest = open_image_file(path_, {.offset = kOffset});
+  ASSERT_TRUE(rest.ok());
+  EXPECT_EQ((*rest)->size(), kImageBytes - kOffset);
+  // What cannot be: a start past the end, O_DIRECT off a 4 KiB boundary.
+  auto beyond = open_image_file(path_, {.offset = kImageBytes + 1});
+  ASSERT_FALSE(beyond.ok());
+  EXPECT_NE(beyond.error().message().find("beyond its end"), std::string::npos) << beyond.error().message();
+  auto unaligned = open_image_file(path_, {.direct_io = true, .offset = 512});
+  ASSERT_FALSE(unaligned.ok());
+  EXPECT_NE(unaligned.error().message().find("multiple of 4096"), std::string::npos);
+  // Unaligned without O_DIRECT is fine: its large writes stay buffered.
+  auto odd = open_image_file(path_, {.read_only = false, .offset = 512});
+  ASSERT_TRUE(odd.ok());
+  ASSERT_TRUE((*odd)->write_data_from_file(0, big, memfd_, 0).ok());
+  EXPECT_EQ(read_image(512, big.size()), big);
+}
+
 // The spliced path: large, aligned, from the memfd; the image must hold the
 // memfd's bytes (a hole in the memfd reads as zeros), in the right place.
 TEST_F(ImageFileTest, WriteDataFromFileCopiesTheMemfdBytes) {
