@@ -1010,6 +1010,50 @@ TEST(FusePartition, APartitionOfADiskImageMountsAndNothingAroundItChanges) {
   EXPECT_EQ(run({uext_cli(), "ls", "--offset", "1Q", disk, "/"}).exit_code, 2);
 }
 
+// fakeroot (fuse2fs's option): a user is served as root, so an image can
+// be built with root's files by someone who is not; without it the same
+// user meets the permissions. minixdf counts the metadata in df's total.
+TEST(FuseFakeroot, EveryCallerIsServedAsRoot) {
+  REQUIRE_FUSE();
+  TempDir t;
+  const std::string img = make_image(t / "img", "64M", {});
+  run_ok({uext_cli(), "mkdir", "-m", "700", img, "/secret"});
+  const std::string as_user = "setpriv --reuid=1000 --regid=1000 --clear-groups sh -c ";
+  uint64_t bsd_total = 0;
+  {
+    FuseMount m(img, t / "plain");
+    ASSERT_TRUE(m.ok()) << m.log();
+    // (The temporary directory above the mount is root's alone: in first.)
+    CommandResult r = run_shell("cd " + sh_quote(m.dir()) + " && " + as_user + sh_quote("echo x > secret/f"));
+    EXPECT_NE(r.exit_code, 0) << "a user wrote into root's 0700 directory without fakeroot";
+    struct statvfs v {};
+    ASSERT_EQ(::statvfs(m.dir().c_str(), &v), 0);
+    bsd_total = v.f_blocks;
+    ASSERT_EQ(m.unmount(), 0) << m.log();
+  }
+  {
+    FuseMount m(img, t / "fake", "fakeroot,allow_other,minixdf");
+    ASSERT_TRUE(m.ok()) << m.log();
+    const std::string d = m.dir();
+    sh_ok("cd " + sh_quote(d) + " && " + as_user + sh_quote("set -e; echo hi > secret/f; chown 0:0 secret/f; chmod 4755 secret/f; "
+                             "echo more >> secret/f; mkdir other; chown 2000:3000 other; touch -d @1000000000 other; "
+                             "echo mine > mine"));
+    EXPECT_EQ(sh_ok("stat -c '%u %g %a' " + sh_quote(d + "/secret/f")), "0 0 4755\n");  // setuid kept
+    EXPECT_EQ(sh_ok("stat -c '%u %g %Y' " + sh_quote(d + "/other")), "2000 3000 1000000000\n");
+    EXPECT_EQ(sh_ok("stat -c '%u %g' " + sh_quote(d + "/mine")), "1000 1000\n");  // the creator's
+    struct statvfs v {};
+    ASSERT_EQ(::statvfs(d.c_str(), &v), 0);
+    EXPECT_EQ(v.f_blocks, 65536u);  // every 1 KiB block of 64 MiB
+    EXPECT_LT(bsd_total, v.f_blocks);
+    ASSERT_EQ(m.unmount(), 0) << m.log();
+  }
+  EXPECT_TRUE(image_is_clean(img));
+  const std::string f = run_ok({"debugfs", "-R", "stat /secret/f", img});
+  EXPECT_NE(f.find("Mode:  04755"), std::string::npos) << f;
+  EXPECT_NE(f.find("User:     0   Group:     0"), std::string::npos) << f;
+  EXPECT_NE(f.find("Size: 8"), std::string::npos) << f;
+}
+
 TEST_F(FusePosix, StickyAndSetgidDirectories) {
   sh_ok("cd " + mount_->dir() + " && mkdir tmp && chmod 1777 tmp && mkdir grp && chown 0:4242 grp && chmod 2777 grp");
   EXPECT_EQ(as(1000, 1000, "touch tmp/a").exit_code, 0);

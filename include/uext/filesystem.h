@@ -262,6 +262,7 @@ struct SetAttr {
 struct FsStats {
   uint32_t block_size = 0;
   uint64_t blocks = 0;            // data blocks (total minus the overhead of metadata)
+  uint64_t total_blocks = 0;      // every block, metadata included (ext4's minixdf)
   uint64_t free_blocks = 0;
   uint64_t available_blocks = 0;  // free minus the root reserve
   uint64_t files = 0;

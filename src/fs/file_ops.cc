@@ -553,6 +553,7 @@ Result<FsStats> FilesystemImpl::statfs() {
     }
   }
   st.blocks = sb.s_blocks_count > overhead ? sb.s_blocks_count - overhead : 0;
+  st.total_blocks = sb.s_blocks_count;
   // Blocks freed by the running transaction count as free, as the kernel's
   // counter has them, though they are handed out only after its commit.
   // Free space is net of what reservations (delayed allocation) hold.

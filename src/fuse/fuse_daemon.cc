@@ -391,8 +391,8 @@ class Daemon {
   // supplementary group) or is root: else setting an access ACL also
   // clears the setgid bit, as posix_acl_update_mode does. (The kernel's
   // FUSE_SETXATTR_ACL_KILL_SGID does not reach libfuse's setxattr.)
-  static bool in_group_or_root(fuse_req_t req, uint32_t gid) {
-    return fuse_req_ctx(req)->uid == 0 || caller_in_group(req, gid);
+  bool in_group_or_root(fuse_req_t req, uint32_t gid) const {
+    return opts_.fakeroot || fuse_req_ctx(req)->uid == 0 || caller_in_group(req, gid);
   }
 
   // Clearing setuid/setgid ourselves (fuse/killpriv.h): as a write,
@@ -415,7 +415,12 @@ class Daemon {
   // Whether the caller holds CAP_FSETID (in its effective set, as the
   // kernel's capable() looks), for the changes the kernel does not flag
   // (copy_file_range, fallocate). Only asked of files with setuid/setgid.
-  static bool caller_may_keep_setid(fuse_req_t req) { return caller_has_capability(req, kCapFsetid); }
+  bool caller_may_keep_setid(fuse_req_t req) const {
+    return opts_.fakeroot || caller_has_capability(req, kCapFsetid);
+  }
+  // Whether the kernel asked for setuid/setgid to go (a caller without
+  // CAP_FSETID); never under fakeroot, whose callers are all root.
+  bool kill_setid_requested() const { return !opts_.fakeroot && killpriv::requested(); }
 
   // Before a change that ext4 treats as a write (file_modified): what the
   // kernel left to us under FUSE_HANDLE_KILLPRIV_V2.
@@ -445,7 +450,9 @@ class Daemon {
     // and forgets its copy after every setattr and ACL change it sends us,
     // which covers the ACL rewrites chmod makes here. DONT_MASK hands the
     // umask to the library, which applies it only without a default ACL.
-    if (opts_.acl) {
+    // (The kernel turns its permission checks on with POSIX_ACL: not with
+    // fakeroot, whose ACLs are stored but not checked.)
+    if (opts_.acl && !opts_.fakeroot) {
       if (conn->capable & FUSE_CAP_POSIX_ACL) {
         conn->want |= FUSE_CAP_POSIX_ACL;
         if (conn->capable & FUSE_CAP_DONT_MASK) conn->want |= FUSE_CAP_DONT_MASK;
@@ -511,7 +518,7 @@ class Daemon {
     // none (FUSE forwards ATTR_CTIME only with the writeback cache), and
     // an empty SetAttr sets ctime alone.
     if (refuse_change(req)) return;
-    if (killpriv::requested()) {  // a truncate or chown that clears setuid/setgid
+    if (kill_setid_requested()) {  // a truncate or chown that clears setuid/setgid
       auto now = fs_->stat(ino);
       if (!now) return fail(req, "setattr", ino, now.error());
       const uint32_t perm = a.mode ? *a.mode : now->mode & 07777;
@@ -671,7 +678,7 @@ class Daemon {
     // The kernel flags a write by a caller without CAP_FSETID; the library
     // clears the bits under the write's own inode lock.
     bool setid_dropped = false;
-    wo.drop_setid = killpriv::requested();
+    wo.drop_setid = kill_setid_requested();
     wo.setid_dropped = [&](uint32_t) { setid_dropped = true; };
     // Answered once the space is reserved, while the library copies the
     // bytes into the page cache: the writer runs again a copy sooner, and
@@ -772,7 +779,7 @@ class Daemon {
     struct statvfs v {};
     v.f_bsize = st->block_size;
     v.f_frsize = st->block_size;
-    v.f_blocks = st->blocks;
+    v.f_blocks = opts_.minixdf ? st->total_blocks : st->blocks;
     v.f_bfree = st->free_blocks;
     v.f_bavail = st->available_blocks;
     v.f_files = st->files;

@@ -107,6 +107,9 @@ Status parse_mount_option_list(const std::string& list, MountOptions& opts) {
     else if (key == "direct_io" || key == "directio") s = flag(opts.direct_io, true);
     else if (key == "writeback_cache") s = flag(opts.writeback_cache, true);
     else if (key == "no_writeback_cache") s = flag(opts.writeback_cache, false);
+    else if (key == "fakeroot") s = flag(opts.fakeroot, true);
+    else if (key == "minixdf") s = flag(opts.minixdf, true);
+    else if (key == "bsddf") s = flag(opts.minixdf, false);
     else if (key == "acl") s = flag(opts.acl, true);
     else if (key == "noacl") s = flag(opts.acl, false);
     else if (key == "allow_other") {
@@ -214,7 +217,8 @@ void finish_mount_options(MountOptions& opts, bool running_as_root, uint64_t mem
   opts.page_cache_bytes = std::max(opts.page_cache_bytes, opts.dirty_limit_bytes);
   // As root the mount serves every user, as a kernel mount does; the
   // kernel's permission checks (default_permissions) keep them apart.
-  if (!opts.allow_other_set && running_as_root) opts.allow_other = true;
+  // Not with fakeroot, which would hand every user root's powers here.
+  if (!opts.allow_other_set && running_as_root && !opts.fakeroot) opts.allow_other = true;
   if (opts.debug) opts.foreground = true;  // the trace goes to the terminal
   if (opts.fsname.empty()) {
     std::error_code ec;
@@ -225,8 +229,9 @@ void finish_mount_options(MountOptions& opts, bool running_as_root, uint64_t mem
 
 std::vector<std::string> fuse_arguments(const MountOptions& opts) {
   // default_permissions: the kernel checks modes, owners, sticky
-  // directories and supplementary groups exactly as for ext4.
-  std::string o = "default_permissions,subtype=uext";
+  // directories and supplementary groups exactly as for ext4 (fakeroot
+  // asks for no checks at all).
+  std::string o = opts.fakeroot ? "subtype=uext" : "default_permissions,subtype=uext";
   // fsname may hold commas; libfuse accepts them escaped with a backslash.
   std::string name;
   for (char c : opts.fsname) {
@@ -272,6 +277,14 @@ std::string mount_options_help() {
   noacl                  no ACLs: the umask always applies; getfacl shows the
                          mode, setfacl fails (EOPNOTSUPP), as ext4's noacl
   direct_io | directio   read and write the image with O_DIRECT
+  fakeroot               serve every caller as root (fuse2fs's option): no
+                         permission checks, any owner may be set by anyone,
+                         setuid bits kept; new files still belong to their
+                         creator. For building images as a user; the mount
+                         stays the mounting user's alone unless allow_other
+                         is given (ACLs are stored but not checked)
+  bsddf | minixdf        statfs's total: data blocks only (bsddf, default) or
+                         every block with the metadata (minixdf), as ext4's
   offset=BYTES           the filesystem starts this far into IMG: a partition
                          of a whole-disk image (as fuse2fs's and mount's
                          offset=; the partition table's start sector times
@@ -325,7 +338,7 @@ std::string mount_options_help() {
   fsname=NAME            the source shown in /proc/mounts (default: the image)
   logfile=FILE           append diagnostics here (default: stderr in the
                          foreground, syslog as a daemon)
-  default_permissions    accepted; always on: the kernel checks permissions
+  default_permissions    accepted; on unless fakeroot: the kernel checks permissions
   relatime, noatime, strictatime, nodiratime (and atime, norelatime,
   nostrictatime, diratime, lazytime, nolazytime)
                          how reads change atime, as for the kernel's ext4:

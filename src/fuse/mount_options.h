@@ -37,6 +37,12 @@ struct MountOptions {
   uint64_t offset = 0;
   uint64_t size_limit = 0;  // 0: the rest of the file
   bool writeback_cache = false;
+  // fuse2fs's fakeroot: every caller is served as root would be (no
+  // permission checks, by the kernel or here; setuid bits kept).
+  bool fakeroot = false;
+  // statfs's total: data blocks (bsddf, ext4's default) or every block
+  // (minixdf).
+  bool minixdf = false;
   bool allow_other = false;  // defaulted to true below when run as root
   bool allow_other_set = false;
   bool allow_root = false;
