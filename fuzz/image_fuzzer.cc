@@ -21,6 +21,7 @@
 #include <span>
 #include <vector>
 
+#include "disk/partition_table.h"
 #include "walk.h"
 
 namespace {
@@ -45,5 +46,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (image.size() < want) image.resize(want);
 
   uext_fuzz::open_and_walk(image, verify);
+
+  // The partition tables a refused open reads to name the partitions
+  // (src/disk/partition_table.h): the same bytes as a disk's first sectors.
+  constexpr size_t kSector = uext::disk::kSectorSize;
+  const std::span<const std::byte> all(image);
+  uint64_t gpt_lba = 0;
+  (void)uext::disk::decode_mbr(all.first(kSector), &gpt_lba);
+  uext::disk::GptHeader header;
+  if (gpt_lba != 0 && gpt_lba < all.size() / kSector - 1 &&
+      uext::disk::decode_gpt_header(all.subspan(gpt_lba * kSector, kSector), header) &&
+      header.entries_lba < all.size() / kSector) {
+    (void)uext::disk::decode_gpt_entries(all.subspan(header.entries_lba * kSector), header);
+  }
   return 0;
 }

@@ -320,6 +320,38 @@ TEST(PreloadShim, ForkedChildAndSecondProcessAreRefused) {
   EXPECT_NE(g.err.find("File not found"), std::string::npos) << g.out << g.err;
 }
 
+// A filesystem in a partition of a disk image, through the shim
+// (offset=, sizelimit= in UEXT_PRELOAD_OPTIONS): cp writes into it, the
+// bytes before and after it stay as they were.
+TEST(PreloadShim, APartitionOfADiskImage) {
+#if defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "libuext_preload.so is built with TSan here, whose runtime cannot serve the uninstrumented cp";
+#endif
+  TempDir dir;
+  const std::string disk = dir / "disk.img";
+  const std::string prefix = fmt::format("/uext-shim-part-{}", getpid());
+  run_ok({"truncate", "-s", "40M", disk});
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-E", "offset=1048576", disk, "32M"});
+  run_ok({"sh", "-c", "printf head | dd of=" + disk + " conv=notrunc status=none; printf tail | dd of=" + disk +
+                          " bs=1M seek=33 conv=notrunc status=none"});
+  write_file(dir / "hello", "hello\n");
+  const std::string env = fmt::format("{} UEXT_PRELOAD_IMAGE={} UEXT_PRELOAD_PREFIX={} UEXT_PRELOAD_OPTIONS={}",
+                                      preload_env(), disk, prefix, "offset=1M,sizelimit=32M");
+  CommandResult r = run_shell(env + " cp " + dir / "hello" + " " + prefix + "/f");
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_EQ(r.err.find("uext_preload:"), std::string::npos) << r.err;
+  const std::string partition = disk + "?offset=1048576";
+  EXPECT_EQ(run({"e2fsck", "-fn", partition}).exit_code, 0);
+  EXPECT_EQ(debugfs(partition, "cat /f"), "hello\n");
+  EXPECT_EQ(run_ok({"sh", "-c", "head -c 4 " + disk + "; tail -c +" + std::to_string((33 << 20) + 1) + " " + disk +
+                                    " | head -c 4"}),
+            "headtail");
+  r = run_shell(fmt::format("{} UEXT_PRELOAD_IMAGE={} UEXT_PRELOAD_PREFIX={} UEXT_PRELOAD_OPTIONS=offset=1Q cat {}/f",
+                            preload_env(), disk, prefix, prefix));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("bad option 'offset=1Q'"), std::string::npos) << r.err;
+}
+
 // munmap takes the length mmap was given, which need not be a whole number
 // of pages: fsx maps 0xefd6 bytes and unmaps 0xefd6, and the shim refused
 // that (EINVAL, "munmap of part of a mapping") since its mapping is 0xf000

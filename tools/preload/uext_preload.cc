@@ -250,20 +250,26 @@ bool parse_bytes(std::string_view v, uint64_t& out) {
   if (v.empty()) return false;
   uint64_t n = 0;
   size_t i = 0;
-  for (; i < v.size() && v[i] >= '0' && v[i] <= '9'; ++i) n = n * 10 + static_cast<uint64_t>(v[i] - '0');
+  for (; i < v.size() && v[i] >= '0' && v[i] <= '9'; ++i) {
+    const auto d = static_cast<uint64_t>(v[i] - '0');
+    if (n > (UINT64_MAX - d) / 10) return false;  // too large: refused, not wrapped
+    n = n * 10 + d;
+  }
   if (i == 0) return false;
   std::string_view suffix = v.substr(i);
+  unsigned shift = 0;
   if (suffix.empty()) {
   } else if (suffix == "K" || suffix == "k") {
-    n <<= 10;
+    shift = 10;
   } else if (suffix == "M" || suffix == "m") {
-    n <<= 20;
+    shift = 20;
   } else if (suffix == "G" || suffix == "g") {
-    n <<= 30;
+    shift = 30;
   } else {
     return false;
   }
-  out = n;
+  if (n > (UINT64_MAX >> shift)) return false;
+  out = n << shift;
   return true;
 }
 
@@ -303,9 +309,14 @@ std::string parse_options(const char* text, uext::Options& o) {
       o.page_cache_bytes = n;
     } else if (key == "dirty_limit" && parse_bytes(value, n)) {
       o.dirty_limit_bytes = n;
+    } else if (key == "offset" && parse_bytes(value, n)) {
+      o.image_offset = n;
+    } else if (key == "sizelimit" && parse_bytes(value, n) && n > 0) {
+      o.image_size_limit = n;
     } else {
       return fmt::format("UEXT_PRELOAD_OPTIONS: bad option '{}' (known: ro, rw, nodelalloc, delalloc, direct_io, stats, "
-                         "fault_handling=auto|userfaultfd|signal, commit=SECS, page_cache=BYTES, dirty_limit=BYTES)",
+                         "fault_handling=auto|userfaultfd|signal, commit=SECS, page_cache=BYTES, dirty_limit=BYTES, "
+                         "offset=BYTES, sizelimit=BYTES)",
                          item);
     }
   }
