@@ -36,6 +36,7 @@ struct MkfsArgs {
   std::vector<std::string> extended;
   bool force = false;
   bool quiet = false;
+  std::string root_directory;  // -d: copied in, as mke2fs -d
 };
 
 int usage(const std::string& message) {
@@ -284,6 +285,7 @@ int run_mkfs(const MkfsArgs& a) {
   if (Status s = make_filesystem(**dev, o); !s) {
     return failure(a.image + ": " + s.error().message());
   }
+  dev->reset();  // written and flushed: the copy below opens the image anew
   if (!a.quiet) {
     const auto& l = *layout;
     std::string bs = l.block_size % 1024 == 0 ? fmt::format("{}k", l.block_size / 1024) : fmt::format("{}", l.block_size);
@@ -300,6 +302,14 @@ int run_mkfs(const MkfsArgs& a) {
     fmt::print("Features: {}\n", feats);
     if (l.journal_blocks) fmt::print("Journal: {} blocks\n", l.journal_blocks);
     fmt::print("Filesystem: {}\n", existing_filesystem(a.image, offset).substr(3));
+  }
+  if (!a.root_directory.empty()) {
+    // The directory's contents become the root's, as `uext put IMG DIR/. /`.
+    image_offset() = offset;
+    auto fs = open_image_rw(a.image);
+    if (!fs) return kExitFailure;
+    int rc = put_tree(*fs, a.image, a.root_directory + "/.", "/");
+    return close_image(std::move(fs), a.image, rc);
   }
   return kExitOk;
 }
@@ -333,6 +343,9 @@ Command add_mkfs_command(CLI::App& parent) {
       ->allow_extra_args(false);
   sub->add_flag("-F,--force", a->force, "Overwrite an existing filesystem");
   sub->add_flag("-q,--quiet", a->quiet, "Print nothing on success");
+  sub->add_option("-d,--root-directory", a->root_directory,
+                  "Copy this host directory's contents into the new filesystem's root (as mke2fs -d; as 'uext put IMG "
+                  "DIR/. /' after it: owners, modes, times, links, holes, xattrs, devices)");
   sub->footer(
       "Defaults are mke2fs 1.47's (Debian 12 mke2fs.conf). E2FSPROGS_FAKE_TIME=SECONDS fixes\n"
       "every timestamp, as for mke2fs. Exit status: 0 on success, 1 when creating failed,\n"

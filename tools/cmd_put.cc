@@ -409,6 +409,15 @@ int run_put(const PutOptions& o) {
 
 }  // namespace
 
+int put_tree(Filesystem& fs, const std::string& image, const std::string& source, const std::string& path) {
+  PutOptions o;
+  o.image = image;
+  o.source = source;
+  o.path = path;
+  Putter p(fs, o);
+  return p.run();
+}
+
 Command add_put_command(CLI::App& parent) {
   auto o = std::make_shared<PutOptions>();
   auto* sub = parent.add_subcommand(

@@ -117,6 +117,8 @@ Command add_cat_command(CLI::App& parent);
 Command add_stat_command(CLI::App& parent);
 Command add_get_command(CLI::App& parent);
 Command add_put_command(CLI::App& parent);      // cmd_put.cc
+// What `uext put IMG SOURCE PATH` does, on an open image (uext mkfs -d).
+int put_tree(Filesystem& fs, const std::string& image, const std::string& source, const std::string& path);
 std::vector<Command> add_edit_commands(CLI::App& parent);  // cmd_edit.cc
 
 }  // namespace uext::cli

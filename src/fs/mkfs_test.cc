@@ -428,5 +428,45 @@ TEST(MkfsCli, QuotaFilesAsAskedAndKeptByLaterChanges) {
   EXPECT_NE(r.err.find("128-byte inodes"), std::string::npos) << r.err;
 }
 
+// mkfs -d: the directory's contents in the new filesystem, as mke2fs -d
+// puts them there (the kernel lists both images the same), plus the
+// directory's own mode on the root, as cp -a DIR/. gives it.
+TEST(MkfsCli, RootDirectoryCopiesATreeAsMke2fsDoes) {
+  if (!testing::can_loop_mount()) GTEST_SKIP() << "needs root and loop devices (the kernel is the oracle)";
+  TempDir dir;
+  const std::string tree = dir / "tree";
+  testing::run_ok({"sh", "-c",
+                   "set -e; t=" + tree + "; mkdir -p $t/etc $t/bin $t/dev $t/empty; echo hello > $t/etc/motd; "
+                   "head -c 300000 /dev/urandom > $t/bin/prog; chmod 4755 $t/bin/prog; ln -s ../etc/motd $t/link; "
+                   "ln $t/etc/motd $t/etc/motd2; mknod $t/dev/null c 1 3; truncate -s 10M $t/sparse; "
+                   "setfattr -n user.k -v v $t/etc/motd; chown 123:456 $t/etc; chmod 750 $t"});
+  const std::string ours = dir / "uext.img", theirs = dir / "mke2fs.img";
+  auto r = testing::run_uext({"mkfs", "-q", "-d", tree, ours, "64M"});
+  ASSERT_EQ(r.exit_code, 0) << r.describe();
+  testing::run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-d", tree, theirs, "64M"});
+  EXPECT_TRUE(testing::image_is_clean(ours));
+  auto listing = [&](const std::string& image, const std::string& mnt) {
+    ::mkdir(mnt.c_str(), 0755);
+    testing::LoopMount m(image, mnt, true);
+    EXPECT_TRUE(m.ok()) << m.error();
+    auto out = testing::run_shell("cd " + mnt + " && find . -mindepth 1 -printf '%p %M %u %g %s %n %l\\n' | sort && "
+                                  "find . -type f -exec md5sum {} + | sort && getfattr -d etc/motd && "
+                                  "stat -c '%a' .")
+                   .out;
+    m.unmount();
+    return out;
+  };
+  const std::string got = listing(ours, dir / "m1"), want = listing(theirs, dir / "m2");
+  // All but the root's mode (the last line): the same.
+  EXPECT_EQ(got.substr(0, got.rfind('\n', got.size() - 2)), want.substr(0, want.rfind('\n', want.size() - 2)));
+  EXPECT_NE(got.find("./bin/prog -rwsr-xr-x root root 300000 1"), std::string::npos) << got;
+  EXPECT_NE(got.find("user.k=\"v\""), std::string::npos) << got;
+  EXPECT_EQ(got.substr(got.rfind('\n', got.size() - 2) + 1), "750\n");
+  // A directory that is not there: named.
+  r = testing::run_uext({"mkfs", "-q", "-F", "-d", dir / "missing", ours, "64M"});
+  EXPECT_EQ(r.exit_code, 1) << r.describe();
+  EXPECT_NE(r.err.find("missing"), std::string::npos) << r.err;
+}
+
 }  // namespace
 }  // namespace uext
