@@ -37,6 +37,10 @@ struct MkfsArgs {
   bool force = false;
   bool quiet = false;
   std::string root_directory;  // -d: copied in, as mke2fs -d
+  std::string usage_type;      // -T
+  std::string errors;          // -e
+  bool add_journal = false;    // -j
+  bool dry_run = false;        // -n
 };
 
 int usage(const std::string& message) {
@@ -146,9 +150,17 @@ int run_mkfs(const MkfsArgs& a) {
   }
   o.inode_count = a.inodes;
   o.reserved_percent = a.reserved;
+  if (a.add_journal) o.features = "has_journal";  // -j: as -O has_journal, before the -O edits
   for (const auto& f : a.features) {
     if (!o.features.empty()) o.features += ',';
     o.features += f;
+  }
+  o.usage_type = a.usage_type;
+  if (!a.errors.empty()) {
+    if (a.errors == "continue") o.errors_behavior = 1;
+    else if (a.errors == "remount-ro") o.errors_behavior = 2;
+    else if (a.errors == "panic") o.errors_behavior = 3;
+    else return usage("invalid errors behaviour '" + a.errors + "' (continue, remount-ro or panic)");
   }
   o.label = a.label;
   if (!a.uuid.empty()) {
@@ -241,6 +253,40 @@ int run_mkfs(const MkfsArgs& a) {
   if (size) o.size_bytes = size;
   if (Status st = validate_mkfs_options(o); !st) return usage(st.error().message());
 
+  // What is made, as mke2fs prints it (fewer lines).
+  auto print_summary = [&](const MkfsLayout& l) {
+    std::string bs = l.block_size % 1024 == 0 ? fmt::format("{}k", l.block_size / 1024) : fmt::format("{}", l.block_size);
+    fmt::print("Creating filesystem with {} {} blocks and {} inodes\n", l.blocks_count, bs, l.inodes_count);
+    std::string backups;
+    for (uint32_t i = 1; i < l.group_count; i++) {
+      if (!l.groups[i].has_super) continue;
+      if (!backups.empty()) backups += ", ";
+      backups += fmt::format("{}", l.groups[i].first_block);
+    }
+    if (!backups.empty()) fmt::print("Superblock backups stored on blocks: {}\n", backups);
+    std::string feats;
+    for (const auto& f : l.features) feats += (feats.empty() ? "" : " ") + f;
+    fmt::print("Features: {}\n", feats);
+    if (l.journal_blocks) fmt::print("Journal: {} blocks\n", l.journal_blocks);
+  };
+
+  if (a.dry_run) {
+    // -n: the layout for the size given, or of the image as it is; nothing
+    // created or written.
+    uint64_t device = size;
+    if (!device) {
+      struct stat st {};
+      if (::stat(a.image.c_str(), &st) != 0) return failure(a.image + ": " + describe_errno(errno));
+      auto dev = open_image_file(a.image, ImageFileOptions{.offset = offset});
+      if (!dev) return failure(a.image + ": " + dev.error().message());
+      device = (*dev)->size();
+    }
+    auto layout = compute_mkfs_layout(device, o);
+    if (!layout) return failure(a.image + ": " + layout.error().message());
+    if (!a.quiet) print_summary(*layout);
+    return kExitOk;
+  }
+
   // The image: created sparse when missing, grown to SIZE when shorter.
   struct stat st {};
   bool created = false;
@@ -287,20 +333,7 @@ int run_mkfs(const MkfsArgs& a) {
   }
   dev->reset();  // written and flushed: the copy below opens the image anew
   if (!a.quiet) {
-    const auto& l = *layout;
-    std::string bs = l.block_size % 1024 == 0 ? fmt::format("{}k", l.block_size / 1024) : fmt::format("{}", l.block_size);
-    fmt::print("Creating filesystem with {} {} blocks and {} inodes\n", l.blocks_count, bs, l.inodes_count);
-    std::string backups;
-    for (uint32_t i = 1; i < l.group_count; i++) {
-      if (!l.groups[i].has_super) continue;
-      if (!backups.empty()) backups += ", ";
-      backups += fmt::format("{}", l.groups[i].first_block);
-    }
-    if (!backups.empty()) fmt::print("Superblock backups stored on blocks: {}\n", backups);
-    std::string feats;
-    for (const auto& f : l.features) feats += (feats.empty() ? "" : " ") + f;
-    fmt::print("Features: {}\n", feats);
-    if (l.journal_blocks) fmt::print("Journal: {} blocks\n", l.journal_blocks);
+    print_summary(*layout);
     fmt::print("Filesystem: {}\n", existing_filesystem(a.image, offset).substr(3));
   }
   if (!a.root_directory.empty()) {
@@ -343,6 +376,12 @@ Command add_mkfs_command(CLI::App& parent) {
       ->allow_extra_args(false);
   sub->add_flag("-F,--force", a->force, "Overwrite an existing filesystem");
   sub->add_flag("-q,--quiet", a->quiet, "Print nothing on success");
+  sub->add_option("-T,--usage-type", a->usage_type,
+                  "Usage type instead of the size class, for block size and inode ratio (as mke2fs.conf): small, "
+                  "floppy, big, huge, news, largefile, largefile4");
+  sub->add_option("-e,--errors", a->errors, "What the kernel does on an error: continue (default), remount-ro, panic");
+  sub->add_flag("-j", a->add_journal, "Add a journal (as -O has_journal; ext2 becomes ext3)");
+  sub->add_flag("-n,--dry-run", a->dry_run, "Print what would be made; write nothing");
   sub->add_option("-d,--root-directory", a->root_directory,
                   "Copy this host directory's contents into the new filesystem's root (as mke2fs -d; as 'uext put IMG "
                   "DIR/. /' after it: owners, modes, times, links, holes, xattrs, devices)");

@@ -60,6 +60,13 @@ struct MkfsOptions {
   // project with the project feature. Asking for project quota turns the
   // project feature on.
   uint32_t quota_types = 0;
+  // mke2fs -T: the usage type whose block size and inode ratio apply in
+  // place of the size class's ("small", "floppy", "big", "huge", "news",
+  // "largefile", "largefile4"); empty: by size.
+  std::string usage_type;
+  // mke2fs -e: what the kernel does on an error (s_errors): 1 continue
+  // (mke2fs's default), 2 remount read-only, 3 panic.
+  uint16_t errors_behavior = 1;
   // The device already reads as zeros (a freshly created sparse file):
   // skip zeroing inode tables, the journal and reserved GDT backups.
   bool assume_zeroed = false;

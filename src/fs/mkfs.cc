@@ -424,6 +424,29 @@ Result<Params> resolve_params(uint64_t device_bytes, const MkfsOptions& opt) {
   } else {
     size_type = "huge", ratio = 65536;
   }
+  // -T names the type in place of the size class (Debian's mke2fs.conf;
+  // "-1", largefile's block size, is the page size).
+  if (!opt.usage_type.empty()) {
+    struct Usage {
+      const char* name;
+      uint32_t block_size, ratio;
+    };
+    static constexpr Usage kUsages[] = {{"small", 1024, 4096},  {"floppy", 1024, 8192},       {"big", 4096, 32768},
+                                        {"huge", 4096, 65536},  {"news", 4096, 4096},         {"largefile", 4096, 1048576},
+                                        {"largefile4", 4096, 4194304}, {"default", 4096, 16384}};
+    const Usage* u = nullptr;
+    for (const auto& k : kUsages) {
+      if (opt.usage_type == k.name) u = &k;
+    }
+    if (!u) {
+      return invalid("unknown usage type '" + opt.usage_type +
+                     "' (small, floppy, big, huge, news, largefile, largefile4 or default)");
+    }
+    size_type = u->name, class_bs = u->block_size, ratio = u->ratio;
+  }
+  if (opt.errors_behavior < 1 || opt.errors_behavior > 3) {
+    return invalid("invalid errors behaviour " + std::to_string(opt.errors_behavior) + " (1, 2 or 3)");
+  }
 
   // Features: base, then the type's, then the user's edits.
   p.features[0] = compat::kExtAttr | compat::kResizeInode | compat::kDirIndex;
@@ -523,7 +546,7 @@ Status initialize(Plan& pl, const Params& p) {
   sb.s_log_cluster_size = sb.s_log_block_size;
   sb.s_first_data_block = p.block_size == 1024 ? 1 : 0;
   sb.s_max_mnt_count = -1;
-  sb.s_errors = 1;  // continue
+  sb.s_errors = pl.opt.errors_behavior;
   sb.s_feature_compat = p.features[0];
   sb.s_feature_ro_compat = p.features[1];
   sb.s_feature_incompat = p.features[2];

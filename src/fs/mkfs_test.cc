@@ -67,6 +67,11 @@ std::vector<Case> cases() {
       {"ext4_1k_quota_project", "64M", 64 * M, {"-t", "ext4", "-O", "quota,project"}},
       {"ext4_4k_quota", "256M", 256 * M, {"-t", "ext4", "-b", "4096", "-O", "quota"}},
       {"ext3_quota_usr", "100M", 100 * M, {"-t", "ext3", "-O", "quota", "-E", "quotatype=usrquota"}},
+      // Usage types in place of the size class, the errors behaviour, -j.
+      {"ext4_largefile", "256M", 256 * M, {"-t", "ext4", "-T", "largefile"}},
+      {"ext4_news_small", "64M", 64 * M, {"-t", "ext4", "-T", "news"}},
+      {"ext4_floppy_type", "300M", 300 * M, {"-t", "ext4", "-T", "floppy"}},
+      {"ext2_j_panic", "32M", 32 * M, {"-t", "ext2", "-j", "-e", "panic"}},
   };
 }
 
@@ -131,6 +136,9 @@ MkfsOptions options_for(const Case& c) {
     else if (a == "-L") o.label = v, i++;
     else if (a == "-J") o.journal_size_mib = static_cast<uint32_t>(std::stoul(v.substr(5))), i++;
     else if (a == "-E" && v == "quotatype=usrquota") o.quota_types = kQuotaUser, i++;
+    else if (a == "-T") o.usage_type = v, i++;
+    else if (a == "-e") o.errors_behavior = v == "panic" ? 3 : v == "remount-ro" ? 2 : 1, i++;
+    else if (a == "-j") o.features = "has_journal" + (o.features.empty() ? "" : "," + o.features);
   }
   o.uuid = *parse_uuid(kUuid);
   o.hash_seed = *parse_uuid(kSeed);
@@ -369,6 +377,8 @@ TEST(MkfsCli, CreateRefuseForceAndErrors) {
            {"mkfs", "-U", "not-a-uuid", img},
            {"mkfs", "-E", "nonsense=1", img},
            {"mkfs", "-m", "70", img},
+           {"mkfs", "-T", "gigantic", img},
+           {"mkfs", "-e", "explode", img},
            {"mkfs", img, "12Q"},
            {"mkfs"},
        }) {
@@ -384,9 +394,17 @@ TEST(MkfsCli, CreateRefuseForceAndErrors) {
 
   r = testing::run_uext({"mkfs", "--help"});
   EXPECT_EQ(r.exit_code, 0);
-  for (const char* opt : {"-t", "-b", "-I", "-i", "-N", "-m", "-O", "-L", "-U", "-J", "-E", "-F", "-q"}) {
+  for (const char* opt : {"-t", "-b", "-I", "-i", "-N", "-m", "-O", "-L", "-U", "-J", "-E", "-F", "-q", "-d", "-T", "-e",
+                          "-j", "-n"}) {
     EXPECT_NE(r.out.find(opt), std::string::npos) << opt;
   }
+
+  // -n: the layout printed, nothing made.
+  const std::string dry = dir / "dry.img";
+  r = testing::run_uext({"mkfs", "-n", "-T", "largefile", dry, "1G"});
+  EXPECT_EQ(r.exit_code, 0) << r.describe();
+  EXPECT_NE(r.out.find("Creating filesystem with 262144 4k blocks and 1024 inodes"), std::string::npos) << r.out;
+  EXPECT_NE(::access(dry.c_str(), F_OK), 0) << "-n created the image";
 }
 
 // Quota files from the CLI: which ones -E quotatype= asks for, charged
