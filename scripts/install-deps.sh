@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config
-  libisal-dev libcli11-dev libfmt-dev libfuse3-dev fuse3 liburing-dev libabsl-dev
+  libisal-dev libcli11-dev libfmt-dev libfuse3-dev fuse3 liburing-dev libabsl-dev libarchive-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev
   e2fsprogs fuse2fs xfsprogs util-linux attr acl

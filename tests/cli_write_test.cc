@@ -396,5 +396,108 @@ TEST_F(CliWriteEdit, ImageErrors) {
   fails({"put", t / "zeros.img", t.path(), "/"}, 1, {"superblock"});
 }
 
+// ------------------------------------------------------------------ tar
+
+// A listing of a loop-mounted image (lost+found aside): type, mode, owner,
+// size, links, times to the second (mke2fs -d keeps no more), link
+// targets, the files' data and one file's xattrs.
+std::string kernel_listing(const std::string& image, const std::string& mnt, const std::string& under = ".") {
+  ::mkdir(mnt.c_str(), 0755);
+  LoopMount m(image, mnt, true);
+  EXPECT_TRUE(m.ok()) << m.error();
+  if (!m.ok()) return {};
+  CommandResult r = run_shell("cd " + mnt + "/" + under +
+                              " && find . -mindepth 1 -printf '%p %M %u %g %s %n %TY%Tm%Td%TH%TM%TS %l\\n' | "
+                              "sed 's/\\.[0-9]* / /' | grep -v '^./lost+found ' | sort && find . -type f -exec md5sum {} + | sort && "
+                              "getfattr -d etc/motd");
+  m.unmount();
+  return r.out;
+}
+
+// A tree with what an archive of a root filesystem holds.
+void make_rootfs_tree(const std::string& t) {
+  run_ok({"sh", "-c",
+          "set -e; t=" + t + "; mkdir -p $t/etc $t/bin $t/dev $t/deep/a/b; echo hello > $t/etc/motd; "
+          "head -c 300000 /dev/urandom > $t/bin/prog; chmod 4755 $t/bin/prog; ln -s ../etc/motd $t/motd-link; "
+          "ln $t/etc/motd $t/etc/motd2; mknod $t/dev/null c 1 3; mkfifo $t/dev/fifo; truncate -s 10M $t/sparse; "
+          "echo mid | dd of=$t/sparse bs=1 seek=5000000 conv=notrunc status=none; setfattr -n user.k -v v $t/etc/motd; "
+          "chown -R 123:456 $t/etc; chmod 700 $t/deep/a; touch -d @1000000000 $t/deep/a"});
+}
+
+// An archive of a tree becomes the same image as the tree itself: mkfs -d
+// from a tar file against mke2fs -d from the directory, and put --tar from
+// a compressed archive on standard input into a subdirectory, both read
+// back by the kernel.
+TEST(CliTar, AnArchiveUnpacksAsItsTreeCopies) {
+  if (!can_loop_mount()) GTEST_SKIP() << "needs root and loop devices (the kernel is the oracle)";
+  TempDir t;
+  const std::string tree = t / "tree";
+  make_rootfs_tree(tree);
+  run_ok({"tar", "--xattrs", "--sparse", "-C", tree, "-cpf", t / "root.tar", "."});
+  run_ok({"tar", "--xattrs", "--sparse", "-C", tree, "-czpf", t / "root.tgz", "."});
+  const std::string from_tar = t / "tar.img", from_dir = t / "dir.img";
+  ok({"mkfs", "-q", "-d", t / "root.tar", from_tar, "64M"});
+  run_ok({"mke2fs", "-F", "-q", "-t", "ext4", "-d", tree, from_dir, "64M"});
+  EXPECT_CLEAN(from_tar);
+  const std::string want = kernel_listing(from_dir, t / "m2");
+  EXPECT_NE(want.find("./bin/prog -rwsr-xr-x root root 300000 1"), std::string::npos) << want;
+  EXPECT_EQ(kernel_listing(from_tar, t / "m1"), want);
+  // The sparse member's hole stays one: a few blocks, not 10 MiB.
+  GuardedResult st = run_uext({"stat", from_tar, "/sparse"});
+  RegexMatch m;
+  ASSERT_TRUE(regex_search(st.out, m, Regex(R"(Blocks:\s*(\d+))"))) << st.out;
+  EXPECT_LT(std::stoull(m[1]), 64u) << st.out;
+
+  // put --tar from standard input, gzip'd, into an existing directory.
+  const std::string img = make_image(t.path(), {"-t", "ext4"}, "64M");
+  ok({"mkdir", img, "/sub"});
+  CommandResult r = run_shell(uext_cli() + " put --tar " + img + " - /sub < " + (t / "root.tgz"));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_CLEAN(img);
+  EXPECT_EQ(kernel_listing(img, t / "m3", "sub"), want);
+  // Again, over what is there: refused entry by entry without -f, then -f.
+  r = run_shell(uext_cli() + " put --tar " + img + " " + (t / "root.tar") + " /sub");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("/sub/etc/motd: File exists"), std::string::npos) << r.err;
+  ok({"put", "--tar", "-f", img, t / "root.tar", "/sub"});
+  EXPECT_CLEAN(img);
+}
+
+// Archives that must not be unpacked as they are: paths that climb out of
+// the destination are refused by name (the rest is unpacked), a cut-off
+// archive stops with libarchive's reason, and a destination that is not a
+// directory is named; the image stays clean each time.
+TEST(CliTar, HostileAndBrokenArchivesAreRefusedByName) {
+  TempDir t;
+  const std::string img = make_image(t.path(), {"-t", "ext4"}, "32M");
+  run_ok({"python3", "-c",
+          "import tarfile, io, sys\n"
+          "with tarfile.open(sys.argv[1], 'w') as tf:\n"
+          "  for name in ['ok.txt', '../evil', 'a/../../evil2', '/abs/fine.txt']:\n"
+          "    data = name.encode()\n"
+          "    info = tarfile.TarInfo(name); info.size = len(data)\n"
+          "    tf.addfile(info, io.BytesIO(data))\n",
+          t / "hostile.tar"});
+  fails({"put", "--tar", img, t / "hostile.tar", "/"}, 1, {"hostile.tar", "../evil", "a/../../evil2", "leave"});
+  EXPECT_EQ(cat(img, "/ok.txt"), "ok.txt");
+  EXPECT_EQ(cat(img, "/abs/fine.txt"), "/abs/fine.txt");  // a leading "/" is taken from the destination
+  EXPECT_FALSE(probe(img, "/evil").exists);
+  EXPECT_FALSE(probe(img, "/evil2").exists);
+  EXPECT_CLEAN(img);
+
+  // Cut off in the middle of a member's data.
+  const std::string tree = t / "tree";
+  run_ok({"sh", "-c", "mkdir -p " + tree + " && head -c 200000 /dev/urandom > " + tree + "/big"});
+  run_ok({"tar", "-C", tree, "-cf", t / "whole.tar", "."});
+  run_ok({"sh", "-c", "head -c 60000 " + (t / "whole.tar") + " > " + (t / "cut.tar")});
+  fails({"put", "--tar", img, t / "cut.tar", "/"}, 1, {"cut.tar"});
+  EXPECT_CLEAN(img);
+  write_file(t / "not-an-archive", std::string(5000, 'x'));
+  fails({"put", "--tar", img, t / "not-an-archive", "/"}, 1, {"not-an-archive"});
+  fails({"put", "--tar", img, t / "missing.tar", "/"}, 1, {"missing.tar"});
+  fails({"put", "--tar", img, t / "whole.tar", "/ok.txt"}, 1, {"/ok.txt", "Not a directory"});
+  EXPECT_CLEAN(img);
+}
+
 }  // namespace
 }  // namespace uext::testing

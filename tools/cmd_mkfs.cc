@@ -341,7 +341,12 @@ int run_mkfs(const MkfsArgs& a) {
     image_offset() = offset;
     auto fs = open_image_rw(a.image);
     if (!fs) return kExitFailure;
-    int rc = put_tree(*fs, a.image, a.root_directory + "/.", "/");
+    // A regular file (or "-") is a tar archive, as for mke2fs 1.47.1.
+    struct stat src {};
+    const bool archive = a.root_directory == "-" ||
+                         (::stat(a.root_directory.c_str(), &src) == 0 && S_ISREG(src.st_mode));
+    int rc = archive ? put_archive(*fs, a.image, a.root_directory, "/", /*force=*/false, /*verbose=*/false)
+                     : put_tree(*fs, a.image, a.root_directory + "/.", "/");
     return close_image(std::move(fs), a.image, rc);
   }
   return kExitOk;
@@ -384,7 +389,8 @@ Command add_mkfs_command(CLI::App& parent) {
   sub->add_flag("-n,--dry-run", a->dry_run, "Print what would be made; write nothing");
   sub->add_option("-d,--root-directory", a->root_directory,
                   "Copy this host directory's contents into the new filesystem's root (as mke2fs -d; as 'uext put IMG "
-                  "DIR/. /' after it: owners, modes, times, links, holes, xattrs, devices)");
+                  "DIR/. /' after it: owners, modes, times, links, holes, xattrs, devices); a regular file or '-' is "
+                  "a tar archive to unpack there (as 'uext put --tar')");
   sub->footer(
       "Defaults are mke2fs 1.47's (Debian 12 mke2fs.conf). E2FSPROGS_FAKE_TIME=SECONDS fixes\n"
       "every timestamp, as for mke2fs. Exit status: 0 on success, 1 when creating failed,\n"

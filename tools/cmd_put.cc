@@ -29,6 +29,7 @@ struct PutOptions {
   std::string path;
   bool force = false;
   bool verbose = false;
+  bool tar = false;  // SOURCE is an archive to unpack
 };
 
 // Big writes: each write() is one journal handle and one extent update.
@@ -402,6 +403,10 @@ class Putter {
 int run_put(const PutOptions& o) {
   auto fs = open_image_rw(o.image);
   if (!fs) return kExitFailure;
+  if (o.tar) {
+    const int rc = put_archive(*fs, o.image, o.source, o.path, o.force, o.verbose);
+    return close_image(std::move(fs), o.image, rc);
+  }
   Putter p(*fs, o);
   int rc = p.run();
   return close_image(std::move(fs), o.image, rc);
@@ -429,6 +434,10 @@ Command add_put_command(CLI::App& parent) {
       ->required();
   sub->add_flag("-f,--force", o->force, "Replace existing non-directory files");
   sub->add_flag("-v,--verbose", o->verbose, "Print each path copied");
+  sub->add_flag("--tar", o->tar,
+                "SRC is a tar archive ('-': standard input; gzip, xz, zstd, bzip2... read as they come) whose entries "
+                "are unpacked into PATH, an existing directory: owners, modes, times, links, devices, sparse "
+                "members and xattrs as recorded");
   return {sub, [o] { return run_put(*o); }};
 }
 

@@ -119,6 +119,11 @@ Command add_get_command(CLI::App& parent);
 Command add_put_command(CLI::App& parent);      // cmd_put.cc
 // What `uext put IMG SOURCE PATH` does, on an open image (uext mkfs -d).
 int put_tree(Filesystem& fs, const std::string& image, const std::string& source, const std::string& path);
+// Unpacks tar archive `archive` ("-": standard input; any compression
+// libarchive reads) into the existing image directory `path`
+// (tar_import.cc).
+int put_archive(Filesystem& fs, const std::string& image, const std::string& archive, const std::string& path,
+                bool force, bool verbose);
 std::vector<Command> add_edit_commands(CLI::App& parent);  // cmd_edit.cc
 
 }  // namespace uext::cli
