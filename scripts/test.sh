@@ -104,10 +104,10 @@ run_ctest build -L unit -R "^(${opt_unit})"
 
 echo "== ASan+UBSan build (at ${SECONDS}s)"
 # Of the system tests it runs those that feed uext bad input (corrupt
-# images, failing devices), whose error paths are where memory errors
-# hide; only the files that hold them are compiled (found with the pattern
-# run below).
-bad_input='Corruption|Crash|WriteErrors'
+# images, failing devices, hostile and broken tar archives), whose error
+# paths are where memory errors hide; only the files that hold them are
+# compiled (found with the pattern run below).
+bad_input='Corruption|Crash|WriteErrors|CliTar'
 bad_input_files=$(grep -lE "^TEST(_F|_P)?\((${bad_input})" $(find tests -maxdepth 1 -name '*_test.cc' | sort) | paste -sd';')
 # The FUSE daemon's system tests run under both sanitizers too: the daemon
 # is the busiest threaded code (request threads, the writeback thread, the
