@@ -6,7 +6,7 @@
 #
 # Exit status: 0 when nothing was found, 1 on any crash, leak, sanitizer
 # report, timeout (-timeout=10) or out-of-memory (-rss_limit_mb=2048), with
-# the reproducer's path printed. The three targets run at the same time, so
+# the reproducer's path printed. The four targets run at the same time, so
 # the fuzzing itself takes SECONDS of wall time, plus the build.
 #
 # Needs clang 14 with libclang-rt-14-dev and e2fsprogs (scripts/install-deps.sh).
@@ -17,12 +17,14 @@
 #
 # Targets: image_fuzzer (whole images, read-only), metadata_fuzzer (patches
 # to the seeds' metadata, read-only) and write_fuzzer (the same patches,
-# then read-write: journal replay and a script of changes; fuzz/*.cc).
+# then read-write: journal replay and a script of changes) and tar_fuzzer
+# (tar archives unpacked into a fresh image, as uext put --tar; fuzz/*.cc).
 #
 # Reproduce a crash:
 #   build-fuzz/image_fuzzer CRASH_FILE
 #   UEXT_FUZZ_SEEDS=$(cat build-fuzz/seeds/list) build-fuzz/metadata_fuzzer CRASH_FILE
 #   UEXT_FUZZ_SEEDS=$(cat build-fuzz/seeds/list) build-fuzz/write_fuzzer CRASH_FILE
+#   build-fuzz/tar_fuzzer CRASH_FILE
 # A metadata_fuzzer or write_fuzzer crash is also written out as a whole
 # image (CRASH_FILE.img), which does not depend on the seeds:
 #   build-fuzz/image_fuzzer CRASH_FILE.img
@@ -43,12 +45,12 @@ build=${UEXT_FUZZ_BUILD_DIR:-$root/build-fuzz}
 jobs=${UEXT_FUZZ_BUILD_JOBS:-2}
 opt=${UEXT_FUZZ_OPT:--O1}
 flags="${opt} -gline-tables-only -DNDEBUG"
-targets=(image_fuzzer metadata_fuzzer write_fuzzer)
+targets=(image_fuzzer metadata_fuzzer write_fuzzer tar_fuzzer)
 
 die() { echo "fuzz.sh: $*" >&2; exit 1; }
 
 # ---- tools ------------------------------------------------------------------
-for tool in clang clang++ cmake mke2fs debugfs e2fsck gzip; do
+for tool in clang clang++ cmake mke2fs debugfs e2fsck gzip tar; do
   command -v "$tool" >/dev/null 2>&1 || PATH=$PATH:/sbin:/usr/sbin
   command -v "$tool" >/dev/null 2>&1 || die "$tool not found (run scripts/install-deps.sh)"
 done
@@ -189,6 +191,28 @@ for img in "${seed_images[@]}"; do
   n=$((n + 1))
 done
 
+# tar_fuzzer seeds: small archives of a tree with what a root filesystem's
+# archive holds (links, a device, a fifo, a sparse member, an xattr), in
+# the pax, GNU and v7 dialects and gzip'd.
+tar_seeds=$build/corpus-seeds/tar
+mkdir -p "$tar_seeds"
+tar_tree=$build/corpus-seeds/tar-tree
+rm -rf "$tar_tree"
+mkdir -p "$tar_tree/d/e"
+echo hello >"$tar_tree/d/f"
+ln "$tar_tree/d/f" "$tar_tree/d/hard"
+ln -s ../d/f "$tar_tree/d/e/link"
+mkfifo "$tar_tree/fifo"
+truncate -s 100000 "$tar_tree/sparse"
+echo mid | dd of="$tar_tree/sparse" bs=1 seek=50000 conv=notrunc status=none
+setfattr -n user.seed -v 1 "$tar_tree/d/f" 2>/dev/null || true
+[ "$(id -u)" -eq 0 ] && mknod "$tar_tree/d/null" c 1 3
+for format in pax gnu v7; do
+  tar --format=$format --sparse --xattrs -C "$tar_tree" -cf "$tar_seeds/$format.tar" . 2>/dev/null ||
+    tar --format=$format -C "$tar_tree" -cf "$tar_seeds/$format.tar" .
+done
+gzip -c "$tar_seeds/pax.tar" >"$tar_seeds/pax.tar.gz"
+
 # ---- regressions --------------------------------------------------------------
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
@@ -205,6 +229,13 @@ for f in "$root"/fuzz/regressions/*; do
   esac
 done
 replay_inputs=("$replay"/* "$img_seeds"/*)
+# Archives: their own regressions and seeds, through tar_fuzzer.
+tar_inputs=("$replay"/tar-* "$tar_seeds"/*)
+if ! "$build/tar_fuzzer" -timeout=10 -rss_limit_mb=2048 "${tar_inputs[@]}" >"$build/replay-tar.log" 2>&1; then
+  tail -n 60 "$build/replay-tar.log" >&2
+  echo "fuzz.sh: FAILED: a tar regression input or seed crashes (full log: $build/replay-tar.log)" >&2
+  exit 1
+fi
 echo "fuzz.sh: replaying ${#replay_inputs[@]} regression and seed inputs"
 if ! "$build/image_fuzzer" -timeout=10 -rss_limit_mb=2048 "${replay_inputs[@]}" >"$build/replay.log" 2>&1; then
   tail -n 60 "$build/replay.log" >&2
@@ -243,11 +274,12 @@ echo "fuzz.sh: the write script leaves every seed image e2fsck-clean"
 # ---- fuzz -----------------------------------------------------------------------
 [ "$duration" -eq 0 ] && { echo "fuzz.sh: regressions pass; no fuzzing (SECONDS=0)"; exit 0; }
 
-declare -A max_len=([image_fuzzer]=1048576 [metadata_fuzzer]=512 [write_fuzzer]=512)
+declare -A max_len=([image_fuzzer]=1048576 [metadata_fuzzer]=512 [write_fuzzer]=512 [tar_fuzzer]=65536)
 # Patch lists: let them grow to max_len at once (libFuzzer would otherwise
 # start at a few bytes, one patch, and widen the limit only slowly).
-declare -A len_control=([image_fuzzer]= [metadata_fuzzer]=-len_control=0 [write_fuzzer]=-len_control=0)
-declare -A seed_dir=([image_fuzzer]=$img_seeds [metadata_fuzzer]=$meta_seeds [write_fuzzer]=$meta_seeds)
+declare -A len_control=([image_fuzzer]= [metadata_fuzzer]=-len_control=0 [write_fuzzer]=-len_control=0 [tar_fuzzer]=)
+declare -A seed_dir=([image_fuzzer]=$img_seeds [metadata_fuzzer]=$meta_seeds [write_fuzzer]=$meta_seeds
+  [tar_fuzzer]=$tar_seeds)
 pids=()
 for t in "${targets[@]}"; do
   corpus=$build/corpus/$t
@@ -273,7 +305,7 @@ for i in "${!targets[@]}"; do
     grep -E 'ERROR: |SUMMARY: |runtime error|#[0-9]+ 0x' "$build/$t.log" | head -n 40 >&2 || true
     for a in "${artifacts[@]}"; do
       echo "fuzz.sh: FAILED: $t reproducer: $a" >&2
-      if [ "$t" != image_fuzzer ]; then
+      if [ "$t" = metadata_fuzzer ] || [ "$t" = write_fuzzer ]; then
         UEXT_FUZZ_WRITE_IMAGE=$a.img "$build/$t" "$a" >/dev/null 2>&1 || true
         [ -s "$a.img" ] && echo "fuzz.sh:   as a whole image: $a.img (save it as fuzz/regressions/${t%_fuzzer}-WHAT.img.gz)" >&2
       fi

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -124,6 +125,9 @@ int put_tree(Filesystem& fs, const std::string& image, const std::string& source
 // (tar_import.cc).
 int put_archive(Filesystem& fs, const std::string& image, const std::string& archive, const std::string& path,
                 bool force, bool verbose);
+// The same from bytes in memory, over existing entries (fuzz/tar_fuzzer.cc).
+int put_archive_bytes(Filesystem& fs, const std::string& image, std::span<const std::byte> archive,
+                      const std::string& path);
 std::vector<Command> add_edit_commands(CLI::App& parent);  // cmd_edit.cc
 
 }  // namespace uext::cli

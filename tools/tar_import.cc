@@ -28,6 +28,12 @@ namespace {
 // Errors after which going on would only repeat the same failure.
 bool fatal(int e) { return e == ENOSPC || e == EIO || e == EROFS || e == kErrCorrupted || e == kErrBadChecksum; }
 
+// libarchive's reason for the last failure, which it may not have.
+std::string archive_error(archive* a) {
+  const char* why = archive_error_string(a);
+  return why ? why : "unreadable archive";
+}
+
 struct ArchiveCloser {
   void operator()(archive* a) const { archive_read_free(a); }
 };
@@ -37,7 +43,9 @@ class TarImporter {
   TarImporter(Filesystem& fs, const std::string& image, const std::string& archive_name, bool force, bool verbose)
       : fs_(fs), image_(image), name_(archive_name), force_(force), verbose_(verbose) {}
 
-  int run(const std::string& dest) {
+  // `open` starts reading the archive on `a` (a file, standard input, memory).
+  template <typename Open>
+  int run(const std::string& dest, Open open) {
     const std::string root_path = trim_trailing_slashes(absolute_image_path(dest));
     auto root = fs_.resolve(root_path, /*follow_last=*/true);
     if (!root) return report_error(image_, root_path, root.error()), kExitFailure;
@@ -50,16 +58,15 @@ class TarImporter {
     std::unique_ptr<archive, ArchiveCloser> a(archive_read_new());
     archive_read_support_filter_all(a.get());
     archive_read_support_format_all(a.get());
-    const char* file = name_ == "-" ? nullptr : name_.c_str();  // null: standard input
-    if (archive_read_open_filename(a.get(), file, 1 << 20) != ARCHIVE_OK) {
-      return report({name_, archive_error_string(a.get())}), kExitFailure;
+    if (open(a.get()) != ARCHIVE_OK) {
+      return report({name_, archive_error(a.get())}), kExitFailure;
     }
     archive_entry* entry = nullptr;
     for (;;) {
       const int r = archive_read_next_header(a.get(), &entry);
       if (r == ARCHIVE_EOF) break;
       if (r < ARCHIVE_WARN) {
-        report({name_, archive_error_string(a.get())});
+        report({name_, archive_error(a.get())});
         failed_ = true;
         break;
       }
@@ -253,7 +260,8 @@ class TarImporter {
       const int r = archive_read_data_block(a, &buf, &len, &offset);
       if (r == ARCHIVE_EOF) break;
       if (r < ARCHIVE_WARN) {
-        report({name_, archive_entry_pathname(e), archive_error_string(a)});
+        const char* member = archive_entry_pathname(e);
+        report({name_, member ? member : "(unnamed member)", archive_error(a)});
         failed_ = true;
         stop_ = true;  // the archive's stream is lost from here
         return false;
@@ -278,6 +286,7 @@ class TarImporter {
     size_t xsize = 0;
     archive_entry_xattr_reset(e);
     while (archive_entry_xattr_next(e, &xname, &xvalue, &xsize) == ARCHIVE_OK) {
+      if (!xname) continue;
       std::string_view value(static_cast<const char*>(xvalue), xsize);
       if (auto r = fs_.setxattr(ino, xname, value); !r) {
         report({image_, path, fmt::format("cannot set extended attribute {}", xname), describe(r.error())});
@@ -317,7 +326,18 @@ class TarImporter {
 int put_archive(Filesystem& fs, const std::string& image, const std::string& archive_name, const std::string& path,
                 bool force, bool verbose) {
   TarImporter t(fs, image, archive_name, force, verbose);
-  return t.run(path);
+  return t.run(path, [&](archive* a) {
+    const char* file = archive_name == "-" ? nullptr : archive_name.c_str();  // null: standard input
+    return archive_read_open_filename(a, file, 1 << 20);
+  });
+}
+
+int put_archive_bytes(Filesystem& fs, const std::string& image, std::span<const std::byte> archive_bytes,
+                      const std::string& path) {
+  TarImporter t(fs, image, "(archive in memory)", /*force=*/true, /*verbose=*/false);
+  return t.run(path, [&](archive* a) {
+    return archive_read_open_memory(a, archive_bytes.data(), archive_bytes.size());
+  });
 }
 
 }  // namespace uext::cli
