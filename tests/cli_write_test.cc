@@ -396,6 +396,39 @@ TEST_F(CliWriteEdit, ImageErrors) {
   fails({"put", t / "zeros.img", t.path(), "/"}, 1, {"superblock"});
 }
 
+// ------------------------------------------------------------------ partitions
+
+// A GPT disk image (sfdisk's) with a filesystem made in its second
+// partition: every subcommand reaches it by number, e2fsck agrees through
+// the partition's offset, the first partition's bytes stay as they were,
+// and what cannot be is named.
+TEST(CliPartition, ReachedByItsNumberInAGpt) {
+  TempDir t;
+  const std::string disk = t / "disk.img";
+  run_ok({"truncate", "-s", "120M", disk});
+  run_ok({"sh", "-c", "printf 'label: gpt\nstart=2048, size=40960\nstart=43008, size=131072\n' | sfdisk -q " + disk});
+  run_ok({"sh", "-c", "head -c 1048576 /dev/urandom | dd of=" + disk + " bs=512 seek=2048 conv=notrunc status=none"});
+  const std::string first = run_ok({"sh", "-c", "dd if=" + disk + " bs=512 skip=2048 count=40960 status=none | md5sum"});
+  const std::string start = std::to_string(43008ull * 512);
+  ok({"mkfs", "-q", disk, "64M", "-E", "offset=" + start});
+  ok({"mkdir", "--partition", "2", disk, "/made-by-number"});
+  write_file(t / "f", "partition two\n");
+  ok({"put", "--partition", "2", disk, t / "f", "/made-by-number/f"});
+  EXPECT_EQ(run_ok({uext_cli(), "cat", "--partition", "2", disk, "/made-by-number/f"}), "partition two\n");
+  GuardedResult info = run_uext({"info", "--partition", "2", disk});
+  EXPECT_NE(info.out.find("Block count:              65536"), std::string::npos) << info.out;
+  EXPECT_EQ(run({"e2fsck", "-fn", disk + "?offset=" + start}).exit_code, 0);
+  EXPECT_EQ(run_ok({"sh", "-c", "dd if=" + disk + " bs=512 skip=2048 count=40960 status=none | md5sum"}), first);
+
+  fails({"ls", "--partition", "1", disk, "/"}, 1, {"partition 1", "magic"});
+  fails({"ls", "--partition", "3", disk, "/"}, 1, {"no partition 3", "GPT", "2 at offset " + start});
+  fails({"ls", "--partition", "2", "--offset", "1M", disk, "/"}, 1, {"partition or an offset"});
+  fails({"ls", "--partition", "0", disk, "/"}, 2, {"partition"});
+  fails({"ls", disk, "/"}, 1, {"GPT partition table", "--partition"});
+  const std::string plain = make_image(t.path(), {"-t", "ext4"});
+  fails({"ls", "--partition", "1", plain, "/"}, 1, {"no MBR or GPT partition table"});
+}
+
 // ------------------------------------------------------------------ tar
 
 // A listing of a loop-mounted image (lost+found aside): type, mode, owner,

@@ -989,6 +989,18 @@ TEST(FusePartition, APartitionOfADiskImageMountsAndNothingAroundItChanges) {
     run({"losetup", "-d", dev});
   }
 
+  // By its number in the table, the same partition.
+  {
+    FuseMount m(disk, t / "bynumber", "partition=1");
+    ASSERT_TRUE(m.ok()) << m.log();
+    EXPECT_EQ(describe_tree(m.dir()), tree);
+    struct statvfs v {};
+    ASSERT_EQ(::statvfs(m.dir().c_str(), &v), 0);
+    EXPECT_LT(uint64_t{v.f_blocks} * v.f_frsize, kSize);
+    ASSERT_EQ(m.unmount(), 0) << m.log();
+  }
+  EXPECT_EQ(sh_ok(around), before);
+
   // The CLI reaches it the same way.
   r = run({uext_cli(), "ls", "--offset", "1M", disk, "/d"});
   EXPECT_EQ(r.exit_code, 0) << r.err;

@@ -77,9 +77,15 @@ uint64_t& image_offset() {
   return offset;
 }
 
+uint32_t& image_partition() {
+  static uint32_t number = 0;
+  return number;
+}
+
 std::unique_ptr<Filesystem> open_image(const ImageOptions& opts) {
   Options o;
   o.image_offset = image_offset();
+  o.image_partition = image_partition();
   o.read_only = true;
   o.verify_checksums = !opts.no_checksums;
   o.replay_read_only = !opts.no_replay;
@@ -103,6 +109,7 @@ std::unique_ptr<Filesystem> open_image(const ImageOptions& opts) {
 std::unique_ptr<Filesystem> open_image_rw(const std::string& image, Options options) {
   options.read_only = false;
   options.image_offset = image_offset();
+  options.image_partition = image_partition();
   auto fs = Filesystem::open(image, options);
   if (!fs) {
     report_open_error(image, fs.error());
@@ -281,6 +288,11 @@ void add_offset_option(CLI::App* sub) {
          },
          "Where the filesystem starts in IMG, in bytes (K, M, G, T: 1024-based): a partition of a disk image")
       ->type_name("BYTES");
+  sub->add_option_function<uint32_t>(
+         "--partition", [](const uint32_t& n) { image_partition() = n; },
+         "The filesystem is partition N of IMG's MBR or GPT (its offset and length from the table)")
+      ->type_name("N")
+      ->check(CLI::Range(1u, 256u));
 }
 }  // namespace
 

@@ -46,6 +46,8 @@ void warn(std::initializer_list<std::string_view> parts);
 // Where the filesystem starts in IMG (--offset, a partition of a disk
 // image): one command runs per process, so one value for all of it.
 uint64_t& image_offset();
+// Or its partition number (--partition), 0 for none.
+uint32_t& image_partition();
 
 // Opens the image read-only; reports the failure and returns null on error.
 std::unique_ptr<Filesystem> open_image(const ImageOptions& opts);

@@ -45,6 +45,9 @@ struct Options {
   // `image_size_limit` bytes (0: the rest of the file).
   uint64_t image_offset = 0;
   uint64_t image_size_limit = 0;
+  // Or the partition of this number (1-based) in the image's MBR or GPT,
+  // whose start and length are taken from the table; 0: none.
+  uint32_t image_partition = 0;
   // Bytes of metadata blocks kept in memory.
   size_t metadata_cache_bytes = 64u << 20;
   // Read-write: commit the journal this often (0: only on sync/close).

@@ -3,9 +3,7 @@
 // lock shared, so they never see a change half-made.
 #include "fs/filesystem_impl.h"
 
-#include <fcntl.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <fmt/format.h>
 
@@ -15,12 +13,12 @@
 
 #include "disk/dirent.h"
 #include "disk/jbd2.h"
-#include "disk/partition_table.h"
 #include "disk/xattr.h"
 #include "fs/block_map.h"
 #include "fs/directory.h"
 #include "fs/posix_acl.h"
 #include "fs/volume.h"
+#include "io/partition_reader.h"
 #include "journal/recovery.h"
 #include "uext/filesystem.h"
 #include "vm/registry.h"
@@ -559,39 +557,13 @@ namespace {
 
 // When an image that is no filesystem at its start holds a partition
 // table, the partitions and their offsets: what to tell a user who gave a
-// whole-disk image. Empty when there is none (or it cannot be read).
+// whole-disk image. Empty when there is none.
 std::string partition_hint(const std::string& image_path) {
-  int fd = ::open(image_path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return {};
-  auto read_at = [&](uint64_t offset, size_t len) {
-    std::vector<std::byte> buf(len);
-    ssize_t n = ::pread(fd, buf.data(), len, static_cast<off_t>(offset));
-    buf.resize(n > 0 ? static_cast<size_t>(n) : 0);
-    return buf;
-  };
-  const auto sector0 = read_at(0, disk::kSectorSize);
-  uint64_t gpt_lba = 0;
-  std::vector<disk::Partition> parts = disk::decode_mbr(sector0, &gpt_lba);
-  if (gpt_lba != 0) {
-    disk::GptHeader header;
-    if (disk::decode_gpt_header(read_at(gpt_lba * disk::kSectorSize, disk::kSectorSize), header)) {
-      // The array is 16 KiB in every GPT written; read at most 1 MiB of it.
-      const size_t len = static_cast<size_t>(
-          std::min<uint64_t>(uint64_t{header.entry_count} * header.entry_size, 1u << 20));
-      parts = disk::decode_gpt_entries(read_at(header.entries_lba * disk::kSectorSize, len), header);
-    }
-  }
-  ::close(fd);
-  if (parts.empty()) return {};
-  std::string list;
-  for (const auto& p : parts) {
-    if (!list.empty()) list += ", ";
-    list += fmt::format("{} at offset {}, {} bytes ({} MiB), type {}", p.number, p.offset, p.size, p.size >> 20,
-                        p.type);
-  }
+  const io::PartitionTable table = io::read_partition_table(image_path);
+  if (table.kind.empty()) return {};
   return fmt::format("; the image starts with {} partition table, not a filesystem: partition {}; give the "
-                     "partition's offset (uext mount -o offset=BYTES[,sizelimit=BYTES], or --offset BYTES)",
-                     gpt_lba != 0 ? "a GPT" : "an MBR", list);
+                     "partition (uext mount -o partition=N, or --partition N) or its offset",
+                     table.kind == "GPT" ? "a GPT" : "an MBR", io::describe_partitions(table));
 }
 
 }  // namespace
@@ -604,14 +576,33 @@ Result<std::unique_ptr<Filesystem>> Filesystem::open(const std::string& image_pa
   io.direct_io = options.direct_io;
   io.offset = options.image_offset;
   io.size_limit = options.image_size_limit;
+  if (options.image_partition != 0) {
+    // A partition by number: its start and length from the table.
+    if (options.image_offset != 0 || options.image_size_limit != 0) {
+      return Error(EINVAL, image_path + ": give a partition or an offset, not both");
+    }
+    const io::PartitionTable table = io::read_partition_table(image_path);
+    if (table.kind.empty()) return Error(EINVAL, image_path + ": no MBR or GPT partition table at its start");
+    auto it = std::find_if(table.partitions.begin(), table.partitions.end(),
+                           [&](const disk::Partition& p) { return p.number == options.image_partition; });
+    if (it == table.partitions.end()) {
+      return Error(EINVAL, fmt::format("{}: no partition {} in its {} partition table (partition {})", image_path,
+                                       options.image_partition, table.kind, io::describe_partitions(table)));
+    }
+    io.offset = it->offset;
+    io.size_limit = it->size;
+  }
   UEXT_ASSIGN_OR_RETURN(auto device, open_image_file(image_path, io));
   auto fs = open(std::move(device), options);
   if (!fs.ok()) {
     Error err = std::move(fs).error();
-    if (options.image_offset == 0) {
+    if (options.image_offset == 0 && options.image_partition == 0) {
       if (std::string hint = partition_hint(image_path); !hint.empty()) {
         err = Error(err.code(), err.message() + hint);
       }
+    }
+    if (options.image_partition != 0) {
+      return std::move(err).with_context(fmt::format("partition {}", options.image_partition)).with_context(image_path);
     }
     return std::move(err).with_context(image_path);
   }

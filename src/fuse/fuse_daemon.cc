@@ -1188,6 +1188,7 @@ int run_mount(MountOptions opts) {
   fo.direct_io = opts.direct_io;
   fo.image_offset = opts.offset;
   fo.image_size_limit = opts.size_limit;
+  fo.image_partition = opts.partition;
   fo.metadata_cache_bytes = opts.cache_bytes;
   fo.page_cache_bytes = opts.page_cache_bytes;
   fo.dirty_limit_bytes = opts.dirty_limit_bytes;

@@ -146,6 +146,9 @@ Status parse_mount_option_list(const std::string& list, MountOptions& opts) {
       else if (value == "on") opts.io_uring = IoUringMode::kOn;
       else if (value == "off") opts.io_uring = IoUringMode::kOff;
       else s = bad_value(key, value, "auto, on or off");
+    } else if (key == "partition") {
+      s = count(opts.partition, 256, "a partition number, 1 to 256");
+      if (s.ok() && opts.partition == 0) s = bad_value(key, value, "a partition number, 1 to 256");
     } else if (key == "offset" || key == "sizelimit") {
       uint64_t v = 0;
       if (!has_value || !parse_uint(value, v) || (key == "sizelimit" && v == 0)) {
@@ -291,6 +294,8 @@ std::string mount_options_help() {
                          512; suffixes k, m, g)
   sizelimit=BYTES        with offset=: the partition's length (default: to
                          the end of IMG), so nothing past it is touched
+  partition=N            the filesystem is partition N of IMG's MBR or GPT:
+                         its offset and length from the table
   cache_size=BYTES       metadata cache size (default 64M; suffixes k, m, g)
   page_cache=BYTES       file data cached in the daemon (default a quarter of
                          RAM, at least 256M)

@@ -36,6 +36,7 @@ struct MountOptions {
   // The filesystem's place in the image file: a partition of a disk image.
   uint64_t offset = 0;
   uint64_t size_limit = 0;  // 0: the rest of the file
+  uint32_t partition = 0;   // or by number in its MBR/GPT (0: none)
   bool writeback_cache = false;
   // fuse2fs's fakeroot: every caller is served as root would be (no
   // permission checks, by the kernel or here; setuid bits kept).

@@ -313,10 +313,12 @@ std::string parse_options(const char* text, uext::Options& o) {
       o.image_offset = n;
     } else if (key == "sizelimit" && parse_bytes(value, n) && n > 0) {
       o.image_size_limit = n;
+    } else if (key == "partition" && parse_bytes(value, n) && n > 0 && n <= 256) {
+      o.image_partition = static_cast<uint32_t>(n);
     } else {
       return fmt::format("UEXT_PRELOAD_OPTIONS: bad option '{}' (known: ro, rw, nodelalloc, delalloc, direct_io, stats, "
                          "fault_handling=auto|userfaultfd|signal, commit=SECS, page_cache=BYTES, dirty_limit=BYTES, "
-                         "offset=BYTES, sizelimit=BYTES)",
+                         "offset=BYTES, sizelimit=BYTES, partition=N)",
                          item);
     }
   }
