@@ -496,6 +496,37 @@ TEST(CliTar, AnArchiveUnpacksAsItsTreeCopies) {
   EXPECT_CLEAN(img);
 }
 
+// Times beyond what an inode holds (a member dated in the year 10^11, one
+// before 1901) are clamped as the kernel clamps utimensat's: to 2446-05-10
+// with 256-byte inodes, to 2038-01-19 with 128-byte ones; the kernel reads
+// back the same.
+TEST(CliTar, TimesOutOfRangeAreClampedAsTheKernelDoes) {
+  TempDir t;
+  run_ok({"python3", "-c",
+          "import tarfile, io, sys\n"
+          "with tarfile.open(sys.argv[1], 'w', format=tarfile.PAX_FORMAT) as tf:\n"
+          "  for name, mtime in [('future', 2**62), ('past', -2**40), ('plain', 10**9)]:\n"
+          "    info = tarfile.TarInfo(name); info.size = 1; info.mtime = mtime\n"
+          "    tf.addfile(info, io.BytesIO(b'x'))\n",
+          t / "times.tar"});
+  for (const auto& [inode_size, max] : std::vector<std::pair<std::string, std::string>>{
+           {"256", "15032385535"}, {"128", "2147483647"}}) {
+    SCOPED_TRACE(inode_size);
+    const std::string img = make_image(t.path(), {"-t", "ext4", "-I", inode_size});
+    ok({"put", "--tar", img, t / "times.tar", "/"});
+    EXPECT_CLEAN(img);
+    const std::string listing = run_ok({"debugfs", "-R", "stat /future", img});
+    if (!can_loop_mount()) continue;
+    const std::string mnt = t / ("m" + inode_size);
+    ::mkdir(mnt.c_str(), 0755);
+    LoopMount m(img, mnt, true);
+    ASSERT_TRUE(m.ok()) << m.error();
+    EXPECT_EQ(run_ok({"stat", "-c", "%Y", mnt + "/future"}), max + "\n");
+    EXPECT_EQ(run_ok({"stat", "-c", "%Y", mnt + "/past"}), "-2147483648\n");
+    EXPECT_EQ(run_ok({"stat", "-c", "%Y", mnt + "/plain"}), "1000000000\n");
+  }
+}
+
 // Archives that must not be unpacked as they are: paths that climb out of
 // the destination are refused by name (the rest is unpacked), a cut-off
 // archive stops with libarchive's reason, and a destination that is not a

@@ -8,6 +8,15 @@
 
 namespace uext::disk {
 
+Timestamp clamp_timestamp(Timestamp t, bool extra_fields) {
+  const int64_t max = extra_fields ? kTimestampMaxExtra : kTimestampMaxNoExtra;
+  if (t.sec < kTimestampMin) t = Timestamp{kTimestampMin, 0};
+  if (t.sec > max) t = Timestamp{max, 999999999};
+  if (!extra_fields) t.nsec = 0;
+  if (t.nsec > 999999999) t.nsec = 999999999;
+  return t;
+}
+
 namespace {
 
 // Byte offsets (e2fsprogs' struct ext2_inode_large, Linux osd fields).
@@ -51,7 +60,10 @@ Timestamp get_time(Bytes raw, size_t end, size_t base, size_t extra) {
   return t;
 }
 
-void put_time(MutableBytes raw, size_t end, size_t base, size_t extra, const Timestamp& t) {
+void put_time(MutableBytes raw, size_t end, size_t base, size_t extra, const Timestamp& time) {
+  // What the fields cannot hold never reaches them (callers clamp first;
+  // this keeps the arithmetic below defined whatever they pass).
+  const Timestamp t = clamp_timestamp(time, /*extra_fields=*/true);
   put_le32(raw, base, static_cast<uint32_t>(t.sec));
   if (fits(end, extra, 4)) {
     // The epoch bits carry what the signed 32-bit field cannot.

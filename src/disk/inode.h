@@ -53,6 +53,17 @@ struct Timestamp {
   bool operator==(const Timestamp&) const = default;
 };
 
+// The range an inode's times can hold: from 1901-12-13 (a signed 32-bit
+// second count) to 2038-01-19 without the extra time fields, to 2446-05-10
+// with them (two epoch bits more). Times outside are clamped to it, as the
+// kernel clamps to its superblock's s_time_min/s_time_max.
+inline constexpr int64_t kTimestampMin = INT32_MIN;
+inline constexpr int64_t kTimestampMaxNoExtra = INT32_MAX;
+inline constexpr int64_t kTimestampMaxExtra = (int64_t{1} << 34) - 1 + INT32_MIN;
+// `t` within that range (nanoseconds under a second; none without the
+// extra fields, which are the only place they are kept).
+Timestamp clamp_timestamp(Timestamp t, bool extra_fields);
+
 struct Inode {
   uint16_t i_mode = 0;
   uint32_t i_uid = 0;   // with l_i_uid_high

@@ -352,5 +352,32 @@ TEST(Inode, DeviceEncodings) {
   EXPECT_EQ(inode_device(in).minor, 70000u);
 }
 
+TEST(Timestamps, ClampedToWhatTheInodeHolds) {
+  // With the extra fields: 1901-12-13 to 2446-05-10, nanoseconds kept.
+  EXPECT_EQ(clamp_timestamp({INT64_MAX, 5}, true), (Timestamp{15032385535, 999999999}));
+  EXPECT_EQ(clamp_timestamp({INT64_MIN, 5}, true), (Timestamp{INT32_MIN, 0}));
+  EXPECT_EQ(clamp_timestamp({15032385535, 7}, true), (Timestamp{15032385535, 7}));
+  EXPECT_EQ(clamp_timestamp({1000000000, 2000000000}, true), (Timestamp{1000000000, 999999999}));
+  // Without: a signed 32-bit second count, no nanoseconds.
+  EXPECT_EQ(clamp_timestamp({INT64_MAX, 5}, false), (Timestamp{INT32_MAX, 0}));
+  EXPECT_EQ(clamp_timestamp({-5, 9}, false), (Timestamp{-5, 0}));
+  // The extremes round-trip through an encoded 256-byte inode.
+  Superblock sb;
+  sb.s_inode_size = 256;
+  sb.s_rev_level = 1;
+  for (const Timestamp t : {Timestamp{15032385535, 999999999}, Timestamp{INT32_MIN, 0}, Timestamp{INT64_MAX, 0}}) {
+    Inode in;
+    in.i_extra_isize = 32;
+    in.i_mtime = t;
+    std::vector<std::byte> raw(256);
+    in.i_mode = 0100644;
+    in.i_links_count = 1;
+    encode_inode(sb, 12, in, raw);
+    auto back = decode_inode(sb, 12, raw);
+    ASSERT_TRUE(back.ok()) << back.error().message();
+    EXPECT_EQ(back->i_mtime, clamp_timestamp(t, true));
+  }
+}
+
 }  // namespace
 }  // namespace uext::disk

@@ -350,7 +350,12 @@ Status FilesystemImpl::setattr_locked(InodeRecord& rec, const SetAttr& attr) {
     if (chmod_acl) acl_scope.emplace(&acl_space);
     UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(2 + (chmod_acl ? xattr_set_credits(*vol_) : 0)));
     const disk::Timestamp t = now();
-    auto to_disk = [](const Time& v) { return disk::Timestamp{v.sec, v.nsec}; };
+    // Times past what the inode can hold are clamped, as the kernel clamps
+    // utimensat's to s_time_min/s_time_max (a tar member dated year 292e9).
+    const bool extra_times = vol_->sb().inode_size() > disk::kGoodOldInodeSize;
+    auto to_disk = [extra_times](const Time& v) {
+      return disk::clamp_timestamp(disk::Timestamp{v.sec, v.nsec}, extra_times);
+    };
     auto updated = vol_->update_inode(h, ino, false, [&](disk::Inode& in) {
       if (attr.mode) in.i_mode = static_cast<uint16_t>((in.i_mode & S_IFMT) | (*attr.mode & 07777));
       if (attr.uid) in.i_uid = *attr.uid;
