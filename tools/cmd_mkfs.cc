@@ -175,13 +175,7 @@ int run_mkfs(const MkfsArgs& a) {
     }
   }
   for (const auto& j : a.journal) {
-    size_t pos = 0;
-    while (pos <= j.size()) {
-      size_t end = j.find(',', pos);
-      if (end == std::string::npos) end = j.size();
-      std::string item = j.substr(pos, end - pos);
-      pos = end + 1;
-      if (item.empty()) continue;
+    for (const std::string& item : split_list(j, ',')) {
       uint32_t mib = 0;
       if (item.rfind("size=", 0) == 0 && parse_u32(item.substr(5), mib) && mib > 0) {
         o.journal_size_mib = mib;
@@ -192,13 +186,7 @@ int run_mkfs(const MkfsArgs& a) {
   }
   uint64_t offset = 0;  // -E offset=: where the filesystem starts in IMG
   for (const auto& e : a.extended) {
-    size_t pos = 0;
-    while (pos <= e.size()) {
-      size_t end = e.find(',', pos);
-      if (end == std::string::npos) end = e.size();
-      std::string item = e.substr(pos, end - pos);
-      pos = end + 1;
-      if (item.empty()) continue;
+    for (const std::string& item : split_list(e, ',')) {
       if (item.rfind("root_owner", 0) == 0) {
         if (item == "root_owner") {
           o.root_uid = static_cast<uint32_t>(::getuid());
@@ -222,13 +210,7 @@ int run_mkfs(const MkfsArgs& a) {
       } else if (item.rfind("quotatype=", 0) == 0) {
         // Colon-separated, as mke2fs: usr[quota], grp[quota], prj[quota].
         o.quota_types = 0;
-        std::string list = item.substr(10);
-        size_t q = 0;
-        while (q <= list.size()) {
-          size_t qend = list.find(':', q);
-          if (qend == std::string::npos) qend = list.size();
-          std::string name = list.substr(q, qend - q);
-          q = qend + 1;
+        for (const std::string& name : split_list(std::string_view(item).substr(10), ':')) {
           if (name == "usr" || name == "usrquota") o.quota_types |= kQuotaUser;
           else if (name == "grp" || name == "grpquota") o.quota_types |= kQuotaGroup;
           else if (name == "prj" || name == "prjquota") o.quota_types |= kQuotaProject;

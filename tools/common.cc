@@ -72,6 +72,18 @@ void report_open_error(const std::string& image, const Error& err) {
 }
 }  // namespace
 
+std::vector<std::string> split_list(std::string_view text, char sep) {
+  std::vector<std::string> items;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    size_t end = text.find(sep, pos);
+    if (end == std::string_view::npos) end = text.size();
+    if (end > pos) items.emplace_back(text.substr(pos, end - pos));
+    pos = end + 1;
+  }
+  return items;
+}
+
 uint64_t& image_offset() {
   static uint64_t offset = 0;
   return offset;

@@ -72,6 +72,9 @@ Result<ParentAndName> resolve_parent(Filesystem& fs, std::string_view path);
 // The path without trailing slashes ("/" stays).
 std::string trim_trailing_slashes(std::string_view path);
 
+// The non-empty items of a `sep`-separated list ("a,,b" -> {"a", "b"}).
+std::vector<std::string> split_list(std::string_view text, char sep);
+
 // Image paths are absolute; a relative one is taken from the root.
 std::string absolute_image_path(std::string_view path);
 // "/a" + "b" = "/a/b", "/" + "b" = "/b".

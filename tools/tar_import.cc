@@ -99,13 +99,8 @@ class TarImporter {
   // would leave it.
   std::optional<std::vector<std::string>> components(const std::string& raw) {
     std::vector<std::string> parts;
-    size_t i = 0;
-    while (i <= raw.size()) {
-      size_t j = raw.find('/', i);
-      if (j == std::string::npos) j = raw.size();
-      std::string c = raw.substr(i, j - i);
-      i = j + 1;
-      if (c.empty() || c == ".") continue;
+    for (std::string& c : split_list(raw, '/')) {
+      if (c == ".") continue;
       if (c == "..") {
         fail_entry(raw, "a path with \"..\" would leave the destination; not unpacked");
         return std::nullopt;
