@@ -26,6 +26,7 @@ struct GetOptions {
   std::string dest;
   bool verbose = false;
   bool force = false;
+  bool tar = false;  // DEST is an archive to write
 };
 
 constexpr size_t kGetChunk = 8u << 20;
@@ -394,8 +395,13 @@ class Copier {
 };
 
 int run_get(const GetOptions& o) {
+  if (o.tar && o.dest != "-" && !o.force && ::access(o.dest.c_str(), F_OK) == 0) {
+    report({o.dest, "File exists (use -f to overwrite)"});
+    return kExitFailure;
+  }
   auto fs = open_image(o.image);
   if (!fs) return kExitFailure;
+  if (o.tar) return get_archive(*fs, o.image.image, o.path, o.dest, o.verbose);
   Copier c(*fs, o);
   return c.run();
 }
@@ -412,6 +418,9 @@ Command add_get_command(CLI::App& parent) {
       ->required();
   sub->add_flag("-v,--verbose", o->verbose, "Print each path copied");
   sub->add_flag("-f,--force", o->force, "Overwrite existing non-directory files");
+  sub->add_flag("--tar", o->tar,
+                "DEST is a tar archive to write ('-': standard output; .gz, .xz, .bz2, .zst compress): PATH's "
+                "tree with owners, modes, times, links, devices and xattrs, as 'uext put --tar' reads it back");
   return {sub, [o] { return run_get(*o); }};
 }
 

@@ -13,6 +13,8 @@
 #include "uext/filesystem.h"
 #include "uext/status.h"
 
+struct archive;  // libarchive's handle
+
 namespace uext::cli {
 
 // Exit statuses, as documented in `uext --help`.
@@ -130,6 +132,14 @@ int put_tree(Filesystem& fs, const std::string& image, const std::string& source
 // (tar_import.cc).
 int put_archive(Filesystem& fs, const std::string& image, const std::string& archive, const std::string& path,
                 bool force, bool verbose);
+// libarchive's reason for the last failure on `a`, which it may not have
+// (tar_import.cc).
+std::string archive_error(::archive* a);
+// Writes the image tree at `path` as a pax tar archive to `out` ("-":
+// standard output; compressed as its name ends: .gz, .xz, .bz2, .zst)
+// (tar_export.cc).
+int get_archive(Filesystem& fs, const std::string& image, const std::string& path, const std::string& out,
+                bool verbose);
 // The same from bytes in memory, over existing entries (fuzz/tar_fuzzer.cc).
 int put_archive_bytes(Filesystem& fs, const std::string& image, std::span<const std::byte> archive,
                       const std::string& path);

@@ -28,12 +28,6 @@ namespace {
 // Errors after which going on would only repeat the same failure.
 bool fatal(int e) { return e == ENOSPC || e == EIO || e == EROFS || e == kErrCorrupted || e == kErrBadChecksum; }
 
-// libarchive's reason for the last failure, which it may not have.
-std::string archive_error(archive* a) {
-  const char* why = archive_error_string(a);
-  return why ? why : "unreadable archive";
-}
-
 struct ArchiveCloser {
   void operator()(archive* a) const { archive_read_free(a); }
 };
@@ -317,6 +311,11 @@ class TarImporter {
 };
 
 }  // namespace
+
+std::string archive_error(archive* a) {
+  const char* why = archive_error_string(a);
+  return why ? why : "the archive library gave no reason";
+}
 
 int put_archive(Filesystem& fs, const std::string& image, const std::string& archive_name, const std::string& path,
                 bool force, bool verbose) {
