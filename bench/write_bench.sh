@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Write benchmark: `uext put` against the kernel's ext4 (loop mount, cp -a,
-# sync) and fuse2fs (cp -a through FUSE), on identical fresh images, for two
-# workloads:
+# sync) and fuse2fs (cp -a through FUSE), on identical fresh images; and
+# making the image with its contents in one command: `uext mkfs -d DIR`
+# and `uext mkfs -d ARCHIVE.tar` against `mke2fs -d DIR`. Two workloads:
 #   small  20,000 files of 4 KiB (random data) in 200 directories
 #   tree   a source tree: a tarball (default: /usr/include tarred up)
 #          extracted on the host first
@@ -151,6 +152,31 @@ run_fuse2fs() {
   f_secs=$secs
 }
 
+# mkfs -d: the image made and filled in one command. The source goes in
+# as /dst (a directory of hard links to it, made once), so check_image
+# compares the same path as for the rows above.
+run_mkfs() {
+  local name=$1 src=$2 contender=$3
+  local wrap=$stage/$name-wrap
+  if [ ! -d "$wrap" ]; then
+    mkdir -p "$wrap"
+    cp -al "$src" "$wrap/dst"
+    tar -C "$wrap" -cf "$stage/$name.tar" .
+  fi
+  rm -f "$img"
+  truncate -s "$img_size" "$img"
+  sync
+  echo 3 > /proc/sys/vm/drop_caches
+  case $contender in
+    mke2fs-d) /usr/bin/time -f '%e %M' -o "$work/time" mke2fs -q -F -t ext4 -d "$wrap" "$img" ;;
+    uext-d) /usr/bin/time -f '%e %M' -o "$work/time" "$uext" mkfs -q -F -d "$wrap" "$img" ;;
+    uext-tar) /usr/bin/time -f '%e %M' -o "$work/time" "$uext" mkfs -q -F -d "$stage/$name.tar" "$img" ;;
+  esac
+  read_time "$work/time"
+  check_image "$src"
+  row "$name" "$contender" "$secs" "$rss_mib" "$fsck" "$same"
+}
+
 run_uext() {
   local name=$1 src=$2
   fresh_image
@@ -168,8 +194,14 @@ bench() {
   run_kernel "$name" "$src"
   run_fuse2fs "$name" "$src"
   run_uext "$name" "$src"
-  ratios+=("$(awk -v u="$u_secs" -v k="$k_secs" -v f="$f_secs" -v n="$name" 'BEGIN {
-    printf "%-8s uext/kernel %.2f   uext/fuse2fs %.2f", n, (k > 0 ? u / k : 0), (f > 0 ? u / f : 0) }')")
+  run_mkfs "$name" "$src" mke2fs-d
+  local m_secs=$secs
+  run_mkfs "$name" "$src" uext-d
+  local d_secs=$secs
+  run_mkfs "$name" "$src" uext-tar
+  ratios+=("$(awk -v u="$u_secs" -v k="$k_secs" -v f="$f_secs" -v n="$name" -v m="$m_secs" -v d="$d_secs" -v t="$secs" 'BEGIN {
+    printf "%-8s uext/kernel %.2f   uext/fuse2fs %.2f   mkfs -d: uext/mke2fs %.2f, from the tar %.2f", n,
+      (k > 0 ? u / k : 0), (f > 0 ? u / f : 0), (m > 0 ? d / m : 0), (m > 0 ? t / m : 0) }')")
 }
 
 [ -n "${small:-}" ] && bench small "$small"
@@ -183,4 +215,5 @@ echo "time ratios (uext's seconds / the other's; below 1: uext is faster)"
 printf '%s\n' "${ratios[@]}"
 echo
 echo "RSS: kernel = cp's peak (the kernel's own memory is not counted);"
-echo "fuse2fs = the daemon's peak; uext = the uext process's peak."
+echo "fuse2fs = the daemon's peak; uext = the uext process's peak; mke2fs-d, uext-d, uext-tar:"
+echo "the image made and filled by one mke2fs -d / uext mkfs -d DIR / uext mkfs -d ARCHIVE.tar."
