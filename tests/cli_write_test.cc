@@ -396,6 +396,50 @@ TEST_F(CliWriteEdit, ImageErrors) {
   fails({"put", t / "zeros.img", t.path(), "/"}, 1, {"superblock"});
 }
 
+// ------------------------------------------------------------------ tune
+
+// uext tune sets what tune2fs sets, to the same values: dumpe2fs -h of
+// the two images agrees but for the journal (uext's read-write open gives
+// it revoke, 64bit and checksums, as the kernel's mount does), the times
+// and the checksum; the image stays clean. Bad values are named.
+TEST(CliTune, SettingsAsTune2fsSetsThem) {
+  TempDir t;
+  for (const char* size : {"64M", "300M"}) {
+    SCOPED_TRACE(size);
+    const std::string ours = t / "ours.img", theirs = t / "theirs.img";
+    run_ok({"truncate", "-s", "0", ours});
+    run_ok({"truncate", "-s", size, ours});
+    run_ok({"mke2fs", "-F", "-q", "-t", "ext4", ours});
+    run_ok({"cp", ours, theirs});
+    const std::vector<std::string> args = {"-L", "newlabel", "-e", "remount-ro", "-m", "2", "-u", "1000",
+                                           "-g", "100",      "-c", "30",         "-i", "2w"};
+    std::vector<std::string> cmd = {"tune"};
+    cmd.insert(cmd.end(), args.begin(), args.end());
+    cmd.push_back(ours);
+    ok(cmd);
+    std::vector<std::string> tune2fs = {"tune2fs"};
+    tune2fs.insert(tune2fs.end(), args.begin(), args.end());
+    tune2fs.push_back(theirs);
+    run_ok(tune2fs);
+    auto header = [](const std::string& img) {
+      return run_ok({"sh", "-c", "dumpe2fs -h " + img + " 2>/dev/null | grep -v -E "
+                     "'^(Journal|Lifetime|Checksum|Last|Mount count|Next check|Filesystem created)'"});
+    };
+    EXPECT_EQ(header(ours), header(theirs));
+    EXPECT_NE(header(ours).find("Reserved blocks uid:      1000"), std::string::npos);
+    EXPECT_CLEAN(ours);
+  }
+  const std::string img = t / "ours.img";
+  fails({"tune", "-L", "seventeen-bytes-x", img}, 1, {"label", "16 bytes"});
+  fails({"tune", "-r", "99999999", img}, 1, {"reserved blocks", "half"});
+  fails({"tune", "-u", "70000", img}, 1, {"16 bits"});
+  fails({"tune", "-e", "explode", img}, 2, {"errors"});
+  fails({"tune", "-i", "3y", img}, 2, {"interval"});
+  fails({"tune", "-m", "2", "-r", "5", img}, 2, {"-m or -r"});
+  fails({"tune", img}, 2, {"nothing to change"});
+  EXPECT_CLEAN(img);
+}
+
 // ------------------------------------------------------------------ partitions
 
 // A GPT disk image (sfdisk's) with a filesystem made in its second

@@ -14,6 +14,7 @@ Command add_mkfs_command(CLI::App& parent);  // cmd_mkfs.cc
 Command add_mount_command(CLI::App& parent);  // cmd_mount.cc
 Command add_umount_command(CLI::App& parent);  // cmd_mount.cc
 Command add_demo_command(CLI::App& parent);   // cmd_demo.cc
+Command add_tune_command(CLI::App& parent);   // cmd_tune.cc
 }  // namespace uext::cli
 
 namespace {
@@ -42,7 +43,7 @@ int run(int argc, char** argv) {
       uext::cli::add_get_command(app),  uext::cli::add_mkfs_command(app),
       uext::cli::add_put_command(app),  uext::cli::add_mount_command(app),
       uext::cli::add_umount_command(app),
-      uext::cli::add_demo_command(app),
+      uext::cli::add_demo_command(app),  uext::cli::add_tune_command(app),
   };
   for (auto& c : uext::cli::add_edit_commands(app)) commands.push_back(std::move(c));
 

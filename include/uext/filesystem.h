@@ -89,6 +89,17 @@ struct Options {
   bool posix_acl = true;
 };
 
+// Superblock settings a read-write open may change, as tune2fs changes
+// them (Filesystem::tune); each absent one stays.
+struct Tune {
+  std::optional<std::string> label;             // at most 16 bytes
+  std::optional<uint16_t> errors_behavior;      // 1 continue, 2 remount-ro, 3 panic
+  std::optional<uint64_t> reserved_blocks;      // kept for root; at most half the blocks
+  std::optional<uint32_t> reserved_uid, reserved_gid;  // who may use them
+  std::optional<int16_t> max_mount_count;       // -1: no check by count
+  std::optional<uint32_t> check_interval;       // seconds; 0: no check by time
+};
+
 struct Time {
   int64_t sec = 0;
   uint32_t nsec = 0;
@@ -425,6 +436,9 @@ class Filesystem {
   virtual uint64_t wb_err_sample(Ino ino) = 0;
   virtual Status fsync(Ino ino, bool datasync, uint64_t& wb_err_seen) = 0;
   virtual Result<FsStats> statfs() = 0;
+  // Changes the superblock's settings in one journal handle. EINVAL (naming
+  // the setting) for a value it cannot take; EROFS read-only.
+  virtual Status tune(const Tune& settings) = 0;
 
   // `name` is the full name ("user.x", "trusted.x", "security.x",
   // "system.posix_acl_access"; ACLs in the VFS format getxattr returns).

@@ -575,6 +575,37 @@ Result<FsStats> FilesystemImpl::statfs() {
   return st;
 }
 
+Status FilesystemImpl::tune(const Tune& t) {
+  const disk::Superblock sb = vol_->superblock_snapshot();
+  if (t.label && t.label->size() > sb.s_volume_name.size()) {
+    return Error(EINVAL, fmt::format("label '{}' is longer than {} bytes", *t.label, sb.s_volume_name.size()));
+  }
+  if (t.errors_behavior && (*t.errors_behavior < 1 || *t.errors_behavior > 3)) {
+    return Error(EINVAL, fmt::format("errors behaviour {}: 1, 2 or 3", *t.errors_behavior));
+  }
+  if (t.reserved_blocks && *t.reserved_blocks > sb.s_blocks_count / 2) {
+    return Error(EINVAL, fmt::format("{} reserved blocks: more than half of the {} blocks", *t.reserved_blocks,
+                                     sb.s_blocks_count));
+  }
+  for (const auto& [id, what] : {std::pair{t.reserved_uid, "user"}, std::pair{t.reserved_gid, "group"}}) {
+    if (id && *id > 0xFFFF) return Error(EINVAL, fmt::format("reserved {} {}: the superblock holds 16 bits", what, *id));
+  }
+  UEXT_ASSIGN_OR_RETURN(journal::Handle h, start(1));
+  Status done = vol_->update_superblock(h, [&](disk::Superblock& s) {
+    if (t.label) {
+      s.s_volume_name.fill(0);
+      std::memcpy(s.s_volume_name.data(), t.label->data(), t.label->size());
+    }
+    if (t.errors_behavior) s.s_errors = *t.errors_behavior;
+    if (t.reserved_blocks) s.s_r_blocks_count = *t.reserved_blocks;
+    if (t.reserved_uid) s.s_def_resuid = static_cast<uint16_t>(*t.reserved_uid);
+    if (t.reserved_gid) s.s_def_resgid = static_cast<uint16_t>(*t.reserved_gid);
+    if (t.max_mount_count) s.s_max_mnt_count = *t.max_mount_count;
+    if (t.check_interval) s.s_checkinterval = *t.check_interval;
+  });
+  return vol_->finish_handle(h, "tune", 0, std::move(done));
+}
+
 Status FilesystemImpl::setxattr(Ino ino, std::string_view name, std::string_view value, int flags) {
   if (flags & ~(XATTR_CREATE | XATTR_REPLACE | kXattrAclKillSgid))
     return Error(EINVAL, fmt::format("setxattr: bad flags {:#x}", flags));

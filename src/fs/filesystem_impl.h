@@ -90,6 +90,7 @@ class FilesystemImpl final : public Filesystem, public vm::Pager {
   uint64_t wb_err_sample(Ino ino) override;
   Status fsync(Ino ino, bool datasync, uint64_t& wb_err_seen) override;
   Result<FsStats> statfs() override;
+  Status tune(const Tune& settings) override;
   Status setxattr(Ino ino, std::string_view name, std::string_view value, int flags) override;
   Status removexattr(Ino ino, std::string_view name) override;
 
