@@ -120,42 +120,18 @@ class Putter {
     if (o_.verbose) fmt::print("{} -> {}\n", src, dst);
   }
 
-  // Makes room for `name` in `parent`. Returns the existing directory's
-  // inode when a directory is merged into one, 0 when the slot is free,
-  // and nullopt when the copy must not go there.
+  // make_room, its refusals and failures reported: nullopt when the copy
+  // must not go there.
   std::optional<Ino> prepare_slot(Ino parent, const std::string& name, const std::string& dst, bool is_dir) {
-    auto ino = fs_.lookup(parent, name);
-    if (!ino) {
-      if (ino.error().code() == ENOENT) return Ino{0};
-      fail_image(dst, ino.error());
-      return std::nullopt;
-    }
-    auto st = fs_.stat(*ino);
-    if (!st) {
-      fail_image(dst, st.error());
-      return std::nullopt;
-    }
-    if (is_dir) {
-      if (S_ISDIR(st->mode)) return *ino;
-      report({o_.image, dst, "cannot overwrite non-directory with directory"});
+    auto slot = make_room(fs_, parent, name, is_dir, o_.force);
+    if (slot) return *slot;
+    if (slot.error().code() == EEXIST) {
+      report({o_.image, dst, slot.error().message()});
       failed_ = true;
-      return std::nullopt;
+    } else {
+      fail_image(dst, slot.error());
     }
-    if (S_ISDIR(st->mode)) {
-      report({o_.image, dst, "cannot overwrite directory with non-directory"});
-      failed_ = true;
-      return std::nullopt;
-    }
-    if (!o_.force) {
-      report({o_.image, dst, "File exists (use -f to overwrite)"});
-      failed_ = true;
-      return std::nullopt;
-    }
-    if (auto r = fs_.unlink(parent, name); !r) {
-      fail_image(dst, r.error());
-      return std::nullopt;
-    }
-    return Ino{0};
+    return std::nullopt;
   }
 
   // Copies host `src` to `name` in image directory `parent`. A directory

@@ -72,6 +72,21 @@ void report_open_error(const std::string& image, const Error& err) {
 }
 }  // namespace
 
+Result<Ino> make_room(Filesystem& fs, Ino parent, std::string_view name, bool is_dir, bool force) {
+  auto ino = fs.lookup(parent, name);
+  if (!ino) {
+    if (ino.error().code() == ENOENT) return Ino{0};
+    return std::move(ino).error();
+  }
+  UEXT_ASSIGN_OR_RETURN(Stat st, fs.stat(*ino));
+  if (is_dir && S_ISDIR(st.mode)) return *ino;
+  if (is_dir) return Error(EEXIST, "cannot overwrite non-directory with directory");
+  if (S_ISDIR(st.mode)) return Error(EEXIST, "cannot overwrite directory with non-directory");
+  if (!force) return Error(EEXIST, "File exists (use -f to overwrite)");
+  UEXT_TRY(fs.unlink(parent, name));
+  return Ino{0};
+}
+
 std::vector<std::string> split_list(std::string_view text, char sep) {
   std::vector<std::string> items;
   size_t pos = 0;

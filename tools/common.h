@@ -74,6 +74,13 @@ Result<ParentAndName> resolve_parent(Filesystem& fs, std::string_view path);
 // The path without trailing slashes ("/" stays).
 std::string trim_trailing_slashes(std::string_view path);
 
+// Room for a copy named `name` in image directory `parent` (uext put and
+// put --tar): the existing directory to merge into when a directory goes
+// over one, 0 when the name is free (what was there unlinked first, with
+// `force`). EEXIST, with the words to show, when the copy must not go
+// there; any other error is the image's.
+Result<Ino> make_room(Filesystem& fs, Ino parent, std::string_view name, bool is_dir, bool force);
+
 // The non-empty items of a `sep`-separated list ("a,,b" -> {"a", "b"}).
 std::vector<std::string> split_list(std::string_view text, char sep);
 

@@ -142,31 +142,18 @@ class TarImporter {
     return dir;
   }
 
-  // Makes room for `name`: the existing directory to merge into (a
-  // directory entry over a directory), 0 when the slot is free, nullopt
-  // when the entry must not go there.
+  // make_room, its refusals and failures reported: nullopt when the entry
+  // must not go there.
   std::optional<Ino> prepare_slot(Ino parent, const std::string& name, const std::string& path, bool is_dir) {
-    auto ino = fs_.lookup(parent, name);
-    if (!ino) {
-      if (ino.error().code() == ENOENT) return Ino{0};
-      return fail_image(path, ino.error()), std::nullopt;
-    }
-    auto st = fs_.stat(*ino);
-    if (!st) return fail_image(path, st.error()), std::nullopt;
-    if (is_dir && S_ISDIR(st->mode)) return *ino;
-    if (S_ISDIR(st->mode) || is_dir) {
-      report({image_, path, is_dir ? "cannot overwrite non-directory with directory"
-                                   : "cannot overwrite directory with non-directory"});
+    auto slot = make_room(fs_, parent, name, is_dir, force_);
+    if (slot) return *slot;
+    if (slot.error().code() == EEXIST) {
+      report({image_, path, slot.error().message()});
       failed_ = true;
-      return std::nullopt;
+    } else {
+      fail_image(path, slot.error());
     }
-    if (!force_) {
-      report({image_, path, "File exists (use -f to overwrite)"});
-      failed_ = true;
-      return std::nullopt;
-    }
-    if (auto r = fs_.unlink(parent, name); !r) return fail_image(path, r.error()), std::nullopt;
-    return Ino{0};
+    return std::nullopt;
   }
 
   void unpack(archive* a, archive_entry* e) {

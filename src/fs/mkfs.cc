@@ -17,6 +17,7 @@
 #include <cstring>
 #include <ctime>
 #include <map>
+#include <optional>
 #include <type_traits>
 
 #include "disk/bytes.h"
@@ -769,12 +770,23 @@ Status allocate_group_table(Plan& pl, uint32_t group) {
 // ---------------------------------------------------------------------------
 // Inodes and directories.
 
-std::array<uint32_t, 15> extent_root(uint64_t start, uint32_t len) {
+// The i_block of an inode whose logical blocks 0.. are `blks`, as the
+// extents of its runs in the root; none when there are more runs than the
+// root's four.
+std::optional<std::array<uint32_t, 15>> extent_root(const std::vector<uint64_t>& blks) {
   disk::ExtentNode node;
-  node.header.eh_entries = 1;
   node.header.eh_max = 4;
   node.header.eh_depth = 0;
-  node.extents.push_back({0, static_cast<uint16_t>(len), start, false});
+  for (uint32_t i = 0; i < blks.size(); i++) {
+    auto& ex = node.extents;
+    if (!ex.empty() && ex.back().physical + ex.back().length == blks[i]) {
+      ex.back().length++;
+    } else {
+      if (ex.size() == node.header.eh_max) return std::nullopt;
+      ex.push_back({i, 1, blks[i], false});
+    }
+  }
+  node.header.eh_entries = static_cast<uint16_t>(node.extents.size());
   std::array<std::byte, 60> raw{};
   disk::encode_extent_node(node, raw);
   std::array<uint32_t, 15> words{};
@@ -808,7 +820,7 @@ disk::Inode new_dir_inode(const Plan& pl, uint16_t mode, const std::vector<uint6
   }
   if (pl.sb.has_incompat(incompat::kExtents)) {
     in.i_flags |= disk::inode_flag::kExtents;
-    in.i_block = extent_root(blks.front(), static_cast<uint32_t>(blks.size()));
+    in.i_block = *extent_root(blks);  // one run: create_directories checked
   } else {
     for (size_t i = 0; i < blks.size(); i++) in.i_block[i] = static_cast<uint32_t>(blks[i]);
   }
@@ -998,23 +1010,10 @@ Status create_quota_files(Plan& pl) {
       in.i_crtime = pl.ts();
     }
     if (sb.has_incompat(incompat::kExtents)) {
-      // The runs of the file's blocks, as extents in the inode.
-      disk::ExtentNode node;
-      node.header.eh_max = 4;
-      for (uint32_t i = 0; i < nblocks; i++) {
-        auto& ex = node.extents;
-        if (!ex.empty() && ex.back().physical + ex.back().length == blks[i]) {
-          ex.back().length++;
-        } else {
-          if (ex.size() == 4) return Error(ENOSPC, "quota file: its blocks lie in more than four runs");
-          ex.push_back({i, 1, blks[i], false});
-        }
-      }
-      node.header.eh_entries = static_cast<uint16_t>(node.extents.size());
-      std::array<std::byte, 60> raw{};
-      disk::encode_extent_node(node, raw);
+      auto root = extent_root(blks);
+      if (!root) return Error(ENOSPC, "quota file: its blocks lie in more than four runs");
       in.i_flags |= disk::inode_flag::kExtents;
-      for (int i = 0; i < 15; i++) in.i_block[i] = disk::le32(raw, i * 4);
+      in.i_block = *root;
     } else {
       for (size_t i = 0; i < blks.size(); i++) in.i_block[i] = static_cast<uint32_t>(blks[i]);
     }

@@ -141,7 +141,7 @@ Status QuotaFiles::edit_qblock(journal::Handle& h, const File& f, uint32_t qbloc
 
 QuotaCharge QuotaFiles::charge_of(uint32_t ino, const disk::Inode& inode) const {
   QuotaCharge c;
-  if (ino != 2 && (ino < first_ino_ || ino == skip_ino_[0] || ino == skip_ino_[1])) return c;
+  if (ino != disk::kRootIno && (ino < first_ino_ || ino == skip_ino_[0] || ino == skip_ino_[1])) return c;
   c.counted = true;
   c.id[static_cast<int>(q::Type::kUser)] = inode.i_uid;
   c.id[static_cast<int>(q::Type::kGroup)] = inode.i_gid;
